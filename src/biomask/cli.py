@@ -1,0 +1,321 @@
+"""The ``biomask`` command: parses arguments, calls the pipeline, prints.
+
+Every failure a user can cause ends as one line on stderr and a non-zero exit status,
+never a traceback (set ``BIOMASK_DEBUG=1`` to see one for a bug report). Long runs show a
+progress bar on a terminal and stay quiet in a pipe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+
+from biomask.errors import BiomaskError, KeyringError
+
+app = typer.Typer(
+    name="biomask",
+    help="Make biometric enrolment data safe to train on.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(help="Create, rotate and export keyring keys.", no_args_is_help=True)
+policy_app = typer.Typer(help="Validate policies and print their JSON Schema.", no_args_is_help=True)
+audit_app = typer.Typer(help="Verify and export lineage directories.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(policy_app, name="policy")
+app.add_typer(audit_app, name="audit")
+
+KeyringOpt = Annotated[Path, typer.Option("--keyring", help="Keyring file.")]
+LineageOpt = Annotated[
+    Path | None, typer.Option("--lineage", help="Lineage directory (default: <output>.lineage).")
+]
+
+
+def _out(to_stderr: bool = False) -> Console:
+    return Console(stderr=to_stderr, highlight=False, soft_wrap=True)
+
+
+# -- keys ---------------------------------------------------------------------------------
+@keys_app.command("init")
+def keys_init(keyring: KeyringOpt) -> None:
+    """Create a new keyring; the passphrase comes from BIOMASK_PASSPHRASE."""
+    from biomask.keys import Keyring
+
+    ring = Keyring.create(keyring)
+    _out().print(
+        f"created keyring {keyring} (key id {ring.primary_key_id}, "
+        f"signing key {ring.signing_key_id})"
+    )
+
+
+@keys_app.command("rotate")
+def keys_rotate(keyring: KeyringOpt, lineage: LineageOpt = None) -> None:
+    """Add a new primary key; old keys stay for reading."""
+    from biomask.keys import Keyring
+    from biomask.lineage import record_event
+
+    ring = Keyring.open(keyring)
+    old = ring.primary_key_id
+    new = ring.rotate()
+    record_event(
+        lineage or keyring.with_name(keyring.name + ".lineage"),
+        ring,
+        "key.rotate",
+        {"keyring_id": ring.keyring_id, "old_key_id": old, "new_key_id": new},
+    )
+    _out().print(f"rotated keyring {keyring}: new primary key {new} (old key {old} kept for reading)")
+
+
+@keys_app.command("export-public")
+def keys_export_public(
+    keyring: KeyringOpt,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the PEM here.")] = None,
+) -> None:
+    """Print (or write) the lineage signing public key for auditors."""
+    from biomask.keys import Keyring
+
+    pem = Keyring.open(keyring).public_key_pem()
+    if out is None:
+        sys.stdout.write(pem.decode())
+    else:
+        out.write_bytes(pem)
+        _out().print(f"wrote public key to {out}")
+
+
+# -- policy -------------------------------------------------------------------------------
+@policy_app.command("validate")
+def policy_validate(policy: Annotated[Path, typer.Argument(help="Policy file.")]) -> None:
+    """Check a policy file; prints what it does per column."""
+    from biomask.policies import load_policy
+
+    pol = load_policy(policy)
+    console = _out()
+    console.print(f"{policy}: valid (sha256 {pol.sha256[:16]}...)")
+    for tname, spec in pol.table_specs().items():
+        ops: dict[str, int] = {}
+        for op in spec.columns.values():
+            ops[op.op] = ops.get(op.op, 0) + 1
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(ops.items()))
+        console.print(f"  table {tname}: {len(spec.columns)} columns ({summary})")
+
+
+@policy_app.command("schema")
+def policy_schema() -> None:
+    """Print the policy file's JSON Schema."""
+    from biomask.policies import policy_json_schema
+
+    sys.stdout.write(json.dumps(policy_json_schema(), indent=2) + "\n")
+
+
+# -- mask ---------------------------------------------------------------------------------
+@app.command("mask")
+def mask_cmd(
+    policy: Annotated[Path, typer.Option("--policy", help="Policy file.")],
+    input: Annotated[str, typer.Option("--input", help="Input URI.")],
+    output: Annotated[str, typer.Option("--output", help="Output URI.")],
+    keyring: KeyringOpt,
+    lineage: LineageOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    append: Annotated[bool, typer.Option("--append", help="Append to an existing table.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 65_536,
+    max_quarantine: Annotated[
+        int | None, typer.Option("--max-quarantine", help="Fail if more rows are quarantined.")
+    ] = None,
+) -> None:
+    """Mask INPUT into OUTPUT under POLICY."""
+    from biomask.keys import Keyring
+    from biomask.pipeline import run_mask
+    from biomask.policies import load_policy
+
+    pol = load_policy(policy)
+    ring = Keyring.open(keyring)
+    to_stderr = output == "-"
+    with _progress(to_stderr) as progress:
+        summary = run_mask(
+            pol,
+            ring,
+            input,
+            output,
+            lineage_dir=lineage,
+            overwrite=overwrite,
+            append=append,
+            batch_size=batch_size,
+            max_quarantine=max_quarantine,
+            progress=progress,
+        )
+    print_summary(summary, to_stderr=to_stderr)
+
+
+@app.command("unmask")
+def unmask_cmd(
+    policy: Annotated[Path, typer.Option("--policy", help="The policy that masked the data.")],
+    input: Annotated[str, typer.Option("--input", help="Masked input URI.")],
+    output: Annotated[str, typer.Option("--output", help="Output URI.")],
+    keyring: KeyringOpt,
+    lineage: LineageOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 65_536,
+) -> None:
+    """Reverse the reversible columns (FF1 tokens, templates); recorded as an access event."""
+    from biomask.keys import Keyring
+    from biomask.pipeline import run_unmask
+    from biomask.policies import load_policy
+
+    pol = load_policy(policy)
+    ring = Keyring.open(keyring)
+    to_stderr = output == "-"
+    with _progress(to_stderr) as progress:
+        summary = run_unmask(
+            pol, ring, input, output, lineage_dir=lineage, overwrite=overwrite,
+            batch_size=batch_size, progress=progress,
+        )
+    print_summary(summary, to_stderr=to_stderr, title="unmasked")
+
+
+def print_summary(summary: Any, *, to_stderr: bool = False, title: str = "masked") -> None:
+    """The run summary: rows, columns by operator, throughput, where lineage went."""
+    console = _out(to_stderr)
+    ops = ", ".join(f"{k} {v}" for k, v in sorted(summary.operator_counts.items()))
+    console.print(
+        f"{title} {summary.rows_in:,} rows -> {summary.rows_out:,} out, "
+        f"{summary.rows_quarantined:,} quarantined in {summary.seconds:.2f} s "
+        f"({summary.rows_per_second:,.0f} rows/s)"
+    )
+    console.print(f"  columns by operator: {ops}")
+    for o in summary.outputs:
+        console.print(f"  output: {o}")
+    for q in summary.quarantine:
+        console.print(f"  quarantine: {q}")
+    collisions = summary.stats.get("token_collisions", 0)
+    if collisions:
+        console.print(
+            f"  warning: {collisions} token collisions (irreversible tokens on a small domain; "
+            "use reversible: true for collision-free join keys)"
+        )
+    console.print(f"  lineage: {summary.lineage_dir}")
+
+
+class _progress:
+    """A rich progress bar on a terminal; nothing in a pipe."""
+
+    def __init__(self, to_stderr: bool) -> None:
+        self.enabled = sys.stderr.isatty() and not os.environ.get("BIOMASK_NO_PROGRESS")
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.completed:,} rows"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._bar.__enter__()
+
+        def update(table: str, done: int) -> None:
+            if table not in self._tasks:
+                self._tasks[table] = self._bar.add_task(table, total=None)
+            self._bar.update(self._tasks[table], completed=done)
+
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+# -- audit --------------------------------------------------------------------------------
+@audit_app.command("verify")
+def audit_verify(
+    directory: Annotated[Path, typer.Argument(help="Lineage directory.")],
+    public_key: Annotated[
+        Path | None, typer.Option("--public-key", help="Auditor's copy of the public key (PEM).")
+    ] = None,
+) -> None:
+    """Re-hash files, replay the audit chain and check the signature, offline."""
+    from biomask.lineage import verify
+
+    report = verify(directory, public_key=public_key)
+    console = _out()
+    for line in report.checks:
+        console.print(f"  ok  {line}")
+    console.print(f"{directory}: verified")
+
+
+@audit_app.command("export")
+def audit_export(
+    directory: Annotated[Path, typer.Argument(help="Lineage directory.")],
+    format: Annotated[str, typer.Option("--format", help="html, json or prov.")] = "html",
+    out: Annotated[Path | None, typer.Option("--out", help="Output file.")] = None,
+) -> None:
+    """Export the EU AI Act dossier as HTML, JSON or PROV-JSON."""
+    from biomask.lineage import export
+
+    if format not in ("html", "json", "prov"):
+        raise BiomaskError(f"unknown format '{format}': use html, json or prov")
+    path = export(directory, format, out)  # type: ignore[arg-type]
+    _out().print(f"wrote {path}")
+
+
+# -- demo ---------------------------------------------------------------------------------
+@app.command("demo")
+def demo_cmd(
+    rows: Annotated[int, typer.Option("--rows", min=1, help="Subjects to generate.")] = 1000,
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("biomask-demo"),
+) -> None:
+    """Generate synthetic enrolment data and mask it end to end (no server needed)."""
+    from biomask.demo.run import run_demo
+
+    run_demo(rows=rows, out=out, console=_out(), show=print_summary)
+
+
+# -- entry point --------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        result = app(args=args, prog_name="biomask", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.UsageError as exc:
+        sys.stderr.write(f"biomask: error: {exc.format_message()}\n")
+        return 2
+    except click.exceptions.Abort:
+        sys.stderr.write("biomask: interrupted; nothing was written under the final names\n")
+        return 130
+    except KeyringError as exc:
+        sys.stderr.write(f"biomask: error: {exc}\n")
+        return 3
+    except BiomaskError as exc:
+        sys.stderr.write(f"biomask: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("biomask: interrupted; nothing was written under the final names\n")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, details on request
+        if os.environ.get("BIOMASK_DEBUG"):
+            raise
+        sys.stderr.write(
+            f"biomask: internal error ({type(exc).__name__}); rerun with BIOMASK_DEBUG=1 "
+            "and report it\n"
+        )
+        return 70
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

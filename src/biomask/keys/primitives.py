@@ -1,0 +1,118 @@
+"""Deterministic primitives built on key handles.
+
+These are the *raw* building blocks; the safe recipes are the masking operators. Every
+primitive here is **deterministic** on purpose (same key, same input, same output), which
+is what keeps tokens consistent across files, batches, processes and Ray workers without a
+shared token table. Deterministic means equal inputs are visible as equal outputs, so these
+primitives are for tokens, never for encrypting templates (see the AEAD in
+:mod:`biomask.masking.encrypt`).
+
+Performance: the per-value work is one keyed BLAKE2b call per *distinct* value; anything
+longer than the 16-byte seed is expanded with a single AES-ECB call over all values at once
+(a counter-mode keystream), because one big block-cipher call is orders of magnitude faster
+than many small ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from biomask.keys.handles import KeyHandle
+
+__all__ = ["DeterministicPrf", "hkdf", "ragged_stream"]
+
+
+def hkdf(secret: bytes, info: str, length: int = 32) -> bytes:
+    """HKDF-SHA256 with a fixed, public salt; ``info`` separates domains and purposes."""
+    return HKDF(
+        algorithm=SHA256(), length=length, salt=b"biomask/hkdf/v1", info=info.encode()
+    ).derive(secret)
+
+
+class DeterministicPrf:
+    """A keyed pseudo-random function over byte strings, batched.
+
+    Parameters
+    ----------
+    handle:
+        The domain key. Two sub-keys are derived from it: one for BLAKE2b (per-value seed)
+        and one for the AES-ECB keystream expansion.
+    """
+
+    __slots__ = ("_aes", "_mac_key", "key_id")
+
+
+    def __init__(self, handle: KeyHandle) -> None:
+        secret = handle._secret()
+        self._mac_key = hkdf(secret, "prf/blake2b", 32)
+        self._aes = hkdf(secret, "prf/aes-ctr", 32)
+        self.key_id = handle.key_id
+
+    def __repr__(self) -> str:
+        return f"DeterministicPrf(key_id={self.key_id!r})"
+
+    def __reduce__(self) -> object:
+        raise TypeError("biomask primitives cannot be pickled: open the keyring in each process")
+
+    def seeds(self, values: Sequence[bytes]) -> np.ndarray:
+        """16 pseudo-random bytes per value, shape ``(len(values), 16)``, dtype uint8."""
+        key = self._mac_key
+        blake = hashlib.blake2b
+        joined = b"".join([blake(v, key=key, digest_size=16).digest() for v in values])
+        return np.frombuffer(joined, dtype=np.uint8).reshape(len(values), 16)
+
+    def stream(self, values: Sequence[bytes], length: int) -> np.ndarray:
+        """``length`` pseudo-random bytes per value, shape ``(len(values), length)``.
+
+        The keystream is AES-256 in counter mode keyed by the PRF's stream key, with the
+        value's seed as the counter block's upper 12 bytes; all blocks of all values go
+        through one ECB call.
+        """
+        n = len(values)
+        if n == 0 or length == 0:
+            return np.zeros((n, length), dtype=np.uint8)
+        seeds = self.seeds(values)
+        nblocks = (length + 15) // 16
+        blocks = np.repeat(seeds[:, None, :], nblocks, axis=1).copy()
+        ctr = np.arange(nblocks, dtype=">u4").view(np.uint8).reshape(nblocks, 4)
+        blocks[:, :, 12:16] ^= ctr[None, :, :]
+        enc = Cipher(algorithms.AES(self._aes), modes.ECB()).encryptor()
+        out = np.frombuffer(enc.update(blocks.tobytes()) + enc.finalize(), dtype=np.uint8)
+        return out.reshape(n, nblocks * 16)[:, :length]
+
+    def integers(self, values: Sequence[bytes], modulus: int) -> np.ndarray:
+        """One integer in ``[0, modulus)`` per value (bias below 2**-40 for modulus < 2**24)."""
+        s = self.stream(values, 8).copy().view(">u8").reshape(-1).astype(np.uint64)
+        return (s % np.uint64(modulus)).astype(np.int64)
+
+
+def ragged_stream(prf: DeterministicPrf, values: Sequence[bytes], lengths: np.ndarray) -> np.ndarray:
+    """Concatenated keystreams: ``lengths[i]`` bytes for value ``i``, one flat uint8 array.
+
+    Memory is proportional to ``sum(lengths)``, not ``len(values) * max(lengths)``, so one
+    long value in a column does not blow up the batch.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.uint8)
+    seeds = prf.seeds(values)
+    nblocks = (lengths + 15) // 16
+    owner = np.repeat(np.arange(len(values)), nblocks)
+    starts = np.cumsum(nblocks) - nblocks
+    ctr = (np.arange(int(nblocks.sum())) - np.repeat(starts, nblocks)).astype(">u4")
+    blocks = seeds[owner].copy()
+    blocks[:, 12:16] ^= ctr.view(np.uint8).reshape(-1, 4)
+    enc = Cipher(algorithms.AES(prf._aes), modes.ECB()).encryptor()
+    flat = np.frombuffer(enc.update(blocks.tobytes()) + enc.finalize(), dtype=np.uint8)
+    # keep the first lengths[i] bytes of each value's 16*nblocks[i] bytes
+    block_starts = np.repeat(starts * 16, lengths)
+    val_starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    idx = block_starts + (np.arange(total) - val_starts)
+    return flat[idx]

@@ -1,0 +1,98 @@
+"""``biomask.mask``: mask an in-memory pyarrow Table or Polars DataFrame."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, overload
+
+import pyarrow as pa
+
+from biomask.errors import BiomaskError, QuarantineLimitError
+from biomask.keys import Keyring
+from biomask.masking.masker import Masker
+from biomask.policies import Policy, load_policy, policy_from_dict
+
+__all__ = ["mask", "resolve_policy"]
+
+
+def resolve_policy(policy: Policy | str | os.PathLike[str] | dict[str, Any]) -> Policy:
+    """Accept a Policy, a path to a policy file, or a mapping."""
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, dict):
+        return policy_from_dict(policy)
+    return load_policy(policy)
+
+
+@overload
+def mask(data: pa.Table, policy: Any, keyring: Keyring, *, table: str | None = ...,
+         max_quarantine: int = ...) -> pa.Table: ...
+@overload
+def mask(data: Any, policy: Any, keyring: Keyring, *, table: str | None = ...,
+         max_quarantine: int = ...) -> Any: ...
+
+
+def mask(
+    data: Any,
+    policy: Policy | str | os.PathLike[str] | dict[str, Any],
+    keyring: Keyring,
+    *,
+    table: str | None = None,
+    max_quarantine: int = 0,
+) -> Any:
+    """Mask a pyarrow Table or Polars DataFrame and return the same kind of object.
+
+    The result is identical to what ``biomask mask`` writes for the same rows: tokens
+    depend only on the value, the domain and the keyring.
+
+    Parameters
+    ----------
+    data:
+        A ``pyarrow.Table`` (or RecordBatch) or a ``polars.DataFrame``.
+    policy:
+        A :class:`~biomask.policies.Policy`, a path to a policy file, or a mapping.
+    keyring:
+        The keyring (``Keyring.open(path)``).
+    table:
+        Which table of a multi-table policy the data belongs to.
+    max_quarantine:
+        How many rows may fail to mask before this raises; failed rows are left out of the
+        result (use the command line or :func:`biomask.pipeline.run_mask` to keep them).
+
+    Raises
+    ------
+    QuarantineLimitError
+        More rows than ``max_quarantine`` could not be masked (e.g. unparseable dates).
+    """
+    pol = resolve_policy(policy)
+    is_polars = type(data).__module__.startswith("polars")
+    if is_polars:
+        tbl = data.to_arrow()
+    elif isinstance(data, pa.RecordBatch):
+        tbl = pa.Table.from_batches([data])
+    elif isinstance(data, pa.Table):
+        tbl = data
+    else:
+        raise BiomaskError(
+            f"mask() takes a pyarrow Table or a polars DataFrame, not {type(data).__name__}"
+        )
+    masker = Masker(pol, keyring, table=table)
+    schema = masker.output_schema(tbl.schema)
+    outs: list[pa.RecordBatch] = []
+    failed = 0
+    for batch in tbl.to_batches():
+        res = masker.mask_batch(batch)
+        outs.append(res.output)
+        if res.quarantine is not None:
+            failed += res.quarantine.num_rows
+    if failed > max_quarantine:
+        raise QuarantineLimitError(
+            f"{failed} of {tbl.num_rows} rows could not be masked (e.g. unparseable values); "
+            "run 'biomask mask' to see them in the quarantine output with their reasons"
+        )
+    result = pa.Table.from_batches(outs, schema=schema)
+    if is_polars:
+        import polars as pl
+
+        return pl.from_arrow(result)
+    return result

@@ -1,0 +1,330 @@
+"""The Masker: applies a policy to RecordBatches.
+
+The Masker is pure: the same batch, policy and keyring give byte-identical output in any
+process and any order of batches, because every token comes from a keyed function of the
+value and its domain, never from state accumulated across batches. That is what makes
+tokens consistent across files, runs and Ray workers without a shared token table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from biomask.errors import KeyringError, PolicyError, SchemaError
+from biomask.keys import Keyring
+from biomask.masking.registry import Binding, Operator, OperatorContext, get_operator
+from biomask.policies.models import Policy, TableSpec
+
+__all__ = ["REASON_COLUMN", "REJECT_COLUMN", "MaskedBatch", "Masker", "Unmasker"]
+
+#: a source may add this column: null for a sound row, else why the row cannot be trusted
+REJECT_COLUMN = "__biomask_reject__"
+#: the quarantine output's extra column
+REASON_COLUMN = "_biomask_reason"
+
+
+@dataclass
+class MaskedBatch:
+    """The result of masking one batch.
+
+    Attributes
+    ----------
+    output:
+        Rows that were masked completely.
+    quarantine:
+        Rows that could not be masked completely, masked where possible, with a reason
+        column; None when every row was fine. ``len(output) + len(quarantine)`` always
+        equals the input row count.
+    stats:
+        Counters for the run summary (token collisions, text detections...).
+    """
+
+    output: pa.RecordBatch
+    quarantine: pa.RecordBatch | None
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class Masker:
+    """Apply one table's rules of a policy to batches of that table.
+
+    Parameters
+    ----------
+    policy:
+        The validated policy.
+    keyring:
+        The keyring whose primary key derives every domain key.
+    table:
+        Which table of a multi-table policy; may be omitted for a single-table policy.
+    services:
+        Shared helpers for operators (the text operator's lexicon), by name.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        keyring: Keyring,
+        *,
+        table: str | None = None,
+        services: dict[str, Any] | None = None,
+    ) -> None:
+        specs = policy.table_specs()
+        if table is None:
+            if len(specs) != 1:
+                raise SchemaError(
+                    f"policy {policy.source or policy.dataset} has tables "
+                    f"{', '.join(specs)}: say which one to mask"
+                )
+            table = next(iter(specs))
+        if table not in specs:
+            raise SchemaError(
+                f"table '{table}' is not in policy {policy.source or policy.dataset} "
+                f"(tables: {', '.join(specs)})"
+            )
+        self.policy = policy
+        self.keyring = keyring
+        self.table = table
+        self.spec: TableSpec = specs[table]
+        self.services = services if services is not None else {}
+        self.unlisted = self.spec.unlisted or policy.unlisted
+        self._ops: dict[str, Operator[Any]] = {}
+        for name, op_spec in self.spec.columns.items():
+            try:
+                cls = get_operator(op_spec.op)
+            except KeyError:
+                raise PolicyError(
+                    f"operator '{op_spec.op}' is not available in this installation",
+                    path=policy.source,
+                    line=self._line(name),
+                    field=self._field(name),
+                ) from None
+            binding = Binding(policy, keyring, table, name, self.services)
+            self._ops[name] = cls(op_spec, binding)
+        self._bound: tuple[pa.Schema, pa.Schema, list[str]] | None = None
+        self._bound_in: pa.Schema | None = None
+
+    # -- schema ------------------------------------------------------------------------
+    def _field(self, column: str) -> str:
+        return (
+            f"tables.{self.table}.columns.{column}"
+            if self.policy.is_multi_table
+            else f"columns.{column}"
+        )
+
+    def _line(self, column: str) -> int | None:
+        if self.policy.is_multi_table:
+            return self.policy.line_of("tables", self.table, "columns", column)
+        return self.policy.line_of("columns", column)
+
+    @property
+    def operators(self) -> dict[str, Operator[Any]]:
+        """The bound operator of every column rule."""
+        return dict(self._ops)
+
+    @property
+    def key_ids(self) -> list[str]:
+        """Master key ids this table's operators use."""
+        return sorted({k for op in self._ops.values() if (k := op.key_id) is not None})
+
+    def output_schema(self, schema: pa.Schema) -> pa.Schema:
+        """Check ``schema`` against the policy and return the output schema.
+
+        Raises
+        ------
+        SchemaError
+            A source column the policy does not name (under ``unlisted: error``), or a
+            policy column missing from the source.
+        PolicyError
+            A column whose type its operator cannot take (names the policy line).
+        """
+        return self._bind(schema)[0]
+
+    def _bind(self, schema: pa.Schema) -> tuple[pa.Schema, pa.Schema, list[str]]:
+        if self._bound is not None and self._bound_in == schema:
+            return self._bound
+        where = self.policy.source or "the policy"
+        names = [n for n in schema.names if n != REJECT_COLUMN]
+        unlisted = [n for n in names if n not in self.spec.columns]
+        if unlisted and self.unlisted == "error":
+            raise SchemaError(
+                f"column '{unlisted[0]}' of table '{self.table}' is not in {where}: add a rule "
+                "for it, or set 'unlisted: drop' or 'unlisted: keep' explicitly"
+            )
+        missing = [n for n in self.spec.columns if n not in names]
+        if missing:
+            raise SchemaError(
+                f"{where} names column '{missing[0]}' of table '{self.table}', but the input "
+                f"has no such column (input columns: {', '.join(names)})"
+            )
+        fields: list[pa.Field] = []
+        order: list[str] = []
+        for n in names:
+            f = schema.field(n)
+            if n not in self.spec.columns:
+                if self.unlisted == "keep":
+                    fields.append(f)
+                    order.append(n)
+                continue
+            op = self._ops[n]
+            if not op.keeps_column:
+                continue
+            dtype = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
+            problem = op.check(dtype)
+            if problem is not None:
+                raise PolicyError(
+                    f"{problem} (column '{n}' is {dtype})",
+                    path=self.policy.source,
+                    line=self._line(n),
+                    field=self._field(n),
+                )
+            fields.append(pa.field(n, op.output_type(dtype), nullable=True))
+            order.append(n)
+        meta = {
+            b"biomask.policy_sha256": self.policy.sha256.encode(),
+            b"biomask.keyring_id": self.keyring.keyring_id.encode(),
+            b"biomask.key_id": self.keyring.primary_key_id.encode(),
+        }
+        out = pa.schema(fields, metadata=meta)
+        quarantine = pa.schema([*fields, pa.field(REASON_COLUMN, pa.string())], metadata=meta)
+        self._bound = (out, quarantine, order)
+        self._bound_in = schema
+        return self._bound
+
+    # -- masking -----------------------------------------------------------------------
+    def _entity_order(self) -> list[str]:
+        cols = {e.column for e in self.policy.entities.values()}
+        return [c for c in self.spec.columns if c in cols] + [
+            c for c in self.spec.columns if c not in cols
+        ]
+
+    def mask_batch(self, batch: pa.RecordBatch) -> MaskedBatch:
+        """Mask one batch; rows that fail go to ``quarantine`` with their reason."""
+        out_schema, q_schema, order = self._bind(batch.schema)
+        n = batch.num_rows
+        bad = np.zeros(n, dtype=bool)
+        reasons: dict[int, str] = {}
+        if REJECT_COLUMN in batch.schema.names:
+            rej = batch.column(REJECT_COLUMN)
+            flagged = pc.is_valid(rej).to_numpy(zero_copy_only=False)
+            for i in np.flatnonzero(flagged):
+                reasons[int(i)] = str(rej[int(i)].as_py())
+            bad |= flagged
+        entity_tokens: dict[str, pa.Array] = {}
+        results: dict[str, pa.Array] = {}
+        stats: dict[str, int] = {}
+        ent_by_col: dict[str, list[str]] = {}
+        for ename, ent in self.policy.entities.items():
+            ent_by_col.setdefault(ent.column, []).append(ename)
+        for name in self._entity_order():
+            op = self._ops[name]
+            values = batch.column(name)
+            if pa.types.is_dictionary(values.type):
+                values = values.cast(values.type.value_type)
+            if not op.keeps_column and name not in ent_by_col:
+                continue
+            ctx = OperatorContext(self.table, name, batch, entity_tokens, bad, reasons, stats)
+            result = op(values, ctx)
+            results[name] = result
+            for ename in ent_by_col.get(name, []):
+                entity_tokens[ename] = result
+        arrays: list[pa.Array] = []
+        for name in order:
+            if name in results:
+                arrays.append(results[name])
+            else:  # unlisted: keep
+                arrays.append(batch.column(name))
+        masked = pa.RecordBatch.from_arrays(arrays, schema=out_schema)
+        if not bad.any():
+            return MaskedBatch(masked, None, stats)
+        good_idx = pa.array(np.flatnonzero(~bad))
+        bad_rows = np.flatnonzero(bad)
+        q = masked.take(pa.array(bad_rows))
+        reason_col = pa.array([reasons.get(int(i), "unmaskable") for i in bad_rows], pa.string())
+        quarantine = pa.RecordBatch.from_arrays([*q.columns, reason_col], schema=q_schema)
+        return MaskedBatch(masked.take(good_idx), quarantine, stats)
+
+
+class Unmasker(Masker):
+    """Reverse the reversible columns of masked data; leave every other column as it is.
+
+    Reversal needs the key that masked the data: its id is read from the masked data's
+    schema metadata (``biomask.key_id``, ``biomask.keyring_id``), and a keyring that does
+    not hold it is refused before anything is read, with a message that names only the
+    (public) ids.
+    """
+
+    def _check_keyring(self, schema: pa.Schema) -> str:
+        meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+        ring_id = meta.get("biomask.keyring_id")
+        key_id = meta.get("biomask.key_id")
+        if ring_id is None or key_id is None:
+            raise KeyringError(
+                "the input carries no biomask key id (was it written by 'biomask mask' to "
+                "Parquet or Arrow?); cannot tell which key reverses it"
+            )
+        if ring_id != self.keyring.keyring_id or key_id not in self.keyring.key_ids:
+            raise KeyringError(
+                f"this keyring ({self.keyring.keyring_id}) is not the one that masked the data "
+                f"(keyring {ring_id}, key {key_id}); unmask needs that keyring"
+            )
+        self._meta = meta
+        return key_id
+
+    def _bind(self, schema: pa.Schema) -> tuple[pa.Schema, pa.Schema, list[str]]:
+        if self._bound is not None and self._bound_in == schema:
+            return self._bound
+        self._key_id = self._check_keyring(schema)
+        fields: list[pa.Field] = []
+        for f in schema:
+            op = self._ops.get(f.name)
+            if op is not None and op.reversible:
+                fields.append(pa.field(f.name, op.reversed_type(f.type, self._meta)))
+            else:
+                fields.append(f)
+        meta = {k: v for k, v in (schema.metadata or {}).items()}
+        meta[b"biomask.unmasked"] = b"true"
+        out = pa.schema(fields, metadata=meta)
+        quarantine = pa.schema([*fields, pa.field(REASON_COLUMN, pa.string())], metadata=meta)
+        self._bound = (out, quarantine, list(schema.names))
+        self._bound_in = schema
+        return self._bound
+
+    @property
+    def reversible_columns(self) -> list[str]:
+        """Columns this unmasker reverses."""
+        return [n for n, op in self._ops.items() if op.reversible]
+
+    def mask_batch(self, batch: pa.RecordBatch) -> MaskedBatch:
+        """Reverse one batch of masked data."""
+        out_schema, q_schema, order = self._bind(batch.schema)
+        n = batch.num_rows
+        bad = np.zeros(n, dtype=bool)
+        reasons: dict[int, str] = {}
+        stats: dict[str, int] = {}
+        # encrypted columns are bound to the *masked* entity tokens, which the input holds
+        entity_tokens = {
+            e: batch.column(spec.column)
+            for e, spec in self.policy.entities.items()
+            if spec.column in batch.schema.names
+        }
+        arrays = []
+        for name in order:
+            values = batch.column(name)
+            op = self._ops.get(name)
+            if op is None or not op.reversible:
+                arrays.append(values)
+                continue
+            ctx = OperatorContext(self.table, name, batch, entity_tokens, bad, reasons, stats)
+            arrays.append(op.reverse(values, ctx, self._key_id))
+        out = pa.RecordBatch.from_arrays(arrays, schema=out_schema)
+        if not bad.any():
+            return MaskedBatch(out, None, stats)
+        bad_rows = np.flatnonzero(bad)
+        q = out.take(pa.array(bad_rows))
+        reason_col = pa.array([reasons.get(int(i), "irreversible") for i in bad_rows], pa.string())
+        quarantine = pa.RecordBatch.from_arrays([*q.columns, reason_col], schema=q_schema)
+        return MaskedBatch(out.take(pa.array(np.flatnonzero(~bad))), quarantine, stats)

@@ -1,0 +1,158 @@
+"""date_shift and generalize.
+
+Date shifting moves every date of one entity (a subject) by the same number of days, so
+intervals within that subject (age at capture, time between captures) survive exactly while
+the absolute dates do not. The offset is a keyed PRF of the entity's *token* (the masked
+value of the entity column in the same row), so every table that carries the entity column
+shifts that subject's dates consistently, with no shared state between runs or workers.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from biomask.keys.primitives import DeterministicPrf
+from biomask.masking.registry import Binding, Operator, OperatorContext, register
+from biomask.policies.models import DateShiftOp, GeneralizeOp
+
+__all__ = ["DATE_FORMATS", "DateShift", "Generalize", "entity_max_days"]
+
+#: formats tried, in order, on string date columns without an explicit ``format``
+DATE_FORMATS = (
+    "%Y-%m-%d",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%d %H:%M:%S",
+    "%d/%m/%Y",
+    "%m/%d/%Y",
+    "%d.%m.%Y",
+    "%d-%m-%Y",
+    "%Y%m%d",
+)
+_UNIT_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
+
+
+def entity_max_days(binding: Binding, entity: str) -> int:
+    """The entity's offset range: the largest ``max_days`` among its date_shift rules.
+
+    One range per entity (not per column) is what keeps intervals between an entity's
+    date columns exact.
+    """
+    best = 0
+    for spec in binding.policy.table_specs().values():
+        for op in spec.columns.values():
+            if isinstance(op, DateShiftOp) and op.entity == entity:
+                best = max(best, op.max_days)
+    return best or 365
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+@register
+class DateShift(Operator[DateShiftOp]):
+    """Per-entity consistent date shift for dates, timestamps (any unit/zone) and strings."""
+
+    name = "date_shift"
+
+    def __init__(self, spec: DateShiftOp, binding: Binding) -> None:
+        super().__init__(spec, binding)
+        self.max_days = entity_max_days(binding, spec.entity)
+        self.prf = DeterministicPrf(binding.keyring.derive("date_shift", spec.entity))
+
+    @property
+    def key_id(self) -> str | None:
+        return self.prf.key_id
+
+    def check(self, dtype: pa.DataType) -> str | None:
+        ok = pa.types.is_date(dtype) or pa.types.is_timestamp(dtype) or _is_string(dtype)
+        return None if ok else f"date_shift takes date, timestamp or date-string columns, not {dtype}"
+
+    def offsets(self, tokens: pa.Array) -> pa.Array:
+        """Offset in days per row (never 0), null where the entity token is null."""
+        enc = tokens.cast(pa.string()).dictionary_encode()
+        raw = enc.dictionary.cast(pa.binary()).to_pylist()
+        m = self.max_days
+        r = self.prf.integers(raw, 2 * m) - m
+        r[r >= 0] += 1
+        return pa.array(r, pa.int64()).take(enc.indices)
+
+    def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
+        tokens = ctx.entity_tokens.get(self.spec.entity)
+        if tokens is None:  # pragma: no cover - the Masker binds entities first
+            raise AssertionError("entity tokens missing")
+        days = self.offsets(tokens)
+        no_key = pc.and_(pc.is_valid(values), pc.is_null(days))
+        if pc.any(no_key).as_py():
+            ctx.quarantine(no_key, f"no {self.spec.entity} key to shift the date by")
+        t = values.type
+        if pa.types.is_date32(t):
+            return pc.add(values.cast(pa.int32()).cast(pa.int64()), days).cast(pa.int32()).cast(t)
+        if pa.types.is_date64(t):
+            return pc.add(values.cast(pa.int64()), pc.multiply(days, 86_400_000)).cast(t)
+        if pa.types.is_timestamp(t):
+            step = pc.multiply(days, _UNIT_PER_DAY[t.unit])
+            return pc.add(values.cast(pa.int64()), step).cast(t)
+        return self._strings(values, days, ctx)
+
+    def _strings(self, values: pa.Array, days: pa.Array, ctx: OperatorContext) -> pa.Array:
+        fmt = self.spec.format or _detect_format(values)
+        if fmt is None:
+            bad = pc.is_valid(values)
+            ctx.quarantine(bad, "not a date in a known format (set 'format' in the policy)")
+            return pa.nulls(len(values), values.type)
+        parsed = pc.strptime(values, format=fmt, unit="s", error_is_null=True)
+        unparsed = pc.and_(pc.is_valid(values), pc.is_null(parsed))
+        if pc.any(unparsed).as_py():
+            ctx.quarantine(unparsed, f"not a date in format {fmt}")
+        shifted = pc.add(parsed.cast(pa.int64()), pc.multiply(days, 86_400)).cast(pa.timestamp("s"))
+        return pc.strftime(shifted, format=fmt).cast(values.type)
+
+
+def _detect_format(values: pa.Array) -> str | None:
+    n_valid = len(values) - values.null_count
+    if n_valid == 0:
+        return DATE_FORMATS[0]
+    best, best_n = None, 0
+    for fmt in DATE_FORMATS:
+        parsed = len(values) - pc.strptime(values, format=fmt, unit="s", error_is_null=True).null_count
+        if parsed > best_n:
+            best, best_n = fmt, parsed
+        if parsed == n_valid:
+            break
+    return best
+
+
+@register
+class Generalize(Operator[GeneralizeOp]):
+    """Coarsen values: numeric buckets, rounding (coordinates), month/year truncation."""
+
+    name = "generalize"
+
+    def check(self, dtype: pa.DataType) -> str | None:
+        numeric = pa.types.is_integer(dtype) or pa.types.is_floating(dtype)
+        temporal = pa.types.is_date(dtype) or pa.types.is_timestamp(dtype)
+        s = self.spec
+        if s.bucket is not None and not numeric:
+            return f"generalize with bucket takes numeric columns, not {dtype}"
+        if s.decimals is not None and not pa.types.is_floating(dtype):
+            return f"generalize with decimals takes floating-point columns, not {dtype}"
+        if s.truncate is not None and not temporal:
+            return f"generalize with truncate takes date or timestamp columns, not {dtype}"
+        return None
+
+    def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
+        s = self.spec
+        if s.bucket is not None:
+            b = float(s.bucket)
+            out = pc.multiply(pc.floor(pc.divide(values.cast(pa.float64()), b)), b)
+            return out.cast(values.type, safe=False)
+        if s.decimals is not None:
+            return pc.round(values, ndigits=s.decimals)
+        assert s.truncate is not None
+        if pa.types.is_date32(values.type):
+            as_ts = values.cast(pa.timestamp("s"))
+            return pc.floor_temporal(as_ts, unit=s.truncate).cast(pa.date32())
+        return pc.floor_temporal(values, unit=s.truncate)
+

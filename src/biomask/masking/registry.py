@@ -1,0 +1,171 @@
+"""The operator registry: typed operators on whole Arrow columns.
+
+Like presidio-anonymizer's operator registry, but an operator here takes a whole column
+(``pa.Array``) and returns a whole column, and is bound once per policy rule so keys are
+derived once per run, not once per value. Operators do no I/O.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+import numpy as np
+import pyarrow as pa
+
+from biomask.keys import Keyring
+
+if TYPE_CHECKING:
+    from biomask.policies.models import Policy
+
+__all__ = ["Binding", "Operator", "OperatorContext", "get_operator", "operator_names", "register"]
+
+S = TypeVar("S")
+
+
+@dataclass
+class Binding:
+    """Run-wide facts operators need when they are built (not per batch).
+
+    Attributes
+    ----------
+    policy:
+        The whole policy (operators look up entities and linked domains in it).
+    keyring:
+        The keyring; operators derive their keys from it once.
+    table:
+        The table the column belongs to.
+    column:
+        The column name.
+    services:
+        Shared helpers keyed by name (e.g. the text operator's lexicon), set by the Masker.
+    """
+
+    policy: Policy
+    keyring: Keyring
+    table: str
+    column: str
+    services: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OperatorContext:
+    """Per-batch context of one column: the batch, entity tokens, and row failures.
+
+    An operator that cannot mask some rows (an unparseable date, a wrong template length)
+    calls :meth:`quarantine` for them and returns nulls there; the Masker moves those rows
+    to the quarantine sink with the reason, so a row is never dropped silently nor passed
+    through unmasked.
+    """
+
+    table: str
+    column: str
+    batch: pa.RecordBatch
+    entity_tokens: dict[str, pa.Array]
+    bad: np.ndarray
+    reasons: dict[int, str] = field(default_factory=dict)
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def quarantine(self, rows: np.ndarray | pa.Array, reason: str) -> None:
+        """Mark rows (a boolean mask) as unmaskable, with a reason naming the column."""
+        mask = rows.to_numpy(zero_copy_only=False) if isinstance(rows, pa.Array) else rows
+        mask = np.asarray(mask, dtype=bool)
+        new = mask & ~self.bad
+        for i in np.flatnonzero(new):
+            self.reasons[int(i)] = f"{self.column}: {reason}"
+        self.bad |= mask
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to a per-run statistic (e.g. token collisions, text detections)."""
+        self.stats[name] = self.stats.get(name, 0) + n
+
+
+class Operator(ABC, Generic[S]):
+    """A masking operator bound to one policy rule.
+
+    Subclasses set :attr:`name`, validate the column type in :meth:`check` and transform a
+    whole column in :meth:`__call__`.
+    """
+
+    name: ClassVar[str]
+    #: whether the output column is present (``drop`` says no)
+    keeps_column: ClassVar[bool] = True
+
+    def __init__(self, spec: S, binding: Binding) -> None:
+        self.spec = spec
+        self.binding = binding
+
+    @property
+    def key_id(self) -> str | None:
+        """Id of the master key this operator's keys come from (for lineage), if any."""
+        return None
+
+    def check(self, dtype: pa.DataType) -> str | None:
+        """Return why this operator cannot take a column of ``dtype``, or None if it can."""
+        return None
+
+    def output_type(self, dtype: pa.DataType) -> pa.DataType:
+        """Arrow type of the output column for an input of ``dtype``."""
+        return dtype
+
+    @abstractmethod
+    def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
+        """Transform a whole column; rows that fail are quarantined through ``ctx``."""
+
+    @property
+    def reversible(self) -> bool:
+        """Whether :meth:`reverse` gives the original values back (``biomask unmask``)."""
+        return False
+
+    def reverse(self, values: pa.Array, ctx: OperatorContext, key_id: str) -> pa.Array:
+        """Undo :meth:`__call__` with the key ``key_id`` that masked the data.
+
+        Only reversible operators (FF1 tokens, encrypted templates) implement this; the
+        unmasker leaves every other column as it is.
+        """
+        raise NotImplementedError(f"{self.name} is not reversible")
+
+    def reversed_type(self, dtype: pa.DataType, metadata: dict[str, str]) -> pa.DataType:
+        """Arrow type of a reversed column (``metadata`` is the masked file's metadata)."""
+        return dtype
+
+
+_REGISTRY: dict[str, type[Operator[Any]]] = {}
+
+T = TypeVar("T", bound=type[Operator[Any]])
+
+
+def register(cls: T) -> T:
+    """Class decorator: make an operator available to policies under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_operator(name: str) -> type[Operator[Any]]:
+    """The operator class for a policy ``op`` name."""
+    from biomask.masking import operators  # noqa: F401  (registers the built-ins)
+
+    return _REGISTRY[name]
+
+
+def operator_names() -> list[str]:
+    """Names of all registered operators."""
+    from biomask.masking import operators  # noqa: F401
+
+    return sorted(_REGISTRY)
+
+
+def map_distinct(values: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
+    """Apply ``fn`` once per distinct non-null value and expand back to the column.
+
+    This is what keeps per-value crypto at one call per distinct value: ``fn`` receives
+    the dictionary of distinct values and returns one output per entry.
+    """
+    if len(values) == 0:
+        return fn(values)
+    enc = values.dictionary_encode()
+    uniq = enc.dictionary
+    out = fn(uniq)
+    return out.take(enc.indices)

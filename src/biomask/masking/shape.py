@@ -1,0 +1,179 @@
+"""Format-shaped tokens computed on whole string arrays.
+
+A shaped token replaces every letter with a letter of the same case and every digit with a
+digit, and keeps punctuation, spaces and (optionally) a fixed prefix, so the token has the
+same length, character classes, case and separators as the value (``BIO-41937913`` ->
+``BIO-73015542``). The work is vectorized over all characters of all distinct values: the
+code points of the whole Arrow data buffer are decoded in one call, classified with one
+table lookup and replaced with one keystream, and the result is assembled directly into
+Arrow buffers. The only per-value Python is the keyed hash that seeds each value's stream.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from biomask.keys.primitives import DeterministicPrf, ragged_stream
+
+__all__ = [
+    "KEEP",
+    "DIGIT",
+    "LOWER",
+    "UPPER",
+    "char_classes",
+    "codepoints",
+    "from_codepoints",
+    "prefix_lengths",
+    "shape_tokens",
+]
+
+KEEP, DIGIT, UPPER, LOWER = 0, 1, 2, 3
+_SEPARATORS = np.array([ord(c) for c in "-_/:."], dtype=np.uint32)
+
+
+@lru_cache(maxsize=1)
+def _class_table() -> np.ndarray:
+    table = np.zeros(0x10000, dtype=np.uint8)
+    for cp in range(0x10000):
+        ch = chr(cp)
+        if ch.isdigit():
+            table[cp] = DIGIT
+        elif ch.isalpha():
+            table[cp] = UPPER if ch.isupper() else LOWER
+    return table
+
+
+def codepoints(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Code points of a null-free string array, flat, and each value's offset into them.
+
+    Returns
+    -------
+    cps:
+        uint32 code points of all values back to back.
+    offsets:
+        int64 array of ``len(values) + 1`` offsets into ``cps``.
+    """
+    arr = values.cast(pa.large_string()) if values.type != pa.large_string() else values
+    lengths = pc.utf8_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.zeros(len(arr) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if len(arr) == 0:
+        return np.zeros(0, dtype=np.uint32), offsets
+    bufs = arr.buffers()
+    byte_off = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = bufs[2].to_pybytes()[int(byte_off[0]) : int(byte_off[-1])] if bufs[2] else b""
+    cps = np.frombuffer(data.decode("utf-8").encode("utf-32-le"), dtype=np.uint32)
+    return cps, offsets
+
+
+def from_codepoints(cps: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """Build a string array from flat code points and offsets, without per-value Python."""
+    n = len(offsets) - 1
+    data = cps.astype(np.uint32).tobytes().decode("utf-32-le").encode("utf-8")
+    width = (
+        1 + (cps >= 0x80).astype(np.int64) + (cps >= 0x800) + (cps >= 0x10000)
+    ).astype(np.int64)
+    csum = np.zeros(len(cps) + 1, dtype=np.int64)
+    np.cumsum(width, out=csum[1:])
+    byte_offsets = csum[offsets].astype(np.int64)
+    return pa.LargeStringArray.from_buffers(
+        n, pa.py_buffer(byte_offsets.tobytes()), pa.py_buffer(data)
+    ).cast(pa.string())
+
+
+def char_classes(cps: np.ndarray) -> np.ndarray:
+    """KEEP/DIGIT/UPPER/LOWER per code point; code points past the BMP count as letters."""
+    table = _class_table()
+    out = np.full(len(cps), LOWER, dtype=np.uint8)
+    bmp = cps < 0x10000
+    out[bmp] = table[cps[bmp]]
+    return out
+
+
+def prefix_lengths(
+    cps: np.ndarray, offsets: np.ndarray, prefix: str | None
+) -> np.ndarray:
+    """How many leading code points of each value are a fixed prefix to keep.
+
+    ``"auto"`` keeps 1-6 upper-case ASCII letters followed by a separator (``SUBJ-``,
+    ``BIO-``, ``DV/``); a literal string keeps exactly that prefix where a value starts
+    with it; ``None`` keeps nothing.
+    """
+    n = len(offsets) - 1
+    out = np.zeros(n, dtype=np.int64)
+    if prefix is None or n == 0 or len(cps) == 0:
+        return out
+    starts = offsets[:-1]
+    lengths = np.diff(offsets)
+    if prefix != "auto":
+        p = np.array([ord(c) for c in prefix], dtype=np.uint32)
+        ok = lengths >= len(p)
+        for i, c in enumerate(p):  # loop over prefix characters, not values
+            idx = np.minimum(starts + i, len(cps) - 1)
+            ok &= cps[idx] == c
+        out[ok] = len(p)
+        return out
+    run = np.zeros(n, dtype=np.int64)
+    alive = lengths > 0
+    for i in range(7):  # at most 6 letters, then a separator
+        idx = np.minimum(starts + i, len(cps) - 1)
+        ch = cps[idx]
+        in_range = alive & (lengths > i)
+        is_upper = (ch >= 65) & (ch <= 90)
+        is_sep = np.isin(ch, _SEPARATORS)
+        hit = in_range & is_sep & (run == i) & (i > 0)
+        out[hit & (lengths > i + 1)] = i + 1
+        alive &= in_range & is_upper & (run == i)
+        run[alive] += 1
+    return out
+
+
+def shape_tokens(
+    prf: DeterministicPrf,
+    values: pa.Array,
+    *,
+    prf_input: list[bytes] | None = None,
+    prefix: str | None = "auto",
+    keep_lengths: np.ndarray | None = None,
+) -> pa.Array:
+    """Shaped tokens for a null-free array of (distinct) strings.
+
+    Parameters
+    ----------
+    prf:
+        The domain's keyed PRF; the same value under the same domain key always gives the
+        same token.
+    values:
+        Strings to tokenize (callers pass each distinct value once).
+    prf_input:
+        What the PRF is keyed on per value, when it is not the value itself (e.g. a
+        normalized phone number, so that formats of one number agree).
+    prefix:
+        See :func:`prefix_lengths`.
+    keep_lengths:
+        Per-value number of leading characters to keep, overriding ``prefix`` (the phone
+        operator keeps the country code this way).
+    """
+    cps, offsets = codepoints(values)
+    if len(cps) == 0:
+        return values.cast(pa.string())
+    lengths = np.diff(offsets)
+    if prf_input is None:
+        prf_input = values.cast(pa.binary()).to_pylist()
+    rnd = ragged_stream(prf, prf_input, lengths * 2).view(np.uint16)
+    cls = char_classes(cps)
+    keep = prefix_lengths(cps, offsets, prefix) if keep_lengths is None else keep_lengths
+    pos = np.arange(len(cps)) - np.repeat(offsets[:-1], lengths)
+    cls[pos < np.repeat(keep, lengths)] = KEEP
+    out = cps.copy()
+    m = cls == DIGIT
+    out[m] = 48 + rnd[m] % 10
+    m = cls == UPPER
+    out[m] = 65 + rnd[m] % 26
+    m = cls == LOWER
+    out[m] = 97 + rnd[m] % 26
+    return from_codepoints(out, offsets)

@@ -1,0 +1,280 @@
+"""The one place that wires sources, the Masker, sinks and the lineage recorder into a run.
+
+The command line, the demo and the integrations call :func:`run_mask`; nothing else opens
+sinks or writes lineage. Order of a run:
+
+1. open every source and bind every table's Masker to its schema, so a policy problem
+   (unlisted column, wrong type) stops the run before anything is written;
+2. start the lineage record (OpenLineage START, audit entry);
+3. stream batches source -> Masker -> sink (+ quarantine sink), observing evidence;
+4. commit every sink atomically, then write COMPLETE, the manifest and its signature.
+
+On any failure every sink is aborted (nothing appears under the final names) and a FAIL
+event is recorded; the error is re-raised for the caller to report.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from biomask.connectors import (
+    Sink,
+    Source,
+    display_uri,
+    open_sink,
+    open_source,
+    open_tables,
+    quarantine_uri,
+    table_sink_uri,
+)
+from biomask.errors import BiomaskError, QuarantineLimitError
+from biomask.keys import Keyring
+from biomask.lineage import LineageRecorder
+from biomask.lineage.record import ColumnRecord, RunRecord
+from biomask.masking import Masker
+from biomask.policies import Policy
+
+__all__ = ["RunSummary", "default_lineage_dir", "run_mask", "run_unmask"]
+
+ProgressFn = Callable[[str, int], None]
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the command line's summary and for library callers."""
+
+    run_id: str
+    rows_in: int
+    rows_out: int
+    rows_quarantined: int
+    seconds: float
+    lineage_dir: Path
+    outputs: list[str]
+    quarantine: list[str]
+    operator_counts: dict[str, int]
+    stats: dict[str, int] = field(default_factory=dict)
+    key_ids: list[str] = field(default_factory=list)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_in / self.seconds if self.seconds > 0 else float("inf")
+
+
+def default_lineage_dir(output_uri: str, dataset: str) -> Path:
+    """``<output>.lineage`` beside a file or directory output, so no run goes unrecorded."""
+    if output_uri in ("-", "") or "://" in output_uri:
+        return Path(f"{dataset}.lineage")
+    p = Path(output_uri)
+    return p.with_name(p.name.rstrip("/") + ".lineage")
+
+
+def run_mask(
+    policy: Policy,
+    keyring: Keyring,
+    input_uri: str,
+    output_uri: str,
+    *,
+    lineage_dir: str | Path | None = None,
+    overwrite: bool = False,
+    append: bool = False,
+    batch_size: int = 65_536,
+    max_quarantine: int | None = None,
+    progress: ProgressFn | None = None,
+    command: str = "mask",
+    masker_factory: Callable[[Policy, Keyring, str, dict[str, Any]], Masker] | None = None,
+) -> RunSummary:
+    """Mask ``input_uri`` into ``output_uri`` under ``policy``; see the module docstring.
+
+    Parameters
+    ----------
+    max_quarantine:
+        Fail the run (nothing committed) when more rows than this are quarantined.
+    progress:
+        Called with (table, rows done so far) after each batch.
+    masker_factory:
+        Builds the per-table masker; ``unmask`` passes its own.
+    """
+    started = time.perf_counter()
+    specs = policy.table_specs()
+    if policy.is_multi_table:
+        sources: dict[str, Source] = open_tables(input_uri, list(specs), batch_size=batch_size)
+    else:
+        (only,) = specs
+        sources = {only: open_source(input_uri, batch_size=batch_size)}
+    services: dict[str, Any] = {"sources": sources}
+    factory = masker_factory or (
+        lambda p, k, t, s: Masker(p, k, table=t, services=s)
+    )
+    maskers = {t: factory(policy, keyring, t, services) for t in sources}
+    out_schemas = {t: maskers[t].output_schema(sources[t].schema) for t in sources}
+    # Services (e.g. the text operator's known-value lexicon) may need a pre-pass.
+    prepare = services.get("prepare")
+    if callable(prepare):
+        prepare()
+
+    lineage = Path(lineage_dir) if lineage_dir else default_lineage_dir(output_uri, policy.dataset)
+    key_ids = sorted({k for m in maskers.values() for k in m.key_ids})
+    record = RunRecord(
+        run_id=str(uuid.uuid4()),
+        command=command,
+        job=policy.dataset,
+        policy_path=policy.source,
+        policy_sha256=policy.sha256,
+        keyring_id=keyring.keyring_id,
+        key_ids=key_ids,
+        signing_key_id=keyring.signing_key_id,
+        inputs=[s.ref() for s in sources.values()],
+    )
+    for t, m in maskers.items():
+        for name, op in m.operators.items():
+            spec = op.spec
+            record.columns.append(
+                ColumnRecord(
+                    table=t,
+                    column=name,
+                    op=op.name,
+                    masks=op.name != "keep",
+                    key_id=op.key_id,
+                    domain=getattr(spec, "domain", None),
+                    entity=getattr(spec, "entity", None),
+                    dropped=not op.keeps_column,
+                )
+            )
+            record.operator_counts[op.name] = record.operator_counts.get(op.name, 0) + 1
+    recorder = LineageRecorder(lineage, keyring, record, policy=policy)
+    recorder.start()
+
+    sinks: list[Sink] = []
+    q_sinks: dict[str, Sink] = {}
+    outputs: list[str] = []
+    q_uris: list[str] = []
+    stats: dict[str, int] = {}
+    try:
+        out_sinks: dict[str, Sink] = {}
+        for t in sources:
+            uri = table_sink_uri(output_uri, t, input_uri) if policy.is_multi_table else output_uri
+            sink = open_sink(
+                uri, out_schemas[t], overwrite=overwrite, append=append,
+                metadata=_meta(out_schemas[t]),
+            )
+            out_sinks[t] = sink
+            sinks.append(sink)
+            outputs.append(display_uri(uri))
+        for t, source in sources.items():
+            masker = maskers[t]
+            done = 0
+            for batch in source.batches():
+                recorder.observe_input(t, batch)
+                res = masker.mask_batch(batch)
+                record.rows_in += batch.num_rows
+                out_sinks[t].write(res.output)
+                recorder.observe_output(t, res.output)
+                record.rows_out += res.output.num_rows
+                if res.quarantine is not None and res.quarantine.num_rows:
+                    q = q_sinks.get(t)
+                    if q is None:
+                        base = (
+                            table_sink_uri(output_uri, t, input_uri)
+                            if policy.is_multi_table
+                            else output_uri
+                        )
+                        q_uri = quarantine_uri(base)
+                        q = open_sink(q_uri, res.quarantine.schema, overwrite=overwrite)
+                        q_sinks[t] = q
+                        sinks.append(q)
+                        q_uris.append(display_uri(q_uri))
+                    q.write(res.quarantine)
+                    record.rows_quarantined += res.quarantine.num_rows
+                    for reason in res.quarantine.column(res.quarantine.num_columns - 1).to_pylist():
+                        key = _reason_kind(str(reason))
+                        record.quarantine_reasons[key] = record.quarantine_reasons.get(key, 0) + 1
+                    if max_quarantine is not None and record.rows_quarantined > max_quarantine:
+                        raise QuarantineLimitError(
+                            f"{record.rows_quarantined} rows quarantined, more than "
+                            f"--max-quarantine {max_quarantine}; nothing was written"
+                        )
+                for k, v in res.stats.items():
+                    stats[k] = stats.get(k, 0) + v
+                done += batch.num_rows
+                if progress is not None:
+                    progress(t, done)
+        for s in sinks:
+            s.commit()
+    except BaseException as exc:
+        for s in sinks:
+            try:
+                s.abort()
+            except Exception:  # noqa: BLE001 - abort must not hide the real error
+                pass
+        record.error = str(exc) if isinstance(exc, BiomaskError) else type(exc).__name__
+        record.ended_at = _now()
+        recorder.fail(exc)
+        raise
+    record.outputs = [s.ref() for s in out_sinks.values()]
+    record.quarantine = [s.ref() for s in q_sinks.values()]
+    record.token_collisions = stats.get("token_collisions", 0)
+    record.text_detections = {
+        k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("text:")
+    }
+    record.ended_at = _now()
+    recorder.complete()
+    return RunSummary(
+        run_id=record.run_id,
+        rows_in=record.rows_in,
+        rows_out=record.rows_out,
+        rows_quarantined=record.rows_quarantined,
+        seconds=time.perf_counter() - started,
+        lineage_dir=lineage,
+        outputs=outputs,
+        quarantine=q_uris,
+        operator_counts=dict(record.operator_counts),
+        stats=stats,
+        key_ids=key_ids,
+    )
+
+
+def _meta(schema: pa.Schema) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+
+
+def _reason_kind(reason: str) -> str:
+    # "column: what" -> keep it coarse; reasons never hold values
+    return reason[:120]
+
+
+def _now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+
+
+def run_unmask(
+    policy: Policy,
+    keyring: Keyring,
+    input_uri: str,
+    output_uri: str,
+    **kwargs: Any,
+) -> RunSummary:
+    """Reverse the reversible columns of masked data (FF1 tokens, encrypted templates).
+
+    Every other column is left as it is. The run is recorded in lineage as an access
+    event (``command: unmask``): reading the originals back is itself evidence.
+    """
+    from biomask.masking import Unmasker
+
+    return run_mask(
+        policy,
+        keyring,
+        input_uri,
+        output_uri,
+        command="unmask",
+        masker_factory=lambda p, k, t, s: Unmasker(p, k, table=t, services=s),
+        **kwargs,
+    )

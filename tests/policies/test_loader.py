@@ -1,0 +1,127 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from biomask.errors import PolicyError
+from biomask.policies import load_policy, parse_policy, policy_from_dict, policy_json_schema
+from biomask.policies.models import DateShiftOp, TokenizeOp
+
+GOOD = """\
+version: 1
+dataset: enrolment
+entities:
+  subject: {column: subject_id}
+columns:
+  subject_id: {op: tokenize, domain: subject}
+  full_name: {op: pseudonym, domain: person}
+  dob: {op: date_shift, entity: subject, max_days: 100}
+  notes: {op: text, entities: {PERSON: person}}
+  gender: {op: keep, quasi_identifier: true}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "policy.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_good_policy(tmp_path: Path) -> None:
+    pol = load_policy(write(tmp_path, GOOD))
+    cols = pol.table_specs()["enrolment"].columns
+    assert isinstance(cols["subject_id"], TokenizeOp)
+    assert isinstance(cols["dob"], DateShiftOp) and cols["dob"].max_days == 100
+    assert len(pol.sha256) == 64
+    assert pol.line_of("columns", "dob") == 8
+
+
+def test_example_policy_is_valid_and_shipped() -> None:
+    root = Path(__file__).parents[2]
+    example = root / "examples" / "enrolment-policy.yaml"
+    shipped = root / "src" / "biomask" / "demo" / "enrolment-policy.yaml"
+    assert example.read_text() == shipped.read_text()
+    pol = load_policy(example)
+    assert set(pol.table_specs()) == {"subjects", "captures"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ("subject_id: {op: tokenize, domain: subject}", "subject_id: {op: tokenise, domain: subject}"),
+            r"policy.yaml:6: columns.subject_id: unknown operator 'tokenise' \(known: keep, drop",
+        ),
+        (
+            ("max_days: 100", "max_days: 100, maxdays: 3"),
+            r"policy.yaml:8: columns.dob.maxdays: unknown field 'maxdays'",
+        ),
+        (
+            ("max_days: 100", "max_days: soon"),
+            r"policy.yaml:8: columns.dob.max_days: Input should be a valid integer",
+        ),
+        (
+            ("entity: subject, max_days", "entity: person, max_days"),
+            r"policy.yaml:8: columns.dob.entity: unknown entity 'person' \(entities: subject\)",
+        ),
+        (
+            ("{PERSON: person}", "{PERSON: people}"),
+            r"policy.yaml:9: columns.notes.entities.PERSON: unknown domain 'people' for PERSON",
+        ),
+        (
+            ("full_name: {op: pseudonym, domain: person}", "full_name: {op: pseudonym, domain: subject}"),
+            r"policy.yaml:7: columns.full_name.domain: domain 'subject' is used by 'tokenize'",
+        ),
+        (("version: 1", "version: 2"), r"policy.yaml:1: version: invalid value; expected 1"),
+        (("dataset: enrolment\n", ""), r"policy.yaml:1: dataset: missing required field 'dataset'"),
+        (
+            ("gender: {op: keep, quasi_identifier: true}", "gender: {quasi_identifier: true}"),
+            r"policy.yaml:10: columns.gender: missing 'op'",
+        ),
+        (
+            ("subject_id: {op: tokenize, domain: subject}\n", "subject_id: {op: tokenize, domain: subject}\n  subject_id: {op: drop}\n"),
+            r"policy.yaml:7: columns.subject_id: duplicate key 'subject_id'",
+        ),
+        (("columns:", "columns: [\n"), r"policy.yaml:\d+: invalid YAML"),
+    ],
+)
+def test_bad_policy_messages(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    text = GOOD.replace(*change)
+    assert text != GOOD
+    with pytest.raises(PolicyError, match=message) as info:
+        load_policy(write(tmp_path, text))
+    assert "\n" not in str(info.value)
+
+
+def test_entity_column_must_keep_identity(tmp_path: Path) -> None:
+    text = GOOD.replace("subject_id: {op: tokenize, domain: subject}", "subject_id: {op: drop}")
+    with pytest.raises(PolicyError, match="entity column 'subject_id' uses 'drop'"):
+        load_policy(write(tmp_path, text))
+
+
+def test_generalize_needs_one_mode() -> None:
+    with pytest.raises(PolicyError, match="exactly one of: bucket, decimals, truncate"):
+        parse_policy("version: 1\ndataset: x\ncolumns:\n  a: {op: generalize, bucket: 5, decimals: 1}\n")
+
+
+def test_missing_file_and_empty(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="nope.yaml: cannot read policy file"):
+        load_policy(tmp_path / "nope.yaml")
+    with pytest.raises(PolicyError, match="policy file is empty"):
+        load_policy(write(tmp_path, ""))
+    with pytest.raises(PolicyError, match="a policy must be a mapping"):
+        load_policy(write(tmp_path, "- 1\n"))
+
+
+def test_columns_or_tables() -> None:
+    with pytest.raises(PolicyError, match="exactly one of 'columns' or 'tables'"):
+        parse_policy("version: 1\ndataset: x\n")
+
+
+def test_policy_from_dict_and_schema() -> None:
+    pol = policy_from_dict({"version": 1, "dataset": "x", "columns": {"a": {"op": "keep"}}})
+    assert pol.table_specs()["x"].columns["a"].op == "keep"
+    schema = policy_json_schema()
+    json.dumps(schema)
+    assert "columns" in schema["properties"]
+    assert schema["$schema"].startswith("https://json-schema.org/")
