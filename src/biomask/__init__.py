@@ -7,6 +7,8 @@ The public API is what ``__all__`` lists; everything else is an implementation d
 >>> masked = biomask.mask(table, "policy.yaml", ring)   # doctest: +SKIP
 """
 
+from typing import TYPE_CHECKING, Any
+
 from biomask.errors import (
     BiomaskError,
     ConnectorError,
@@ -23,8 +25,10 @@ from biomask.errors import (
 from biomask.keys import Keyring
 from biomask.masking import Masker
 from biomask.masking.api import mask
-from biomask.pipeline import RunSummary, run_mask
 from biomask.policies import Policy, load_policy, policy_json_schema
+
+if TYPE_CHECKING:
+    from biomask.pipeline import RunSummary, run_mask
 
 __version__ = "0.1.0"
 
@@ -50,3 +54,13 @@ __all__ = [
     "policy_json_schema",
     "run_mask",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The pipeline pulls in connectors (ADBC) and lineage (OpenLineage); load it only when
+    # used, so ``import biomask`` in a Ray worker or a training job stays light.
+    if name in ("RunSummary", "run_mask"):
+        from biomask import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'biomask' has no attribute {name!r}")

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
+from typer.exceptions import TyperException
 from rich.console import Console
 
 from biomask.errors import BiomaskError, KeyringError
@@ -290,12 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=args, prog_name="biomask", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.exceptions.UsageError as exc:
+    except typer.Exit as exc:
+        return int(getattr(exc, "exit_code", 0))
+    except TyperException as exc:  # usage errors: missing option, bad value
         sys.stderr.write(f"biomask: error: {exc.format_message()}\n")
         return 2
-    except click.exceptions.Abort:
+    except typer.Abort:
         sys.stderr.write("biomask: interrupted; nothing was written under the final names\n")
         return 130
     except KeyringError as exc:

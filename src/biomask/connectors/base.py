@@ -16,7 +16,14 @@ from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
-__all__ = ["DatasetRef", "Sink", "Source"]
+__all__ = ["REJECT_COLUMN", "DatasetRef", "Sink", "Source"]
+
+#: Name of the optional string column a source adds for rows it could read but not trust
+#: (invalid UTF-8 replaced with U+FFFD, an oversize field, a JSON Lines line that is not
+#: valid JSON). Null means the row is fine; otherwise it holds the reason, which names a
+#: line/row and column but never a value. The masker masks what it can of such rows and
+#: routes them to quarantine; sinks never write this column.
+REJECT_COLUMN = "__biomask_reject__"
 
 
 @dataclass(frozen=True)

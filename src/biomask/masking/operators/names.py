@@ -61,7 +61,9 @@ def split_name(value: str) -> list[tuple[int, int, str]]:
         "Family, Given" order is recognized by the comma; otherwise the last word is the
         family name.
     """
-    words = [m for m in _WORD.finditer(value) if normalize_name(m.group()) not in TITLES]
+    all_words = list(_WORD.finditer(value))
+    words = [m for m in all_words if normalize_name(m.group()) not in TITLES]
+    titled = len(words) < len(all_words)
     if not words:
         return []
     comma = value.find(",")
@@ -76,8 +78,8 @@ def split_name(value: str) -> list[tuple[int, int, str]]:
             role = FAMILY if i == len(words) - 1 and len(words) > 1 else GIVEN
         out.append((m.start(), m.start() + len(text), role))
     if comma < 0 and len(words) == 1 and out[0][2] != INITIAL:
-        # a lone word in a name column: treat as a family name only if it looks like one
-        out[0] = (out[0][0], out[0][1], GIVEN)
+        # a lone word is a family name after a title ("Ms Petrosyan"), else a given name
+        out[0] = (out[0][0], out[0][1], FAMILY if titled else GIVEN)
     return out
 
 

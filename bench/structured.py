@@ -1,0 +1,152 @@
+"""biomask vs presidio-structured on the same 10 structured columns, Parquet to Parquet.
+
+Run:  python bench/structured.py [--rows 100000] [--rss 1000000,5000000]
+
+Both tools read the same generated Parquet file, mask the same ten columns and write
+Parquet. biomask runs its whole pipeline (policy, keyring, lineage included); presidio-
+structured runs its PandasDataProcessor with one built-in operator per column. The second
+part masks 1M- and 5M-row inputs with biomask, each in a fresh subprocess, and prints the
+peak RSS of each: memory must be bounded by the batch size, not the input size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+
+POLICY = """\
+version: 1
+dataset: bench-structured
+unlisted: keep
+entities:
+  subject: {column: subject_id}
+columns:
+  subject_id:      {op: tokenize, domain: subject}
+  full_name:       {op: pseudonym, domain: person}
+  date_of_birth:   {op: date_shift, entity: subject}
+  passport_number: {op: tokenize, domain: passport}
+  email:           {op: email, domain: email}
+  phone:           {op: phone, domain: phone}
+  capture_ts:      {op: date_shift, entity: subject}
+  device_serial:   {op: hash, domain: device}
+  gps_lat:         {op: generalize, decimals: 1}
+  age:             {op: generalize, bucket: 10}
+"""
+MASKED = [
+    "subject_id", "full_name", "date_of_birth", "passport_number", "email", "phone",
+    "capture_ts", "device_serial", "gps_lat", "age",
+]
+
+
+def write_input(path: Path, rows: int) -> None:
+    from biomask.demo import iter_structured_batches
+
+    writer = None
+    for batch in iter_structured_batches(rows, batch_size=100_000):
+        if writer is None:
+            writer = pq.ParquetWriter(path, batch.schema)
+        writer.write_batch(batch)
+    assert writer is not None
+    writer.close()
+
+
+def run_biomask(src: Path, dst: Path, policy: Path, batch_size: int = 65_536) -> float:
+    from biomask.keys import Keyring
+    from biomask.pipeline import run_mask
+    from biomask.policies import load_policy
+
+    ring = Keyring.ephemeral()
+    pol = load_policy(policy)
+    t = time.perf_counter()
+    run_mask(pol, ring, str(src), str(dst), overwrite=True, batch_size=batch_size)
+    return time.perf_counter() - t
+
+
+def run_presidio(src: Path, dst: Path) -> float:
+    import datetime as dt
+
+    import pandas as pd
+    from presidio_anonymizer.entities import OperatorConfig
+    from presidio_structured import PandasDataProcessor, StructuredAnalysis, StructuredEngine
+
+    shift = dt.timedelta(days=17)
+    t = time.perf_counter()
+    df = pq.read_table(src).to_pandas()
+    analysis = StructuredAnalysis(entity_mapping={c: c.upper() for c in MASKED})
+    ops = {
+        "SUBJECT_ID": OperatorConfig("hash", {"hash_type": "sha256"}),
+        "FULL_NAME": OperatorConfig("replace", {"new_value": "<PERSON>"}),
+        "DATE_OF_BIRTH": OperatorConfig("custom", {"lambda": lambda d: d + shift}),
+        "PASSPORT_NUMBER": OperatorConfig("hash", {"hash_type": "sha256"}),
+        "EMAIL": OperatorConfig("mask", {"masking_char": "*", "chars_to_mask": 6, "from_end": False}),
+        "PHONE": OperatorConfig("mask", {"masking_char": "*", "chars_to_mask": 6, "from_end": True}),
+        "CAPTURE_TS": OperatorConfig("custom", {"lambda": lambda d: d + shift}),
+        "DEVICE_SERIAL": OperatorConfig("hash", {"hash_type": "sha256"}),
+        "GPS_LAT": OperatorConfig("custom", {"lambda": lambda x: round(x, 1)}),
+        "AGE": OperatorConfig("custom", {"lambda": lambda x: x // 10 * 10}),
+    }
+    out = StructuredEngine(PandasDataProcessor()).anonymize(df, analysis, ops)
+    assert isinstance(out, pd.DataFrame)
+    out.to_parquet(dst)
+    return time.perf_counter() - t
+
+
+def rss_child(rows: int, tmp: Path, policy: Path) -> tuple[float, float]:
+    """Mask ``rows`` rows in a fresh process; returns (peak RSS MiB, seconds)."""
+    src = tmp / f"in-{rows}.parquet"
+    if not src.exists():
+        write_input(src, rows)
+    code = (
+        "import sys, time, resource;"
+        "sys.path.insert(0, %r);"
+        "from structured import run_biomask;"
+        "from pathlib import Path;"
+        "s = run_biomask(Path(%r), Path(%r), Path(%r));"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, s)"
+    ) % (str(HERE), str(src), str(tmp / f"out-{rows}.parquet"), str(policy))
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    rss, secs = out.stdout.split()
+    return float(rss), float(secs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--rss", default="1000000,5000000", help="row counts for the RSS runs ('' to skip)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        policy = tmp / "policy.yaml"
+        policy.write_text(POLICY)
+        src = tmp / "in.parquet"
+        write_input(src, args.rows)
+        b = run_biomask(src, tmp / "biomask.parquet", policy)
+        p = run_presidio(src, tmp / "presidio.parquet")
+        print(f"{args.rows:,} rows, 10 masked columns, Parquet -> Parquet (one run)")
+        print(f"  biomask             {args.rows / b:>12,.0f} rows/s  ({b:.2f} s)")
+        print(f"  presidio-structured {args.rows / p:>12,.0f} rows/s  ({p:.2f} s)")
+        print(f"  ratio biomask/presidio-structured: {p / b:.1f}x  (goal >= 100x)")
+        sizes = [int(x) for x in args.rss.split(",") if x]
+        if sizes:
+            results = {n: rss_child(n, tmp, policy) for n in sizes}
+            for n, (rss, secs) in results.items():
+                print(f"  biomask {n:>9,} rows: peak RSS {rss:,.0f} MiB, {n / secs:,.0f} rows/s")
+            if len(sizes) >= 2:
+                lo, hi = results[sizes[0]][0], results[sizes[-1]][0]
+                print(f"  peak RSS {sizes[-1]:,} vs {sizes[0]:,} rows: {hi / lo:.3f}x (goal within 10%)")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    os.environ.setdefault("BIOMASK_NO_PROGRESS", "1")
+    main()

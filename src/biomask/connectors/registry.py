@@ -1,0 +1,305 @@
+"""URI dispatch: one string picks the source or sink.
+
+A URI is ``-`` (JSON Lines on stdin/stdout), ``postgresql://...`` (or ``postgres://``),
+``file://PATH``, or a plain path: a file ending in .parquet, .csv, .jsonl or .arrow (and
+their aliases), or a directory of such files. Everything that names a URI in a message or
+in lineage goes through :func:`display_uri`, so a password never leaves this module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import pyarrow as pa
+
+from biomask.connectors.base import Sink, Source
+from biomask.connectors.files import (
+    FORMATS,
+    FileSink,
+    FileSource,
+    ParquetDirSink,
+    StdinJsonlSource,
+    StdoutJsonlSink,
+    detect_format,
+)
+from biomask.errors import ConnectorError
+
+__all__ = [
+    "display_uri",
+    "is_postgres_uri",
+    "open_sink",
+    "open_source",
+    "open_tables",
+    "quarantine_uri",
+    "table_sink_uri",
+]
+
+_PG_SCHEMES = ("postgresql://", "postgres://")
+#: Suffix written for a table whose input had none (a database table, a directory).
+_DEFAULT_SUFFIX = ".parquet"
+
+
+def _unsupported(uri: str) -> ConnectorError:
+    return ConnectorError(
+        f"unsupported URI '{display_uri(uri)}': use a path ending in .parquet, .csv, .jsonl "
+        "or .arrow, a directory of them, '-' for JSON Lines on stdin/stdout, or "
+        "postgresql://..."
+    )
+
+
+def is_postgres_uri(uri: str) -> bool:
+    """True for ``postgresql://`` and ``postgres://`` URIs."""
+    return uri.lower().startswith(_PG_SCHEMES)
+
+
+def _path_of(uri: str) -> Path:
+    """Local path for a plain path or ``file://`` URI; other schemes are unsupported."""
+    if uri.lower().startswith("file://"):
+        return Path(urlsplit(uri).path)
+    if "://" in uri:
+        raise _unsupported(uri)
+    return Path(uri).expanduser()
+
+
+def display_uri(uri: str) -> str:
+    """The URI with any password removed (userinfo and ``password=`` query parameter).
+
+    Used for every message, repr and lineage record, so credentials given on the command
+    line never reach logs or the audit trail.
+    """
+    if "://" not in uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostport = netloc.rpartition("@")
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}@{hostport}" if user else hostport
+        query = parts.query
+        if query:
+            pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
+                     if k.lower() not in ("password", "passfile", "sslpassword")]
+            query = urlencode(pairs, safe="/,.")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        # Unparseable: show only the scheme rather than risk echoing a secret.
+        return uri.split("://", 1)[0] + "://…"
+
+
+def open_source(uri: str, *, batch_size: int = 65_536) -> Source:
+    """Open ``uri`` for reading.
+
+    Parameters
+    ----------
+    uri:
+        ``-``, ``postgresql://...?table=NAME`` / ``?query=SELECT ...``, or a path to a
+        file or directory (see the module docstring).
+    batch_size:
+        Largest number of rows per batch; memory is bounded by it.
+
+    Raises
+    ------
+    ConnectorError
+        Unsupported URI, missing input, unreadable file, schema drift, connection failure.
+    """
+    if batch_size < 1:
+        raise ConnectorError(f"batch size must be at least 1, not {batch_size}")
+    if uri == "-":
+        return StdinJsonlSource(batch_size=batch_size)
+    if is_postgres_uri(uri):
+        from biomask.connectors.postgres import PostgresSource
+
+        return PostgresSource(uri, batch_size=batch_size)
+    path = _path_of(uri)
+    if path.is_dir():
+        return FileSource(path, batch_size=batch_size, uri=uri)
+    if detect_format(path) is None:
+        if not path.exists() and not path.suffix:
+            raise ConnectorError(f"input {path} not found")
+        raise _unsupported(uri)
+    if not path.exists():
+        raise ConnectorError(f"input {path} not found")
+    return FileSource(path, batch_size=batch_size, uri=uri)
+
+
+def _is_dir_uri(uri: str, path: Path) -> bool:
+    return uri.endswith(("/", os.sep)) or path.is_dir() or not path.suffix
+
+
+def open_sink(
+    uri: str,
+    schema: pa.Schema,
+    *,
+    overwrite: bool = False,
+    append: bool = False,
+    metadata: dict[str, str] | None = None,
+    partition_by: Sequence[str] = (),
+) -> Sink:
+    """Open ``uri`` for writing; nothing is visible under it until ``commit()``.
+
+    Parameters
+    ----------
+    schema:
+        Schema of the batches that will be written.
+    overwrite:
+        Replace an existing output (on commit, atomically).
+    append:
+        Add rows to an existing PostgreSQL table (files cannot be appended to).
+    metadata:
+        Stored in the Arrow schema metadata of Parquet and Arrow outputs (and as a table
+        comment in PostgreSQL).
+    partition_by:
+        For a directory output: hive-partition by these columns (pass the source's
+        ``partition_by`` to keep the input's layout). Columns absent from ``schema`` are
+        ignored.
+
+    Raises
+    ------
+    OutputExistsError
+        The output exists and neither ``overwrite`` nor ``append`` was given.
+    ConnectorError
+        Unsupported URI or the output cannot be created.
+    """
+    if uri == "-":
+        if append:
+            raise ConnectorError("cannot append to standard output")
+        return StdoutJsonlSink(schema)
+    if is_postgres_uri(uri):
+        from biomask.connectors.postgres import PostgresSink
+
+        return PostgresSink(uri, schema, overwrite=overwrite, append=append, metadata=metadata)
+    path = _path_of(uri)
+    if detect_format(path) is not None and not path.is_dir():
+        return FileSink(path, schema, overwrite=overwrite, append=append, metadata=metadata,
+                        uri=uri)
+    if _is_dir_uri(uri, path):
+        return ParquetDirSink(path, schema, overwrite=overwrite, append=append,
+                              metadata=metadata, partition_by=partition_by, uri=uri)
+    raise _unsupported(uri)
+
+
+def _table_entries(root: Path) -> dict[str, list[Path]]:
+    """Table name -> candidate paths (``name.<suffix>`` files and ``name/`` directories)."""
+    found: dict[str, list[Path]] = {}
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as exc:
+        raise ConnectorError(f"cannot read {root}: {exc.strerror or exc}") from exc
+    for entry in entries:
+        if entry.name.startswith((".", "_")):
+            continue
+        if entry.is_dir():
+            found.setdefault(entry.name, []).append(entry)
+        elif detect_format(entry) is not None:
+            found.setdefault(entry.stem, []).append(entry)
+    return found
+
+
+def open_tables(
+    uri: str, names: Sequence[str], *, batch_size: int = 65_536
+) -> dict[str, Source]:
+    """Open one source per table name, for multi-table policies.
+
+    ``uri`` is a directory holding ``<name>.parquet`` / ``.csv`` / ``.jsonl`` / ``.arrow``
+    or a ``<name>/`` directory per table, or a ``postgresql://`` URI (each name is a
+    table; ``?schema=S`` picks the schema).
+
+    Raises
+    ------
+    ConnectorError
+        A table is missing (the message names it and what was found), ambiguous, or
+        unreadable.
+    """
+    if is_postgres_uri(uri):
+        from biomask.connectors.postgres import open_pg_tables
+
+        return open_pg_tables(uri, names, batch_size=batch_size)
+    path = _path_of(uri)
+    if not path.exists():
+        raise ConnectorError(f"input {path} not found")
+    if not path.is_dir():
+        raise ConnectorError(
+            f"input {path} is a file; a multi-table policy needs a directory holding one "
+            "file per table, or a postgresql:// URI"
+        )
+    entries = _table_entries(path)
+    sources: dict[str, Source] = {}
+    for name in names:
+        cands = entries.get(name, [])
+        if not cands:
+            have = ", ".join(sorted(entries)) or "nothing"
+            raise ConnectorError(f"table '{name}' not found in {path} (found: {have})")
+        if len(cands) > 1:
+            listed = ", ".join(c.name for c in cands)
+            raise ConnectorError(f"table '{name}' is ambiguous in {path}: {listed}")
+        sources[name] = FileSource(cands[0], batch_size=batch_size, uri=str(cands[0]),
+                                   table=name)
+    return sources
+
+
+def _suffix_for(like: str, name: str) -> str:
+    """How table ``name`` is stored in the input ``like``: a file suffix, or ``/``."""
+    if like == "-":
+        return ".jsonl"
+    if is_postgres_uri(like):
+        return _DEFAULT_SUFFIX
+    try:
+        path = _path_of(like)
+    except ConnectorError:
+        return _DEFAULT_SUFFIX
+    if path.is_dir():
+        cands = _table_entries(path).get(name, [])
+        if len(cands) == 1:
+            c = cands[0]
+            return "/" if c.is_dir() else c.suffix
+        return _DEFAULT_SUFFIX
+    return path.suffix if path.suffix.lower() in FORMATS else _DEFAULT_SUFFIX
+
+
+def table_sink_uri(uri: str, name: str, like: str) -> str:
+    """Output URI for table ``name`` under the output directory or database ``uri``.
+
+    The table keeps the format it had in the input ``like`` (``subjects.csv`` in ->
+    ``<uri>/subjects.csv`` out; a ``subjects/`` directory -> ``<uri>/subjects/``); input
+    from a database is written as Parquet. For a PostgreSQL output the name becomes the
+    table (in the ``?schema=`` schema if given).
+    """
+    if is_postgres_uri(uri):
+        from biomask.connectors.postgres import with_table
+
+        return with_table(uri, name)
+    if uri == "-":
+        raise ConnectorError(
+            "a multi-table output must be a directory or a postgresql:// URI, not '-'"
+        )
+    suffix = _suffix_for(like, name)
+    base = uri.rstrip("/" + os.sep) or "/"
+    if suffix == "/":
+        return f"{base}/{name}/"
+    return f"{base}/{name}{suffix}"
+
+
+def quarantine_uri(output_uri: str) -> str:
+    """Where quarantined rows of ``output_uri`` go: ``<output>.quarantine``, same format.
+
+    ``out.parquet`` -> ``out.quarantine.parquet``; ``out/`` -> ``out.quarantine/``;
+    PostgreSQL table ``t`` -> ``t_quarantine``; ``-`` (stdout) ->
+    ``stdout.quarantine.jsonl`` in the working directory (a pipe has no sibling).
+    """
+    if output_uri == "-":
+        return "stdout.quarantine.jsonl"
+    if is_postgres_uri(output_uri):
+        from biomask.connectors.postgres import quarantine_pg_uri
+
+        return quarantine_pg_uri(output_uri)
+    prefix = "file://" if output_uri.lower().startswith("file://") else ""
+    path = _path_of(output_uri)
+    if detect_format(path) is not None and not path.is_dir():
+        q = path.with_name(f"{path.stem}.quarantine{path.suffix}")
+        return prefix + str(q)
+    trailing = output_uri.endswith(("/", os.sep))
+    return prefix + str(path.with_name(path.name + ".quarantine")) + ("/" if trailing else "")

@@ -1,0 +1,358 @@
+"""The lineage recorder the pipeline drives, and standalone audit events.
+
+A run's lineage directory ends up holding::
+
+    openlineage.jsonl   START and COMPLETE|FAIL RunEvents (same runId)
+    audit.jsonl         hash-chained audit entries (this run's, and earlier ones)
+    manifest.json       canonical JSON, signed: file hashes, counts, key ids, chain head
+    manifest.sig        Ed25519 signature (base64) over manifest.json's bytes
+    public_key.pem      the signing key's public half (convenience; not a trust anchor)
+    dossier.json|.html  EU AI Act evidence (see :mod:`biomask.lineage.dossier`)
+
+A signed manifest is written at START too (status ``started``): a run that is killed
+before COMPLETE still leaves a directory that verifies and says the run never finished.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from biomask.connectors.base import DatasetRef
+from biomask.errors import BiomaskError, LineageError, VerificationError
+from biomask.keys import Keyring
+from biomask.lineage import audit
+from biomask.lineage._util import (
+    canonical,
+    file_digest,
+    now_iso,
+    sha256_hex,
+    stored_path,
+    write_atomic,
+)
+from biomask.lineage.dossier import (
+    DOSSIER_HTML,
+    DOSSIER_JSON,
+    build_dossier,
+    render_html,
+)
+from biomask.lineage.events import OPENLINEAGE_FILE, build_event, emit, ol_run_id
+from biomask.lineage.evidence import EvidenceCollector
+from biomask.lineage.manifest import (
+    MANIFEST_FORMAT,
+    read_manifest,
+    verify_signature,
+    write_signed_manifest,
+)
+from biomask.lineage.record import RunRecord
+from biomask.policies import Policy
+
+__all__ = ["LineageRecorder", "record_event", "safe_error_message", "stack_locations"]
+
+ARTIFACTS = (OPENLINEAGE_FILE, DOSSIER_JSON, DOSSIER_HTML)
+"""Lineage files whose hashes the manifest signs (audit.jsonl is covered by its chain)."""
+
+
+def safe_error_message(error: BaseException) -> str:
+    """The error text that may be written to lineage.
+
+    biomask errors are written as they are: their messages are designed to carry no data
+    value. Any other exception (a library's) may quote a value, so only its type is kept.
+    """
+    if isinstance(error, BiomaskError):
+        return str(error)
+    return f"{type(error).__qualname__} (message withheld: not a biomask error, may quote data)"
+
+
+def stack_locations(error: BaseException) -> str:
+    """The traceback as ``file:line:function`` lines only: no source text, no locals."""
+    lines = [type(error).__qualname__]
+    for fs in traceback.extract_tb(error.__traceback__):
+        lines.append(f"  at {fs.filename}:{fs.lineno}:{fs.name}")
+    return "\n".join(lines)
+
+
+def _audit_kind(command: str) -> str:
+    # Reading originals back is an access to personal data: Art. 10(5)(c)-style evidence.
+    return "access" if command == "unmask" else command
+
+
+def _dataset_version(files: list[dict[str, Any]]) -> str | None:
+    """One version string per dataset: its file's SHA-256, or a hash over all its files."""
+    if not files:
+        return None
+    if len(files) == 1:
+        return str(files[0]["sha256"])
+    pairs = sorted([Path(f["path"]).name, f["sha256"]] for f in files)
+    return sha256_hex(canonical(pairs))
+
+
+class LineageRecorder:
+    """Writes one run's lineage; the pipeline calls start, observe_*, then complete or fail.
+
+    Parameters
+    ----------
+    directory:
+        The lineage directory (created if needed; earlier runs' audit chain is extended).
+    keyring:
+        Signs the manifest; only key *ids* are written.
+    record:
+        The run record the pipeline fills before calling :meth:`complete` / :meth:`fail`.
+    policy:
+        Names the quasi-identifier and masked columns for the evidence collectors.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        keyring: Keyring,
+        record: RunRecord,
+        *,
+        policy: Policy | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.keyring = keyring
+        self.record = record
+        self.policy = policy
+        self.evidence = EvidenceCollector(policy, scan=record.command != "unmask")
+        self._started = False
+        self._finished = False
+
+    def __repr__(self) -> str:
+        return f"LineageRecorder({self.directory}, run={self.record.run_id})"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the directory; write START, an audit entry and a ``started`` manifest."""
+        if self._started:
+            raise LineageError("lineage recorder already started")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LineageError(
+                f"cannot create lineage directory {self.directory}: {exc.strerror}"
+            ) from None
+        r = self.record
+        if r.keyring_id is None:
+            r.keyring_id = self.keyring.keyring_id
+        if r.signing_key_id is None:
+            r.signing_key_id = self.keyring.signing_key_id
+        audit.read_chain(self.directory)  # refuse a broken chain before writing anything
+        emit(self.directory, build_event("START", r, event_time=r.started_at))
+        self._audit("start")
+        self._started = True
+        self._write_manifest("started", files=self._hash_datasets(inputs_only=True))
+
+    def observe_input(self, table: str, batch: pa.RecordBatch) -> None:
+        """Evidence before masking: kept QI counts, keyed hashes of masked values."""
+        self.evidence.observe_input(table, batch)
+
+    def observe_output(self, table: str, batch: pa.RecordBatch) -> None:
+        """Evidence after masking: QI counts and combinations, residual-PII candidates."""
+        self.evidence.observe_output(table, batch)
+
+    def complete(self) -> None:
+        """Hash the files; write COMPLETE, audit entry, dossier, signed manifest."""
+        self._finish("completed")
+
+    def fail(self, error: BaseException) -> None:
+        """Write FAIL (errorMessage + frame locations), audit entry, dossier, manifest.
+
+        Never raises on top of the run's own error unless lineage itself cannot be written.
+        """
+        self._finish("failed", error)
+
+    # -- internals -------------------------------------------------------------------------
+    def _finish(self, status: str, error: BaseException | None = None) -> None:
+        if not self._started:
+            self.start()
+        if self._finished:
+            raise LineageError("lineage recorder already finished")
+        self._finished = True
+        r = self.record
+        if r.ended_at is None:
+            r.ended_at = now_iso()
+        files = self._hash_datasets(inputs_only=False)
+        versions = {
+            (d["namespace"], d["name"]): v
+            for d in files
+            if (v := _dataset_version(d["files"])) is not None
+        }
+        err: tuple[str, str] | None = None
+        if error is not None:
+            err = (safe_error_message(error), stack_locations(error))
+            r.error = err[0]
+        state = "COMPLETE" if error is None else "FAIL"
+        emit(
+            self.directory,
+            build_event(state, r, event_time=r.ended_at, versions=versions, error=err),
+        )
+        extra: dict[str, str | int] = {
+            "rows_in": r.rows_in,
+            "rows_out": r.rows_out,
+            "rows_quarantined": r.rows_quarantined,
+        }
+        if err is not None:
+            extra["error"] = err[0]
+        chain = self._audit("complete" if error is None else "fail", extra)
+        _, entries = audit.replay_chain(self.directory)
+        dossier = build_dossier(
+            r,
+            status=status,
+            datasets=files,
+            evidence=self.evidence.finish(),
+            audit_entries=entries,
+            policy=self.policy,
+        )
+        write_atomic(self.directory / DOSSIER_JSON, canonical(dossier))
+        write_atomic(self.directory / DOSSIER_HTML, render_html(dossier).encode("utf-8"))
+        self._write_manifest(status, files=files, chain=chain)
+
+    def _audit(self, phase: str, extra: dict[str, str | int] | None = None) -> audit.ChainState:
+        r = self.record
+        details: dict[str, str | int] = {
+            "phase": phase,
+            "command": r.command,
+            "run_id": ol_run_id(r.run_id),
+            "job": r.job,
+            "policy_sha256": r.policy_sha256 or "",
+            "keyring_id": r.keyring_id or "",
+            "key_ids": ",".join(sorted(set(r.key_ids))),
+            "signing_key_id": r.signing_key_id or "",
+        }
+        details.update(extra or {})
+        return audit.append_entry(self.directory, _audit_kind(r.command), details)
+
+    def _hash_datasets(self, *, inputs_only: bool) -> list[dict[str, Any]]:
+        r = self.record
+        groups: list[tuple[str, list[DatasetRef]]] = [("input", r.inputs)]
+        if not inputs_only:
+            groups += [("output", r.outputs), ("quarantine", r.quarantine)]
+        out: list[dict[str, Any]] = []
+        for role, refs in groups:
+            for ref in refs:
+                files = []
+                for f in ref.files:
+                    p = Path(f)
+                    if not p.is_file():  # e.g. an aborted output on FAIL
+                        continue
+                    digest, size = file_digest(p)
+                    files.append(
+                        {"path": stored_path(p, self.directory), "sha256": digest, "size": size}
+                    )
+                out.append(
+                    {
+                        "role": role,
+                        "table": ref.table,
+                        "uri": ref.uri,
+                        "namespace": ref.namespace,
+                        "name": ref.name,
+                        "files": sorted(files, key=lambda x: x["path"]),
+                    }
+                )
+        return out
+
+    def _artifacts(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for name in ARTIFACTS:
+            p = self.directory / name
+            if p.is_file():
+                digest, size = file_digest(p)
+                out[name] = {"sha256": digest, "size": size}
+        return out
+
+    def _write_manifest(
+        self,
+        status: str,
+        *,
+        files: list[dict[str, Any]],
+        chain: audit.ChainState | None = None,
+    ) -> None:
+        r = self.record
+        if chain is None:
+            chain = audit.read_chain(self.directory)
+        manifest: dict[str, Any] = {
+            "format": MANIFEST_FORMAT,
+            "version": 1,
+            "status": status,
+            "run": {
+                "run_id": ol_run_id(r.run_id),
+                "command": r.command,
+                "job": r.job,
+                "started_at": r.started_at,
+                "ended_at": r.ended_at,
+                "error": r.error if status == "failed" else None,
+            },
+            "policy": {"path": r.policy_path, "sha256": r.policy_sha256},
+            "keyring_id": r.keyring_id,
+            "key_ids": sorted(set(r.key_ids)),
+            "signing_key_id": self.keyring.signing_key_id,
+            "datasets": files,
+            "counts": {
+                "rows_in": r.rows_in,
+                "rows_out": r.rows_out,
+                "rows_quarantined": r.rows_quarantined,
+                "quarantine_reasons": dict(sorted(r.quarantine_reasons.items())),
+                "operator_counts": dict(sorted(r.operator_counts.items())),
+                "text_detections": dict(sorted(r.text_detections.items())),
+                "token_collisions": r.token_collisions,
+            },
+            "artifacts": self._artifacts(),
+            "audit": {"file": audit.AUDIT_FILE, "head": chain.head, "count": chain.count},
+        }
+        write_signed_manifest(self.directory, self.keyring, manifest)
+
+
+def record_event(
+    directory: Path, keyring: Keyring, kind: str, details: dict[str, str | int]
+) -> None:
+    """Append a standalone audit event (key rotation, erase, rekey) and re-sign the head.
+
+    In a run's lineage directory the manifest keeps its file hashes and only its chain
+    head and count change. Before re-signing, the existing manifest must verify with this
+    keyring's signing key and match the chain: re-signing a tampered directory would make
+    the tampering verify. A directory without a manifest gets one holding just the chain.
+
+    Parameters
+    ----------
+    kind:
+        e.g. ``key_rotation``, ``erase`` (details carry the subject *token* only), ``rekey``.
+    details:
+        Flat strings and integers: ids, tokens, counts; never a data value or key.
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LineageError(f"cannot create lineage directory {directory}: {exc.strerror}") from None
+    manifest: dict[str, Any]
+    if (directory / "manifest.json").exists():
+        try:
+            data, manifest = read_manifest(directory)
+            verify_signature(directory, data, keyring.public_key())
+        except VerificationError as exc:
+            raise LineageError(
+                f"refusing to re-sign {directory}: its manifest does not verify with this "
+                f"keyring's signing key ({exc})"
+            ) from None
+        state = audit.read_chain(directory)
+        head = manifest.get("audit", {})
+        if head.get("head") != state.head or head.get("count") != state.count:
+            raise LineageError(
+                f"refusing to re-sign {directory}: {audit.AUDIT_FILE} does not match the "
+                "signed chain head (the log was changed); run 'biomask audit verify'"
+            )
+    else:
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": 1,
+            "status": "events",
+            "keyring_id": keyring.keyring_id,
+            "signing_key_id": keyring.signing_key_id,
+        }
+    chain = audit.append_entry(directory, kind, dict(details))
+    manifest["audit"] = {"file": audit.AUDIT_FILE, "head": chain.head, "count": chain.count}
+    write_signed_manifest(directory, keyring, manifest)

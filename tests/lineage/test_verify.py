@@ -1,0 +1,276 @@
+"""verify: passes on an untouched directory, names the first failure of each tampering."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from biomask.errors import LineageError, VerificationError
+from biomask.keys import Keyring
+from biomask.lineage import record_event, verify
+from biomask.lineage._util import canonical
+from tests.lineage.conftest import MakeRun, Run
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def _audit(run: Run) -> Path:
+    return run.directory / "audit.jsonl"
+
+
+def _with_events(run: Run, n: int = 3) -> Run:
+    """Add standalone events so the chain has middle entries to tamper with."""
+    for i in range(n):
+        record_event(run.directory, run.keyring, "key_rotation", {"new_key_id": f"k{i}"})
+    return run
+
+
+def test_untouched_directory_verifies(make_run: MakeRun) -> None:
+    run = make_run()
+    report = verify(run.directory, public_key=run.keyring.public_key_pem())
+    assert report.ok and report.key_source == "given" and report.status == "completed"
+    assert report.files_checked == 2 and report.audit_entries == 2
+    assert any("out of band" in c for c in report.checks)
+    # raw and PEM-file keys work too
+    assert verify(run.directory, public_key=run.keyring.public_key_raw()).ok
+    pem = run.directory.parent / "signer.pem"
+    pem.write_bytes(run.keyring.public_key_pem())
+    assert verify(run.directory, public_key=pem).ok
+
+
+def test_directory_key_is_flagged_as_weak(make_run: MakeRun) -> None:
+    report = verify(make_run().directory)
+    assert report.key_source == "directory"
+    assert any(c.startswith("WARNING") and "forger" in c for c in report.checks)
+
+
+def test_changed_output_file(make_run: MakeRun) -> None:
+    run = make_run()
+    data = bytearray(run.output_path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    run.output_path.write_bytes(bytes(data))
+    with pytest.raises(VerificationError, match=r"output file .*out\.parquet has changed"):
+        verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_missing_output_file(make_run: MakeRun) -> None:
+    run = make_run()
+    run.output_path.unlink()
+    with pytest.raises(VerificationError, match="is missing"):
+        verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_edited_entry(make_run: MakeRun) -> None:
+    run = _with_events(make_run())
+    lines = _lines(_audit(run))
+    entry = json.loads(lines[1])
+    entry["details"]["rows_out"] = 999
+    lines[1] = canonical(entry) + b"\n"  # even re-canonicalized, the next link breaks
+    _audit(run).write_bytes(b"".join(lines))
+    with pytest.raises(VerificationError, match=r"line 3: 'prev' does not match"):
+        verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_non_canonical_edit(make_run: MakeRun) -> None:
+    run = make_run()
+    lines = _lines(_audit(run))
+    lines[0] = json.dumps(json.loads(lines[0]), indent=1).replace("\n", " ").encode() + b"\n"
+    _audit(run).write_bytes(b"".join(lines))
+    with pytest.raises(VerificationError, match="line 1: not in canonical form"):
+        verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_inserted_entry(make_run: MakeRun) -> None:
+    run = _with_events(make_run())
+    lines = _lines(_audit(run))
+    lines.insert(2, lines[1])
+    _audit(run).write_bytes(b"".join(lines))
+    with pytest.raises(VerificationError, match=r"line 3: sequence number 1 where 2"):
+        verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_deleted_entry(make_run: MakeRun) -> None:
+    run = _with_events(make_run())
+    lines = _lines(_audit(run))
+    del lines[2]
+    _audit(run).write_bytes(b"".join(lines))
+    with pytest.raises(VerificationError, match=r"line 3: sequence number 3 where 2"):
+        verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_reordered_entries(make_run: MakeRun) -> None:
+    run = _with_events(make_run())
+    lines = _lines(_audit(run))
+    lines[1], lines[2] = lines[2], lines[1]
+    _audit(run).write_bytes(b"".join(lines))
+    with pytest.raises(VerificationError, match=r"line 2: sequence number"):
+        verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_cut_tail(make_run: MakeRun) -> None:
+    run = _with_events(make_run())
+    lines = _lines(_audit(run))
+    _audit(run).write_bytes(b"".join(lines[:-2]))
+    with pytest.raises(VerificationError, match=r"has 3 entries, the signed manifest says 5"):
+        verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_half_line_cut(make_run: MakeRun) -> None:
+    run = make_run()
+    data = _audit(run).read_bytes()
+    _audit(run).write_bytes(data[:-10])
+    with pytest.raises(VerificationError, match="incomplete"):
+        verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_edited_last_entry(make_run: MakeRun) -> None:
+    run = make_run()
+    lines = _lines(_audit(run))
+    entry = json.loads(lines[-1])
+    entry["details"]["rows_in"] = 0
+    lines[-1] = canonical(entry) + b"\n"
+    _audit(run).write_bytes(b"".join(lines))
+    with pytest.raises(VerificationError, match="does not match the signed chain head"):
+        verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_changed_manifest(make_run: MakeRun) -> None:
+    run = make_run()
+    path = run.directory / "manifest.json"
+    doc = json.loads(path.read_bytes())
+    doc["counts"]["rows_quarantined"] = 0
+    doc["counts"]["rows_out"] += 1
+    path.write_bytes(canonical(doc))
+    with pytest.raises(VerificationError, match="manifest.json was changed after signing"):
+        verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_wrong_public_key(make_run: MakeRun) -> None:
+    run = make_run()
+    other = Keyring.ephemeral()
+    with pytest.raises(VerificationError, match="signed with a different key"):
+        verify(run.directory, public_key=other.public_key_pem())
+
+
+def test_forger_with_own_key_fails_against_out_of_band_key(make_run: MakeRun) -> None:
+    run = make_run()
+    run.output_path.write_bytes(b"forged output")
+    path = run.directory / "manifest.json"
+    doc = json.loads(path.read_bytes())
+    for ds in doc["datasets"]:
+        for f in ds["files"]:
+            if f["path"].endswith("out.parquet"):
+                f["size"] = len(b"forged output")
+                from biomask.lineage._util import file_digest
+
+                f["sha256"] = file_digest(run.output_path)[0]
+    data = canonical(doc)
+    forger = Keyring.ephemeral()
+    path.write_bytes(data)
+    (run.directory / "manifest.sig").write_bytes(
+        base64.b64encode(forger.signing_key().sign(data)) + b"\n"
+    )
+    (run.directory / "public_key.pem").write_bytes(forger.public_key_pem())
+    weak = verify(run.directory)  # the directory's own key proves nothing...
+    assert weak.key_source == "directory"
+    with pytest.raises(VerificationError, match="signature|does not verify"):
+        verify(run.directory, public_key=run.keyring.public_key_pem())  # ...this does
+
+
+def test_changed_dossier(make_run: MakeRun) -> None:
+    run = make_run()
+    p = run.directory / "dossier.json"
+    p.write_bytes(p.read_bytes().replace(b'"completed"', b'"complete!"'))
+    with pytest.raises(VerificationError, match="lineage file dossier.json has changed"):
+        verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_verify_works_with_network_blocked(
+    make_run: MakeRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = make_run()
+
+    def no_network(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("verify tried to use the network")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    assert verify(run.directory, public_key=run.keyring.public_key_pem()).ok
+    run.output_path.write_bytes(b"x")
+    with pytest.raises(VerificationError):
+        verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_killed_run_still_verifies_as_started(make_run: MakeRun, tmp_path: Path) -> None:
+    run = make_run()
+    # simulate a second run killed after start(): START + audit + 'started' manifest only
+    from biomask.lineage import LineageRecorder
+
+    rec = LineageRecorder(run.directory, run.keyring, run.record)
+    rec.start()
+    report = verify(run.directory, public_key=run.keyring.public_key_pem())
+    assert report.status == "started" and report.audit_entries == 3
+
+
+def test_record_event_on_run_directory(make_run: MakeRun) -> None:
+    run = make_run()
+    record_event(run.directory, run.keyring, "erase", {"subject": "SUBJ-581942", "keys": 1})
+    report = verify(run.directory, public_key=run.keyring.public_key_pem())
+    assert report.audit_entries == 3 and report.status == "completed"
+    last = json.loads(_lines(_audit(run))[-1])
+    assert last["kind"] == "erase" and last["seq"] == 2
+    assert last["details"] == {"subject": "SUBJ-581942", "keys": 1}
+
+
+def test_record_event_on_fresh_directory(tmp_path: Path, keyring: Keyring) -> None:
+    d = tmp_path / "keys.lineage"
+    record_event(d, keyring, "key_rotation", {"new_key_id": "abcd1234"})
+    record_event(d, keyring, "rekey", {"files": 3})
+    report = verify(d, public_key=keyring.public_key_pem())
+    assert report.status == "events" and report.audit_entries == 2 and report.files_checked == 0
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert set(manifest) == {"format", "version", "status", "keyring_id", "signing_key_id", "audit"}
+
+
+def test_record_event_refuses_tampered_or_foreign(make_run: MakeRun) -> None:
+    run = make_run()
+    with pytest.raises(LineageError, match="does not verify with this keyring"):
+        record_event(run.directory, Keyring.ephemeral(), "erase", {"subject": "S"})
+    lines = _lines(_audit(run))
+    _audit(run).write_bytes(b"".join(lines[:-1]))
+    with pytest.raises(LineageError, match="does not match the signed chain head"):
+        record_event(run.directory, run.keyring, "erase", {"subject": "S"})
+
+
+def test_record_event_rejects_non_flat_details(tmp_path: Path, keyring: Keyring) -> None:
+    with pytest.raises(LineageError, match="must be a string or an integer"):
+        record_event(tmp_path / "x", keyring, "erase", {"subject": ["a"]})  # type: ignore[dict-item]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_any_single_byte_change_to_the_log_is_caught(
+    make_run: MakeRun, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    base = tmp_path_factory.mktemp("h")
+    run = make_run(base=base, batches=1)
+    record_event(run.directory, run.keyring, "key_rotation", {"new_key_id": "k"})
+    raw = bytearray(_audit(run).read_bytes())
+    i = data.draw(st.integers(0, len(raw) - 1))
+    new = data.draw(st.integers(0, 255).filter(lambda b: b != raw[i]))
+    raw[i] = new
+    _audit(run).write_bytes(bytes(raw))
+    with pytest.raises(VerificationError):
+        verify(run.directory, public_key=run.keyring.public_key_pem())

@@ -1,0 +1,180 @@
+"""The command line: one clear line on stderr and a non-zero exit for every bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from biomask.cli import main
+
+POLICY = """\
+version: 1
+dataset: people
+entities:
+  subject: {column: subject_id}
+columns:
+  subject_id: {op: tokenize, domain: subject}
+  email: {op: email, domain: email}
+  dob: {op: date_shift, entity: subject}
+  score: {op: keep}
+"""
+
+
+@pytest.fixture()
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("BIOMASK_PASSPHRASE", "test passphrase")
+    monkeypatch.setenv("BIOMASK_NO_PROGRESS", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    table = pa.table(
+        {
+            "subject_id": ["SUBJ-00000001", "SUBJ-00000002", "SUBJ-00000001"],
+            "email": ["ana.lopez@example.org", "b.k@example.com", "ana.lopez@example.org"],
+            "dob": pa.array([1000, 2000, 1000], pa.int32()).cast(pa.date32()),
+            "score": [0.5, 0.7, 0.9],
+        }
+    )
+    pq.write_table(table, tmp_path / "in.parquet")
+    assert main(["keys", "init", "--keyring", "keys.json"]) == 0
+    return tmp_path
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("biomask: error: ")
+    return lines[0][len("biomask: error: "):]
+
+
+def mask_args(**over: str) -> list[str]:
+    args = {
+        "--policy": "policy.yaml",
+        "--input": "in.parquet",
+        "--output": "out.parquet",
+        "--keyring": "keys.json",
+    }
+    args.update(over)
+    return ["mask", *[x for kv in args.items() for x in kv]]
+
+
+def test_mask_happy_path(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(mask_args()) == 0
+    out = capsys.readouterr().out
+    assert "masked 3 rows -> 3 out, 0 quarantined" in out
+    assert "lineage: out.parquet.lineage" in out
+    masked = pq.read_table(work / "out.parquet")
+    assert masked.column("subject_id")[0] == masked.column("subject_id")[2]
+    assert "SUBJ-00000001" not in masked.column("subject_id").to_pylist()
+    assert (work / "out.parquet.lineage" / "manifest.json").exists()
+
+
+def test_same_run_twice_is_byte_identical(work: Path) -> None:
+    assert main(mask_args()) == 0
+    assert main(mask_args(**{"--output": "again.parquet"})) == 0
+    assert (work / "out.parquet").read_bytes() == (work / "again.parquet").read_bytes()
+
+
+def test_tokens_agree_across_processes(work: Path) -> None:
+    assert main(mask_args()) == 0
+    code = (
+        "from biomask.cli import main; import sys;"
+        "sys.exit(main(['mask','--policy','policy.yaml','--input','in.parquet','--output','p2.parquet','--keyring','keys.json']))"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=work, capture_output=True)
+    assert pq.read_table(work / "out.parquet").equals(pq.read_table(work / "p2.parquet"))
+
+
+def test_unknown_operator(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "policy.yaml").write_text(POLICY.replace("op: keep", "op: keepit"))
+    assert main(["policy", "validate", "policy.yaml"]) == 1
+    assert one_error_line(capsys).startswith("policy.yaml:9: columns.score: unknown operator 'keepit'")
+
+
+def test_unknown_field(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "policy.yaml").write_text(POLICY.replace("domain: email}", "domain: email, keep_domian: true}"))
+    assert main(mask_args()) == 1
+    assert one_error_line(capsys) == "policy.yaml:7: columns.email.keep_domian: unknown field 'keep_domian'"
+
+
+def test_wrong_type_for_operator(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "policy.yaml").write_text(POLICY.replace("score: {op: keep}", "score: {op: date_shift, entity: subject}"))
+    assert main(mask_args()) == 1
+    assert one_error_line(capsys) == (
+        "policy.yaml:9: columns.score: date_shift takes date, timestamp or date-string columns, "
+        "not double (column 'score' is double)"
+    )
+    assert not (work / "out.parquet").exists()
+
+
+def test_unlisted_column(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "policy.yaml").write_text(POLICY.replace("  score: {op: keep}\n", ""))
+    assert main(mask_args()) == 1
+    assert one_error_line(capsys) == (
+        "column 'score' of table 'people' is not in policy.yaml: add a rule for it, "
+        "or set 'unlisted: drop' or 'unlisted: keep' explicitly"
+    )
+    assert not (work / "out.parquet").exists()
+
+
+def test_missing_keyring(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(mask_args(**{"--keyring": "nope.json"})) == 3
+    assert one_error_line(capsys) == (
+        "keyring nope.json not found; create one with 'biomask keys init --keyring nope.json'"
+    )
+
+
+def test_wrong_passphrase(work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BIOMASK_PASSPHRASE", "not it")
+    assert main(mask_args()) == 3
+    assert one_error_line(capsys) == "wrong passphrase for keyring keys.json"
+
+
+def test_no_passphrase(work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BIOMASK_PASSPHRASE")
+    assert main(mask_args()) == 3
+    assert "set the passphrase in the BIOMASK_PASSPHRASE environment variable" in one_error_line(capsys)
+
+
+def test_unreadable_input(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    assert main(mask_args(**{"--input": "broken.parquet"})) == 1
+    msg = one_error_line(capsys)
+    assert "broken.parquet" in msg and "Parquet" in msg
+    assert main(mask_args(**{"--input": "missing.parquet"})) == 1
+    assert "missing.parquet" in one_error_line(capsys)
+
+
+def test_unknown_uri_scheme(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(mask_args(**{"--input": "ftp://host/data.bin"})) == 1
+    assert one_error_line(capsys).startswith("unsupported URI 'ftp://host/data.bin'")
+
+
+def test_output_exists(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "out.parquet").write_text("keep me")
+    assert main(mask_args()) == 1
+    assert one_error_line(capsys) == "output out.parquet exists; pass --overwrite to replace it"
+    assert (work / "out.parquet").read_text() == "keep me"
+    assert main([*mask_args(), "--overwrite"]) == 0
+    assert pq.read_table(work / "out.parquet").num_rows == 3
+
+
+def test_usage_error_is_one_line(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["mask", "--policy", "policy.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("biomask: error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_policy_schema_and_keys_commands(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "schema"]) == 0
+    assert '"title": "biomask policy"' in capsys.readouterr().out
+    assert main(["keys", "rotate", "--keyring", "keys.json"]) == 0
+    assert "new primary key" in capsys.readouterr().out
+    assert main(["keys", "export-public", "--keyring", "keys.json"]) == 0
+    assert "BEGIN PUBLIC KEY" in capsys.readouterr().out
