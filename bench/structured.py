@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,8 +42,16 @@ columns:
   age:             {op: generalize, bucket: 10}
 """
 MASKED = [
-    "subject_id", "full_name", "date_of_birth", "passport_number", "email", "phone",
-    "capture_ts", "device_serial", "gps_lat", "age",
+    "subject_id",
+    "full_name",
+    "date_of_birth",
+    "passport_number",
+    "email",
+    "phone",
+    "capture_ts",
+    "device_serial",
+    "gps_lat",
+    "age",
 ]
 
 
@@ -88,8 +95,12 @@ def run_presidio(src: Path, dst: Path) -> float:
         "FULL_NAME": OperatorConfig("replace", {"new_value": "<PERSON>"}),
         "DATE_OF_BIRTH": OperatorConfig("custom", {"lambda": lambda d: d + shift}),
         "PASSPORT_NUMBER": OperatorConfig("hash", {"hash_type": "sha256"}),
-        "EMAIL": OperatorConfig("mask", {"masking_char": "*", "chars_to_mask": 6, "from_end": False}),
-        "PHONE": OperatorConfig("mask", {"masking_char": "*", "chars_to_mask": 6, "from_end": True}),
+        "EMAIL": OperatorConfig(
+            "mask", {"masking_char": "*", "chars_to_mask": 6, "from_end": False}
+        ),
+        "PHONE": OperatorConfig(
+            "mask", {"masking_char": "*", "chars_to_mask": 6, "from_end": True}
+        ),
         "CAPTURE_TS": OperatorConfig("custom", {"lambda": lambda d: d + shift}),
         "DEVICE_SERIAL": OperatorConfig("hash", {"hash_type": "sha256"}),
         "GPS_LAT": OperatorConfig("custom", {"lambda": lambda x: round(x, 1)}),
@@ -106,14 +117,15 @@ def rss_child(rows: int, tmp: Path, policy: Path) -> tuple[float, float]:
     src = tmp / f"in-{rows}.parquet"
     if not src.exists():
         write_input(src, rows)
+    out_path = tmp / f"out-{rows}.parquet"
     code = (
         "import sys, time, resource;"
-        "sys.path.insert(0, %r);"
+        f"sys.path.insert(0, {str(HERE)!r});"
         "from structured import run_biomask;"
         "from pathlib import Path;"
-        "s = run_biomask(Path(%r), Path(%r), Path(%r));"
+        f"s = run_biomask(Path({str(src)!r}), Path({str(out_path)!r}), Path({str(policy)!r}));"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, s)"
-    ) % (str(HERE), str(src), str(tmp / f"out-{rows}.parquet"), str(policy))
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     rss, secs = out.stdout.split()
     return float(rss), float(secs)
@@ -122,7 +134,9 @@ def rss_child(rows: int, tmp: Path, policy: Path) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--rss", default="1000000,5000000", help="row counts for the RSS runs ('' to skip)")
+    ap.add_argument(
+        "--rss", default="1000000,5000000", help="row counts for the RSS runs ('' to skip)"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -143,7 +157,9 @@ def main() -> None:
                 print(f"  biomask {n:>9,} rows: peak RSS {rss:,.0f} MiB, {n / secs:,.0f} rows/s")
             if len(sizes) >= 2:
                 lo, hi = results[sizes[0]][0], results[sizes[-1]][0]
-                print(f"  peak RSS {sizes[-1]:,} vs {sizes[0]:,} rows: {hi / lo:.3f}x (goal within 10%)")
+                print(
+                    f"  peak RSS {sizes[-1]:,} vs {sizes[0]:,} rows: {hi / lo:.3f}x (goal within 10%)"
+                )
 
 
 if __name__ == "__main__":

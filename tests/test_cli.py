@@ -50,7 +50,7 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     assert len(lines) == 1, err
     assert "Traceback" not in err
     assert lines[0].startswith("biomask: error: ")
-    return lines[0][len("biomask: error: "):]
+    return lines[0][len("biomask: error: ") :]
 
 
 def mask_args(**over: str) -> list[str]:
@@ -94,17 +94,26 @@ def test_tokens_agree_across_processes(work: Path) -> None:
 def test_unknown_operator(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (work / "policy.yaml").write_text(POLICY.replace("op: keep", "op: keepit"))
     assert main(["policy", "validate", "policy.yaml"]) == 1
-    assert one_error_line(capsys).startswith("policy.yaml:9: columns.score: unknown operator 'keepit'")
+    assert one_error_line(capsys).startswith(
+        "policy.yaml:9: columns.score: unknown operator 'keepit'"
+    )
 
 
 def test_unknown_field(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (work / "policy.yaml").write_text(POLICY.replace("domain: email}", "domain: email, keep_domian: true}"))
+    (work / "policy.yaml").write_text(
+        POLICY.replace("domain: email}", "domain: email, keep_domian: true}")
+    )
     assert main(mask_args()) == 1
-    assert one_error_line(capsys) == "policy.yaml:7: columns.email.keep_domian: unknown field 'keep_domian'"
+    assert (
+        one_error_line(capsys)
+        == "policy.yaml:7: columns.email.keep_domian: unknown field 'keep_domian'"
+    )
 
 
 def test_wrong_type_for_operator(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (work / "policy.yaml").write_text(POLICY.replace("score: {op: keep}", "score: {op: date_shift, entity: subject}"))
+    (work / "policy.yaml").write_text(
+        POLICY.replace("score: {op: keep}", "score: {op: date_shift, entity: subject}")
+    )
     assert main(mask_args()) == 1
     assert one_error_line(capsys) == (
         "policy.yaml:9: columns.score: date_shift takes date, timestamp or date-string columns, "
@@ -130,16 +139,22 @@ def test_missing_keyring(work: Path, capsys: pytest.CaptureFixture[str]) -> None
     )
 
 
-def test_wrong_passphrase(work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_passphrase(
+    work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("BIOMASK_PASSPHRASE", "not it")
     assert main(mask_args()) == 3
     assert one_error_line(capsys) == "wrong passphrase for keyring keys.json"
 
 
-def test_no_passphrase(work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_passphrase(
+    work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("BIOMASK_PASSPHRASE")
     assert main(mask_args()) == 3
-    assert "set the passphrase in the BIOMASK_PASSPHRASE environment variable" in one_error_line(capsys)
+    assert "set the passphrase in the BIOMASK_PASSPHRASE environment variable" in one_error_line(
+        capsys
+    )
 
 
 def test_unreadable_input(work: Path, capsys: pytest.CaptureFixture[str]) -> None:

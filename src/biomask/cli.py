@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.exceptions import TyperException
 from rich.console import Console
+from typer.exceptions import TyperException
 
 from biomask.errors import BiomaskError, KeyringError
 
@@ -27,7 +27,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 keys_app = typer.Typer(help="Create, rotate and export keyring keys.", no_args_is_help=True)
-policy_app = typer.Typer(help="Validate policies and print their JSON Schema.", no_args_is_help=True)
+policy_app = typer.Typer(
+    help="Validate policies and print their JSON Schema.", no_args_is_help=True
+)
 audit_app = typer.Typer(help="Verify and export lineage directories.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
@@ -71,7 +73,9 @@ def keys_rotate(keyring: KeyringOpt, lineage: LineageOpt = None) -> None:
         "key.rotate",
         {"keyring_id": ring.keyring_id, "old_key_id": old, "new_key_id": new},
     )
-    _out().print(f"rotated keyring {keyring}: new primary key {new} (old key {old} kept for reading)")
+    _out().print(
+        f"rotated keyring {keyring}: new primary key {new} (old key {old} kept for reading)"
+    )
 
 
 @keys_app.command("export-public")
@@ -123,7 +127,9 @@ def mask_cmd(
     output: Annotated[str, typer.Option("--output", help="Output URI.")],
     keyring: KeyringOpt,
     lineage: LineageOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output.")
+    ] = False,
     append: Annotated[bool, typer.Option("--append", help="Append to an existing table.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 65_536,
     max_quarantine: Annotated[
@@ -161,7 +167,9 @@ def unmask_cmd(
     output: Annotated[str, typer.Option("--output", help="Output URI.")],
     keyring: KeyringOpt,
     lineage: LineageOpt = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output.")
+    ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 65_536,
 ) -> None:
     """Reverse the reversible columns (FF1 tokens, templates); recorded as an access event."""
@@ -174,8 +182,14 @@ def unmask_cmd(
     to_stderr = output == "-"
     with _progress(to_stderr) as progress:
         summary = run_unmask(
-            pol, ring, input, output, lineage_dir=lineage, overwrite=overwrite,
-            batch_size=batch_size, progress=progress,
+            pol,
+            ring,
+            input,
+            output,
+            lineage_dir=lineage,
+            overwrite=overwrite,
+            batch_size=batch_size,
+            progress=progress,
         )
     print_summary(summary, to_stderr=to_stderr, title="unmasked")
 
@@ -307,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("biomask: interrupted; nothing was written under the final names\n")
         return 130
-    except Exception as exc:  # noqa: BLE001 - a bug: one line, details on request
+    except Exception as exc:
         if os.environ.get("BIOMASK_DEBUG"):
             raise
         sys.stderr.write(

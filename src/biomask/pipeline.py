@@ -15,6 +15,7 @@ event is recorded; the error is re-raised for the caller to report.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -109,9 +110,7 @@ def run_mask(
         (only,) = specs
         sources = {only: open_source(input_uri, batch_size=batch_size)}
     services: dict[str, Any] = {"sources": sources}
-    factory = masker_factory or (
-        lambda p, k, t, s: Masker(p, k, table=t, services=s)
-    )
+    factory = masker_factory or (lambda p, k, t, s: Masker(p, k, table=t, services=s))
     maskers = {t: factory(policy, keyring, t, services) for t in sources}
     out_schemas = {t: maskers[t].output_schema(sources[t].schema) for t in sources}
     # Services (e.g. the text operator's known-value lexicon) may need a pre-pass.
@@ -161,7 +160,10 @@ def run_mask(
         for t in sources:
             uri = table_sink_uri(output_uri, t, input_uri) if policy.is_multi_table else output_uri
             sink = open_sink(
-                uri, out_schemas[t], overwrite=overwrite, append=append,
+                uri,
+                out_schemas[t],
+                overwrite=overwrite,
+                append=append,
                 metadata=_meta(out_schemas[t]),
             )
             out_sinks[t] = sink
@@ -209,10 +211,8 @@ def run_mask(
             s.commit()
     except BaseException as exc:
         for s in sinks:
-            try:
+            with contextlib.suppress(Exception):  # abort must not hide the real error
                 s.abort()
-            except Exception:  # noqa: BLE001 - abort must not hide the real error
-                pass
         record.error = str(exc) if isinstance(exc, BiomaskError) else type(exc).__name__
         record.ended_at = _now()
         recorder.fail(exc)

@@ -148,7 +148,7 @@ def test_jsonl_type_change_names_line(tmp_path: Path) -> None:
         ("parquet", "schema drift: column 'age' is string in {b} but int64 in {a}"),
         ("arrow", "schema drift: column 'age' is string in {b} but int64 in {a}"),
         ("csv", "schema drift: {b} has column 'nickname' that {a} lacks"),
-        ("jsonl", "schema drift: {b}: line 2: field 'nickname' is not in the schema of {a}"),
+        ("jsonl", "schema drift: {b}: line 1: field 'nickname' is not in the schema of {a}"),
     ],
 )
 def test_schema_drift_between_files(tmp_path: Path, fmt: str, expected: str) -> None:

@@ -41,10 +41,20 @@ def test_intervals_within_subject_survive() -> None:
     # capture ids are tokenized, so compare per original row order: mask keeps row order
     b = DATA.captures.append_column("row", pa.array(range(DATA.captures.num_rows)))
     a = captures.append_column("row", pa.array(range(captures.num_rows)))
-    jb = b.drop_columns(["template"]).join(DATA.subjects.select(["subject_id", "date_of_birth"]), "subject_id").sort_by("row")
+    jb = (
+        b.drop_columns(["template"])
+        .join(DATA.subjects.select(["subject_id", "date_of_birth"]), "subject_id")
+        .sort_by("row")
+    )
     ja = a.join(subjects.select(["subject_id", "date_of_birth"]), "subject_id").sort_by("row")
-    db = pc.days_between(pc.cast(jb["date_of_birth"], pa.timestamp("s")), pc.cast(jb["capture_ts"], pa.timestamp("s")))
-    da = pc.days_between(pc.cast(ja["date_of_birth"], pa.timestamp("s")), pc.cast(ja["capture_ts"], pa.timestamp("s")))
+    db = pc.days_between(
+        pc.cast(jb["date_of_birth"], pa.timestamp("s")),
+        pc.cast(jb["capture_ts"], pa.timestamp("s")),
+    )
+    da = pc.days_between(
+        pc.cast(ja["date_of_birth"], pa.timestamp("s")),
+        pc.cast(ja["capture_ts"], pa.timestamp("s")),
+    )
     assert db.to_pylist() == da.to_pylist()
     assert jb["capture_ts"] != ja["capture_ts"]
 
@@ -63,7 +73,9 @@ def test_batch_size_and_split_do_not_change_tokens() -> None:
 def test_no_original_value_of_a_masked_column_survives() -> None:
     subjects = mask_table(DATA.subjects, "subjects")
     masked_cols = [
-        c for c, op in POLICY.table_specs()["subjects"].columns.items() if op.op not in ("keep", "date_shift")
+        c
+        for c, op in POLICY.table_specs()["subjects"].columns.items()
+        if op.op not in ("keep", "date_shift")
     ]
     out_values: set[str] = set()
     for col in subjects.columns:
@@ -92,14 +104,19 @@ def test_unlisted_column_is_an_error() -> None:
 
 def test_policy_column_missing_from_input() -> None:
     m = Masker(POLICY, RING, table="subjects")
-    with pytest.raises(SchemaError, match="names column 'email' of table 'subjects', but the input has no such column"):
+    with pytest.raises(
+        SchemaError,
+        match="names column 'email' of table 'subjects', but the input has no such column",
+    ):
         m.output_schema(DATA.subjects.drop_columns(["email"]).schema)
 
 
 def test_unlisted_drop_and_keep() -> None:
     tbl = pa.table({"a": ["x"], "b": ["y"]})
     for mode, names in (("drop", ["a"]), ("keep", ["a", "b"])):
-        pol = parse_policy(f"version: 1\ndataset: t\nunlisted: {mode}\ncolumns:\n  a: {{op: tokenize, domain: d}}\n")
+        pol = parse_policy(
+            f"version: 1\ndataset: t\nunlisted: {mode}\ncolumns:\n  a: {{op: tokenize, domain: d}}\n"
+        )
         assert biomask.mask(tbl, pol, RING).column_names == names
 
 
@@ -110,7 +127,10 @@ def test_mask_api_polars_and_arrow_agree() -> None:
     out_arrow = biomask.mask(tbl, POLICY, RING, table="subjects")
     out_pl = biomask.mask(pl.from_arrow(tbl), POLICY, RING, table="subjects")
     assert isinstance(out_pl, pl.DataFrame)
-    assert out_pl.to_arrow().column("subject_id").to_pylist() == out_arrow.column("subject_id").to_pylist()
+    assert (
+        out_pl.to_arrow().column("subject_id").to_pylist()
+        == out_arrow.column("subject_id").to_pylist()
+    )
 
 
 def test_other_keyring_other_tokens() -> None:

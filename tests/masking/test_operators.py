@@ -30,7 +30,10 @@ EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
-        st.from_regex(r"[a-z][a-z0-9._+\-]{0,15}@[a-z][a-z0-9\-]{0,10}\.(com|org|example|co\.uk)", fullmatch=True),
+        st.from_regex(
+            r"[a-z][a-z0-9._+\-]{0,15}@[a-z][a-z0-9\-]{0,10}\.(com|org|example|co\.uk)",
+            fullmatch=True,
+        ),
         min_size=1,
         max_size=20,
     )
@@ -105,7 +108,15 @@ def test_pseudonym_variants_agree() -> None:
     m = masker("  n: {op: pseudonym, domain: person}\n")
     out, _ = run(
         m,
-        n=["Isabel Petrosyan", "PETROSYAN, Isabel", "Ms Petrosyan", "isabel petrosyan", "José Müller", "Jose Muller", None],
+        n=[
+            "Isabel Petrosyan",
+            "PETROSYAN, Isabel",
+            "Ms Petrosyan",
+            "isabel petrosyan",
+            "José Müller",
+            "Jose Muller",
+            None,
+        ],
     )
     full, rev, title, low, jose1, jose2, none = out.column("n").to_pylist()
     given_, family = full.split(" ")
@@ -121,7 +132,9 @@ def test_mask_redact_drop_keep() -> None:
     m = masker(
         "  c: {op: mask, keep_last: 4}\n  r: {op: redact}\n  d: {op: drop}\n  k: {op: keep}\n"
     )
-    out, _ = run(m, c=["4111111111111111", "123", None], r=["x", None, "y"], d=[1, 2, 3], k=[1, 2, 3])
+    out, _ = run(
+        m, c=["4111111111111111", "123", None], r=["x", None, "y"], d=[1, 2, 3], k=[1, 2, 3]
+    )
     assert out.schema.names == ["c", "r", "k"]
     assert out.column("c").to_pylist() == ["************1111", "***", None]
     assert out.column("r").to_pylist() == ["[REDACTED]", None, "[REDACTED]"]
@@ -139,7 +152,9 @@ def test_date_shift_is_per_entity_and_keeps_types() -> None:
         m,
         s=["SUBJ-1", "SUBJ-1", "SUBJ-2"],
         d=pa.array([dt.date(1990, 1, 1), dt.date(1990, 1, 11), dt.date(1990, 1, 1)], pa.date32()),
-        ts=pa.array([dt.datetime(2020, 5, 1, 10, tzinfo=utc)] * 3, pa.timestamp("us", tz="Europe/Paris")),
+        ts=pa.array(
+            [dt.datetime(2020, 5, 1, 10, tzinfo=utc)] * 3, pa.timestamp("us", tz="Europe/Paris")
+        ),
         txt=["01/02/2020", "11/02/2020", "01/02/2020"],
     )
     assert q is None
@@ -153,13 +168,19 @@ def test_date_shift_is_per_entity_and_keeps_types() -> None:
     ts = out.column("ts").to_pylist()
     assert (ts[0].astimezone(utc).date() - dt.date(2020, 5, 1)).days == shift1
     txt = out.column("txt").to_pylist()
-    assert dt.datetime.strptime(txt[0], "%d/%m/%Y").date() - dt.date(2020, 2, 1) == dt.timedelta(days=shift1)
-    assert dt.datetime.strptime(txt[2], "%d/%m/%Y").date() - dt.date(2020, 2, 1) == dt.timedelta(days=shift2)
+    assert dt.datetime.strptime(txt[0], "%d/%m/%Y").date() - dt.date(2020, 2, 1) == dt.timedelta(
+        days=shift1
+    )
+    assert dt.datetime.strptime(txt[2], "%d/%m/%Y").date() - dt.date(2020, 2, 1) == dt.timedelta(
+        days=shift2
+    )
 
 
 def test_unparseable_date_string_is_quarantined() -> None:
     ents = "entities:\n  subject: {column: s}\n"
-    m = masker("  s: {op: tokenize, domain: subject}\n  d: {op: date_shift, entity: subject}\n", ents)
+    m = masker(
+        "  s: {op: tokenize, domain: subject}\n  d: {op: date_shift, entity: subject}\n", ents
+    )
     out, q = run(m, s=["A-1", "A-2"], d=["2020-01-01", "31 Febtember"])
     assert out.num_rows == 1 and q is not None
     assert q.column("_biomask_reason")[0].as_py() == "d: not a date in format %Y-%m-%d"
@@ -186,9 +207,17 @@ def test_generalize() -> None:
 @pytest.mark.parametrize(
     ("rule", "values", "message"),
     [
-        ("{op: date_shift, entity: subject}", [1.5], r"policy>:\d+: columns.x: date_shift takes date, timestamp or date-string columns, not double"),
+        (
+            "{op: date_shift, entity: subject}",
+            [1.5],
+            r"policy>:\d+: columns.x: date_shift takes date, timestamp or date-string columns, not double",
+        ),
         ("{op: tokenize, domain: d}", [1], r"columns.x: tokenize takes string columns"),
-        ("{op: generalize, truncate: year}", ["a"], r"columns.x: generalize with truncate takes date or timestamp columns"),
+        (
+            "{op: generalize, truncate: year}",
+            ["a"],
+            r"columns.x: generalize with truncate takes date or timestamp columns",
+        ),
     ],
 )
 def test_type_mismatch_names_policy_line(rule: str, values: list[object], message: str) -> None:

@@ -20,7 +20,13 @@ def cls(c: str) -> str:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.text(alphabet=string.ascii_letters + string.digits + "-_ ./:@", max_size=40), min_size=1, max_size=30))
+@given(
+    st.lists(
+        st.text(alphabet=string.ascii_letters + string.digits + "-_ ./:@", max_size=40),
+        min_size=1,
+        max_size=30,
+    )
+)
 def test_shape_keeps_length_classes_separators(values: list[str]) -> None:
     out = shape_tokens(PRF, pa.array(values, pa.string()), prefix=None).to_pylist()
     for v, t in zip(values, out, strict=True):
@@ -39,7 +45,9 @@ def test_any_unicode_keeps_length_and_is_deterministic(values: list[str]) -> Non
 
 
 def test_auto_prefix() -> None:
-    out = shape_tokens(PRF, pa.array(["BIO-41937913", "SUBJ-00012345", "AB12", "ABCDEFG-1"])).to_pylist()
+    out = shape_tokens(
+        PRF, pa.array(["BIO-41937913", "SUBJ-00012345", "AB12", "ABCDEFG-1"])
+    ).to_pylist()
     assert out[0].startswith("BIO-") and out[0] != "BIO-41937913"
     assert out[1].startswith("SUBJ-")
     assert not out[2].startswith("AB") or out[2][2:] != "12"

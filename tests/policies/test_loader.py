@@ -49,7 +49,10 @@ def test_example_policy_is_valid_and_shipped() -> None:
     ("change", "message"),
     [
         (
-            ("subject_id: {op: tokenize, domain: subject}", "subject_id: {op: tokenise, domain: subject}"),
+            (
+                "subject_id: {op: tokenize, domain: subject}",
+                "subject_id: {op: tokenise, domain: subject}",
+            ),
             r"policy.yaml:6: columns.subject_id: unknown operator 'tokenise' \(known: keep, drop",
         ),
         (
@@ -69,7 +72,10 @@ def test_example_policy_is_valid_and_shipped() -> None:
             r"policy.yaml:9: columns.notes.entities.PERSON: unknown domain 'people' for PERSON",
         ),
         (
-            ("full_name: {op: pseudonym, domain: person}", "full_name: {op: pseudonym, domain: subject}"),
+            (
+                "full_name: {op: pseudonym, domain: person}",
+                "full_name: {op: pseudonym, domain: subject}",
+            ),
             r"policy.yaml:7: columns.full_name.domain: domain 'subject' is used by 'tokenize'",
         ),
         (("version: 1", "version: 2"), r"policy.yaml:1: version: invalid value; expected 1"),
@@ -79,7 +85,10 @@ def test_example_policy_is_valid_and_shipped() -> None:
             r"policy.yaml:10: columns.gender: missing 'op'",
         ),
         (
-            ("subject_id: {op: tokenize, domain: subject}\n", "subject_id: {op: tokenize, domain: subject}\n  subject_id: {op: drop}\n"),
+            (
+                "subject_id: {op: tokenize, domain: subject}\n",
+                "subject_id: {op: tokenize, domain: subject}\n  subject_id: {op: drop}\n",
+            ),
             r"policy.yaml:7: columns.subject_id: duplicate key 'subject_id'",
         ),
         (("columns:", "columns: [\n"), r"policy.yaml:\d+: invalid YAML"),
@@ -101,11 +110,13 @@ def test_entity_column_must_keep_identity(tmp_path: Path) -> None:
 
 def test_generalize_needs_one_mode() -> None:
     with pytest.raises(PolicyError, match="exactly one of: bucket, decimals, truncate"):
-        parse_policy("version: 1\ndataset: x\ncolumns:\n  a: {op: generalize, bucket: 5, decimals: 1}\n")
+        parse_policy(
+            "version: 1\ndataset: x\ncolumns:\n  a: {op: generalize, bucket: 5, decimals: 1}\n"
+        )
 
 
 def test_missing_file_and_empty(tmp_path: Path) -> None:
-    with pytest.raises(PolicyError, match="nope.yaml: cannot read policy file"):
+    with pytest.raises(PolicyError, match=r"nope\.yaml: cannot read policy file"):
         load_policy(tmp_path / "nope.yaml")
     with pytest.raises(PolicyError, match="policy file is empty"):
         load_policy(write(tmp_path, ""))

@@ -7,11 +7,11 @@ whole product on a fresh machine with no server and no configuration.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
-from typing import Any
 import shutil
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 from rich.console import Console
@@ -82,5 +82,7 @@ def run_demo(
     after = after.select(["subject_id", "full_name", "email", "phone"])
     console.print("  first subjects before -> after:")
     for b, a in zip(before.to_pylist(), after.to_pylist(), strict=True):
-        console.print(f"    {b['subject_id']} {b['full_name']!s:<24} -> {a['subject_id']} {a['full_name']}")
+        console.print(
+            f"    {b['subject_id']} {b['full_name']!s:<24} -> {a['subject_id']} {a['full_name']}"
+        )
     return summary.lineage_dir

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import NoReturn
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -47,7 +48,6 @@ class DeterministicPrf:
 
     __slots__ = ("_aes", "_mac_key", "key_id")
 
-
     def __init__(self, handle: KeyHandle) -> None:
         secret = handle._secret()
         self._mac_key = hkdf(secret, "prf/blake2b", 32)
@@ -57,7 +57,7 @@ class DeterministicPrf:
     def __repr__(self) -> str:
         return f"DeterministicPrf(key_id={self.key_id!r})"
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("biomask primitives cannot be pickled: open the keyring in each process")
 
     def seeds(self, values: Sequence[bytes]) -> np.ndarray:
@@ -92,7 +92,9 @@ class DeterministicPrf:
         return (s % np.uint64(modulus)).astype(np.int64)
 
 
-def ragged_stream(prf: DeterministicPrf, values: Sequence[bytes], lengths: np.ndarray) -> np.ndarray:
+def ragged_stream(
+    prf: DeterministicPrf, values: Sequence[bytes], lengths: np.ndarray
+) -> np.ndarray:
     """Concatenated keystreams: ``lengths[i]`` bytes for value ``i``, one flat uint8 array.
 
     Memory is proportional to ``sum(lengths)``, not ``len(values) * max(lengths)``, so one
@@ -115,4 +117,5 @@ def ragged_stream(prf: DeterministicPrf, values: Sequence[bytes], lengths: np.nd
     block_starts = np.repeat(starts * 16, lengths)
     val_starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     idx = block_starts + (np.arange(total) - val_starts)
-    return flat[idx]
+    out: np.ndarray = flat[idx]
+    return out

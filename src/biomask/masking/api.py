@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import pyarrow as pa
 
@@ -12,10 +12,15 @@ from biomask.keys import Keyring
 from biomask.masking.masker import Masker
 from biomask.policies import Policy, load_policy, policy_from_dict
 
-__all__ = ["mask", "resolve_policy"]
+if TYPE_CHECKING:
+    import polars as pl
+
+__all__ = ["PolicyLike", "mask", "resolve_policy"]
+
+PolicyLike = Policy | str | os.PathLike[str] | dict[str, Any]
 
 
-def resolve_policy(policy: Policy | str | os.PathLike[str] | dict[str, Any]) -> Policy:
+def resolve_policy(policy: PolicyLike) -> Policy:
     """Accept a Policy, a path to a policy file, or a mapping."""
     if isinstance(policy, Policy):
         return policy
@@ -25,16 +30,28 @@ def resolve_policy(policy: Policy | str | os.PathLike[str] | dict[str, Any]) -> 
 
 
 @overload
-def mask(data: pa.Table, policy: Any, keyring: Keyring, *, table: str | None = ...,
-         max_quarantine: int = ...) -> pa.Table: ...
+def mask(
+    data: pl.DataFrame,
+    policy: PolicyLike,
+    keyring: Keyring,
+    *,
+    table: str | None = ...,
+    max_quarantine: int = ...,
+) -> pl.DataFrame: ...
 @overload
-def mask(data: Any, policy: Any, keyring: Keyring, *, table: str | None = ...,
-         max_quarantine: int = ...) -> Any: ...
+def mask(
+    data: pa.Table | pa.RecordBatch,
+    policy: PolicyLike,
+    keyring: Keyring,
+    *,
+    table: str | None = ...,
+    max_quarantine: int = ...,
+) -> pa.Table: ...
 
 
 def mask(
     data: Any,
-    policy: Policy | str | os.PathLike[str] | dict[str, Any],
+    policy: PolicyLike,
     keyring: Keyring,
     *,
     table: str | None = None,

@@ -272,7 +272,7 @@ class Unmasker(Masker):
                 f"(keyring {ring_id}, key {key_id}); unmask needs that keyring"
             )
         self._meta = meta
-        return key_id
+        return str(key_id)
 
     def _bind(self, schema: pa.Schema) -> tuple[pa.Schema, pa.Schema, list[str]]:
         if self._bound is not None and self._bound_in == schema:

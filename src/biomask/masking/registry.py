@@ -20,7 +20,16 @@ from biomask.keys import Keyring
 if TYPE_CHECKING:
     from biomask.policies.models import Policy
 
-__all__ = ["Binding", "Operator", "OperatorContext", "get_operator", "operator_names", "register"]
+__all__ = [
+    "Binding",
+    "Operator",
+    "OperatorContext",
+    "get_operator",
+    "is_string_type",
+    "map_distinct",
+    "operator_names",
+    "register",
+]
 
 S = TypeVar("S")
 
@@ -155,6 +164,11 @@ def operator_names() -> list[str]:
     from biomask.masking import operators  # noqa: F401
 
     return sorted(_REGISTRY)
+
+
+def is_string_type(dtype: pa.DataType) -> bool:
+    """Whether ``dtype`` is a (large) UTF-8 string type."""
+    return bool(pa.types.is_string(dtype) or pa.types.is_large_string(dtype))
 
 
 def map_distinct(values: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:

@@ -20,8 +20,8 @@ import pyarrow.compute as pc
 from biomask.keys.primitives import DeterministicPrf, ragged_stream
 
 __all__ = [
-    "KEEP",
     "DIGIT",
+    "KEEP",
     "LOWER",
     "UPPER",
     "char_classes",
@@ -74,9 +74,9 @@ def from_codepoints(cps: np.ndarray, offsets: np.ndarray) -> pa.Array:
     """Build a string array from flat code points and offsets, without per-value Python."""
     n = len(offsets) - 1
     data = cps.astype(np.uint32).tobytes().decode("utf-32-le").encode("utf-8")
-    width = (
-        1 + (cps >= 0x80).astype(np.int64) + (cps >= 0x800) + (cps >= 0x10000)
-    ).astype(np.int64)
+    width = (1 + (cps >= 0x80).astype(np.int64) + (cps >= 0x800) + (cps >= 0x10000)).astype(
+        np.int64
+    )
     csum = np.zeros(len(cps) + 1, dtype=np.int64)
     np.cumsum(width, out=csum[1:])
     byte_offsets = csum[offsets].astype(np.int64)
@@ -94,9 +94,7 @@ def char_classes(cps: np.ndarray) -> np.ndarray:
     return out
 
 
-def prefix_lengths(
-    cps: np.ndarray, offsets: np.ndarray, prefix: str | None
-) -> np.ndarray:
+def prefix_lengths(cps: np.ndarray, offsets: np.ndarray, prefix: str | None) -> np.ndarray:
     """How many leading code points of each value are a fixed prefix to keep.
 
     ``"auto"`` keeps 1-6 upper-case ASCII letters followed by a separator (``SUBJ-``,

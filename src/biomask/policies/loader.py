@@ -57,12 +57,13 @@ def parse_policy(raw: bytes | str, *, source: str = "<policy>") -> Policy:
     lines: dict[tuple[str, ...], int] = {}
     _index_lines(node, (), lines, source)
     try:
-        doc = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
+        doc = yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:  # pragma: no cover - compose already parsed it
         raise PolicyError(f"invalid YAML: {exc}", path=source) from None
     if not isinstance(doc, dict):
-        raise PolicyError("a policy must be a mapping (version, dataset, columns...)", path=source,
-                          line=1)
+        raise PolicyError(
+            "a policy must be a mapping (version, dataset, columns...)", path=source, line=1
+        )
     policy = _validate(doc, source, lines)
     policy._sha256 = hashlib.sha256(data).hexdigest()
     return policy
@@ -199,10 +200,10 @@ def _cross_check(policy: Policy, source: str, lines: dict[tuple[str, ...], int])
             )
         domains.setdefault(dom, (signature, base))
     for base, op in rules:
-        if isinstance(op, DateShiftOp | EncryptOp) and op.entity is not None:
-            if op.entity not in policy.entities:
-                known = ", ".join(policy.entities) or "none declared"
-                raise fail(f"unknown entity '{op.entity}' (entities: {known})", (*base, "entity"))
+        entity = op.entity if isinstance(op, DateShiftOp | EncryptOp) else None
+        if entity is not None and entity not in policy.entities:
+            known = ", ".join(policy.entities) or "none declared"
+            raise fail(f"unknown entity '{entity}' (entities: {known})", (*base, "entity"))
         if isinstance(op, TextOp):
             for etype, dom in op.entities.items():
                 if dom not in domains:

@@ -5,14 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from biomask.masking.registry import Operator, OperatorContext, register
+from biomask.masking.registry import Operator, OperatorContext, is_string_type, register
 from biomask.policies.models import DropOp, KeepOp, MaskOp, RedactOp
 
 __all__ = ["Drop", "Keep", "Mask", "Redact"]
-
-
-def _is_string(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
 @register
@@ -59,13 +55,15 @@ class Mask(Operator[MaskOp]):
     name = "mask"
 
     def check(self, dtype: pa.DataType) -> str | None:
-        return None if _is_string(dtype) else "mask takes string columns"
+        return None if is_string_type(dtype) else "mask takes string columns"
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
         kf, kl = self.spec.keep_first, self.spec.keep_last
         n = pc.utf8_length(values)
         hidden = pc.max_element_wise(pc.subtract(n, kf + kl), 0)
-        head = pc.utf8_slice_codeunits(values, 0, kf) if kf else pc.utf8_slice_codeunits(values, 0, 0)
+        head = (
+            pc.utf8_slice_codeunits(values, 0, kf) if kf else pc.utf8_slice_codeunits(values, 0, 0)
+        )
         # utf8_slice_codeunits takes scalar bounds; take the tail by reversing.
         tail = (
             pc.utf8_reverse(pc.utf8_slice_codeunits(pc.utf8_reverse(values), 0, kl))

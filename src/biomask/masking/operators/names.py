@@ -23,11 +23,25 @@ from biomask.keys.primitives import DeterministicPrf
 from biomask.masking.registry import Binding, Operator, OperatorContext, map_distinct, register
 from biomask.policies.models import PseudonymOp
 
-__all__ = ["GIVEN", "FAMILY", "NameMapper", "Pseudonym", "normalize_name", "split_name"]
+__all__ = ["FAMILY", "GIVEN", "NameMapper", "Pseudonym", "normalize_name", "split_name"]
 
 GIVEN, FAMILY, INITIAL = "g", "f", "i"
 TITLES = frozenset(
-    {"mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "madam", "mr/ms", "mrs/ms", "herr", "frau"}
+    {
+        "mr",
+        "mrs",
+        "ms",
+        "miss",
+        "mx",
+        "dr",
+        "prof",
+        "sir",
+        "madam",
+        "mr/ms",
+        "mrs/ms",
+        "herr",
+        "frau",
+    }
 )
 _FOLD = str.maketrans({"ł": "l", "ø": "o", "đ": "d", "ı": "i", "æ": "ae", "œ": "oe", "þ": "th"})
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*\.?", re.UNICODE)
@@ -37,10 +51,14 @@ _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*\.?", re.UNICODE)
 def _lists() -> tuple[tuple[str, ...], tuple[str, ...]]:
     base = resources.files("biomask.masking") / "data"
     given = tuple(
-        ln.strip() for ln in (base / "given_names.txt").read_text("utf-8").splitlines() if ln.strip()
+        ln.strip()
+        for ln in (base / "given_names.txt").read_text("utf-8").splitlines()
+        if ln.strip()
     )
     family = tuple(
-        ln.strip() for ln in (base / "family_names.txt").read_text("utf-8").splitlines() if ln.strip()
+        ln.strip()
+        for ln in (base / "family_names.txt").read_text("utf-8").splitlines()
+        if ln.strip()
     )
     return given, family
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from biomask.keys.primitives import DeterministicPrf
-from biomask.masking.registry import Binding, Operator, OperatorContext, register
+from biomask.masking.registry import Binding, Operator, OperatorContext, is_string_type, register
 from biomask.policies.models import DateShiftOp, GeneralizeOp
 
 __all__ = ["DATE_FORMATS", "DateShift", "Generalize", "entity_max_days"]
@@ -46,10 +46,6 @@ def entity_max_days(binding: Binding, entity: str) -> int:
     return best or 365
 
 
-def _is_string(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
-
-
 @register
 class DateShift(Operator[DateShiftOp]):
     """Per-entity consistent date shift for dates, timestamps (any unit/zone) and strings."""
@@ -66,8 +62,10 @@ class DateShift(Operator[DateShiftOp]):
         return self.prf.key_id
 
     def check(self, dtype: pa.DataType) -> str | None:
-        ok = pa.types.is_date(dtype) or pa.types.is_timestamp(dtype) or _is_string(dtype)
-        return None if ok else f"date_shift takes date, timestamp or date-string columns, not {dtype}"
+        ok = pa.types.is_date(dtype) or pa.types.is_timestamp(dtype) or is_string_type(dtype)
+        return (
+            None if ok else f"date_shift takes date, timestamp or date-string columns, not {dtype}"
+        )
 
     def offsets(self, tokens: pa.Array) -> pa.Array:
         """Offset in days per row (never 0), null where the entity token is null."""
@@ -116,7 +114,9 @@ def _detect_format(values: pa.Array) -> str | None:
         return DATE_FORMATS[0]
     best, best_n = None, 0
     for fmt in DATE_FORMATS:
-        parsed = len(values) - pc.strptime(values, format=fmt, unit="s", error_is_null=True).null_count
+        parsed = (
+            len(values) - pc.strptime(values, format=fmt, unit="s", error_is_null=True).null_count
+        )
         if parsed > best_n:
             best, best_n = fmt, parsed
         if parsed == n_valid:
@@ -155,4 +155,3 @@ class Generalize(Operator[GeneralizeOp]):
             as_ts = values.cast(pa.timestamp("s"))
             return pc.floor_temporal(as_ts, unit=s.truncate).cast(pa.date32())
         return pc.floor_temporal(values, unit=s.truncate)
-

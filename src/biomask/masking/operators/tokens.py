@@ -14,17 +14,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from biomask.keys.primitives import DeterministicPrf, ragged_stream
-from biomask.masking.registry import Binding, Operator, OperatorContext, map_distinct, register
+from biomask.masking.registry import (
+    Binding,
+    Operator,
+    OperatorContext,
+    is_string_type,
+    map_distinct,
+    register,
+)
 from biomask.masking.shape import codepoints, from_codepoints, shape_tokens
 from biomask.policies.models import EmailOp, HashOp, PhoneOp, TokenizeOp
 
 __all__ = ["Email", "Hash", "Phone", "Tokenize", "phone_parts"]
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-
-
-def _is_string(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
 def _count_collisions(uniq: pa.Array, out: pa.Array, ctx: OperatorContext) -> None:
@@ -48,14 +51,18 @@ class Hash(Operator[HashOp]):
         return self.prf.key_id
 
     def check(self, dtype: pa.DataType) -> str | None:
-        ok = _is_string(dtype) or pa.types.is_integer(dtype) or pa.types.is_binary(dtype)
+        ok = is_string_type(dtype) or pa.types.is_integer(dtype) or pa.types.is_binary(dtype)
         return None if ok else "hash takes string, integer or binary columns"
 
     def output_type(self, dtype: pa.DataType) -> pa.DataType:
         return pa.string()
 
     def _digest(self, uniq: pa.Array) -> pa.Array:
-        raw = uniq.cast(pa.binary()).to_pylist() if not pa.types.is_binary(uniq.type) else uniq.to_pylist()
+        raw = (
+            uniq.cast(pa.binary()).to_pylist()
+            if not pa.types.is_binary(uniq.type)
+            else uniq.to_pylist()
+        )
         nbytes = (self.spec.length + 1) // 2
         s = self.prf.stream(raw, nbytes)
         hexed = np.empty((len(raw), nbytes * 2), dtype=np.uint8)
@@ -88,7 +95,11 @@ class Tokenize(Operator[TokenizeOp]):
         return self.prf.key_id
 
     def check(self, dtype: pa.DataType) -> str | None:
-        return None if _is_string(dtype) else "tokenize takes string columns (use hash for numbers)"
+        return (
+            None
+            if is_string_type(dtype)
+            else "tokenize takes string columns (use hash for numbers)"
+        )
 
     def tokens(self, uniq: pa.Array) -> pa.Array:
         """Tokens for distinct, non-null values (used by the text operator too)."""
@@ -123,7 +134,7 @@ class Email(Operator[EmailOp]):
         return self.prf.key_id
 
     def check(self, dtype: pa.DataType) -> str | None:
-        return None if _is_string(dtype) else "email takes string columns"
+        return None if is_string_type(dtype) else "email takes string columns"
 
     def tokens(self, uniq: pa.Array) -> tuple[pa.Array, np.ndarray]:
         """Tokens for distinct non-null values, and a mask of values that are not e-mails."""
@@ -139,7 +150,9 @@ class Email(Operator[EmailOp]):
             locals_.append(local)
             domains.append(dom)
         keys = [v.strip().lower().encode() for v in vals]
-        local_tok = shape_tokens(self.prf, pa.array(locals_, pa.string()), prf_input=keys, prefix=None)
+        local_tok = shape_tokens(
+            self.prf, pa.array(locals_, pa.string()), prf_input=keys, prefix=None
+        )
         dom_arr = pa.array(domains, pa.string())
         if not self.spec.keep_domain:
             dom_arr = self._domain_tokens(domains)
@@ -154,7 +167,9 @@ class Email(Operator[EmailOp]):
             heads.append(head)
             tlds.append(tld)
         keys = [d.lower().encode() for d in domains]
-        tok = shape_tokens(self.prf_domain, pa.array(heads, pa.string()), prf_input=keys, prefix=None)
+        tok = shape_tokens(
+            self.prf_domain, pa.array(heads, pa.string()), prf_input=keys, prefix=None
+        )
         return pc.binary_join_element_wise(tok, pa.array(tlds, pa.string()), ".")
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
@@ -169,8 +184,50 @@ class Email(Operator[EmailOp]):
 
 # ITU-T E.164 country calling codes: 1 and 7 are one digit; these are two; the rest three.
 _CC2 = {
-    20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55,
-    56, 57, 58, 60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98,
+    20,
+    27,
+    30,
+    31,
+    32,
+    33,
+    34,
+    36,
+    39,
+    40,
+    41,
+    43,
+    44,
+    45,
+    46,
+    47,
+    48,
+    49,
+    51,
+    52,
+    53,
+    54,
+    55,
+    56,
+    57,
+    58,
+    60,
+    61,
+    62,
+    63,
+    64,
+    65,
+    66,
+    81,
+    82,
+    84,
+    86,
+    90,
+    91,
+    92,
+    93,
+    94,
+    95,
+    98,
 }
 
 
@@ -215,7 +272,7 @@ class Phone(Operator[PhoneOp]):
         return self.prf.key_id
 
     def check(self, dtype: pa.DataType) -> str | None:
-        return None if _is_string(dtype) else "phone takes string columns"
+        return None if is_string_type(dtype) else "phone takes string columns"
 
     def tokens(self, uniq: pa.Array) -> tuple[pa.Array, np.ndarray]:
         """Tokens for distinct non-null values, and a mask of values that are not phones."""
@@ -253,5 +310,3 @@ class Phone(Operator[PhoneOp]):
             ctx.quarantine(rows.fill_null(False), "not a phone number")
             out = pc.if_else(pa.array(bad), pa.scalar(None, pa.string()), out)
         return out.take(enc.indices).cast(values.type)
-
-
