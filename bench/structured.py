@@ -89,11 +89,12 @@ def run_presidio(src: Path, dst: Path) -> float:
     shift = dt.timedelta(days=17)
     t = time.perf_counter()
     df = pq.read_table(src).to_pandas()
+    df[MASKED] = df[MASKED].astype(object)  # presidio writes strings back cell by cell
     analysis = StructuredAnalysis(entity_mapping={c: c.upper() for c in MASKED})
     ops = {
         "SUBJECT_ID": OperatorConfig("hash", {"hash_type": "sha256"}),
         "FULL_NAME": OperatorConfig("replace", {"new_value": "<PERSON>"}),
-        "DATE_OF_BIRTH": OperatorConfig("custom", {"lambda": lambda d: d + shift}),
+        "DATE_OF_BIRTH": OperatorConfig("custom", {"lambda": lambda d: str(d + shift)}),
         "PASSPORT_NUMBER": OperatorConfig("hash", {"hash_type": "sha256"}),
         "EMAIL": OperatorConfig(
             "mask", {"masking_char": "*", "chars_to_mask": 6, "from_end": False}
@@ -101,13 +102,15 @@ def run_presidio(src: Path, dst: Path) -> float:
         "PHONE": OperatorConfig(
             "mask", {"masking_char": "*", "chars_to_mask": 6, "from_end": True}
         ),
-        "CAPTURE_TS": OperatorConfig("custom", {"lambda": lambda d: d + shift}),
+        "CAPTURE_TS": OperatorConfig("custom", {"lambda": lambda d: str(d + shift)}),
         "DEVICE_SERIAL": OperatorConfig("hash", {"hash_type": "sha256"}),
-        "GPS_LAT": OperatorConfig("custom", {"lambda": lambda x: round(x, 1)}),
-        "AGE": OperatorConfig("custom", {"lambda": lambda x: x // 10 * 10}),
+        "GPS_LAT": OperatorConfig("custom", {"lambda": lambda x: str(round(x, 1))}),
+        "AGE": OperatorConfig("custom", {"lambda": lambda x: str(x // 10 * 10)}),
     }
     out = StructuredEngine(PandasDataProcessor()).anonymize(df, analysis, ops)
     assert isinstance(out, pd.DataFrame)
+    # presidio's operators return strings (custom operators must): store them as such
+    out[MASKED] = out[MASKED].astype(str)
     out.to_parquet(dst)
     return time.perf_counter() - t
 

@@ -165,6 +165,7 @@ def run_mask(
                 overwrite=overwrite,
                 append=append,
                 metadata=_meta(out_schemas[t]),
+                partition_by=_partitions(sources[t], out_schemas[t]),
             )
             out_sinks[t] = sink
             sinks.append(sink)
@@ -238,6 +239,12 @@ def run_mask(
         stats=stats,
         key_ids=key_ids,
     )
+
+
+def _partitions(source: Source, schema: pa.Schema) -> tuple[str, ...]:
+    """Hive partition columns of the input that survive masking (kept on output)."""
+    cols = tuple(getattr(source, "partition_by", ()) or ())
+    return tuple(c for c in cols if c in schema.names)
 
 
 def _meta(schema: pa.Schema) -> dict[str, str]:

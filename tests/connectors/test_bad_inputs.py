@@ -220,3 +220,14 @@ def test_not_an_arrow_file(tmp_path: Path) -> None:
     p = tmp_path / "x.arrow"
     p.write_bytes(b"not arrow at all")
     assert error_of(str(p)) == f"cannot read {p}: not a valid Arrow IPC file"
+
+
+def test_jsonl_rows_conserved_when_no_line_parses(tmp_path: Path) -> None:
+    p = tmp_path / "allbad.jsonl"
+    p.write_text("nope\n{bad\n\n{}\n")
+    rows = rows_of(str(p))
+    assert rows == [
+        {REJECT_COLUMN: "line 1: invalid JSON"},
+        {REJECT_COLUMN: "line 2: invalid JSON"},
+        {REJECT_COLUMN: None},
+    ]

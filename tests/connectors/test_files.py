@@ -319,7 +319,7 @@ def test_hive_partitions_are_read_and_kept(tmp_path: Path) -> None:
     src = open_source(str(root), batch_size=2)
     assert src.schema.names == ["v", "year", "site"]
     assert src.schema.field("year").type == pa.int32()
-    assert getattr(src, "partition_by") == ["year", "site"]
+    assert src.partition_by == ["year", "site"]  # type: ignore[attr-defined]
     got = pa.Table.from_batches(list(src.batches()), src.schema)
     assert got.num_rows == 12
     sink = open_sink(str(tmp_path / "out/"), src.schema, partition_by=src.partition_by)  # type: ignore[attr-defined]

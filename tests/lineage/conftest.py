@@ -160,7 +160,9 @@ def make_run(tmp_path: Path, policy: Policy, keyring: Keyring) -> MakeRun:
                     column=name,
                     op=rule.op,
                     masks=rule.masks,
-                    key_id=None if rule.op in ("keep", "drop", "generalize") else ring.primary_key_id,
+                    key_id=None
+                    if rule.op in ("keep", "drop", "generalize")
+                    else ring.primary_key_id,
                     domain=rule.domain_name,
                     entity=getattr(rule, "entity", None),
                     dropped=rule.op == "drop",

@@ -11,12 +11,15 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from biomask.errors import LineageError
 from biomask.lineage import REGULATION_REFS, export, verify
 from biomask.lineage._util import canonical
-from tests.lineage.conftest import SENTINELS, MakeRun, read_events
+from biomask.lineage.evidence import EvidenceCollector
+from biomask.policies import Policy
+from tests.lineage.conftest import SENTINELS, MakeRun, input_batch, output_batch, read_events
 
 
 def _all_lineage_bytes(directory: Path) -> dict[str, bytes]:
@@ -38,8 +41,16 @@ def test_no_value_and_no_key_material_in_any_lineage_file(make_run: MakeRun) -> 
     export(run.directory, "prov")
     export(run.directory, "html", run.directory / "copy.html")
     files = _all_lineage_bytes(run.directory)
-    assert {"openlineage.jsonl", "audit.jsonl", "manifest.json", "manifest.sig",
-            "public_key.pem", "dossier.json", "dossier.html", "dossier.prov.json"} <= set(files)
+    assert {
+        "openlineage.jsonl",
+        "audit.jsonl",
+        "manifest.json",
+        "manifest.sig",
+        "public_key.pem",
+        "dossier.json",
+        "dossier.html",
+        "dossier.prov.json",
+    } <= set(files)
     sentinels = [v.encode() for v in SENTINELS.values()]
     sentinels += [b"Zorbulon", b"Quixmaster", b"QX7731409", b"907313", b"INTERNAL-SECRET"]
     secrets = [s for m in run.keyring._masters.values() for s in _forms(m)]
@@ -53,8 +64,14 @@ def test_no_value_and_no_key_material_in_any_lineage_file(make_run: MakeRun) -> 
     # ...yet the planted leak was found (reported as counts and column names only)
     resid = json.loads(files["dossier.json"])["residual_pii"]
     assert resid["hits"] >= 1
-    assert {"output_column": "enrolment.notes", "input_column": "enrolment.full_name",
-            "hits": 1} in resid["findings"]
+    assert resid["findings"] == [
+        {
+            "output_column": "enrolment.notes",
+            "input_column": "enrolment.full_name",
+            "hits": 1,
+            "coincidences": 0,
+        }
+    ]
 
 
 def test_evidence_key_is_forgotten(make_run: MakeRun) -> None:
@@ -68,6 +85,36 @@ def test_clean_run_has_no_residual_hits(make_run: MakeRun) -> None:
     assert resid["performed"] and resid["hits"] == 0 and resid["findings"] == []
     assert "enrolment.full_name" in resid["input_columns"]
     assert "enrolment.age" not in resid["input_columns"]  # generalize: not a probe
+
+
+def test_coincidences_and_in_place_passthrough(policy: Policy) -> None:
+    inp = input_batch()
+    out = output_batch(inp).to_pydict()
+    out["subject_id"][0] = inp.column("subject_id")[3].as_py()  # a token = another's real id
+    out["passport_number"][2] = inp.column("passport_number")[2].as_py()  # left unchanged
+    out["notes"][5] = "saw person number7 today"  # real name (any case) inside free text
+    c = EvidenceCollector(policy)
+    for _ in range(2):
+        c.observe_input("enrolment", inp)
+        c.observe_output("enrolment", pa.RecordBatch.from_pydict(out))
+    c.observe_input("enrolment", inp)  # a batch with quarantine: rows do not line up
+    c.observe_output("enrolment", pa.RecordBatch.from_pydict(out).slice(1))
+    r = c.finish()["residual_pii"]
+    by = {(f["output_column"], f["input_column"]): f for f in r["findings"]}
+    assert by[("enrolment.subject_id", "enrolment.subject_id")] == {
+        "output_column": "enrolment.subject_id",
+        "input_column": "enrolment.subject_id",
+        "hits": 0,
+        "coincidences": 1,
+    }
+    assert by[("enrolment.notes", "enrolment.full_name")]["hits"] == 1
+    assert r["hits"] == 1  # the name in notes
+    # set-wise, the passed-through passport looks like a coincidence; the row check sees it
+    assert by[("enrolment.passport_number", "enrolment.passport_number")]["coincidences"] == 1
+    assert r["unchanged_in_place"]["enrolment.passport_number"] == {"unchanged": 2, "compared": 24}
+    assert r["unchanged_in_place"]["enrolment.subject_id"]["unchanged"] == 0
+    assert r["unaligned_batches"] == 1
+    assert c._key == b"" and not c._last_input
 
 
 def test_distributions_and_k_anonymity(make_run: MakeRun) -> None:
@@ -86,8 +133,11 @@ def test_distributions_and_k_anonymity(make_run: MakeRun) -> None:
     assert k["columns"] == ["age", "gender", "nationality"]
     assert k["rows"] == 20 and k["k"] >= 1 and k["groups"] >= 1
     quasi = d["bias_examination"]["quasi_identifiers"]["enrolment"]
-    assert quasi["charted"] == {"age": "after_only", "gender": "before_after",
-                                "nationality": "before_after"}
+    assert quasi["charted"] == {
+        "age": "after_only",
+        "gender": "before_after",
+        "nationality": "before_after",
+    }
     refs = {i["key"]: i for i in d["items"]}
     assert set(REGULATION_REFS["items"]) == set(refs)
     assert refs["art_10_2_f"]["coverage"] == "covered"
@@ -118,7 +168,7 @@ def test_unmask_is_an_access_event(make_run: MakeRun) -> None:
 
 
 def _strip_volatile(event: dict[str, Any]) -> dict[str, Any]:
-    e = json.loads(json.dumps(event))
+    e: dict[str, Any] = json.loads(json.dumps(event))
     e.pop("eventTime")
     e["run"].pop("runId")
     return e
@@ -159,8 +209,15 @@ def test_prov_export_parses(make_run: MakeRun) -> None:
     doc = ProvDocument.deserialize(source=str(path), format="json")
     records = list(doc.get_records())
     kinds = {type(r).__name__ for r in records}
-    assert {"ProvActivity", "ProvEntity", "ProvUsage", "ProvGeneration",
-            "ProvDerivation", "ProvAgent", "ProvAssociation"} <= kinds
+    assert {
+        "ProvActivity",
+        "ProvEntity",
+        "ProvUsage",
+        "ProvGeneration",
+        "ProvDerivation",
+        "ProvAgent",
+        "ProvAssociation",
+    } <= kinds
     assert len(list(doc.get_records(ProvEntity))) == 3  # input, output, policy
 
 
@@ -258,7 +315,9 @@ def test_html_renders_in_headless_chromium(make_run: MakeRun, tmp_path: Path) ->
     common = [chromium, *_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     subprocess.run(
         [*common, f"--screenshot={png}", "--window-size=1200,2000", html_path.as_uri()],
-        check=True, capture_output=True, timeout=180,
+        check=True,
+        capture_output=True,
+        timeout=180,
     )
     assert png.is_file() and png.stat().st_size > 1000
     width, height, colours = _png_pixels(png.read_bytes())
@@ -266,9 +325,20 @@ def test_html_renders_in_headless_chromium(make_run: MakeRun, tmp_path: Path) ->
     assert len(colours) > 5, "screenshot is blank"
     dom = subprocess.run(
         [*common, "--dump-dom", html_path.as_uri()],
-        check=True, capture_output=True, timeout=180, text=True,
+        check=True,
+        capture_output=True,
+        timeout=180,
+        text=True,
     ).stdout
-    for section in ("items", "provenance", "preparation", "measures", "bias", "k-anonymity",
-                    "residual-pii", "access"):
+    for section in (
+        "items",
+        "provenance",
+        "preparation",
+        "measures",
+        "bias",
+        "k-anonymity",
+        "residual-pii",
+        "access",
+    ):
         assert f'id="{section}"' in dom
     assert "Art. 10(2)(f)" in dom and "enrolment.gender" in dom

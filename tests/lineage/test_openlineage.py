@@ -75,8 +75,12 @@ def test_complete_run_events_validate(make_run: MakeRun) -> None:
     assert "pseudonym" in t["description"] and run.keyring.primary_key_id in t["description"]
     g = lineage["gender"]["inputFields"][0]
     assert g["name"] == str(run.input_path.resolve()) and g["field"] == "gender"
-    assert g["transformations"][0] == {"type": "DIRECT", "subtype": "IDENTITY",
-                                       "description": "kept unchanged", "masking": False}
+    assert g["transformations"][0] == {
+        "type": "DIRECT",
+        "subtype": "IDENTITY",
+        "description": "kept unchanged",
+        "masking": False,
+    }
     assert "internal_code" not in lineage
 
 

@@ -150,7 +150,7 @@ def test_changed_manifest(make_run: MakeRun) -> None:
     doc["counts"]["rows_quarantined"] = 0
     doc["counts"]["rows_out"] += 1
     path.write_bytes(canonical(doc))
-    with pytest.raises(VerificationError, match="manifest.json was changed after signing"):
+    with pytest.raises(VerificationError, match=r"manifest\.json was changed after signing"):
         verify(run.directory, public_key=run.keyring.public_key_pem())
 
 
@@ -182,7 +182,7 @@ def test_forger_with_own_key_fails_against_out_of_band_key(make_run: MakeRun) ->
     (run.directory / "public_key.pem").write_bytes(forger.public_key_pem())
     weak = verify(run.directory)  # the directory's own key proves nothing...
     assert weak.key_source == "directory"
-    with pytest.raises(VerificationError, match="signature|does not verify"):
+    with pytest.raises(VerificationError, match=r"signature|does not verify"):
         verify(run.directory, public_key=run.keyring.public_key_pem())  # ...this does
 
 
@@ -190,7 +190,7 @@ def test_changed_dossier(make_run: MakeRun) -> None:
     run = make_run()
     p = run.directory / "dossier.json"
     p.write_bytes(p.read_bytes().replace(b'"completed"', b'"complete!"'))
-    with pytest.raises(VerificationError, match="lineage file dossier.json has changed"):
+    with pytest.raises(VerificationError, match=r"lineage file dossier\.json has changed"):
         verify(run.directory, public_key=run.keyring.public_key_pem())
 
 

@@ -392,6 +392,7 @@ def _flag_text(
     unit: str,
     numbers: Sequence[int] | None = None,
     reasons: dict[int, str] | None = None,
+    num_rows: int | None = None,
 ) -> pa.RecordBatch:
     """Validate text columns; replace invalid UTF-8 with U+FFFD; add :data:`REJECT_COLUMN`.
 
@@ -400,7 +401,9 @@ def _flag_text(
     """
     reasons = dict(reasons or {})
     arrays = list(batch.columns)
-    n = batch.num_rows
+    # A batch with no columns (JSON lines that were all broken or ``{}``) cannot carry a
+    # row count itself; the caller passes it so those rows are not lost.
+    n = batch.num_rows if num_rows is None else num_rows
 
     def label(i: int) -> str:
         return f"{unit} {numbers[i] if numbers is not None else offset + i + 1}"
@@ -505,7 +508,8 @@ class _JsonlReader:
         if self._schema is None:
             self._schema = table.schema
         batch = _to_batch(table, self._schema)
-        return _flag_text(batch, 0, "line", numbers=numbers, reasons=reasons)
+        rows = len(lines) if batch.num_columns == 0 else None
+        return _flag_text(batch, 0, "line", numbers=numbers, reasons=reasons, num_rows=rows)
 
     def _more(self) -> bool:
         peek = getattr(self.stream, "peek", None)

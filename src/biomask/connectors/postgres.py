@@ -72,7 +72,9 @@ class PgTarget:
         self.conn_uri = urlunsplit(
             (parts.scheme, parts.netloc, parts.path, urlencode(rest), "")
         )
-        self.password = unquote(parts.password) if parts.password else None
+        self.password = unquote(parts.password) if parts.password else (
+            dict(rest).get("password") or None
+        )
         try:
             port = parts.port or 5432
         except ValueError as exc:
@@ -130,6 +132,7 @@ class PgTarget:
         line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         line = re.sub(r"\s+", " ", line.replace("ERROR:", "")).strip(" .")
         line = re.sub(r"SQLSTATE: \w+", "", line).strip(" .")
+        line = re.sub(r"^Failed to execute COPY statement: PGRES_\w+\s*", "", line)
         if self.password:
             line = line.replace(self.password, "***")
         if scrub_quotes:

@@ -297,7 +297,9 @@ def build_dossier(
         _item(
             "art_10_2_h",
             "covered" if resid.get("performed") else "partial",
-            f"Residual-PII scan: {resid.get('hits', 0)} hit(s)"
+            f"Residual-PII scan: {resid.get('hits', 0)} hit(s), "
+            f"{sum(v['unchanged'] for v in resid.get('unchanged_in_place', {}).values())} "
+            "value(s) left unchanged in place by a masking rule"
             + (f"; k-anonymity of the quasi-identifiers k={kmin}" if kmin is not None else "")
             + f"; {r.rows_quarantined} quarantined row(s).",
             "residual-pii",
@@ -418,6 +420,12 @@ def _chart(name: str, dist: dict[str, Any]) -> str:
         f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(name)} distribution">',
         f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
     ]
+    # Bars are scaled to the largest share so small categories stay readable.
+    top = max(
+        [after.get(c, 0) / at for c in cats] + [(before or {}).get(c, 0) / bt for c in cats],
+        default=1.0,
+    )
+    top = top or 1.0
     y = 18
     for cat in cats:
         shift = shifts.get(cat, 0.0)
@@ -433,7 +441,7 @@ def _chart(name: str, dist: dict[str, Any]) -> str:
         bars.append((after.get(cat, 0) / at, _CHANGED if changed else _AFTER))
         by = y
         for share, fill in bars:
-            w = max(round(share * bar_w, 1), 0.5)
+            w = max(round(share / top * bar_w, 1), 0.5)
             parts.append(f'<rect x="{label_w}" y="{by}" width="{w}" height="12" fill="{fill}"/>')
             by += 13
         pct = after.get(cat, 0) / at * 100
@@ -671,15 +679,42 @@ def render_html(dossier: dict[str, Any]) -> str:
         out.append(f'<p class="muted">Not performed: {_e(rp.get("reason"))}.</p>')
     else:
         cls = "ok" if rp["hits"] == 0 else "bad"
-        out.append(f'<p class="{cls}">{_e(rp["hits"])} hit(s)</p>')
+        out.append(
+            f'<p class="{cls}">{_e(rp["hits"])} hit(s)</p><p>{_e(rp["coincidences"])} '
+            "coincidence(s): an issued token or pseudonym that equals a real value of its "
+            "domain (expected with format-preserving tokens; not a leak).</p>"
+        )
         out.append(f'<p class="muted">{_e(rp["method"])}</p>')
         if rp["findings"]:
             out.append(
                 _table(
-                    ["Output column", "Equals values of masked input column", "Distinct hits"],
-                    [[f["output_column"], f["input_column"], f["hits"]] for f in rp["findings"]],
+                    [
+                        "Output column",
+                        "Matches values of masked input column",
+                        "Hits",
+                        "Coincidences",
+                    ],
+                    [
+                        [f["output_column"], f["input_column"], f["hits"], f["coincidences"]]
+                        for f in rp["findings"]
+                    ],
                 )
             )
+        if rp.get("unchanged_in_place"):
+            out.append(
+                _table(
+                    ["Masked column", "Values unchanged in their row", "Values compared"],
+                    [
+                        [k, v["unchanged"], v["compared"]]
+                        for k, v in rp["unchanged_in_place"].items()
+                    ],
+                )
+            )
+            if rp.get("unaligned_batches"):
+                out.append(
+                    f'<p class="muted">{_e(rp["unaligned_batches"])} batch(es) not compared '
+                    "in place (rows went to quarantine, so rows do not line up).</p>"
+                )
         out.append(
             f'<p class="muted">Probed input columns: {_e(", ".join(rp["input_columns"]) or "none")}'
             f"; scanned output columns: {_e(', '.join(rp['output_columns']) or 'none')}</p>"

@@ -11,20 +11,28 @@ They watch the batches going into and out of the Masker and keep only what may b
 * **k-anonymity**: counts of each combination of the (recorded) QI columns after masking;
   k is the smallest group. Only counts leave the collector, never the combinations.
 * **Residual-PII scan**: every distinct input value of a masked string column is hashed
-  with BLAKE2b under a random per-run key that lives only in memory; after the run, every
-  output string value, every token and every 2-3 word n-gram of output strings is hashed
-  the same way and looked up. A hit means some output text equals some masked input
-  value. Only counts and column names are reported; the key is discarded, so the hashes
-  could not be reversed even if they leaked (and they are never written).
+  with BLAKE2b under a random per-run key that lives only in memory; every output string
+  value, each of its whitespace- and punctuation-separated tokens and its 2-3 token
+  n-grams are hashed the same way. After the run the two sets are compared. A match is a
+  *hit* (residual PII: e.g. a real name left inside free text) unless it is explained as a
+  *coincidence*: it lies in a column of tokens or pseudonyms the masker generated, or it
+  is itself a token or pseudonym this run issued in the input column's domain (e.g. in free
+  text). Format-preserving tokens share the value space of the real values: "SUBJ-581942"
+  may be one subject's token and another's real id, a pseudonym may be somebody's real
+  name, a pseudonym's first name may be a city. Values passed through unchanged in place, which
+  the set comparison cannot tell from a coincidence, are counted row by row on batches
+  whose input and output rows line up (no quarantine in that batch).
+  Only counts and column names are reported, never a value or a digest; the key is
+  discarded at the end, so the in-memory digests could not be reversed even if dumped.
 
-Work is done once per distinct value per batch (``pyarrow.compute.unique``), and digests
-are kept as 64-bit integers in NumPy arrays: memory grows with the number of distinct
-masked values, about 8 bytes each, not with rows.
+Work is done once per distinct value per batch (Arrow ``unique`` and string kernels; one
+BLAKE2b call per distinct string), and digests are kept as 64-bit integers in NumPy
+arrays: memory grows with the number of distinct masked values, about 8 bytes each (plus
+the candidates of output strings), not with rows.
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,6 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from biomask.keys.handles import KeyHandle
+from biomask.keys.primitives import DeterministicPrf
 from biomask.policies import Policy
 
 __all__ = ["TOP_CATEGORIES", "EvidenceCollector"]
@@ -49,6 +59,11 @@ MIN_TOKEN = 3
 # without leaking anything; free text keeps its non-PII words on purpose (a note "fine"
 # stays "fine"), and the PII inside it is probed through the linked columns instead.
 _NOT_PROBES = frozenset({"keep", "date_shift", "generalize", "text"})
+# Operators whose outputs are tokens/pseudonyms in the value space of a domain: a match
+# between such an output and a real value of the same domain can be a coincidence.
+_TOKEN_OPS = frozenset({"tokenize", "pseudonym", "email", "phone", "hash"})
+# Masking operators whose output should differ from the input in place.
+_INPLACE_OPS = frozenset({"tokenize", "pseudonym", "email", "phone", "hash", "mask", "redact"})
 _WS = r"\s+"
 _NON_WORD = r"[\W_]+"
 _STRIP = "\"'`.,;:!?()[]{}<>"
@@ -80,11 +95,17 @@ def _label(v: Any) -> str:
     return NULL_LABEL if v is None else str(v)
 
 
+#: digests the residual-PII scan holds at most (8 bytes each: 32 MiB); past it, the scan
+#: keeps a consistent hash-based sample so memory stays bounded by the batch size
+SCAN_BUDGET = 4_000_000
+
+
 @dataclass
 class _Rule:
     op: str
     masks: bool
     qi: bool
+    domains: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -103,12 +124,20 @@ class EvidenceCollector:
     policy: Policy | None
     scan: bool = True
     _key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    _prf: DeterministicPrf | None = field(default=None, repr=False)
+    _threshold: int = field(default_factory=lambda: int(np.iinfo(np.uint64).max))
+    _held: int = 0
     _before: dict[str, Counter[str]] = field(default_factory=dict)
     _after: dict[str, Counter[str]] = field(default_factory=dict)
     _combos: dict[str, Counter[tuple[str, ...]]] = field(default_factory=dict)
     _combo_cols: dict[str, list[str]] = field(default_factory=dict)
     _inputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
     _outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    _issued: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    _last_input: dict[str, pa.RecordBatch] = field(default_factory=dict)
+    _unchanged: Counter[str] = field(default_factory=Counter)
+    _compared: Counter[str] = field(default_factory=Counter)
+    _unaligned: int = 0
     _rules_cache: dict[str, dict[str, _Rule]] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never show the key
@@ -126,7 +155,15 @@ class EvidenceCollector:
                 spec = next(iter(specs.values()))
             if spec is not None:
                 for name, rule in spec.columns.items():
-                    rules[name] = _Rule(op=rule.op, masks=rule.masks, qi=rule.quasi_identifier)
+                    domains = {rule.domain_name} if rule.domain_name else set()
+                    if rule.op == "text":
+                        domains |= set(getattr(rule, "entities", {}).values())
+                    rules[name] = _Rule(
+                        op=rule.op,
+                        masks=rule.masks,
+                        qi=rule.quasi_identifier,
+                        domains=frozenset(domains),
+                    )
         self._rules_cache[table] = rules
         return rules
 
@@ -152,14 +189,39 @@ class EvidenceCollector:
 
     # -- hashing ---------------------------------------------------------------------------
     def _digests(self, values: pa.Array) -> np.ndarray:
-        """Keyed BLAKE2b-64 of each (distinct) string, as a sorted unique uint64 array."""
-        keyed = hashlib.blake2b(key=self._key, digest_size=8)  # copy() skips re-keying
-        out = []
-        for v in values.cast(pa.binary()).to_pylist():
-            h = keyed.copy()
-            h.update(v)
-            out.append(h.digest())
-        return _sorted_unique(np.frombuffer(b"".join(out), dtype=np.uint64))
+        """Keyed 64-bit digests of (distinct) strings, sorted and unique, sampled.
+
+        The digest is the first 8 bytes of biomask's batched AES CBC-MAC PRF under a random
+        per-run key (a few AES calls per batch, no per-value Python). Only digests at or
+        below the current threshold are kept: the same value hashes the same on the input
+        and the output side, so the sample is consistent and a match is still exact, while
+        memory stays bounded (``SCAN_BUDGET`` digests) whatever the input size.
+        """
+        if len(values) == 0:
+            return np.zeros(0, dtype=np.uint64)
+        if self._prf is None:
+            self._prf = DeterministicPrf(KeyHandle(self._key, "run", "evidence/scan"))
+        seeds = self._prf.seeds(values.cast(pa.string()))
+        d = np.ascontiguousarray(seeds[:, :8]).view(np.uint64).reshape(-1)
+        return _sorted_unique(d[d <= self._threshold])
+
+    def _store(self, bucket: dict[str, list[np.ndarray]], key: str, digests: np.ndarray) -> None:
+        """Keep digests, halving the sampling threshold whenever the budget is exceeded."""
+        bucket.setdefault(key, []).append(digests)
+        self._held += int(digests.size)
+        while self._held > SCAN_BUDGET:
+            self._threshold //= 2
+            self._held = 0
+            for b in (self._inputs, self._outputs, self._issued):
+                for k, arrs in b.items():
+                    kept = [a[a <= self._threshold] for a in arrs]
+                    b[k] = [_sorted_unique(np.concatenate(kept))] if kept else []
+                    self._held += int(b[k][0].size) if b[k] else 0
+
+    @property
+    def scan_fraction(self) -> float:
+        """Fraction of the digest space the scan still covers (1.0 until the budget binds)."""
+        return float(self._threshold) / float(np.iinfo(np.uint64).max)
 
     @staticmethod
     def _normal(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -174,16 +236,16 @@ class EvidenceCollector:
 
     @classmethod
     def _candidates(cls, norm: pa.Array) -> pa.Array:
-        """Every output string's candidates, vectorized with Arrow (no per-row Python).
+        """Every output string's candidates besides the whole value, vectorized with Arrow.
 
-        The whole value; its whitespace-separated tokens stripped of punctuation, and 2-3
+        Its whitespace-separated tokens stripped of punctuation, and 2-3
         token n-grams of those (so a masked "ada lovelace" is found inside free text);
         and its punctuation-separated words (a surname inside "lovelace-smith").
         """
         tokens_list = pc.split_pattern(norm, " ")
         tokens = pc.utf8_trim(pc.list_flatten(tokens_list), _STRIP)
         parents = pc.list_parent_indices(tokens_list).to_numpy()
-        parts = [norm, tokens, pc.list_flatten(pc.split_pattern_regex(norm, _NON_WORD))]
+        parts = [tokens, pc.list_flatten(pc.split_pattern_regex(norm, _NON_WORD))]
         for n in (2, 3):
             m = len(tokens) - n + 1
             if m <= 0:
@@ -206,6 +268,7 @@ class EvidenceCollector:
                 self._count(self._before, f"{table}.{name}", batch.column(name))
         if not self.scan:
             return
+        self._last_input[table] = batch  # for the in-place check; replaced every batch
         for name in batch.schema.names:
             r = rules.get(name)
             if r is None or not r.masks or r.op in _NOT_PROBES:
@@ -215,7 +278,7 @@ class EvidenceCollector:
                 continue
             probes = self._long(self._normal(col))
             if len(probes):
-                self._inputs.setdefault(f"{table}.{name}", []).append(self._digests(probes))
+                self._store(self._inputs, f"{table}.{name}", self._digests(probes))
 
     def observe_output(self, table: str, batch: pa.RecordBatch) -> None:
         """Count QI values and QI combinations; collect output candidate hashes."""
@@ -240,13 +303,47 @@ class EvidenceCollector:
                 counter[tuple(_label(row[k]) for k in keys)] += int(row["count_all"])
         if not self.scan:
             return
+        rules = self._rules(table)
+        self._check_in_place(table, batch, rules)
         for name in batch.schema.names:
             col = batch.column(name)
             if not _is_string(col.type):
                 continue
-            cands = self._candidates(self._normal(col))
-            if len(cands):
-                self._outputs.setdefault(f"{table}.{name}", []).append(self._digests(cands))
+            key = f"{table}.{name}"
+            norm = self._normal(col)
+            whole = self._long(norm)
+            rest = self._candidates(norm)
+            rest = rest.filter(pc.invert(pc.is_in(rest, value_set=whole)))
+            digests = self._digests(whole)
+            r = rules.get(name)
+            if r is not None and r.op in _TOKEN_OPS and len(digests):
+                self._store(self._issued, key, digests)
+            if len(whole) or len(rest):
+                self._store(self._outputs, key, np.concatenate([digests, self._digests(rest)]))
+
+    def _check_in_place(self, table: str, batch: pa.RecordBatch, rules: dict[str, _Rule]) -> None:
+        """Count values that a masking rule left unchanged in their row.
+
+        Only possible when the output rows line up with the input batch's rows (nothing
+        of that batch went to quarantine); other batches are counted as not aligned.
+        """
+        before = self._last_input.pop(table, None)
+        if before is None:
+            return
+        if before.num_rows != batch.num_rows:
+            self._unaligned += 1
+            return
+        for name in batch.schema.names:
+            r = rules.get(name)
+            if r is None or r.op not in _INPLACE_OPS or name not in before.schema.names:
+                continue
+            a, b = _decoded(before.column(name)), _decoded(batch.column(name))
+            if a.type != b.type:
+                continue
+            eq = pc.equal(a, b)
+            key = f"{table}.{name}"
+            self._unchanged[key] += int(pc.sum(eq).as_py() or 0)
+            self._compared[key] += len(eq) - eq.null_count
 
     @staticmethod
     def _count(target: dict[str, Counter[str]], key: str, col: pa.Array | pa.ChunkedArray) -> None:
@@ -307,40 +404,92 @@ class EvidenceCollector:
         return out
 
     def residual_scan(self) -> dict[str, Any]:
-        """Counts of output strings equal to some masked input value; no value, no hash."""
+        """Hits and coincidences per (output, input) column pair; no value, no digest."""
+        in_place = {
+            k: {"unchanged": self._unchanged[k], "compared": self._compared[k]}
+            for k in sorted(self._compared)
+        }
         if not self.scan:
             return {
                 "performed": False,
-                "reason": "not run for this command",
+                "reason": "not run for this command (its output holds the originals)",
                 "hits": 0,
+                "coincidences": 0,
                 "findings": [],
                 "input_columns": [],
                 "output_columns": [],
+                "unchanged_in_place": {},
             }
         inputs = {k: _sorted_unique(np.concatenate(v)) for k, v in self._inputs.items()}
+        issued = {k: _sorted_unique(np.concatenate(v)) for k, v in self._issued.items()}
         findings = []
-        total = 0
+        hits = coincidences = 0
         for out_col in sorted(self._outputs):
             cand = _sorted_unique(np.concatenate(self._outputs[out_col]))
             for in_col in sorted(inputs):
-                n = int(np.isin(cand, inputs[in_col], assume_unique=True).sum())
-                if n:
-                    findings.append({"output_column": out_col, "input_column": in_col, "hits": n})
-                    total += n
+                match = cand[np.isin(cand, inputs[in_col], assume_unique=True)]
+                if not match.size:
+                    continue
+                if self._rule(out_col).op in _TOKEN_OPS:
+                    # The masker generated these strings; equal to a real value by chance.
+                    n_coinc = int(match.size)
+                else:
+                    explain = [issued[k] for k in self._same_domain(in_col) if k in issued]
+                    n_coinc = (
+                        int(np.isin(match, _sorted_unique(np.concatenate(explain))).sum())
+                        if explain
+                        else 0
+                    )
+                n_hits = int(match.size - n_coinc)
+                hits += n_hits
+                coincidences += n_coinc
+                findings.append(
+                    {
+                        "output_column": out_col,
+                        "input_column": in_col,
+                        "hits": n_hits,
+                        "coincidences": n_coinc,
+                    }
+                )
         return {
             "performed": True,
+            "sampled_fraction": round(self.scan_fraction, 6),
             "method": (
-                "keyed BLAKE2b (random per-run key, kept in memory only) of every distinct "
-                "value of masked string columns, compared with the output values, their "
-                f"tokens and 2-3 word n-grams (case-folded, at least {MIN_TOKEN} characters); "
-                "date_shift, generalize and text inputs are not probes (their outputs share the "
-                "input value space by design)"
+                "keyed 64-bit PRF digests (AES CBC-MAC under a random per-run key, kept in "
+                "memory only) of every distinct "
+                "value of masked string columns, compared with every output string value, "
+                "its whitespace/punctuation-separated tokens and 2-3 token n-grams "
+                f"(case-folded, at least {MIN_TOKEN} characters). A match inside a column of "
+                "tokens or pseudonyms, or one that is itself a token or pseudonym issued in "
+                "the input column's domain, is counted as a coincidence, not a hit (values "
+                "left unchanged in place are counted row by row instead). date_shift, "
+                "generalize and text inputs are not probes (their outputs share the input "
+                "value space by design)."
             ),
             "input_columns": sorted(inputs),
             "output_columns": sorted(self._outputs),
-            "hits": total,
+            "hits": hits,
+            "coincidences": coincidences,
             "findings": findings,
+            "unchanged_in_place": in_place,
+            "unaligned_batches": self._unaligned,
         }
+
+    def _rule(self, col: str) -> _Rule:
+        table, _, name = col.partition(".")
+        return self._rules_cache.get(table, {}).get(name) or _Rule("unknown", True, False)
+
+    def _same_domain(self, in_col: str) -> list[str]:
+        """Output columns whose issued tokens live where ``in_col``'s real values live."""
+        rule = self._rule(in_col)
+        out = [in_col]
+        if not rule.domains:
+            return out
+        for t, rules in self._rules_cache.items():
+            for n, r in rules.items():
+                if r.op in _TOKEN_OPS and r.domains & rule.domains:
+                    out.append(f"{t}.{n}")
+        return out
 
     def finish(self) -> dict[str, Any]:
         """All evidence as a JSON-ready dict; forgets the hashing key and the digests."""
@@ -357,6 +506,9 @@ class EvidenceCollector:
             "residual_pii": self.residual_scan(),
         }
         self._key = b""
+        self._prf = None
         self._inputs.clear()
         self._outputs.clear()
+        self._issued.clear()
+        self._last_input.clear()
         return result

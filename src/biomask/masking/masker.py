@@ -224,6 +224,8 @@ class Masker:
             values = batch.column(name)
             if pa.types.is_dictionary(values.type):
                 values = values.cast(values.type.value_type)
+            if pa.types.is_large_string(values.type):  # operators work on 32-bit offsets
+                values = values.cast(pa.string())
             if not op.keeps_column and name not in ent_by_col:
                 continue
             ctx = OperatorContext(self.table, name, batch, entity_tokens, bad, reasons, stats)
@@ -234,7 +236,7 @@ class Masker:
         arrays: list[pa.Array] = []
         for name in order:
             if name in results:
-                arrays.append(results[name])
+                arrays.append(results[name].cast(out_schema.field(name).type))
             else:  # unlisted: keep
                 arrays.append(batch.column(name))
         masked = pa.RecordBatch.from_arrays(arrays, schema=out_schema)

@@ -18,6 +18,7 @@ from importlib import resources
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from biomask.keys.primitives import DeterministicPrf
 from biomask.masking.registry import Binding, Operator, OperatorContext, map_distinct, register
@@ -140,20 +141,91 @@ class NameMapper:
 
     def full_names(self, values: list[str]) -> list[str]:
         """Pseudonymize whole name strings, keeping titles, order, commas and case."""
-        spans = [split_name(v) for v in values]
-        parts = [(role, v[a:b]) for v, sp in zip(values, spans, strict=True) for a, b, role in sp]
-        mapped = iter(self.map_parts(parts))
-        out: list[str] = []
-        for v, sp in zip(values, spans, strict=True):
-            pieces: list[str] = []
-            last = 0
-            for a, b, _ in sp:
-                pieces.append(v[last:a])
-                pieces.append(next(mapped))
-                last = b
-            pieces.append(v[last:])
-            out.append("".join(pieces))
+        out: list[str] = self.full_names_array(pa.array(values, pa.string())).to_pylist()
         return out
+
+    def full_names_array(self, values: pa.Array) -> pa.Array:
+        """Pseudonymize a null-free string array of full names, vectorized.
+
+        Names are split into space-separated pieces with Arrow; the Python work runs once
+        per distinct *piece* (the name vocabulary, a few thousand words even for millions of
+        people), and roles (given, family, initial) are assigned per piece with numpy from
+        its position, the value's comma and its title.
+        """
+        n = len(values)
+        pieces = pc.split_pattern(values, " ")
+        flat = pc.list_flatten(pieces)
+        parent = pc.list_parent_indices(pieces).to_numpy()
+        offsets = pieces.offsets.to_numpy()
+        pos = np.arange(len(flat)) - offsets[parent]
+        enc = flat.dictionary_encode()
+        vocab: list[str] = enc.dictionary.to_pylist()
+        idx = enc.indices.to_numpy()
+        kinds = np.array([_piece_kind(p) for p in vocab] or [0], dtype=np.int8)
+        commas = np.array([("," in p) for p in vocab] or [False], dtype=bool)
+        kind = kinds[idx]
+        is_part = kind >= _INITIAL_PIECE
+        big = np.iinfo(np.int64).max
+        nparts = np.bincount(parent[is_part], minlength=n)
+        titled = np.bincount(parent[kind == _TITLE_PIECE], minlength=n) > 0
+        comma_pos = np.full(n, big)
+        hit = commas[idx] & is_part
+        np.minimum.at(comma_pos, parent[hit], pos[hit])
+        last_pos = np.full(n, -1)
+        np.maximum.at(last_pos, parent[is_part], pos[is_part])
+        role = np.full(len(flat), -1, dtype=np.int8)  # -1: keep the piece
+        word = kind == _WORD_PIECE
+        has_comma = comma_pos[parent] != big
+        fam = np.where(
+            has_comma,
+            pos <= comma_pos[parent],
+            np.where(nparts[parent] > 1, pos == last_pos[parent], titled[parent]),
+        )
+        role[word] = np.where(fam[word], _ROLE_FAMILY, _ROLE_GIVEN)
+        role[kind == _INITIAL_PIECE] = _ROLE_INITIAL
+        # one replacement per distinct (piece, role)
+        combo = idx.astype(np.int64) * 4 + role
+        todo = np.unique(combo[role >= 0])
+        words_of = [(int(c) // 4, int(c) % 4) for c in todo]
+        roles = (GIVEN, FAMILY, INITIAL)
+        parts = [
+            (roles[r], m.group().rstrip(".")) for v, r in words_of for m in _WORD.finditer(vocab[v])
+        ]
+        mapped = iter(self.map_parts(parts))
+        replaced: list[str] = []
+        for v, _r in words_of:
+            replaced.append(_WORD.sub(lambda m: _keep_dot(m.group(), next(mapped)), vocab[v]))
+        out_vocab = pa.array([*vocab, *replaced], pa.string())
+        sel = idx.astype(np.int64).copy()
+        if len(todo):
+            sel[role >= 0] = len(vocab) + np.searchsorted(todo, combo[role >= 0])
+        out_flat = out_vocab.take(pa.array(sel))
+        joined = pc.binary_join(
+            pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), out_flat), " "
+        )
+        empty = (nparts == 0) & (pc.utf8_length(pc.utf8_trim_whitespace(values)).to_numpy() > 0)
+        if empty.any():  # a value with no name words at all must not pass through
+            joined = pc.if_else(pa.array(empty), pa.scalar("[REDACTED]"), joined)
+        return joined
+
+
+_KEEP_PIECE, _TITLE_PIECE, _INITIAL_PIECE, _WORD_PIECE = 0, 1, 2, 3
+_ROLE_GIVEN, _ROLE_FAMILY, _ROLE_INITIAL = 0, 1, 2
+
+
+def _piece_kind(piece: str) -> int:
+    words = [m.group() for m in _WORD.finditer(piece)]
+    if not words:
+        return _KEEP_PIECE
+    if all(normalize_name(w) in TITLES for w in words):
+        return _TITLE_PIECE
+    if len(words) == 1 and len(words[0].rstrip(".")) == 1:
+        return _INITIAL_PIECE
+    return _WORD_PIECE
+
+
+def _keep_dot(src: str, new: str) -> str:
+    return new + "." if src.endswith(".") else new
 
 
 @register
@@ -175,13 +247,4 @@ class Pseudonym(Operator[PseudonymOp]):
         return None if ok else "pseudonym takes string columns"
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
-        def fn(uniq: pa.Array) -> pa.Array:
-            vals = uniq.to_pylist()
-            out = self.mapper.full_names(vals)
-            # a value with no name words at all (digits, symbols) must not pass through
-            empty = np.array([not split_name(v) and v.strip() != "" for v in vals], dtype=bool)
-            if empty.any():
-                out = ["[REDACTED]" if e else o for o, e in zip(out, empty, strict=True)]
-            return pa.array(out, pa.string())
-
-        return map_distinct(values, fn).cast(values.type)
+        return map_distinct(values, self.mapper.full_names_array).cast(values.type)

@@ -70,7 +70,7 @@ class DateShift(Operator[DateShiftOp]):
     def offsets(self, tokens: pa.Array) -> pa.Array:
         """Offset in days per row (never 0), null where the entity token is null."""
         enc = tokens.cast(pa.string()).dictionary_encode()
-        raw = enc.dictionary.cast(pa.binary()).to_pylist()
+        raw = enc.dictionary
         m = self.max_days
         r = self.prf.integers(raw, 2 * m) - m
         r[r >= 0] += 1

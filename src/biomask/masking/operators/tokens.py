@@ -7,8 +7,6 @@ process that uses that domain, and different domains give unrelated tokens.
 
 from __future__ import annotations
 
-import unicodedata
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,11 +56,7 @@ class Hash(Operator[HashOp]):
         return pa.string()
 
     def _digest(self, uniq: pa.Array) -> pa.Array:
-        raw = (
-            uniq.cast(pa.binary()).to_pylist()
-            if not pa.types.is_binary(uniq.type)
-            else uniq.to_pylist()
-        )
+        raw = uniq
         nbytes = (self.spec.length + 1) // 2
         s = self.prf.stream(raw, nbytes)
         hexed = np.empty((len(raw), nbytes * 2), dtype=np.uint8)
@@ -138,39 +132,22 @@ class Email(Operator[EmailOp]):
 
     def tokens(self, uniq: pa.Array) -> tuple[pa.Array, np.ndarray]:
         """Tokens for distinct non-null values, and a mask of values that are not e-mails."""
-        vals = uniq.to_pylist()
-        locals_: list[str] = []
-        domains: list[str] = []
-        bad = np.zeros(len(vals), dtype=bool)
-        for i, v in enumerate(vals):
-            local, at, dom = v.rpartition("@")
-            if not at or not local or "." not in dom or dom.startswith(".") or " " in v.strip():
-                bad[i] = True
-                local, dom = v or "x", "invalid.example"
-            locals_.append(local)
-            domains.append(dom)
-        keys = [v.strip().lower().encode() for v in vals]
-        local_tok = shape_tokens(
-            self.prf, pa.array(locals_, pa.string()), prf_input=keys, prefix=None
-        )
-        dom_arr = pa.array(domains, pa.string())
+        parts = pc.extract_regex(uniq, r"^(?P<local>[^@\s]+)@(?P<domain>[^@\s.][^@\s]*\.[^@\s]+)$")
+        bad = pc.is_null(parts).to_numpy(zero_copy_only=False)
+        local = pc.struct_field(parts, "local").fill_null("x")
+        domain = pc.struct_field(parts, "domain").fill_null("invalid.example")
+        keys = pc.utf8_lower(uniq)
+        local_tok = shape_tokens(self.prf, local, prf_input=keys, prefix=None)
         if not self.spec.keep_domain:
-            dom_arr = self._domain_tokens(domains)
-        out = pc.binary_join_element_wise(local_tok, dom_arr, "@")
-        return out, bad
+            domain = self._domain_tokens(domain)
+        return pc.binary_join_element_wise(local_tok, domain, "@"), bad
 
-    def _domain_tokens(self, domains: list[str]) -> pa.Array:
-        heads: list[str] = []
-        tlds: list[str] = []
-        for d in domains:
-            head, _, tld = d.rpartition(".")
-            heads.append(head)
-            tlds.append(tld)
-        keys = [d.lower().encode() for d in domains]
-        tok = shape_tokens(
-            self.prf_domain, pa.array(heads, pa.string()), prf_input=keys, prefix=None
-        )
-        return pc.binary_join_element_wise(tok, pa.array(tlds, pa.string()), ".")
+    def _domain_tokens(self, domains: pa.Array) -> pa.Array:
+        parts = pc.extract_regex(domains, r"^(?P<head>.+)\.(?P<tld>[^.]+)$")
+        head = pc.struct_field(parts, "head")
+        tld = pc.struct_field(parts, "tld")
+        tok = shape_tokens(self.prf_domain, head, prf_input=pc.utf8_lower(domains), prefix=None)
+        return pc.binary_join_element_wise(tok, tld, ".")
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
         enc = values.dictionary_encode()
@@ -183,78 +160,73 @@ class Email(Operator[EmailOp]):
 
 
 # ITU-T E.164 country calling codes: 1 and 7 are one digit; these are two; the rest three.
-_CC2 = {
-    20,
-    27,
-    30,
-    31,
-    32,
-    33,
-    34,
-    36,
-    39,
-    40,
-    41,
-    43,
-    44,
-    45,
-    46,
-    47,
-    48,
-    49,
-    51,
-    52,
-    53,
-    54,
-    55,
-    56,
-    57,
-    58,
-    60,
-    61,
-    62,
-    63,
-    64,
-    65,
-    66,
-    81,
-    82,
-    84,
-    86,
-    90,
-    91,
-    92,
-    93,
-    94,
-    95,
-    98,
-}
+_CC2 = np.array(
+    [20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55,
+     56, 57, 58, 60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98]
+)  # fmt: skip
+
+
+def phone_layout(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Which characters of each phone number change, computed for the whole array at once.
+
+    The kept part is the country code (after ``+`` or ``00``) or the trunk ``0`` of a
+    national number; every other digit changes, separators stay.
+
+    Returns
+    -------
+    cps, offsets:
+        The values' code points (see :func:`codepoints`).
+    change:
+        Per code point: a digit of the national significant number (the part that changes
+        and that keys the PRF, so ``+44 20 7946 0958`` and ``020 7946 0958`` agree).
+    bad:
+        Per value: fewer than 4 digits (not a phone number).
+    """
+    cps, offsets = codepoints(values)
+    n = len(offsets) - 1
+    lengths = np.diff(offsets)
+    owner = np.repeat(np.arange(n), lengths)
+    pos = np.arange(len(cps)) - np.repeat(offsets[:-1], lengths)
+    isdig = (cps >= 48) & (cps <= 57)
+    csum = np.cumsum(isdig)
+    before = np.concatenate(([0], csum))[offsets[:-1]]  # digits before each value
+    rank = csum - 1 - np.repeat(before, lengths)  # 0-based digit rank within the value
+    ndig = np.bincount(owner[isdig], minlength=n)
+    digit_at = np.full((n, 5), -1, dtype=np.int64)  # first five digits of each value
+    first5 = isdig & (rank < 5)
+    digit_at[owner[first5], rank[first5]] = cps[first5].astype(np.int64) - 48
+    nonspace = ~((cps == 32) | (cps == 9))
+    first = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(first, owner[nonspace], pos[nonspace])
+    has = first < lengths
+    lead = np.zeros(n, dtype=np.uint32)
+    lead[has] = cps[offsets[:-1][has] + first[has]]
+    plus = lead == ord("+")
+    double0 = ~plus & (digit_at[:, 0] == 0) & (digit_at[:, 1] == 0)
+    skip = np.where(double0, 2, 0)
+    rows = np.arange(n)
+    c0 = digit_at[rows, np.minimum(skip, 4)]
+    c1 = digit_at[rows, np.minimum(skip + 1, 4)]
+    cc_len = np.where(np.isin(c0, (1, 7)), 1, np.where(np.isin(c0 * 10 + c1, _CC2), 2, 3))
+    intl = plus | double0
+    keep = np.where(intl, skip + cc_len, np.where(digit_at[:, 0] == 0, 1, 0))
+    change = isdig & (rank >= np.repeat(keep, lengths))
+    return cps, offsets, change, ndig < 4
 
 
 def phone_parts(value: str) -> tuple[int, str] | None:
-    """How many leading characters to keep (country code or trunk 0), and the key digits.
+    """Kept prefix length and national significant number of one phone number.
 
-    The key is the national significant number, so ``+44 20 7946 0958`` and
-    ``020 7946 0958`` (one number in two formats) tokenize to the same digits.
-    Returns None for a value with fewer than 4 digits (not a phone number).
+    A scalar view of :func:`phone_layout`, for callers with a single value (and tests).
     """
-    s = value
-    digits = [i for i, c in enumerate(s) if "0" <= c <= "9"]
-    if len(digits) < 4:
+    cps, _, change, bad = phone_layout(pa.array([value], pa.string()))
+    if bad[0]:
         return None
-    first = s.lstrip()
-    if first.startswith("+") or first.startswith("00"):
-        skip = 2 if first.startswith("00") else 0
-        d = "".join(s[i] for i in digits)[skip:]
-        cc_len = 1 if d[0] in "17" else (2 if int(d[:2]) in _CC2 else 3)
-        keep_digits = skip + cc_len
-    elif s[digits[0]] == "0":
-        keep_digits = 1
-    else:
-        keep_digits = 0
-    keep_upto = digits[keep_digits - 1] + 1 if keep_digits else 0
-    nsn = "".join(s[i] for i in digits[keep_digits:])
-    return keep_upto, nsn
+    digits = np.flatnonzero((cps >= 48) & (cps <= 57))
+    changed = np.flatnonzero(change)
+    kept = digits[digits < changed[0]] if len(changed) else digits
+    keep_upto = int(kept[-1]) + 1 if len(kept) else 0
+    return keep_upto, "".join(chr(c) for c in cps[change])
 
 
 @register
@@ -276,31 +248,19 @@ class Phone(Operator[PhoneOp]):
 
     def tokens(self, uniq: pa.Array) -> tuple[pa.Array, np.ndarray]:
         """Tokens for distinct non-null values, and a mask of values that are not phones."""
-        vals = uniq.to_pylist()
-        keep = np.zeros(len(vals), dtype=np.int64)
-        keys: list[bytes] = []
-        bad = np.zeros(len(vals), dtype=bool)
-        for i, v in enumerate(vals):
-            parts = phone_parts(unicodedata.normalize("NFKC", v))
-            if parts is None:
-                bad[i] = True
-                keys.append(v.encode())
-                continue
-            keep[i] = parts[0]
-            keys.append(parts[1].encode())
+        cps, offsets, change, bad = phone_layout(uniq)
+        n = len(offsets) - 1
+        owner = np.repeat(np.arange(n), np.diff(offsets))
+        per_value = np.bincount(owner[change], minlength=n)
+        key_offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(per_value, out=key_offsets[1:])
+        keys = from_codepoints(cps[change], key_offsets)  # the national significant numbers
         # The k-th digit of the national number gets the k-th keystream digit, whatever
         # the separators around it, so every format of one number agrees.
-        cps, offsets = codepoints(uniq)
-        lengths = np.diff(offsets)
-        pos = np.arange(len(cps)) - np.repeat(offsets[:-1], lengths)
-        change = (cps >= 48) & (cps <= 57) & (pos >= np.repeat(keep, lengths))
-        owner = np.repeat(np.arange(len(vals)), lengths)
-        per_value = np.bincount(owner[change], minlength=len(vals))
         rnd = ragged_stream(self.prf, keys, per_value * 2).view(np.uint16)
         out_cps = cps.copy()
         out_cps[change] = 48 + rnd % 10
-        out = from_codepoints(out_cps, offsets)
-        return out, bad
+        return from_codepoints(out_cps, offsets), bad
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
         enc = values.dictionary_encode()

@@ -1,0 +1,307 @@
+"""Presidio recognizers for what enrolment notes hold and Presidio's defaults miss.
+
+Each class is an ordinary :class:`presidio_analyzer.EntityRecognizer`, so a Presidio user
+can add them to their own ``RecognizerRegistry``. They do their own context checks on the
+raw text (a window of characters before the match) instead of relying on lemma-based
+context enhancement, because biomask runs spaCy without its tagger and lemmatizer (only
+the NER component) to make detection fast; their ``context`` lists are therefore empty.
+
+Why each one exists:
+
+* :class:`InternationalPhoneRecognizer` -- Presidio's phone recognizer asks
+  ``phonenumbers`` for a fixed list of regions and misses most international numbers
+  written with spaces and parentheses (``+44 20 7946 0958``, ``+1 (202) 555-0143``) and
+  national numbers of other countries (``020 7946 0958``, ``(11) 91234-5678``).
+* :class:`IcaoDocumentRecognizer` -- passport numbers (ICAO 9303: 9 characters, the last a
+  check digit) have no Presidio recognizer outside a few national formats; the check
+  digit keeps false positives rare, the context word ("passport", "document") makes the
+  rest safe.
+* :class:`OfflineEmailRecognizer` -- Presidio's e-mail recognizer validates the domain with
+  ``tldextract``, which downloads the public-suffix list over HTTP on first use and rejects
+  reserved names such as ``enrol.example`` (used in signatures); this one validates the
+  shape of the domain locally and never touches the network.
+* :class:`TitledNameRecognizer`, :class:`InitialNameRecognizer`,
+  :class:`CommaNameRecognizer`, :class:`SignatureNameRecognizer` -- name shapes that a
+  small NER model misses in short, list-like notes: "Ms Petrosyan", "J. Smith",
+  "PETROSYAN, Isabel", and a name on the line after a ``-- `` signature delimiter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import regex
+from presidio_analyzer import LocalRecognizer, Pattern, PatternRecognizer, RecognizerResult
+
+__all__ = [
+    "CommaNameRecognizer",
+    "IcaoDocumentRecognizer",
+    "InitialNameRecognizer",
+    "InternationalPhoneRecognizer",
+    "OfflineEmailRecognizer",
+    "SignatureNameRecognizer",
+    "TitledNameRecognizer",
+    "biomask_recognizers",
+    "icao_check_digit",
+]
+
+_FLAGS = regex.VERSION1 | regex.MULTILINE
+
+
+def _meta(rec: LocalRecognizer) -> dict[str, Any]:
+    return {
+        RecognizerResult.RECOGNIZER_NAME_KEY: rec.name,
+        RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: rec.id,
+    }
+
+
+def _has_context(text: str, start: int, end: int, words: regex.Pattern[str]) -> bool:
+    """Whether a context word occurs shortly before (40 chars) or after (20) a match."""
+    return bool(words.search(text, max(0, start - 40), start)) or bool(
+        words.search(text, end, min(len(text), end + 20))
+    )
+
+
+class _RegexRecognizer(LocalRecognizer):
+    """A recognizer driven by compiled ``regex`` patterns and a scoring hook.
+
+    Subclasses set ``ENTITY`` and ``PATTERN`` (one pattern, possibly with a ``v`` group
+    for the value span) and implement :meth:`score`; returning None drops the match.
+    """
+
+    ENTITY: str = ""
+    PATTERN: regex.Pattern[str]
+
+    def __init__(self, supported_language: str = "en", name: str | None = None) -> None:
+        super().__init__(
+            supported_entities=[self.ENTITY],
+            supported_language=supported_language,
+            name=name or type(self).__name__,
+            context=[],
+        )
+
+    def load(self) -> None:  # noqa: D102  (nothing to load: patterns are compiled once)
+        pass
+
+    def score(self, text: str, start: int, end: int) -> float | None:
+        raise NotImplementedError
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: Any = None
+    ) -> list[RecognizerResult]:
+        """Presidio entry point: every pattern match that :meth:`score` accepts."""
+        if entities and self.ENTITY not in entities:
+            return []
+        out: list[RecognizerResult] = []
+        for m in self.PATTERN.finditer(text):
+            start, end = m.span("v") if "v" in self.PATTERN.groupindex else m.span()
+            if start < 0:
+                continue
+            s = self.score(text, start, end)
+            if s is not None and s > 0:
+                out.append(
+                    RecognizerResult(self.ENTITY, start, end, s, recognition_metadata=_meta(self))
+                )
+        return out
+
+
+# -- phones --------------------------------------------------------------------------------
+
+_PHONE_CONTEXT = regex.compile(
+    r"(?i)\b(?:phone|tel|telephone|mobile|cell|call|called|calls|contact|number|reached|"
+    r"reach|sms|text|whatsapp|fax|ring|landline)\b"
+)
+_DATE_LIKE = regex.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
+
+
+class InternationalPhoneRecognizer(_RegexRecognizer):
+    """Phone numbers in international (+CC / 00CC) and national formats.
+
+    Scores: an international prefix with 8-15 digits is a phone (0.85); a trunk-prefixed
+    national number (``0...``, 9-12 digits) nearly always is (0.6); grouped digits without
+    either need a context word ("call", "mobile", "contact"...) nearby (0.3 alone, below the
+    default threshold; 0.75 with context).
+    """
+
+    ENTITY = "PHONE_NUMBER"
+    PATTERN = regex.compile(
+        r"(?<![\w+@./\-])(?P<v>(?:\+|00)[1-9][\d\ \-.()/]{5,22}\d"
+        r"|\(?\d[\d\ \-.()/]{5,20}\d)(?![\w@]|[.\-]\d)",
+        _FLAGS,
+    )
+
+    def score(self, text: str, start: int, end: int) -> float | None:
+        value = text[start:end]
+        if "  " in value or value.count("(") != value.count(")"):
+            return None
+        digits = sum(c.isdigit() for c in value)
+        if value.startswith("+") or value.startswith("00"):
+            return 0.85 if 8 <= digits <= 15 else None
+        if not 7 <= digits <= 12 or _DATE_LIKE.match(value):
+            return None
+        first = value.lstrip("(")
+        if first.startswith("0") and digits >= 9:
+            return 0.6
+        if regex.fullmatch(r"\(\d{3}\) ?\d{3}-\d{4}|\d{3}-\d{3}-\d{4}", value):
+            return 0.6  # North American layout
+        if not any(not c.isdigit() for c in value) and digits < 9:
+            return None  # a bare short number: a count, an amount, a code
+        return 0.75 if _has_context(text, start, end, _PHONE_CONTEXT) else 0.3
+
+
+# -- travel documents ----------------------------------------------------------------------
+
+_DOC_CONTEXT = regex.compile(
+    r"(?i)\b(?:passport|passports|document|documents|doc|travel|mrz|visa|permit|identity|"
+    r"id|card)\b"
+)
+
+
+def icao_check_digit(body: str) -> int:
+    """ICAO 9303 check digit: weights 7, 3, 1; digits as is, A-Z = 10-35, '<' = 0."""
+    total = 0
+    for i, ch in enumerate(body):
+        if ch.isdigit():
+            v = ord(ch) - 48
+        elif "A" <= ch <= "Z":
+            v = ord(ch) - 55
+        else:
+            v = 0
+        total += v * (7, 3, 1)[i % 3]
+    return total % 10
+
+
+class IcaoDocumentRecognizer(_RegexRecognizer):
+    """Travel-document numbers: 6-12 upper-case letters/digits with at least one digit.
+
+    A 9-character number whose last digit is the ICAO 9303 check digit of the first eight
+    scores 0.95 next to a context word ("passport", "document") and 0.6 without one (1 in
+    10 random strings pass the check, but few words are 9 upper-case characters with a
+    digit); any other shape needs the context word (0.5).
+    """
+
+    ENTITY = "DOCUMENT_NUMBER"
+    PATTERN = regex.compile(r"(?<![\w\-/])(?P<v>(?=[A-Z0-9<]*\d)[A-Z0-9<]{6,12})(?![\w\-/])", _FLAGS)
+
+    def score(self, text: str, start: int, end: int) -> float | None:
+        value = text[start:end]
+        context = _has_context(text, start, end, _DOC_CONTEXT)
+        valid = (
+            len(value) == 9 and value[8].isdigit() and icao_check_digit(value[:8]) == int(value[8])
+        )
+        if valid:
+            if context:
+                return 0.95
+            return 0.6 if not value.isdigit() else 0.3
+        if context and sum(c.isdigit() for c in value) >= 2:
+            return 0.5
+        return None
+
+
+# -- e-mail ----------------------------------------------------------------------------------
+
+_TLD = regex.compile(r"^(?:[^\W\d_]{2,63}|xn--[a-z0-9\-]{2,59})$", regex.IGNORECASE)
+
+
+class OfflineEmailRecognizer(PatternRecognizer):
+    """Presidio's e-mail pattern with a local domain check instead of ``tldextract``.
+
+    ``tldextract`` fetches the public-suffix list over HTTP the first time it runs and
+    treats reserved or private suffixes (``.example``, ``.internal``) as invalid; an
+    address in a signature at ``ops.example.net`` or ``enrol.example`` is still an address.
+    """
+
+    PATTERNS = [  # noqa: RUF012  (Presidio's own class attribute convention)
+        Pattern(
+            "Email (offline)",
+            r"\b((([!#$%&'*+\-/=?^_`{|}~\w])|([!#$%&'*+\-/=?^_`{|}~\w][!#$%&'*+\-/=?^_`{|}~\.\w]"
+            r"{0,}[!#$%&'*+\-/=?^_`{|}~\w]))[@]\w+(?:-+\w+)*(?:\.\w+(?:-+\w+)*)+)\b",
+            0.5,
+        ),
+    ]
+
+    def __init__(self, supported_language: str = "en", name: str | None = None) -> None:
+        super().__init__(
+            supported_entity="EMAIL_ADDRESS",
+            patterns=list(self.PATTERNS),
+            context=[],
+            supported_language=supported_language,
+            name=name or "OfflineEmailRecognizer",
+        )
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        """Valid when the domain has a dot and an alphabetic (or punycode) last label."""
+        _, _, domain = pattern_text.rpartition("@")
+        labels = domain.split(".")
+        return len(labels) >= 2 and all(labels) and bool(_TLD.match(labels[-1]))
+
+
+# -- names ----------------------------------------------------------------------------------
+
+_NAME = r"\p{Lu}[\p{Ll}\p{Lm}]+(?:['’\-]\p{Lu}?[\p{Ll}\p{Lm}]+)*"
+_UPPER_NAME = r"\p{Lu}{2,}(?:['’\-]\p{Lu}+)*"
+_TITLE = r"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Madam|Herr|Frau|Mme|Mlle|Sr|Sra)"
+
+
+class TitledNameRecognizer(_RegexRecognizer):
+    """A title followed by one or two capitalized words: "Ms Petrosyan", "Dr. Jan Kowal"."""
+
+    ENTITY = "PERSON"
+    PATTERN = regex.compile(
+        rf"(?<!\w)(?P<v>{_TITLE}\.?\ +(?:\p{{Lu}}\.\ ?)?(?:{_NAME}|{_UPPER_NAME})"
+        rf"(?:\ (?:{_NAME}|{_UPPER_NAME}))?)(?!\w)",
+        _FLAGS,
+    )
+
+    def score(self, text: str, start: int, end: int) -> float | None:
+        return 0.8
+
+
+class InitialNameRecognizer(_RegexRecognizer):
+    """An initial and a family name: "J. Smith", "J. SMITH"."""
+
+    ENTITY = "PERSON"
+    PATTERN = regex.compile(
+        rf"(?<![\w.])(?P<v>\p{{Lu}}\.\ ?(?:{_NAME}|{_UPPER_NAME}))(?!\w)", _FLAGS
+    )
+
+    def score(self, text: str, start: int, end: int) -> float | None:
+        return 0.6
+
+
+class CommaNameRecognizer(_RegexRecognizer):
+    """Family name in capitals, a comma, a given name: "PETROSYAN, Isabel"."""
+
+    ENTITY = "PERSON"
+    PATTERN = regex.compile(rf"(?<!\w)(?P<v>{_UPPER_NAME},\ {_NAME})(?!\w)", _FLAGS)
+
+    def score(self, text: str, start: int, end: int) -> float | None:
+        return 0.7
+
+
+class SignatureNameRecognizer(_RegexRecognizer):
+    """The first line after a ``-- `` signature delimiter, when it looks like a name."""
+
+    ENTITY = "PERSON"
+    PATTERN = regex.compile(
+        rf"^--\ ?\n\ *(?P<v>(?:{_NAME}|{_UPPER_NAME}|\p{{Lu}}\.)(?:\ (?:{_NAME}|{_UPPER_NAME}|"
+        rf"\p{{Lu}}\.)){{0,3}})\ *$",
+        _FLAGS,
+    )
+
+    def score(self, text: str, start: int, end: int) -> float | None:
+        return 0.85
+
+
+def biomask_recognizers(language: str = "en") -> Sequence[LocalRecognizer]:
+    """Fresh instances of every recognizer above, for one language."""
+    return [
+        InternationalPhoneRecognizer(supported_language=language),
+        IcaoDocumentRecognizer(supported_language=language),
+        OfflineEmailRecognizer(supported_language=language),
+        TitledNameRecognizer(supported_language=language),
+        InitialNameRecognizer(supported_language=language),
+        CommaNameRecognizer(supported_language=language),
+        SignatureNameRecognizer(supported_language=language),
+    ]
