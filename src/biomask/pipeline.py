@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,7 @@ def run_mask(
     recorder = LineageRecorder(lineage, keyring, record, policy=policy)
     recorder.start()
 
+    evidence = _Evidence(recorder)
     sinks: list[Sink] = []
     q_sinks: dict[str, Sink] = {}
     outputs: list[str] = []
@@ -174,11 +177,10 @@ def run_mask(
             masker = maskers[t]
             done = 0
             for batch in source.batches():
-                recorder.observe_input(t, batch)
                 res = masker.mask_batch(batch)
+                evidence.submit(t, batch, res.output)
                 record.rows_in += batch.num_rows
                 out_sinks[t].write(res.output)
-                recorder.observe_output(t, res.output)
                 record.rows_out += res.output.num_rows
                 if res.quarantine is not None and res.quarantine.num_rows:
                     q = q_sinks.get(t)
@@ -208,9 +210,11 @@ def run_mask(
                 done += batch.num_rows
                 if progress is not None:
                     progress(t, done)
+        evidence.drain()
         for s in sinks:
             s.commit()
     except BaseException as exc:
+        evidence.drain(cancel=True)
         for s in sinks:
             with contextlib.suppress(Exception):  # abort must not hide the real error
                 s.abort()
@@ -239,6 +243,42 @@ def run_mask(
         stats=stats,
         key_ids=key_ids,
     )
+
+
+class _Evidence:
+    """Runs the lineage evidence collectors on one background thread.
+
+    The collectors (quasi-identifier counts, residual-PII scan) cost about as much as the
+    masking itself; on their own thread they overlap with masking and writing the next
+    batch. One worker keeps them in batch order and thread-confined; at most two batches
+    wait, so memory stays bounded by the batch size.
+    """
+
+    def __init__(self, recorder: LineageRecorder) -> None:
+        self._recorder = recorder
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="biomask-evidence")
+        self._pending: deque[Future[None]] = deque()
+
+    def _observe(self, table: str, before: pa.RecordBatch, after: pa.RecordBatch) -> None:
+        self._recorder.observe_input(table, before)
+        self._recorder.observe_output(table, after)
+
+    def submit(self, table: str, before: pa.RecordBatch, after: pa.RecordBatch) -> None:
+        while len(self._pending) >= 2:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._observe, table, before, after))
+
+    def drain(self, *, cancel: bool = False) -> None:
+        try:
+            while self._pending:
+                fut = self._pending.popleft()
+                if cancel:
+                    fut.cancel()
+                else:
+                    fut.result()
+        finally:
+            if cancel or not self._pending:
+                self._pool.shutdown(wait=True, cancel_futures=cancel)
 
 
 def _partitions(source: Source, schema: pa.Schema) -> tuple[str, ...]:

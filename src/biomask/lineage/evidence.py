@@ -61,6 +61,8 @@ MIN_TOKEN = 3
 _NOT_PROBES = frozenset({"keep", "date_shift", "generalize", "text"})
 # Operators whose outputs are tokens/pseudonyms in the value space of a domain: a match
 # between such an output and a real value of the same domain can be a coincidence.
+#: rules whose output can carry an input value inside a longer string (n-gram scanned)
+_FREE_TEXT_OPS = frozenset({"keep", "text", "redact", "mask"})
 _TOKEN_OPS = frozenset({"tokenize", "pseudonym", "email", "phone", "hash"})
 # Masking operators whose output should differ from the input in place.
 _INPLACE_OPS = frozenset({"tokenize", "pseudonym", "email", "phone", "hash", "mask", "redact"})
@@ -312,10 +314,15 @@ class EvidenceCollector:
             key = f"{table}.{name}"
             norm = self._normal(col)
             whole = self._long(norm)
-            rest = self._candidates(norm)
-            rest = rest.filter(pc.invert(pc.is_in(rest, value_set=whole)))
-            digests = self._digests(whole)
             r = rules.get(name)
+            if r is None or r.op in _FREE_TEXT_OPS:
+                # Only free or passed-through text can hide a value inside a longer string;
+                # a token column is checked whole (and row by row, in place).
+                rest = self._candidates(norm)
+                rest = rest.filter(pc.invert(pc.is_in(rest, value_set=whole)))
+            else:
+                rest = pa.array([], pa.string())
+            digests = self._digests(whole)
             if r is not None and r.op in _TOKEN_OPS and len(digests):
                 self._store(self._issued, key, digests)
             if len(whole) or len(rest):

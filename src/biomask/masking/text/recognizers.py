@@ -46,7 +46,7 @@ __all__ = [
     "icao_check_digit",
 ]
 
-_FLAGS = regex.VERSION1 | regex.MULTILINE
+_FLAGS = regex.MULTILINE
 
 
 def _meta(rec: LocalRecognizer) -> dict[str, Any]:
@@ -126,8 +126,8 @@ class InternationalPhoneRecognizer(_RegexRecognizer):
 
     ENTITY = "PHONE_NUMBER"
     PATTERN = regex.compile(
-        r"(?<![\w+@./\-])(?P<v>(?:\+|00)[1-9][\d\ \-.()/]{5,22}\d"
-        r"|\(?\d[\d\ \-.()/]{5,20}\d)(?![\w@]|[.\-]\d)",
+        r"(?<![\w+@./\-])(?P<v>(?:\+|00)?\(?\d{1,5}+\)?(?:[\ \-./]?\(?\d{1,5}+\)?){1,7}+)"
+        r"(?![\w@]|[.\-]\d)",
         _FLAGS,
     )
 
