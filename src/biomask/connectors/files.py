@@ -219,7 +219,9 @@ def _parquet_schema(path: Path) -> pa.Schema:
 
 def _iter_parquet(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
     try:
-        pf = pq.ParquetFile(path)
+        # pre_buffer=True (pyarrow's default) caches every column chunk it has read until
+        # the file is closed, so memory grows with the file; stream without it.
+        pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
         yield from pf.iter_batches(batch_size=batch_size, use_threads=True)
     except (pa.ArrowException, OSError) as exc:
         raise ConnectorError(f"cannot read {path}: not a valid Parquet file") from exc
