@@ -27,9 +27,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 keys_app = typer.Typer(help="Create, rotate and export keyring keys.", no_args_is_help=True)
-policy_app = typer.Typer(
-    help="Validate policies and print their JSON Schema.", no_args_is_help=True
-)
+policy_app = typer.Typer(help="Validate, draft and describe policies.", no_args_is_help=True)
 audit_app = typer.Typer(help="Verify and export lineage directories.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(policy_app, name="policy")
@@ -117,6 +115,29 @@ def policy_schema() -> None:
     from biomask.policies import policy_json_schema
 
     sys.stdout.write(json.dumps(policy_json_schema(), indent=2) + "\n")
+
+
+@policy_app.command("suggest")
+def policy_suggest(
+    input: Annotated[str, typer.Option("--input", help="Input URI to sample.")],
+    sample: Annotated[
+        int, typer.Option("--sample", min=1, help="Rows to read from each table.")
+    ] = 1000,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the draft here (default: stdout).")
+    ] = None,
+) -> None:
+    """Draft a commented policy from a sample of the data; review it before use."""
+    from biomask.masking.text.suggest import suggest_policy
+
+    if out is not None and out.exists():
+        raise BiomaskError(f"{out} exists: choose another --out or remove it first")
+    text = suggest_policy(input, sample=sample)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.write_text(text, encoding="utf-8")
+        _out(to_stderr=True).print(f"wrote draft policy to {out} (review it before use)")
 
 
 # -- mask ---------------------------------------------------------------------------------
@@ -298,19 +319,28 @@ def demo_cmd(
 
 
 # -- entry point --------------------------------------------------------------------------
+_INTERRUPTED = "biomask: interrupted; nothing was written under the final names\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = sys.argv[1:] if argv is None else argv
     try:
         result = app(args=args, prog_name="biomask", standalone_mode=False)
-        return result if isinstance(result, int) else 0
+        code = result if isinstance(result, int) else 0
+        if code == 130:  # typer turns Ctrl-C into exit code 130 after the pipeline cleaned up
+            sys.stderr.write(_INTERRUPTED)
+        return code
     except typer.Exit as exc:
-        return int(getattr(exc, "exit_code", 0))
+        code = int(getattr(exc, "exit_code", 0))
+        if code == 130:
+            sys.stderr.write(_INTERRUPTED)
+        return code
     except TyperException as exc:  # usage errors: missing option, bad value
         sys.stderr.write(f"biomask: error: {exc.format_message()}\n")
         return 2
     except typer.Abort:
-        sys.stderr.write("biomask: interrupted; nothing was written under the final names\n")
+        sys.stderr.write(_INTERRUPTED)
         return 130
     except KeyringError as exc:
         sys.stderr.write(f"biomask: error: {exc}\n")
@@ -319,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"biomask: error: {exc}\n")
         return 1
     except KeyboardInterrupt:
-        sys.stderr.write("biomask: interrupted; nothing was written under the final names\n")
+        sys.stderr.write(_INTERRUPTED)
         return 130
     except Exception as exc:
         if os.environ.get("BIOMASK_DEBUG"):
