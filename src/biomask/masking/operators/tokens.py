@@ -12,6 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from biomask.keys.primitives import DeterministicPrf, ragged_stream
+from biomask.masking.ff1 import FF1
+from biomask.masking.fpe import ReversibleTokenizer
 from biomask.masking.registry import (
     Binding,
     Operator,
@@ -76,17 +78,31 @@ class Hash(Operator[HashOp]):
 
 @register
 class Tokenize(Operator[TokenizeOp]):
-    """Format-shaped consistent tokens (irreversible keyed PRF)."""
+    """Format-shaped consistent tokens: a keyed PRF, or FF1 when ``reversible``.
+
+    With ``format: icao_document`` or ``format: luhn`` the last character is a check digit:
+    the input's must be valid (else the row is quarantined) and the token's is recomputed,
+    so tokens pass the same check as the documents they replace.
+    """
 
     name = "tokenize"
 
     def __init__(self, spec: TokenizeOp, binding: Binding) -> None:
         super().__init__(spec, binding)
         self.prf = DeterministicPrf(binding.keyring.derive("tokenize", spec.domain))
+        self.fpe = (
+            ReversibleTokenizer(binding.keyring, spec.domain, spec.prefix, spec.format)
+            if spec.reversible
+            else None
+        )
 
     @property
     def key_id(self) -> str | None:
         return self.prf.key_id
+
+    @property
+    def reversible(self) -> bool:
+        return self.fpe is not None
 
     def check(self, dtype: pa.DataType) -> str | None:
         return (
@@ -97,15 +113,87 @@ class Tokenize(Operator[TokenizeOp]):
 
     def tokens(self, uniq: pa.Array) -> pa.Array:
         """Tokens for distinct, non-null values (used by the text operator too)."""
-        return shape_tokens(self.prf, uniq, prefix=self.spec.prefix)
+        if self.fpe is not None:
+            res = self.fpe.encrypt(uniq)
+            return pc.if_else(pa.array(res.bad), pa.scalar(None, pa.string()), res.values)
+        out = shape_tokens(self.prf, uniq, prefix=self.spec.prefix)
+        if self.spec.format != "shape":
+            out = _fix_check_digit(out, self.spec.format)
+        return out
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
-        def fn(uniq: pa.Array) -> pa.Array:
+        enc = values.dictionary_encode()
+        uniq = enc.dictionary
+        if self.fpe is not None:
+            res = self.fpe.encrypt(uniq)
+            out, bad, reason = res.values, res.bad, res.reason
+        else:
             out = self.tokens(uniq)
-            _count_collisions(uniq, out, ctx)
-            return out
+            bad = np.zeros(len(uniq), dtype=bool)
+            reason = ""
+            if self.spec.format != "shape":
+                bad = ~_check_digit_valid(uniq, self.spec.format)
+                reason = f"not a valid {self.spec.format} number (wrong check digit or characters)"
+        lost = len(uniq) - len(pc.unique(out))
+        if lost:
+            ctx.count("token_collisions", lost)
+        return _finish(enc, out, bad, reason, ctx).cast(values.type)
 
-        return map_distinct(values, fn).cast(values.type)
+    def reverse(self, values: pa.Array, ctx: OperatorContext, key_id: str) -> pa.Array:
+        assert self.fpe is not None
+        enc = values.dictionary_encode()
+        res = self.fpe.decrypt(enc.dictionary, key_id)
+        return _finish(enc, res.values, res.bad, res.reason, ctx).cast(values.type)
+
+
+def _finish(
+    enc: pa.DictionaryArray, out: pa.Array, bad: np.ndarray, reason: str, ctx: OperatorContext
+) -> pa.Array:
+    """Expand per-distinct results to rows; rows of bad values are nulled and quarantined."""
+    if bad.any():
+        rows = pc.is_in(enc.indices, pa.array(np.flatnonzero(bad), enc.indices.type))
+        ctx.quarantine(rows.fill_null(False), reason)
+        out = pc.if_else(pa.array(bad), pa.scalar(None, pa.string()), out)
+    return out.take(enc.indices)
+
+
+def _fixed_width(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    cps, offsets = codepoints(values)
+    return cps, offsets, np.diff(offsets)
+
+
+def _check_digit_valid(values: pa.Array, fmt: str) -> np.ndarray:
+    from biomask.masking.checkdigits import icao_digits, luhn_digits
+
+    fn = icao_digits if fmt == "icao_document" else luhn_digits
+    cps, offsets, lengths = _fixed_width(values)
+    ok = np.zeros(len(lengths), dtype=bool)
+    for length in np.unique(lengths):
+        if length < 2:
+            continue
+        rows = np.flatnonzero(lengths == length)
+        m = cps[offsets[rows][:, None] + np.arange(length)[None, :]]
+        ascii_ok = (m < 128).all(axis=1)
+        digit = fn(np.clip(m[:, :-1], 0, 255).astype(np.uint8))
+        ok[rows] = ascii_ok & (digit == m[:, -1].astype(np.int64))
+    return ok
+
+
+def _fix_check_digit(values: pa.Array, fmt: str) -> pa.Array:
+    from biomask.masking.checkdigits import icao_digits, luhn_digits
+
+    fn = icao_digits if fmt == "icao_document" else luhn_digits
+    cps, offsets, lengths = _fixed_width(values)
+    cps = cps.copy()
+    for length in np.unique(lengths):
+        if length < 2:
+            continue
+        rows = np.flatnonzero(lengths == length)
+        idx = offsets[rows][:, None] + np.arange(length)[None, :]
+        digit = fn(np.clip(cps[idx][:, :-1], 0, 255).astype(np.uint8))
+        ok = digit >= 0
+        cps[idx[ok, -1]] = digit[ok].astype(np.uint32)
+    return from_codepoints(cps, offsets)
 
 
 @register
@@ -152,11 +240,7 @@ class Email(Operator[EmailOp]):
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
         enc = values.dictionary_encode()
         out, bad = self.tokens(enc.dictionary)
-        if bad.any():
-            rows = pc.is_in(enc.indices, pa.array(np.flatnonzero(bad), enc.indices.type))
-            ctx.quarantine(rows.fill_null(False), "not an e-mail address")
-            out = pc.if_else(pa.array(bad), pa.scalar(None, pa.string()), out)
-        return out.take(enc.indices).cast(values.type)
+        return _finish(enc, out, bad, "not an e-mail address", ctx).cast(values.type)
 
 
 # ITU-T E.164 country calling codes: 1 and 7 are one digit; these are two; the rest three.
@@ -257,16 +341,68 @@ class Phone(Operator[PhoneOp]):
         keys = from_codepoints(cps[change], key_offsets)  # the national significant numbers
         # The k-th digit of the national number gets the k-th keystream digit, whatever
         # the separators around it, so every format of one number agrees.
-        rnd = ragged_stream(self.prf, keys, per_value * 2).view(np.uint16)
         out_cps = cps.copy()
+        if self.spec.reversible:
+            digits = self._ff1(cps[change].astype(np.int64) - 48, per_value, None, bad)
+            out_cps[change] = (48 + digits).astype(np.uint32)
+            return from_codepoints(out_cps, offsets), bad
+        rnd = ragged_stream(self.prf, keys, per_value * 2).view(np.uint16)
         out_cps[change] = 48 + rnd % 10
         return from_codepoints(out_cps, offsets), bad
+
+    def _ff1(
+        self,
+        digits: np.ndarray,
+        per_value: np.ndarray,
+        key_id: str | None,
+        bad: np.ndarray,
+        *,
+        decrypt: bool = False,
+    ) -> np.ndarray:
+        """FF1 (radix 10, tweak = domain) over each value's national-number digits.
+
+        Values whose national number has fewer than 6 digits cannot be encrypted within
+        NIST's minimum domain and are marked bad (quarantined).
+        """
+        secret = self.binding.keyring.derive("ff1", self.spec.domain, key_id)._secret()
+        cipher = FF1(secret, 10)
+        starts = np.concatenate(([0], np.cumsum(per_value)))[:-1]
+        out = digits.copy()
+        for length in np.unique(per_value):
+            rows = np.flatnonzero(per_value == length)
+            if length < 6:
+                bad[rows] = True
+                continue
+            idx = starts[rows][:, None] + np.arange(length)[None, :]
+            block = digits[idx]
+            tweak = self.spec.domain.encode()
+            out[idx] = cipher.decrypt(block, tweak) if decrypt else cipher.encrypt(block, tweak)
+        return out
+
+    @property
+    def reversible(self) -> bool:
+        return self.spec.reversible
+
+    def reverse(self, values: pa.Array, ctx: OperatorContext, key_id: str) -> pa.Array:
+        enc = values.dictionary_encode()
+        cps, offsets, change, bad = phone_layout(enc.dictionary)
+        n = len(offsets) - 1
+        owner = np.repeat(np.arange(n), np.diff(offsets))
+        per_value = np.bincount(owner[change], minlength=n)
+        out_cps = cps.copy()
+        digits = self._ff1(cps[change].astype(np.int64) - 48, per_value, key_id, bad, decrypt=True)
+        out_cps[change] = (48 + digits).astype(np.uint32)
+        out = from_codepoints(out_cps, offsets)
+        return _finish(enc, out, bad, "not a reversible phone token", ctx).cast(values.type)
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
         enc = values.dictionary_encode()
         out, bad = self.tokens(enc.dictionary)
-        if bad.any():
-            rows = pc.is_in(enc.indices, pa.array(np.flatnonzero(bad), enc.indices.type))
-            ctx.quarantine(rows.fill_null(False), "not a phone number")
-            out = pc.if_else(pa.array(bad), pa.scalar(None, pa.string()), out)
-        return out.take(enc.indices).cast(values.type)
+        return _finish(
+            enc,
+            out,
+            bad,
+            "not a phone number"
+            + (" with at least 6 national digits (FF1)" if self.spec.reversible else ""),
+            ctx,
+        ).cast(values.type)
