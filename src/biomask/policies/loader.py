@@ -140,14 +140,13 @@ def _validate(doc: dict[str, Any], source: str, lines: dict[tuple[str, ...], int
 
 
 def _clean(loc: tuple[str, ...]) -> str:
-    # Drop union tags that pydantic inserts after a column name (columns.dob.date_shift.x).
-    out: list[str] = []
-    for i, part in enumerate(loc):
-        if part in OPERATOR_NAMES and i > 0 and out and i < len(loc) - 1:
-            prev = loc[i - 1]
-            if prev not in ("columns",):
-                continue
-        out.append(part)
+    # pydantic puts the union tag after a column name (columns.dob.date_shift.max_days);
+    # users never wrote it, so leave it out of the field path.
+    out = [
+        part
+        for i, part in enumerate(loc)
+        if not (i >= 2 and loc[i - 2] == "columns" and part in OPERATOR_NAMES)
+    ]
     return ".".join(out) or "policy"
 
 

@@ -113,6 +113,28 @@ class TokenizeOp(_Spec):
         ),
     )
 
+    length: int | None = Field(
+        None,
+        ge=1,
+        description="declared value length: lets FF1's minimum domain be checked at load time",
+    )
+    charset: Literal["digits", "letters", "alphanumeric"] = Field(
+        "digits", description="declared character set of the variable part (with length)"
+    )
+
+    @model_validator(mode="after")
+    def _ff1_domain(self) -> TokenizeOp:
+        if self.reversible and self.length is not None:
+            radix = {"digits": 10, "letters": 26, "alphanumeric": 36}[self.charset]
+            n = self.length - (1 if self.format in ("icao_document", "luhn") else 0)
+            if radix**n < 1_000_000:
+                raise ValueError(
+                    f"reversible tokenize uses FF1, which NIST SP 800-38G refuses on domains "
+                    f"smaller than 10^6 values; {n} {self.charset} give {radix**n:,}: use "
+                    "irreversible tokenize (reversible: false) or hash for this column"
+                )
+        return self
+
     @property
     def domain_name(self) -> str | None:
         return self.domain
