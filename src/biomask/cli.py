@@ -34,6 +34,14 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(audit_app, name="audit")
 
 KeyringOpt = Annotated[Path, typer.Option("--keyring", help="Keyring file.")]
+KeystoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--keystore",
+        help="Key store for template data keys (default: <keyring>.keystore.sqlite; "
+        "postgresql://... for a shared one).",
+    ),
+]
 LineageOpt = Annotated[
     Path | None, typer.Option("--lineage", help="Lineage directory (default: <output>.lineage).")
 ]
@@ -156,6 +164,7 @@ def mask_cmd(
     max_quarantine: Annotated[
         int | None, typer.Option("--max-quarantine", help="Fail if more rows are quarantined.")
     ] = None,
+    keystore: KeystoreOpt = None,
 ) -> None:
     """Mask INPUT into OUTPUT under POLICY."""
     from biomask.keys import Keyring
@@ -177,6 +186,7 @@ def mask_cmd(
             batch_size=batch_size,
             max_quarantine=max_quarantine,
             progress=progress,
+            keystore=keystore,
         )
     print_summary(summary, to_stderr=to_stderr)
 
@@ -192,6 +202,7 @@ def unmask_cmd(
         bool, typer.Option("--overwrite", help="Replace an existing output.")
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 65_536,
+    keystore: KeystoreOpt = None,
 ) -> None:
     """Reverse the reversible columns (FF1 tokens, templates); recorded as an access event."""
     from biomask.keys import Keyring
@@ -211,6 +222,7 @@ def unmask_cmd(
             overwrite=overwrite,
             batch_size=batch_size,
             progress=progress,
+            keystore=keystore,
         )
     print_summary(summary, to_stderr=to_stderr, title="unmasked")
 
@@ -271,6 +283,59 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
+
+
+# -- templates: erase, rekey --------------------------------------------------------------
+@app.command("erase")
+def erase_cmd(
+    keyring: KeyringOpt,
+    subject: Annotated[str, typer.Option("--subject", help="The subject's TOKEN (masked id).")],
+    entity: Annotated[str, typer.Option("--entity", help="Entity name in the policy.")] = "subject",
+    keystore: KeystoreOpt = None,
+    lineage: LineageOpt = None,
+) -> None:
+    """Destroy one subject's template key: every copy of their templates becomes unreadable."""
+    from biomask.keys import Keyring
+    from biomask.keys.keystore import default_keystore_uri, open_keystore
+    from biomask.lineage import record_event
+
+    ring = Keyring.open(keyring)
+    uri = keystore or default_keystore_uri(ring.path, ring.keyring_id)
+    store = open_keystore(uri)
+    if any(c in subject for c in "%_\\"):
+        raise BiomaskError("a subject token cannot contain %, _ or \\")
+    n = store.delete_like(f"e:{entity}:{subject}")
+    if n == 0:
+        raise BiomaskError(f"no template key for {entity} token {subject} in {store.uri}")
+    record_event(
+        lineage or keyring.with_name(keyring.name + ".lineage"),
+        ring,
+        "erase",
+        {"entity": entity, "subject_token": subject, "keystore": store.uri, "keys_deleted": n},
+    )
+    _out().print(f"erased the template key of {entity} {subject}: its templates are unreadable")
+
+
+@app.command("rekey")
+def rekey_cmd(
+    keyring: KeyringOpt, keystore: KeystoreOpt = None, lineage: LineageOpt = None
+) -> None:
+    """Re-wrap every stored template key under the primary key (templates untouched)."""
+    from biomask.keys import Keyring
+    from biomask.keys.keystore import default_keystore_uri, open_keystore
+    from biomask.lineage import record_event
+    from biomask.masking.operators.encrypt import rewrap
+
+    ring = Keyring.open(keyring)
+    store = open_keystore(keystore or default_keystore_uri(ring.path, ring.keyring_id))
+    n = rewrap(store, ring)
+    record_event(
+        lineage or keyring.with_name(keyring.name + ".lineage"),
+        ring,
+        "key.rekey",
+        {"keyring_id": ring.keyring_id, "new_key_id": ring.primary_key_id, "rewrapped": n},
+    )
+    _out().print(f"re-wrapped {n} template keys under key {ring.primary_key_id}")
 
 
 # -- audit --------------------------------------------------------------------------------

@@ -92,6 +92,7 @@ def run_mask(
     progress: ProgressFn | None = None,
     command: str = "mask",
     masker_factory: Callable[[Policy, Keyring, str, dict[str, Any]], Masker] | None = None,
+    keystore: str | None = None,
 ) -> RunSummary:
     """Mask ``input_uri`` into ``output_uri`` under ``policy``; see the module docstring.
 
@@ -103,6 +104,8 @@ def run_mask(
         Called with (table, rows done so far) after each batch.
     masker_factory:
         Builds the per-table masker; ``unmask`` passes its own.
+    keystore:
+        Where wrapped template data keys live (default: ``<keyring>.keystore.sqlite``).
     """
     started = time.perf_counter()
     specs = policy.table_specs()
@@ -111,7 +114,7 @@ def run_mask(
     else:
         (only,) = specs
         sources = {only: open_source(input_uri, batch_size=batch_size)}
-    services: dict[str, Any] = {"sources": sources}
+    services: dict[str, Any] = {"sources": sources, "keystore_uri": keystore}
     factory = masker_factory or (lambda p, k, t, s: Masker(p, k, table=t, services=s))
     maskers = {t: factory(policy, keyring, t, services) for t in sources}
     out_schemas = {t: maskers[t].output_schema(sources[t].schema) for t in sources}

@@ -162,6 +162,7 @@ class Masker:
             )
         fields: list[pa.Field] = []
         order: list[str] = []
+        extra: dict[bytes, bytes] = {}
         for n in names:
             f = schema.field(n)
             if n not in self.spec.columns:
@@ -183,7 +184,9 @@ class Masker:
                 )
             fields.append(pa.field(n, op.output_type(dtype), nullable=True))
             order.append(n)
+            extra.update({k.encode(): v.encode() for k, v in op.metadata(dtype).items()})
         meta = {
+            **extra,
             b"biomask.policy_sha256": self.policy.sha256.encode(),
             b"biomask.keyring_id": self.keyring.keyring_id.encode(),
             b"biomask.key_id": self.keyring.primary_key_id.encode(),
@@ -320,7 +323,9 @@ class Unmasker(Masker):
             if op is None or not op.reversible:
                 arrays.append(values)
                 continue
-            ctx = OperatorContext(self.table, name, batch, entity_tokens, bad, reasons, stats)
+            ctx = OperatorContext(
+                self.table, name, batch, entity_tokens, bad, reasons, stats, self._meta
+            )
             arrays.append(op.reverse(values, ctx, self._key_id))
         out = pa.RecordBatch.from_arrays(arrays, schema=out_schema)
         if not bad.any():

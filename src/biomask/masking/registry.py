@@ -76,6 +76,8 @@ class OperatorContext:
     bad: np.ndarray
     reasons: dict[int, str] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
+    #: schema metadata of the input (the unmasker reads original types from it)
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def quarantine(self, rows: np.ndarray | pa.Array, reason: str) -> None:
         """Mark rows (a boolean mask) as unmaskable, with a reason naming the column."""
@@ -118,6 +120,10 @@ class Operator(ABC, Generic[S]):
     def output_type(self, dtype: pa.DataType) -> pa.DataType:
         """Arrow type of the output column for an input of ``dtype``."""
         return dtype
+
+    def metadata(self, dtype: pa.DataType) -> dict[str, str]:
+        """Entries for the output's schema metadata (e.g. the type an encrypted column had)."""
+        return {}
 
     @abstractmethod
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:

@@ -222,6 +222,15 @@ class EncryptOp(_Spec):
     op: Literal["encrypt"]
     entity: str | None = None
     per_entity_key: bool = False
+    dim: int | None = Field(
+        None, ge=1, description="expected values per template (list columns); others quarantine"
+    )
+
+    @model_validator(mode="after")
+    def _per_entity_needs_entity(self) -> EncryptOp:
+        if self.per_entity_key and self.entity is None:
+            raise ValueError("per_entity_key needs 'entity' (whose key encrypts each row)")
+        return self
 
 
 OpSpec = Annotated[

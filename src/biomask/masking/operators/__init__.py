@@ -1,5 +1,6 @@
 """Built-in operators; importing this package registers them."""
 
-from biomask.masking.operators import basic, names, temporal, tokens
+from biomask.masking.operators import basic, encrypt, names, temporal, tokens
+from biomask.masking.text import operator as text  # registers "text"
 
-__all__ = ["basic", "names", "temporal", "tokens"]
+__all__ = ["basic", "encrypt", "names", "temporal", "text", "tokens"]

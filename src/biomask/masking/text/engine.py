@@ -6,9 +6,13 @@ What this module decides, and why:
   a configuration dict: the policy's model and language only, the NER labels that are not
   PII here ignored (dates, numbers, organisations...), and a spaCy engine subclass that
   loads only the ``ner`` component. The tagger, parser and lemmatizer cost a third of the
-  time and detect nothing; Presidio's context enhancement uses lemmas, so lower-cased
-  token text stands in for them, and biomask's own recognizers check context on the raw
-  text instead.
+  time and detect nothing. Without lemmas Presidio's lemma-based context enhancement has
+  nothing to work on, so it is replaced by a no-op and biomask's recognizers check their
+  context words on the raw text themselves (Presidio's card, IBAN and IP recognizers
+  validate checksums and need no context).
+* **Recall beyond the model.** A small NER model misses names it has never seen and
+  tags capitalized ordinary words; the engine adds vocabulary-based name recognizers and
+  drops NER names that are one ordinary word opening a sentence ("Queue was long").
 * **No network, ever.** Presidio's spaCy engine downloads a missing model; this one raises
   :class:`~biomask.errors.PolicyError` naming the model and how to install it. Presidio's
   e-mail recognizer calls ``tldextract``, which fetches the public-suffix list over HTTP;
@@ -24,22 +28,31 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import json
 import logging
 import multiprocessing
 import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import regex
 
 from biomask.errors import PolicyError
+from biomask.masking.text.words import (
+    SENTENCE_START,
+    WORDS,
+    load_vocabulary,
+    model_dir,
+    trim_ordinary,
+)
 
 __all__ = [
-    "DEFAULT_UNLINKED",
+    "ALWAYS_DETECTED",
     "NER_ENTITIES",
     "PATTERN_ENTITIES",
     "SUPPORTED_ENTITIES",
@@ -62,9 +75,19 @@ PATTERN_ENTITIES = frozenset(
     {"EMAIL_ADDRESS", "PHONE_NUMBER", "DOCUMENT_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS"}
 )
 SUPPORTED_ENTITIES = NER_ENTITIES | PATTERN_ENTITIES
-#: Types always looked for, replaced per the rule's ``unlinked`` setting when no domain is
-#: linked: PII that has no business in an operator's note, whatever the policy lists.
-DEFAULT_UNLINKED = ("CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS")
+#: Types always looked for, whatever the rule links: a type with no linked domain is
+#: replaced per the rule's ``unlinked`` setting (``<TYPE>`` or ``***``), so a rule with no
+#: entities still removes every name, address and number it finds (fail closed).
+#: LOCATION, NRP and ORGANIZATION are looked for only when linked (noisy, rarely PII).
+ALWAYS_DETECTED = (
+    "CREDIT_CARD",
+    "DOCUMENT_NUMBER",
+    "EMAIL_ADDRESS",
+    "IBAN_CODE",
+    "IP_ADDRESS",
+    "PERSON",
+    "PHONE_NUMBER",
+)
 
 _LABEL_MAP = {
     "PERSON": "PERSON",
@@ -94,7 +117,7 @@ _IGNORED_LABELS = [
 #: Texts per unit of work (one ``nlp.pipe`` call, one pool task).
 CHUNK = 256
 #: Below this many texts a batch is detected in process even when a pool is allowed.
-POOL_MIN = 2048
+POOL_MIN = 16384
 
 
 class Detection(NamedTuple):
@@ -115,15 +138,43 @@ def _install_hint(model: str) -> str:
     )
 
 
-def check_model(model: str, *, path: str | None = None, line: int | None = None) -> None:
-    """Raise :class:`PolicyError` unless ``model`` is an installed package or a directory.
+def check_model(
+    model: str,
+    *,
+    language: str | None = None,
+    path: str | None = None,
+    line: int | None = None,
+) -> None:
+    """Raise :class:`PolicyError` unless ``model`` is installed (a package or a directory)
+    and, when ``language`` is given, is a model for that language.
 
     Called when a ``text`` rule is bound, so a missing model stops the run before anything
-    is read or written, with one message that says how to fix it.
+    is read or written, with one message that says how to fix it. Reads only the model's
+    ``meta.json``: loading the model itself takes seconds and happens on first use.
     """
-    ok = importlib.util.find_spec(model) is not None if model.isidentifier() else False
+    try:
+        ok = importlib.util.find_spec(model) is not None if model.isidentifier() else False
+    except (ImportError, ValueError):
+        ok = False
     if not ok and not Path(model).is_dir():
         raise PolicyError(_install_hint(model), path=path, line=line, field="nlp.model")
+    if language is None:
+        return
+    folder = model_dir(model)
+    meta = folder / "meta.json" if folder is not None else None
+    if meta is not None and meta.exists():
+        try:
+            lang = json.loads(meta.read_text("utf-8")).get("lang")
+        except (OSError, ValueError):
+            lang = None
+        if lang and lang != language:
+            raise PolicyError(
+                f"the spaCy model '{model}' is for language '{lang}', not '{language}': set "
+                f"nlp.language to '{lang}' or nlp.model to a '{language}' model",
+                path=path,
+                line=line,
+                field="nlp.language",
+            )
 
 
 def nlp_configuration(model: str, language: str) -> dict[str, Any]:
@@ -143,8 +194,10 @@ def nlp_configuration(model: str, language: str) -> dict[str, Any]:
 def _spacy_engine_class() -> type[Any]:
     from presidio_analyzer.nlp_engine import NlpArtifacts, SpacyNlpEngine
 
-    class BiomaskSpacyNlpEngine(SpacyNlpEngine):  # type: ignore[misc]
-        """spaCy engine: NER only, no download, no GPU probing, lemmas from token text."""
+    class BiomaskSpacyNlpEngine(SpacyNlpEngine):
+        """spaCy engine: NER only, no download, no GPU probing, no lemmas."""
+
+        nlp: Any
 
         def load(self) -> None:
             import spacy
@@ -163,20 +216,73 @@ def _spacy_engine_class() -> type[Any]:
                 self.nlp[m["lang_code"]] = nlp
 
         def _doc_to_nlp_artifact(self, doc: Any, language: str) -> NlpArtifacts:
+            # No lemmas: context is checked by biomask's recognizers on the raw text and
+            # the analyzer's lemma enhancer is off, so building them (and the keywords
+            # Presidio derives from them, token by token) would be wasted work.
             entities, scores = self._get_updated_entities(
-                list(doc.ents), [self.ner_model_configuration.default_score] * len(doc.ents)
+                list(doc.ents),
+                [float(self.ner_model_configuration.default_score or 0.85)] * len(doc.ents),
             )
             return NlpArtifacts(
                 entities=entities,
                 tokens=doc,
-                tokens_indices=[t.idx for t in doc],
-                lemmas=[t.lower_ for t in doc],
+                tokens_indices=[],
+                lemmas=[],
                 nlp_engine=self,
                 language=language,
                 scores=scores,
             )
 
     return BiomaskSpacyNlpEngine
+
+
+def _import_presidio() -> None:
+    """Import presidio_analyzer without its device probe importing torch.
+
+    Presidio picks a torch device when its NLP-engine package is imported, which imports
+    torch (two seconds, in every worker) and probes CUDA. biomask runs the small spaCy
+    model on the CPU, so the probe is answered with ``PRESIDIO_DEVICE=cpu`` for the
+    duration of the import only, unless the caller chose a device already.
+    """
+    import sys
+
+    if "presidio_analyzer.nlp_engine" in sys.modules or os.environ.get("PRESIDIO_DEVICE"):
+        import presidio_analyzer
+
+        return
+    os.environ["PRESIDIO_DEVICE"] = "cpu"
+    try:
+        import presidio_analyzer  # noqa: F401
+        from presidio_analyzer.nlp_engine import device_detector  # noqa: F401
+    finally:
+        os.environ.pop("PRESIDIO_DEVICE", None)
+
+
+def _no_context_enhancer() -> Any:
+    from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
+
+    class NoContextEnhancer(ContextAwareEnhancer):
+        """Leaves scores as the recognizers set them (they check context themselves)."""
+
+        def __init__(self) -> None:
+            super().__init__(
+                context_similarity_factor=0.0,
+                min_score_with_context_similarity=0.0,
+                context_prefix_count=0,
+                context_suffix_count=0,
+            )
+
+        def enhance_using_context(
+            self,
+            text: str,
+            raw_results: list[Any],
+            nlp_artifacts: Any,
+            recognizers: list[Any],
+            context: list[str] | None = None,
+        ) -> list[Any]:
+            return raw_results
+
+    return NoContextEnhancer()
 
 
 # Everything but the tokenizer and NER: en_core_web_sm's NER has its own embedding layer.
@@ -190,6 +296,8 @@ class TextEngine:
     """
 
     def __init__(self, model: str, language: str) -> None:
+        check_model(model)
+        _import_presidio()
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
         from presidio_analyzer.nlp_engine import NlpEngineProvider
         from presidio_analyzer.predefined_recognizers import (
@@ -201,18 +309,18 @@ class TextEngine:
 
         from biomask.masking.text.recognizers import biomask_recognizers
 
-        check_model(model)
         self.model = model
         self.language = language
         provider = NlpEngineProvider(
             nlp_engines=(_spacy_engine_class(),),
             nlp_configuration=nlp_configuration(model, language),
         )
-        self.nlp_engine = provider.create_engine()
+        self.nlp_engine: Any = cast(Any, provider.create_engine())
         self.nlp = self.nlp_engine.nlp[language]
+        self.vocabulary = load_vocabulary(model, language)
         recognizers = [
             SpacyRecognizer(supported_language=language, supported_entities=sorted(NER_ENTITIES)),
-            *biomask_recognizers(language),
+            *biomask_recognizers(language, self.vocabulary),
             CreditCardRecognizer(supported_language=language),
             IbanRecognizer(supported_language=language),
             IpRecognizer(supported_language=language),
@@ -222,12 +330,20 @@ class TextEngine:
             registry=registry,
             nlp_engine=self.nlp_engine,
             supported_languages=[language],
+            context_aware_enhancer=_no_context_enhancer(),
         )
 
     def analyze(
-        self, texts: Sequence[str], entities: Sequence[str], threshold: float
+        self, texts: Sequence[str], entities: Sequence[str], threshold: float, ner: bool = True
     ) -> list[list[Detection]]:
         """Detect ``entities`` in each text: one ``nlp.pipe`` pass, then the recognizers.
+
+        Parameters
+        ----------
+        ner:
+            Run the NER model (False: tokenizer and pattern recognizers only, for texts
+            where the caller knows NER cannot add anything; see
+            :func:`~biomask.masking.text.words.needs_ner`).
 
         Returns
         -------
@@ -236,7 +352,7 @@ class TextEngine:
             the known-value lexicon's hits, by the text operator).
         """
         ents = list(entities)
-        need_ner = bool(NER_ENTITIES.intersection(ents))
+        need_ner = ner and bool(NER_ENTITIES.intersection(ents))
         out: list[list[Detection]] = []
         if need_ner:
             docs = self.nlp.pipe(texts, batch_size=CHUNK)
@@ -251,12 +367,39 @@ class TextEngine:
                 nlp_artifacts=artifacts,
                 score_threshold=threshold,
             )
-            out.append(
-                sorted(
-                    Detection(r.start, r.end, r.entity_type, float(r.score)) for r in results
-                )
-            )
+            dets = [self._refine_ner(text, r) for r in results]
+            out.append(sorted(d for d in dets if d is not None))
         return out
+
+    def _refine_ner(self, text: str, result: Any) -> Detection | None:
+        """Drop or cut NER PERSON spans that are not (only) names.
+
+        The small model mistakes a capital at the start of a sentence for a name's
+        ("Queue was long", "Subject requested...": one ordinary word there is dropped),
+        and tags lower-case phrases ("checked against"): a lower-case span keeps only the
+        stretch between its first and last word that is not an ordinary word ("anacleto
+        anguiano asked" -> "anacleto anguiano"), and is dropped when every word is one.
+        """
+        det = Detection(result.start, result.end, result.entity_type, float(result.score))
+        if result.entity_type != "PERSON" or not self.vocabulary:
+            return det
+        meta = result.recognition_metadata or {}
+        if meta.get("recognizer_name") != "SpacyRecognizer":
+            return det
+        words = list(WORDS.finditer(text, result.start, result.end))
+        if not words:
+            return None
+        if any(m.group()[:1].isupper() for m in words):
+            single_ordinary = (
+                len(words) == 1
+                and self.vocabulary.is_ordinary(words[0].group())
+                and SENTENCE_START.search(text, 0, result.start) is not None
+            )
+            return None if single_ordinary else det
+        if all(self.vocabulary.is_ordinary(m.group()) for m in words):
+            return None
+        words = trim_ordinary(words, self.vocabulary)
+        return det._replace(start=words[0].start(), end=words[-1].end())
 
 
 _ENGINES: dict[tuple[str, str], TextEngine] = {}
@@ -346,12 +489,13 @@ class _Task:
     language: str
     entities: tuple[str, ...]
     threshold: float
+    ner: bool
     texts: tuple[str, ...]
 
 
 def _run_task(task: _Task) -> list[list[Detection]]:
     engine = get_engine(task.model, task.language)
-    return engine.analyze(task.texts, task.entities, task.threshold)
+    return engine.analyze(task.texts, task.entities, task.threshold, task.ner)
 
 
 def _warm(model: str, language: str) -> None:
@@ -377,6 +521,17 @@ def _pool(model: str, language: str, workers: int) -> Executor:
     return pool
 
 
+_POOL_BROKEN = False
+
+
+def _mark_broken(model: str, language: str, workers: int) -> None:
+    global _POOL_BROKEN
+    _POOL_BROKEN = True
+    pool = _POOLS.pop((model, language, workers), None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 @atexit.register
 def _shutdown_pools() -> None:
     for pool in _POOLS.values():
@@ -393,6 +548,7 @@ def detect(
     threshold: float,
     workers: int = 1,
     pool_min: int = POOL_MIN,
+    ner: Sequence[bool] | None = None,
 ) -> list[list[Detection]]:
     """Detect entities in many texts, in chunks of :data:`CHUNK`, optionally in parallel.
 
@@ -403,18 +559,41 @@ def detect(
         least ``pool_min`` texts (starting workers costs more than small batches gain).
         Every chunk is analysed the same way in process or in a worker, so the results
         are identical either way.
+    ner:
+        Per text, whether to run the NER model on it (default: all).
     """
     ents = tuple(sorted(entities))
-    tasks = [
-        _Task(model, language, ents, threshold, tuple(texts[i : i + CHUNK]))
-        for i in range(0, len(texts), CHUNK)
-    ]
-    out: list[list[Detection]] = []
-    if workers > 1 and len(texts) >= pool_min and len(tasks) > 1:
+    flags = [True] * len(texts) if ner is None else list(ner)
+    order: list[int] = []
+    tasks: list[_Task] = []
+    for flag in (True, False):
+        idx = [i for i, f in enumerate(flags) if f is flag]
+        order.extend(idx)
+        for k in range(0, len(idx), CHUNK):
+            chunk = tuple(texts[i] for i in idx[k : k + CHUNK])
+            tasks.append(_Task(model, language, ents, threshold, flag, chunk))
+    results: list[list[Detection]] = []
+    done = False
+    if workers > 1 and len(texts) >= pool_min and len(tasks) > 1 and not _POOL_BROKEN:
         check_model(model)
-        for part in _pool(model, language, workers).map(_run_task, tasks):
-            out.extend(part)
-        return out
-    for task in tasks:
-        out.extend(_run_task(task))
+        try:
+            for part in _pool(model, language, workers).map(_run_task, tasks):
+                results.extend(part)
+            done = True
+        except BrokenProcessPool:
+            # e.g. a script without an ``if __name__ == "__main__":`` guard, which spawned
+            # workers cannot import: same results in process, only slower
+            log.warning(
+                "text detection workers could not start; detecting in process (guard the "
+                "script's entry point with `if __name__ == '__main__':` to use %d cores)",
+                workers,
+            )
+            _mark_broken(model, language, workers)
+            results = []
+    if not done:
+        for task in tasks:
+            results.extend(_run_task(task))
+    out: list[list[Detection]] = [[] for _ in texts]
+    for i, dets in zip(order, results, strict=True):
+        out[i] = dets
     return out

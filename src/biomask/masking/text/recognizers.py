@@ -24,6 +24,9 @@ Why each one exists:
   :class:`CommaNameRecognizer`, :class:`SignatureNameRecognizer` -- name shapes that a
   small NER model misses in short, list-like notes: "Ms Petrosyan", "J. Smith",
   "PETROSYAN, Isabel", and a name on the line after a ``-- `` signature delimiter.
+* :class:`CapitalizedNameRecognizer` -- names the model has never seen ("Somtochukwu
+  Olaiya", "UYÊN LÂM", "jan kowalczyk"): capitalized or lower-case runs with a word that
+  is not in the language's vocabulary (the model's own lemma tables).
 """
 
 from __future__ import annotations
@@ -34,7 +37,20 @@ from typing import Any
 import regex
 from presidio_analyzer import LocalRecognizer, Pattern, PatternRecognizer, RecognizerResult
 
+from biomask.masking.text.words import (
+    ROLE_NOUNS,
+    SENTENCE_START,
+    STOP,
+    WORDS,
+    Vocabulary,
+    fold,
+    icao_check_digit,
+    trim_ordinary,
+    unbalanced_close,
+)
+
 __all__ = [
+    "CapitalizedNameRecognizer",
     "CommaNameRecognizer",
     "IcaoDocumentRecognizer",
     "InitialNameRecognizer",
@@ -49,7 +65,7 @@ __all__ = [
 _FLAGS = regex.MULTILINE
 
 
-def _meta(rec: LocalRecognizer) -> dict[str, Any]:
+def _meta(rec: Any) -> dict[str, Any]:
     return {
         RecognizerResult.RECOGNIZER_NAME_KEY: rec.name,
         RecognizerResult.RECOGNIZER_IDENTIFIER_KEY: rec.id,
@@ -57,9 +73,10 @@ def _meta(rec: LocalRecognizer) -> dict[str, Any]:
 
 
 def _has_context(text: str, start: int, end: int, words: regex.Pattern[str]) -> bool:
-    """Whether a context word occurs shortly before (40 chars) or after (20) a match."""
-    return bool(words.search(text, max(0, start - 40), start)) or bool(
-        words.search(text, end, min(len(text), end + 20))
+    """Whether a context word occurs shortly before (64 chars: room for a name, as in
+    "contact number given by Manuela Mafalda Oliveira: ...") or after (24) a match."""
+    return bool(words.search(text, max(0, start - 64), start)) or bool(
+        words.search(text, end, min(len(text), end + 24))
     )
 
 
@@ -81,11 +98,15 @@ class _RegexRecognizer(LocalRecognizer):
             context=[],
         )
 
-    def load(self) -> None:  # noqa: D102  (nothing to load: patterns are compiled once)
+    def load(self) -> None:
         pass
 
     def score(self, text: str, start: int, end: int) -> float | None:
         raise NotImplementedError
+
+    def span(self, text: str, start: int, end: int) -> tuple[int, int]:
+        """Adjust a match's span before scoring (default: as matched)."""
+        return start, end
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: Any = None
@@ -98,6 +119,7 @@ class _RegexRecognizer(LocalRecognizer):
             start, end = m.span("v") if "v" in self.PATTERN.groupindex else m.span()
             if start < 0:
                 continue
+            start, end = self.span(text, start, end)
             s = self.score(text, start, end)
             if s is not None and s > 0:
                 out.append(
@@ -131,6 +153,10 @@ class InternationalPhoneRecognizer(_RegexRecognizer):
         _FLAGS,
     )
 
+    def span(self, text: str, start: int, end: int) -> tuple[int, int]:
+        """Leave out a bracket that closes around the number: "(... +44 20 7946 0958)"."""
+        return start, end - 1 if unbalanced_close(text[start:end]) else end
+
     def score(self, text: str, start: int, end: int) -> float | None:
         value = text[start:end]
         if "  " in value or value.count("(") != value.count(")"):
@@ -158,20 +184,6 @@ _DOC_CONTEXT = regex.compile(
 )
 
 
-def icao_check_digit(body: str) -> int:
-    """ICAO 9303 check digit: weights 7, 3, 1; digits as is, A-Z = 10-35, '<' = 0."""
-    total = 0
-    for i, ch in enumerate(body):
-        if ch.isdigit():
-            v = ord(ch) - 48
-        elif "A" <= ch <= "Z":
-            v = ord(ch) - 55
-        else:
-            v = 0
-        total += v * (7, 3, 1)[i % 3]
-    return total % 10
-
-
 class IcaoDocumentRecognizer(_RegexRecognizer):
     """Travel-document numbers: 6-12 upper-case letters/digits with at least one digit.
 
@@ -182,7 +194,9 @@ class IcaoDocumentRecognizer(_RegexRecognizer):
     """
 
     ENTITY = "DOCUMENT_NUMBER"
-    PATTERN = regex.compile(r"(?<![\w\-/])(?P<v>(?=[A-Z0-9<]*\d)[A-Z0-9<]{6,12})(?![\w\-/])", _FLAGS)
+    PATTERN = regex.compile(
+        r"(?<![\w\-/])(?P<v>(?=[A-Z0-9<]*\d)[A-Z0-9<]{6,12})(?![\w\-/])", _FLAGS
+    )
 
     def score(self, text: str, start: int, end: int) -> float | None:
         value = text[start:end]
@@ -294,9 +308,129 @@ class SignatureNameRecognizer(_RegexRecognizer):
         return 0.85
 
 
-def biomask_recognizers(language: str = "en") -> Sequence[LocalRecognizer]:
-    """Fresh instances of every recognizer above, for one language."""
-    return [
+# -- proper names the model does not know ---------------------------------------------
+
+
+class CapitalizedNameRecognizer(LocalRecognizer):
+    """Capitalized words that are not words of the language: most likely names.
+
+    A small NER model misses names it has never seen, most of all in notes that read like
+    lists ("Checked by Somtochukwu Olaiya."). This recognizer takes
+
+    * runs of two or more capitalized (or all-capital) words of which one is not in the
+      model's vocabulary (0.6): "Somtochukwu Olaiya", "UYÊN LÂM";
+    * "Family, Given" pairs of which one word is unknown (0.6): "Kober, Isolde";
+    * a single unknown capitalized word (0.5 inside a sentence; 0.4 at its start, where a
+      capital proves less);
+    * two or three lower-case words with an unknown one (0.4): "jan kowal".
+
+    Short all-capital ASCII words ("SMS", "ICAO") are acronyms, not names, unless they
+    stand next to another capitalized word.
+    """
+
+    ENTITY = "PERSON"
+
+    def __init__(
+        self, vocabulary: Vocabulary, supported_language: str = "en", name: str | None = None
+    ) -> None:
+        super().__init__(
+            supported_entities=[self.ENTITY],
+            supported_language=supported_language,
+            name=name or "CapitalizedNameRecognizer",
+            context=[],
+        )
+        self.vocabulary = vocabulary
+
+    def load(self) -> None:
+        pass
+
+    def _unknown(self, word: str, alone: bool = True) -> bool:
+        if alone and word.isupper() and len(word) <= 4 and word.isascii():
+            return False
+        return not self.vocabulary.is_ordinary(word)
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: Any = None
+    ) -> list[RecognizerResult]:
+        """Presidio entry point (see the class docstring)."""
+        if entities and self.ENTITY not in entities:
+            return []
+        words = list(WORDS.finditer(text))
+        out: list[RecognizerResult] = []
+        i = 0
+        while i < len(words):
+            w = words[i].group()
+            if not (w[:1].isupper() and len(w) > 1):
+                i += 1
+                continue
+            j = i
+            while (
+                j + 1 < len(words)
+                and words[j + 1].group()[:1].isupper()
+                and len(words[j + 1].group()) > 1
+                and text[words[j].end() : words[j + 1].start()] == " "
+            ):
+                j += 1
+            run = words[i : j + 1]
+            while len(run) > 1 and fold(run[0].group()) in ROLE_NOUNS:
+                run = run[1:]
+            start, end, score = run[0].start(), run[-1].end(), 0.0
+            if len(run) >= 2:
+                if any(self._unknown(m.group(), alone=False) for m in run):
+                    score = 0.6
+            else:
+                nxt = words[j + 1] if j + 1 < len(words) else None
+                if (
+                    nxt is not None
+                    and text[run[0].end() : nxt.start()] == ", "
+                    and nxt.group()[:1].isupper()
+                    and len(nxt.group()) > 1
+                    and (self._unknown(run[0].group()) or self._unknown(nxt.group()))
+                ):
+                    end, score = nxt.end(), 0.6
+                    j += 1
+                elif self._unknown(run[0].group()):
+                    initial = SENTENCE_START.search(text, 0, run[0].start()) is not None
+                    score = 0.4 if initial else 0.5
+            if score:
+                out.append(self._result(start, end, score))
+            i = j + 1
+        out.extend(self._lower_case_names(text, words))
+        return out
+
+    def _result(self, start: int, end: int, score: float) -> RecognizerResult:
+        return RecognizerResult(self.ENTITY, start, end, score, recognition_metadata=_meta(self))
+
+    def _lower_case_names(self, text: str, words: list[Any]) -> list[RecognizerResult]:
+        """Two or three lower-case words in a row, none a stop word, one unknown (0.4):
+        a name typed in a hurry ("handed over to jan kowal")."""
+        out: list[RecognizerResult] = []
+        i = 0
+        while i < len(words):
+            j = i
+            while (
+                j < len(words)
+                and words[j].group().islower()
+                and fold(words[j].group()) not in STOP
+                and (j == i or text[words[j - 1].end() : words[j].start()] == " ")
+            ):
+                j += 1
+            run = trim_ordinary(words[i:j], self.vocabulary)
+            if 2 <= len(run) <= 3 and any(self._unknown(m.group()) for m in run):
+                out.append(self._result(run[0].start(), run[-1].end(), 0.4))
+            i = max(j, i + 1)
+        return out
+
+
+def biomask_recognizers(
+    language: str = "en", vocabulary: Vocabulary | None = None
+) -> Sequence[LocalRecognizer]:
+    """Fresh instances of every recognizer above, for one language.
+
+    ``vocabulary`` (the language's ordinary words) enables
+    :class:`CapitalizedNameRecognizer`; without one it is left out.
+    """
+    recognizers: list[LocalRecognizer] = [
         InternationalPhoneRecognizer(supported_language=language),
         IcaoDocumentRecognizer(supported_language=language),
         OfflineEmailRecognizer(supported_language=language),
@@ -305,3 +439,6 @@ def biomask_recognizers(language: str = "en") -> Sequence[LocalRecognizer]:
         CommaNameRecognizer(supported_language=language),
         SignatureNameRecognizer(supported_language=language),
     ]
+    if vocabulary:
+        recognizers.append(CapitalizedNameRecognizer(vocabulary, supported_language=language))
+    return recognizers

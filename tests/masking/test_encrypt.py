@@ -1,0 +1,197 @@
+"""Templates: encrypted, bound to their row, rotatable, erasable, never in clear."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from biomask.errors import DecryptionError, KeyringError
+from biomask.keys import Keyring
+from biomask.keys.keystore import open_keystore
+from biomask.masking import Masker, Unmasker
+from biomask.masking.operators.encrypt import rewrap
+from biomask.policies import parse_policy
+
+POLICY = parse_policy(
+    """\
+version: 1
+dataset: enrol
+entities:
+  subject: {column: sid}
+columns:
+  sid: {op: tokenize, domain: subject}
+  face: {op: encrypt, entity: subject, per_entity_key: true}
+  finger: {op: encrypt, entity: subject}
+  raw: {op: encrypt, entity: subject}
+"""
+)
+
+
+def batch(n: int = 6, seed: int = 0, dim: int = 512) -> pa.RecordBatch:
+    rng = np.random.default_rng(seed)
+    face = rng.standard_normal((n, dim)).astype(np.float32)
+    finger = [list(map(float, rng.standard_normal(64))) for _ in range(n)]
+    return pa.RecordBatch.from_pydict(
+        {
+            "sid": [f"SUBJ-{i % 3:08d}" for i in range(n)],
+            "face": pa.FixedSizeListArray.from_arrays(pa.array(face.reshape(-1)), dim),
+            "finger": pa.array(finger, pa.list_(pa.float64())),
+            "raw": [rng.bytes(100) for _ in range(n)],
+        }
+    )
+
+
+@pytest.fixture()
+def ring(tmp_path: Path) -> Keyring:
+    return Keyring.create(tmp_path / "k.json", "pw")
+
+
+def test_roundtrip_all_types(ring: Keyring) -> None:
+    b = batch()
+    masked = Masker(POLICY, ring).mask_batch(b)
+    assert masked.quarantine is None
+    assert masked.output.schema.field("face").type == pa.binary()
+    back = Unmasker(POLICY, ring).mask_batch(masked.output).output
+    for col in ("face", "finger", "raw"):
+        assert back.schema.field(col).type == b.schema.field(col).type
+        assert back.column(col).to_pylist() == b.column(col).to_pylist()
+
+
+def test_no_template_bytes_in_output(ring: Keyring, tmp_path: Path) -> None:
+    b = batch(20)
+    out = Masker(POLICY, ring).mask_batch(b).output
+    pq.write_table(pa.Table.from_batches([out]), tmp_path / "o.parquet", compression="none")
+    blob = (tmp_path / "o.parquet").read_bytes()
+    face = np.array(b.column("face").to_pylist(), dtype=np.float32)
+    for row in face:
+        assert row.tobytes()[:32] not in blob
+    for r in b.column("raw").to_pylist():
+        assert r[:32] not in blob
+
+
+def test_equal_templates_differ(ring: Keyring) -> None:
+    b = batch(2)
+    same = pa.RecordBatch.from_arrays(
+        [b.column(0), pa.concat_arrays([b.column(1).slice(0, 1)] * 2), b.column(2), b.column(3)],
+        schema=b.schema,
+    )
+    out = Masker(POLICY, ring).mask_batch(same).output.column("face").to_pylist()
+    assert out[0] != out[1]
+
+
+def _tamper(out: pa.RecordBatch, col: str, fn) -> pa.RecordBatch:  # type: ignore[no-untyped-def]
+    vals = fn(out.column(col).to_pylist())
+    arrays = [pa.array(vals, pa.binary()) if n == col else out.column(n) for n in out.schema.names]
+    return pa.RecordBatch.from_arrays(arrays, schema=out.schema)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda v: [v[1], v[0], *v[2:]],  # swap two rows (different subjects)
+        lambda v: [v[0][:-1] + bytes([v[0][-1] ^ 1]), *v[1:]],  # flip one byte
+        lambda v: [v[0][:40], *v[1:]],  # truncate
+        lambda v: [b"BMT\x01" + v[0][4:8] + b"\x00" + v[0][9:], *v[1:]],  # mangle header
+    ],
+    ids=["swap", "flip", "truncate", "header"],
+)
+@pytest.mark.parametrize("col", ["face", "finger"])
+def test_tampering_is_refused_with_one_message(ring: Keyring, fn, col: str) -> None:  # type: ignore[no-untyped-def]
+    out = Masker(POLICY, ring).mask_batch(batch()).output
+    with pytest.raises(DecryptionError) as info:
+        Unmasker(POLICY, ring).mask_batch(_tamper(out, col, fn))
+    assert str(info.value) == "decryption failed"
+
+
+def test_copy_to_other_column_is_refused(ring: Keyring) -> None:
+    out = Masker(POLICY, ring).mask_batch(batch()).output
+    moved = pa.RecordBatch.from_arrays(
+        [out.column("sid"), out.column("face"), out.column("finger"), out.column("finger")],
+        schema=out.schema,
+    )
+    with pytest.raises(DecryptionError):
+        Unmasker(POLICY, ring).mask_batch(moved)
+
+
+def test_wrong_keyring_is_refused(ring: Keyring) -> None:
+    out = Masker(POLICY, ring).mask_batch(batch()).output
+    with pytest.raises(KeyringError):
+        Unmasker(POLICY, Keyring.ephemeral()).mask_batch(out)
+
+
+def test_rotate_then_old_still_decrypts_and_rekey(ring: Keyring, tmp_path: Path) -> None:
+    b = batch()
+    old = Masker(POLICY, ring).mask_batch(b).output
+    old_key = ring.primary_key_id
+    ring.rotate()
+    reopened = Keyring.open(tmp_path / "k.json", "pw")
+    new = Masker(POLICY, reopened).mask_batch(b).output
+    assert new.schema.metadata[b"biomask.key_id"] != old.schema.metadata[b"biomask.key_id"]
+    store = open_keystore(str(tmp_path / "k.json.keystore.sqlite"))
+    assert any(k == old_key for _, k, _ in store.rows())
+    assert rewrap(store, reopened) > 0
+    assert all(k == reopened.primary_key_id for _, k, _ in store.rows())
+    for data in (old, new):
+        back = Unmasker(POLICY, reopened).mask_batch(data).output
+        assert back.column("face").to_pylist() == b.column("face").to_pylist()
+
+
+def test_erase_subject_in_two_files(ring: Keyring, tmp_path: Path) -> None:
+    b = batch(6)
+    m = Masker(POLICY, ring)
+    first = m.mask_batch(b).output
+    second = Masker(POLICY, ring).mask_batch(b).output  # another run, another file
+    token_a = first.column("sid")[0].as_py()
+    store = open_keystore(str(tmp_path / "k.json.keystore.sqlite"))
+    assert store.delete_like(f"e:subject:{token_a}") == 1
+    for data in (first, second):
+        res = Unmasker(POLICY, ring).mask_batch(data)
+        assert res.quarantine is not None
+        assert set(res.quarantine.column("_biomask_reason").to_pylist()) == {
+            "face: subject key erased"
+        }
+        assert res.quarantine.column("face").null_count == res.quarantine.num_rows
+        assert set(res.quarantine.column("sid").to_pylist()) == {token_a}
+        kept = [i for i, s in enumerate(b.column("sid").to_pylist()) if s != "SUBJ-00000000"]
+        assert res.output.column("face").to_pylist() == [b.column("face")[i].as_py() for i in kept]
+
+
+def test_wrong_length_is_quarantined_never_clear(ring: Keyring) -> None:
+    pol = parse_policy("version: 1\ndataset: d\ncolumns:\n  t: {op: encrypt, dim: 4}\n")
+    b = pa.RecordBatch.from_pydict(
+        {
+            "t": pa.array(
+                [[1.0, 2, 3, 4], [9.5, 9.25, 9.125], [1.0, None, 3, 4]], pa.list_(pa.float32())
+            )
+        }
+    )
+    res = Masker(pol, ring).mask_batch(b)
+    assert res.output.num_rows == 1
+    assert res.quarantine is not None
+    assert res.quarantine.column("t").to_pylist() == [None, None]
+    reasons = res.quarantine.column("_biomask_reason").to_pylist()
+    assert "t: template has 3 values, expected 4" in reasons
+
+
+def test_per_entity_key_needs_entity() -> None:
+    from biomask.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="per_entity_key needs 'entity'"):
+        parse_policy("version: 1\ndataset: d\ncolumns:\n  t: {op: encrypt, per_entity_key: true}\n")
+
+
+def test_header_carries_key_id(ring: Keyring) -> None:
+    out = Masker(POLICY, ring).mask_batch(batch(1)).output
+    ct = out.column("face")[0].as_py()
+    assert ct[:4] == b"BMT\x01" and ct[4:8] == bytes.fromhex(ring.primary_key_id)
+
+
+def test_keystore_file_holds_no_raw_key(ring: Keyring, tmp_path: Path) -> None:
+    Masker(POLICY, ring).mask_batch(batch())
+    assert (tmp_path / "k.json.keystore.sqlite").exists()
+    assert os.path.getsize(tmp_path / "k.json.keystore.sqlite") > 0
