@@ -316,6 +316,7 @@ class Encrypt(Operator[EncryptOp]):
         np.cumsum(out_len, out=o_offs[1:])
         out = np.zeros(int(o_offs[-1]), dtype=np.uint8)
         omv = out.data.cast("B")
+        o_l, len_l, p_l = o_offs.tolist(), lens.tolist(), plen.tolist()
         for i in np.flatnonzero(valid).tolist():
             d = ids[i]
             aead = deks.get(d)
@@ -326,12 +327,13 @@ class Encrypt(Operator[EncryptOp]):
                     continue
                 raise DecryptionError()
             s, h = s_l[i], h_l[i]
-            e = s + int(lens[i])
-            o = int(o_offs[i])
+            hb = dmv[s : s + h]
+            header = hb.tobytes()
+            o = o_l[i]
             try:
                 aead.decrypt_into(
-                    dmv[s + h : s + h + 12], dmv[s + h + 12 : e],
-                    prefix + tokens[i] + b"|" + bytes(dmv[s : s + h]), omv[o : o + int(plen[i])],
+                    dmv[s + h : s + h + 12], dmv[s + h + 12 : s + len_l[i]],
+                    prefix + tokens[i] + b"|" + header, omv[o : o + p_l[i]],
                 )  # fmt: skip
             except InvalidTag:
                 raise DecryptionError() from None
