@@ -165,8 +165,22 @@ def mask_cmd(
         int | None, typer.Option("--max-quarantine", help="Fail if more rows are quarantined.")
     ] = None,
     keystore: KeystoreOpt = None,
+    engine: Annotated[
+        str, typer.Option("--engine", help="local, or ray (RAY_ADDRESS, else a local Ray).")
+    ] = "local",
 ) -> None:
     """Mask INPUT into OUTPUT under POLICY."""
+    if engine not in ("local", "ray"):
+        raise BiomaskError(f"unknown engine '{engine}': use local or ray")
+    if engine == "ray":
+        from biomask.integrations.ray import run_mask_ray
+
+        summary = run_mask_ray(
+            policy, keyring, input, output, lineage_dir=lineage, overwrite=overwrite,
+            batch_size=batch_size,
+        )  # fmt: skip
+        print_summary(summary, to_stderr=output == "-")
+        return
     from biomask.keys import Keyring
     from biomask.pipeline import run_mask
     from biomask.policies import load_policy
