@@ -161,8 +161,8 @@ def run_mask_ray(
         record.operator_counts[op.name] = record.operator_counts.get(op.name, 0) + 1
     recorder = LineageRecorder(lineage, ring, record, policy=policy)
     recorder.start()
-    sink = open_sink(output_uri, out_schema, overwrite=overwrite,
-                     metadata={k.decode(): v.decode() for k, v in (out_schema.metadata or {}).items()})  # fmt: skip
+    meta = {k.decode(): v.decode() for k, v in (out_schema.metadata or {}).items()}
+    sink = open_sink(output_uri, out_schema, overwrite=overwrite, metadata=meta)
     q_sink = None
     try:
         for tbl in masked.iter_batches(batch_format="pyarrow", batch_size=batch_size):

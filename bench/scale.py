@@ -1,0 +1,127 @@
+"""Scale-out and the training feed, each measured in one run.
+
+Run:  python bench/scale.py [--rows 200000] [--feed-rows 100000]
+
+1. Text-heavy masking (operator notes through the ``text`` operator, plus the structured
+   columns) of the same captures: the local engine in one process vs ``--engine ray`` with
+   2 workers on this machine; prints the speed-up (goal >= 1.6x on 2 cores).
+2. The training feed over masked templates: ``MaskedTemplateDataset`` with decryption vs
+   the same loader without it (ciphertexts only); prints the cost of decryption (goal <= 10%)
+   and, when a GPU is present, the same with tensors moved to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+POLICY = """\
+version: 1
+dataset: captures
+entities:
+  subject: {column: subject_id}
+columns:
+  capture_id:     {op: tokenize, domain: capture}
+  subject_id:     {op: tokenize, domain: subject}
+  capture_ts:     {op: date_shift, entity: subject}
+  device_serial:  {op: hash, domain: device}
+  gps_lat:        {op: generalize, decimals: 1}
+  gps_lon:        {op: generalize, decimals: 1}
+  age:            {op: generalize, bucket: 10}
+  modality:       {op: keep}
+  quality_score:  {op: keep}
+  operator_notes: {op: text, entities: {PERSON: person, EMAIL_ADDRESS: email, PHONE_NUMBER: phone}}
+  template:       {op: encrypt, entity: subject}
+  person_name:    {op: pseudonym, domain: person}
+  person_email:   {op: email, domain: email}
+  person_phone:   {op: phone, domain: phone}
+"""
+
+
+def biomask(*args: str, cwd: Path) -> float:
+    env = {**os.environ, "BIOMASK_PASSPHRASE": "bench", "BIOMASK_NO_PROGRESS": "1",
+           "RAY_AUTH_MODE": "disabled"}  # fmt: skip
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "biomask.cli", *args], cwd=cwd, env=env, check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=200_000, help="captures to mask")
+    ap.add_argument("--feed-rows", type=int, default=100_000)
+    args = ap.parse_args()
+    import pyarrow as pa
+
+    from biomask.demo import generate
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        subjects = max(1, args.rows // 3)
+        data = generate(subjects, seed=1)
+        caps = data.captures.slice(0, args.rows)
+        names = data.subjects.select(["subject_id", "full_name", "email", "phone"])
+        lookup = {r["subject_id"]: r for r in names.to_pylist()}
+        sids = caps.column("subject_id").to_pylist()
+        caps = caps.append_column("person_name", pa.array([lookup[s]["full_name"] for s in sids]))
+        caps = caps.append_column("person_email", pa.array([lookup[s]["email"] for s in sids]))
+        caps = caps.append_column("person_phone", pa.array([lookup[s]["phone"] for s in sids]))
+        (tmp / "in").mkdir()
+        n_files = 8
+        step = -(-caps.num_rows // n_files)
+        for i in range(n_files):
+            pq.write_table(caps.slice(i * step, step), tmp / "in" / f"part-{i}.parquet")
+        (tmp / "policy.yaml").write_text(POLICY)
+        biomask("keys", "init", "--keyring", "k.json", cwd=tmp)
+        common = ["mask", "--policy", "policy.yaml", "--input", "in", "--keyring", "k.json"]
+        t_local = biomask(*common, "--output", "local", cwd=tmp)
+        t_ray = biomask(*common, "--output", "ray.parquet", "--engine", "ray", cwd=tmp)
+        print(
+            f"text-heavy masking, {caps.num_rows:,} captures with notes (end to end, incl. start-up)"
+        )
+        print(
+            f"  local engine, 1 process  {caps.num_rows / t_local:>9,.0f} rows/s  ({t_local:.1f} s)"
+        )
+        print(f"  Ray engine, 2 workers    {caps.num_rows / t_ray:>9,.0f} rows/s  ({t_ray:.1f} s)")
+        print(f"  speed-up: {t_local / t_ray:.2f}x  (goal >= 1.6x on 2 cores)")
+
+        os.environ["BIOMASK_PASSPHRASE"] = "bench"
+        import torch
+
+        from biomask.integrations.torch import MaskedTemplateDataset
+
+        def feed(decrypt: bool) -> tuple[float, int]:
+            ds = MaskedTemplateDataset(tmp / "local", tmp / "policy.yaml", tmp / "k.json",
+                                       batch_size=4096, decrypt=decrypt)  # fmt: skip
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+            t = time.perf_counter()
+            n = 0
+            for b in ds:
+                x = b["template"].to(dev, non_blocking=True)
+                n += int(x.shape[0])
+            return time.perf_counter() - t, n
+
+        feed(True)  # warm-up (spaCy is not involved; keyring scrypt, key store)
+        t_dec, n = feed(True)
+        t_raw, _ = feed(False)
+        print(f"\ntraining feed over {n:,} masked templates (512 float32), one process")
+        print(f"  with decryption     {n / t_dec:>10,.0f} templates/s")
+        print(f"  without decryption  {n / t_raw:>10,.0f} templates/s")
+        print(
+            f"  decryption costs {100 * (1 - t_raw / t_dec):.0f}% of feed throughput (goal <= 10%)"
+        )
+        print(
+            f"  GPU: {'cuda ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available on this machine'}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The training feed: masked Parquet in, decrypted float32 template tensors out.
+
+Plaintext templates exist only in the training process: each DataLoader worker opens the
+keyring itself and decrypts batch by batch in memory; nothing is written. Before yielding
+anything, the dataset verifies the signed lineage of the masked data (manifest signature
+and file hashes, as ``biomask audit verify`` does) and refuses a file that was changed
+after masking or that the manifest does not list: a gate against tampered or poisoned
+training data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute
+import pyarrow.parquet as pq
+
+from biomask.errors import MissingDependencyError, VerificationError
+
+try:
+    import torch
+    from torch.utils.data import IterableDataset, get_worker_info
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise MissingDependencyError(
+        "the training feed needs PyTorch: pip install 'biomask[torch]'"
+    ) from exc
+
+__all__ = ["MaskedTemplateDataset", "verified_files"]
+
+
+def verified_files(
+    data: Path, lineage_dir: Path, public_key: bytes | Path | None = None
+) -> list[Path]:
+    """The data files, after checking each is an output the signed manifest lists.
+
+    Raises
+    ------
+    VerificationError
+        The lineage does not verify (changed file, edited log, wrong key), or a file under
+        ``data`` is not among the manifest's outputs (added after masking).
+    """
+    from biomask.lineage import verify
+
+    verify(lineage_dir, public_key=public_key)
+    manifest = json.loads((lineage_dir / "manifest.json").read_text(encoding="utf-8"))
+    listed = {
+        (lineage_dir / f["path"]).resolve()
+        for ds in manifest.get("datasets", [])
+        if ds.get("role") == "output"
+        for f in ds.get("files", [])
+    }
+    files = sorted(data.rglob("*.parquet")) if data.is_dir() else [data]
+    for f in files:
+        if f.resolve() not in listed:
+            raise VerificationError(
+                f"{f} is not an output listed in the signed manifest of {lineage_dir}; "
+                "refusing to feed it"
+            )
+    if not files:
+        raise VerificationError(f"no Parquet files under {data}")
+    return files
+
+
+class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
+    """Batches of decrypted templates (``[B, dim]`` float32) with their token columns.
+
+    Parameters
+    ----------
+    data:
+        A masked Parquet file or a directory of them (one table of the policy).
+    policy:
+        The policy that masked the data.
+    keyring_path:
+        The keyring; each worker opens it with ``BIOMASK_PASSPHRASE``.
+    table:
+        The policy table the data belongs to (multi-table policies).
+    template_column, columns:
+        The encrypted column, and the (token) columns to yield alongside.
+    lineage_dir:
+        The run's lineage directory (default ``<data>.lineage``).
+    public_key:
+        The auditor's copy of the signing key; without it the directory's own key is used.
+    decrypt:
+        False yields the ciphertext lengths only (for measuring decryption's cost).
+    """
+
+    def __init__(
+        self,
+        data: str | os.PathLike[str],
+        policy: Any,
+        keyring_path: str | os.PathLike[str],
+        *,
+        table: str | None = None,
+        template_column: str = "template",
+        columns: Sequence[str] = ("subject_id",),
+        batch_size: int = 1024,
+        lineage_dir: str | os.PathLike[str] | None = None,
+        public_key: bytes | Path | None = None,
+        decrypt: bool = True,
+    ) -> None:
+        from biomask.masking.api import resolve_policy
+
+        self.data = Path(data)
+        self.policy = resolve_policy(policy)
+        self.keyring_path = Path(keyring_path)
+        self.table = table
+        self.template_column = template_column
+        self.columns = list(columns)
+        self.batch_size = batch_size
+        self.decrypt = decrypt
+        lineage = (
+            Path(lineage_dir) if lineage_dir else self.data.with_name(self.data.name + ".lineage")
+        )
+        self.files = verified_files(self.data, lineage, public_key)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from biomask.keys import Keyring
+        from biomask.masking import Unmasker
+
+        info = get_worker_info()
+        files = self.files
+        if info is not None:  # shard files across DataLoader workers
+            files = files[info.id :: info.num_workers]
+        unmasker = Unmasker(self.policy, Keyring.open(self.keyring_path), table=self.table)
+        entity_cols = {e.column for e in self.policy.entities.values()}
+        for f in files:
+            pf = pq.ParquetFile(f, pre_buffer=False)
+            meta = pf.schema_arrow.metadata
+            wanted = list(dict.fromkeys([*self.columns, *entity_cols, self.template_column]))
+            wanted = [c for c in wanted if c in pf.schema_arrow.names]
+            for batch in pf.iter_batches(batch_size=self.batch_size, columns=wanted):
+                batch = batch.replace_schema_metadata(meta)
+                yield self._tensors(unmasker, batch)
+
+    def _tensors(self, unmasker: Any, batch: pa.RecordBatch) -> dict[str, Any]:
+        if self.decrypt:
+            res = unmasker.mask_batch(batch)
+            batch = res.output  # erased subjects' rows went to quarantine: not fed
+            col = batch.column(self.template_column)
+            dim = col.type.list_size if pa.types.is_fixed_size_list(col.type) else None
+            flat = col.flatten().to_numpy(zero_copy_only=False, writable=True)
+            flat = flat.astype(np.float32, copy=False)
+            templates = torch.from_numpy(flat.reshape(len(batch), dim or -1))
+        else:
+            lengths = pa.compute.binary_length(batch.column(self.template_column))
+            templates = torch.from_numpy(lengths.to_numpy(zero_copy_only=False).astype(np.int64))
+        out: dict[str, Any] = {self.template_column: templates}
+        for c in self.columns:
+            out[c] = batch.column(c).to_pylist()
+        return out
