@@ -155,14 +155,19 @@ def test_sigkill_leaves_no_output_and_rerun_is_identical(tmp_path: Path, delay: 
     proc.wait()
     if proc.returncode == 0:  # finished before the kill: nothing to check at this point
         return
-    assert not (work / "out.parquet").exists()
-    assert subprocess.run(cmd, cwd=work, env=env, capture_output=True).returncode == 0
-    first = (work / "out.parquet").read_bytes()
-    (work / "out.parquet").unlink()
-    subprocess.run(
-        [*cmd, "--lineage", "again.lineage"], cwd=work, env=env, check=True, capture_output=True
-    )
-    assert (work / "out.parquet").read_bytes() == first
+    # Killed before the commit: nothing under the final name. Killed after it (while the
+    # lineage was being completed): the output is whole. Never a partial file.
+    out = work / "out.parquet"
+    survivor = out.read_bytes() if out.exists() else None
+    out.unlink(missing_ok=True)
+    run = {"cwd": work, "env": env, "check": True, "capture_output": True}
+    subprocess.run([*cmd, "--lineage", "again.lineage"], **run)  # type: ignore[call-overload]
+    clean = out.read_bytes()
+    if survivor is not None:
+        assert survivor == clean
+    out.unlink()
+    subprocess.run([*cmd, "--lineage", "third.lineage"], **run)  # type: ignore[call-overload]
+    assert out.read_bytes() == clean
 
 
 def test_sigint_stops_cleanly(tmp_path: Path) -> None:

@@ -65,8 +65,11 @@ def test_batch_size_and_split_do_not_change_tokens() -> None:
     half = DATA.captures.num_rows // 2
     first = mask_table(DATA.captures.slice(0, half), "captures")
     second = mask_table(DATA.captures.slice(half), "captures")
-    assert whole.equals(small)
-    assert whole.equals(pa.concat_tables([first, second]))
+    # templates are encrypted with random nonces (by design); every other column is
+    # byte-identical however the input is split
+    det = [c for c in whole.column_names if c != "template"]
+    assert whole.select(det).equals(small.select(det))
+    assert whole.select(det).equals(pa.concat_tables([first, second]).select(det))
     # in another process the same keyring gives the same tokens: covered by the CLI tests
 
 

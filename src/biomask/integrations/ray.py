@@ -141,11 +141,15 @@ def run_mask_ray(
     files = [str(f) for f in source.ref().files] or [input_uri]
     import pyarrow.fs
 
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    blocks = max(len(files), 4 * (concurrency or os.cpu_count() or 2))
     ds = ray.data.read_parquet(
         files,
         filesystem=pyarrow.fs.LocalFileSystem(),  # local paths: no fsspec/HTTP probing
-        override_num_blocks=max(len(files), 2 * (os.cpu_count() or 2)),
-    )
+        override_num_blocks=blocks,
+    ).repartition(blocks)  # small inputs arrive as one block: split it so every worker works
     masked = mask_dataset(ds, policy_path, keyring_path, concurrency=concurrency)
     lineage = Path(lineage_dir) if lineage_dir else default_lineage_dir(output_uri, policy.dataset)
     record = RunRecord(
