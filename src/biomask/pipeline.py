@@ -120,7 +120,7 @@ def run_mask(
     out_schemas = {t: maskers[t].output_schema(sources[t].schema) for t in sources}
     # Services (e.g. the text operator's known-value lexicon) may need a pre-pass.
     prepare = services.get("prepare")
-    if callable(prepare):
+    if callable(prepare) and command != "unmask":  # unmask reverses nothing that needs it
         prepare()
 
     lineage = Path(lineage_dir) if lineage_dir else default_lineage_dir(output_uri, policy.dataset)
