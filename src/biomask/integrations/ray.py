@@ -79,16 +79,16 @@ def mask_dataset(
     where possible). The passphrase comes from ``BIOMASK_PASSPHRASE`` in the driver's
     environment and is handed to the workers through Ray's runtime environment.
     """
-    _ray()
     policy_file = Path(policy_path)
     text = policy_file.read_text(encoding="utf-8")
+    ray = _ray()
     workers = concurrency or max(1, (os.cpu_count() or 2))
     return ds.map_batches(
         _MaskBatches,
         fn_constructor_args=(text, str(policy_file), str(keyring_path), table),
         batch_format="pyarrow",
-        concurrency=workers,
-        num_cpus=0.5,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=0.5,  # leave headroom: a pool that takes every CPU can starve the reader
         zero_copy_batch=True,
     )
 
@@ -126,6 +126,10 @@ def run_mask_ray(
     source = open_source(input_uri, batch_size=batch_size)
     masker = Masker(policy, ring)
     out_schema = masker.output_schema(source.schema)  # policy problems stop us here
+    import logging
+
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     if not ray.is_initialized():
         env = {"BIOMASK_PASSPHRASE": os.environ.get("BIOMASK_PASSPHRASE", "")}
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
