@@ -147,8 +147,9 @@ def generate_parquet_dir(root: Path, rows: int, *, per_file: int = 250_000) -> N
                 ),
             }
         )
-        pq.write_table(table, root / f"part-{k:04d}.parquet", row_group_size=65_536,
-                       compression="zstd")
+        pq.write_table(
+            table, root / f"part-{k:04d}.parquet", row_group_size=65_536, compression="zstd"
+        )
         done += n
         k += 1
 
@@ -187,9 +188,18 @@ def bench_streaming(sizes: list[int], batch_size: int) -> None:
             gen_s = time.perf_counter() - t0
             out = Path(tmp) / f"out-{n}"
             proc = subprocess.run(
-                [sys.executable, __file__, "--child", str(src), str(out) + "/",
-                 "--batch-size", str(batch_size)],
-                capture_output=True, text=True, check=False,
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    str(src),
+                    str(out) + "/",
+                    "--batch-size",
+                    str(batch_size),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if proc.returncode != 0:
                 print(f"   {n:>10,} rows: FAILED\n{proc.stderr}")

@@ -47,8 +47,9 @@ def test_truncated_parquet(tmp_path: Path) -> None:
 
 def test_corrupt_parquet_pages(tmp_path: Path) -> None:
     p = tmp_path / "corrupt.parquet"
-    pq.write_table(pa.table({"name": [SECRET + str(i) for i in range(5000)]}), p,
-                   compression="zstd")
+    pq.write_table(
+        pa.table({"name": [SECRET + str(i) for i in range(5000)]}), p, compression="zstd"
+    )
     data = bytearray(p.read_bytes())
     for i in range(200, 400):  # inside the first data page, footer intact
         data[i] ^= 0xFF
@@ -60,9 +61,9 @@ def test_csv_mixed_encodings_flag_rows(tmp_path: Path) -> None:
     p = tmp_path / "mixed.csv"
     p.write_bytes(
         b"id,name,city\n"
-        b"1,Jos\xc3\xa9,Paris\n"      # UTF-8
-        b"2,Jos\xe9,Paris\n"          # latin-1 name
-        b"3,Ana,K\xf6ln\n"            # latin-1 city
+        b"1,Jos\xc3\xa9,Paris\n"  # UTF-8
+        b"2,Jos\xe9,Paris\n"  # latin-1 name
+        b"3,Ana,K\xf6ln\n"  # latin-1 city
         b"4,Ana,Lyon\n"
     )
     rows = rows_of(str(p))
@@ -112,10 +113,10 @@ def test_jsonl_broken_line_becomes_flagged_null_row(tmp_path: Path) -> None:
     p.write_bytes(
         b'{"id": 1, "name": "a"}\n'
         b"\n"
-        b'{"id": 2, "name": "' + SECRET.encode() + b'"\n'   # truncated object
+        b'{"id": 2, "name": "' + SECRET.encode() + b'"\n'  # truncated object
         b'{"id": 3, "name": "c"}\n'
-        b"[1, 2]\n"                                          # valid JSON, not an object
-        b'{"id": 5, "name": "Jos\xe9"}\n'                    # latin-1
+        b"[1, 2]\n"  # valid JSON, not an object
+        b'{"id": 5, "name": "Jos\xe9"}\n'  # latin-1
     )
     rows = rows_of(str(p))
     assert [r["id"] for r in rows] == [1, None, 3, None, 5]
@@ -185,8 +186,9 @@ def test_empty_directory(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/x.parquet", "mysql://u@h/db", "notes.txt",
-                                 "data.xlsx"])
+@pytest.mark.parametrize(
+    "uri", ["s3://bucket/x.parquet", "mysql://u@h/db", "notes.txt", "data.xlsx"]
+)
 def test_unknown_uri(tmp_path: Path, uri: str) -> None:
     assert error_of(uri) == f"unsupported URI '{uri}': {UNSUPPORTED}"
     with pytest.raises(ConnectorError) as err:
@@ -200,8 +202,9 @@ def test_unknown_uri_hides_password() -> None:
     assert msg.startswith("unsupported URI 'mysql://u@h/db'")
 
 
-@pytest.mark.parametrize("name", ["missing.parquet", "missing.csv", "missing.jsonl",
-                                  "missing.arrow", "missing-dir"])
+@pytest.mark.parametrize(
+    "name", ["missing.parquet", "missing.csv", "missing.jsonl", "missing.arrow", "missing-dir"]
+)
 def test_missing_input(tmp_path: Path, name: str) -> None:
     p = tmp_path / name
     assert error_of(str(p)) == f"input {p} not found"

@@ -155,9 +155,7 @@ def test_csv_multiline_values(tmp_path: Path) -> None:
 # hypothesis: random tables round-trip through each format
 # --------------------------------------------------------------------------------------
 
-_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=0, max_size=12
-)
+_text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=0, max_size=12)
 _rows = st.lists(
     st.tuples(
         st.one_of(st.none(), st.integers(-(2**62), 2**62)),
@@ -185,7 +183,9 @@ def _random_table(rows: list[tuple[object, ...]]) -> pa.Table:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(rows=_rows)
 def test_random_tables_round_trip(tmp_path: Path, fmt: str, rows: list[tuple[object, ...]]) -> None:
     table = _random_table(rows)
@@ -362,7 +362,9 @@ def test_open_tables_and_table_sink_uri(tmp_path: Path) -> None:
     write(str(d / "templates" / "part-0.parquet"), enrolment_table(5))
     srcs = open_tables(str(d), ["subjects", "captures", "templates"])
     assert {k: sum(b.num_rows for b in s.batches()) for k, s in srcs.items()} == {
-        "subjects": 10, "captures": 20, "templates": 5,
+        "subjects": 10,
+        "captures": 20,
+        "templates": 5,
     }
     assert srcs["captures"].ref().table == "captures"
     out = str(tmp_path / "masked")

@@ -72,8 +72,17 @@ def test_types_round_trip_pg_parquet_pg(pg: PgSchema, tmp_path: Path) -> None:
         f"WHERE table_schema = '{pg.schema}' AND table_name = 'typed_back' ORDER BY ordinal_position"
     )
     assert [c[1] for c in cols] == [
-        "int4", "text", "float8", "int2", "int8", "date", "timestamptz", "bytea",
-        "_int4", "_text", "bool",
+        "int4",
+        "text",
+        "float8",
+        "int2",
+        "int8",
+        "date",
+        "timestamptz",
+        "bytea",
+        "_int4",
+        "_text",
+        "bool",
     ]
 
 
@@ -141,9 +150,9 @@ def test_failed_overwrite_leaves_target_as_it_was(pg: PgSchema) -> None:
     assert pg.execute(f"SELECT count(*) FROM {pg.schema}.t") == [(50,)]  # readers see old
     sink.abort()
     assert pg.execute(f"SELECT count(*) FROM {pg.schema}.t") == [(50,)]
-    assert pg.execute(
-        f"SELECT count(*) FROM pg_tables WHERE schemaname = '{pg.schema}'"
-    ) == [(1,)]  # no staging table left behind
+    assert pg.execute(f"SELECT count(*) FROM pg_tables WHERE schemaname = '{pg.schema}'") == [
+        (1,)
+    ]  # no staging table left behind
     sink = open_sink(pg.uri("t"), new.schema, overwrite=True, metadata={"biomask.key_id": "k9"})
     for b in new.to_batches(max_chunksize=100):
         sink.write(b)
@@ -226,7 +235,8 @@ def test_open_tables_and_output_uris(pg: PgSchema) -> None:
     uri = f"{pg.base}?schema={pg.schema}"
     srcs = open_tables(uri, ["subjects", "captures"])
     assert {k: sum(b.num_rows for b in s.batches()) for k, s in srcs.items()} == {
-        "subjects": 10, "captures": 20,
+        "subjects": 10,
+        "captures": 20,
     }
     assert srcs["subjects"].ref().name == f"test.{pg.schema}.subjects"
     assert srcs["subjects"].ref().table == "subjects"

@@ -53,7 +53,10 @@ def _env() -> dict[str, str]:
 def _run_and_kill(script: Path, out: str, kill_after: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, str(script), out, str(BATCHES)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
     )
     assert proc.stdout is not None
     try:
@@ -71,7 +74,10 @@ def _run_and_kill(script: Path, out: str, kill_after: str) -> None:
 def _run(script: Path, out: str, *extra: str) -> None:
     res = subprocess.run(
         [sys.executable, str(script), out, str(BATCHES), *extra],
-        capture_output=True, text=True, env=_env(), timeout=120,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith("committed")
@@ -130,8 +136,11 @@ def test_jsonl_stdin_to_stdout(tmp_path: Path) -> None:
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     data = data.replace("\n", "\n\n", 3)  # blank lines are skipped
     res = subprocess.run(
-        [sys.executable, str(script), "-", "100"], input=data.encode(),
-        capture_output=True, env=_env(), timeout=120,
+        [sys.executable, str(script), "-", "100"],
+        input=data.encode(),
+        capture_output=True,
+        env=_env(),
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr.decode()
     out = [json.loads(line) for line in res.stdout.decode().splitlines()]
@@ -144,8 +153,11 @@ def test_jsonl_stdin_to_parquet_with_broken_line(tmp_path: Path) -> None:
     data = b'{"id": 1}\n{"id": \n{"id": 3}\n'
     out = tmp_path / "o.parquet"
     res = subprocess.run(
-        [sys.executable, str(script), str(out), "2"], input=data,
-        capture_output=True, env=_env(), timeout=120,
+        [sys.executable, str(script), str(out), "2"],
+        input=data,
+        capture_output=True,
+        env=_env(),
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr.decode()
     # the reject column is not written by sinks; the broken line is a row of nulls

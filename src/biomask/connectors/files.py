@@ -170,9 +170,7 @@ def _drift(expected: pa.Schema, got: pa.Schema, file: Path, first: Path) -> str 
         if name not in exp:
             return f"schema drift: {file} has column '{name}' that {first} lacks"
         if not typ.equals(exp[name]):
-            return (
-                f"schema drift: column '{name}' is {typ} in {file} but {exp[name]} in {first}"
-            )
+            return f"schema drift: column '{name}' is {typ} in {file} but {exp[name]} in {first}"
     for name in exp:
         if name not in have:
             return f"schema drift: {file} lacks column '{name}' that {first} has"
@@ -282,8 +280,9 @@ def _csv_infer(path: Path) -> pa.Schema:
     read, conv = _csv_options()
     parse = pacsv.ParseOptions(invalid_row_handler=lambda row: "skip", newlines_in_values=True)
     try:
-        with pacsv.open_csv(path, read_options=read, parse_options=parse,
-                            convert_options=conv) as reader:
+        with pacsv.open_csv(
+            path, read_options=read, parse_options=parse, convert_options=conv
+        ) as reader:
             inferred = reader.schema
         names = inferred.names
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -297,8 +296,9 @@ def _csv_infer(path: Path) -> pa.Schema:
                 column_types=dict.fromkeys(ints, pa.string()),
                 include_columns=ints,
             )
-            with pacsv.open_csv(path, read_options=read, parse_options=parse,
-                                convert_options=conv2) as reader:
+            with pacsv.open_csv(
+                path, read_options=read, parse_options=parse, convert_options=conv2
+            ) as reader:
                 try:
                     first = reader.read_next_batch()
                 except StopIteration:
@@ -343,8 +343,9 @@ def _iter_csv(
 
     # In a one-column file an empty line is a null value, not a blank line to skip
     # (that is how the CSV writer spells it); with more columns it is skipped.
-    parse = pacsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=True,
-                               ignore_empty_lines=len(schema) != 1)
+    parse = pacsv.ParseOptions(
+        invalid_row_handler=on_invalid, newlines_in_values=True, ignore_empty_lines=len(schema) != 1
+    )
     try:
         reader = pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=conv)
     except pa.ArrowInvalid as exc:
@@ -428,8 +429,9 @@ def _flag_text(
                 except UnicodeDecodeError:
                     fixed.append(v.decode("utf-8", errors="replace"))
                     reasons.setdefault(
-                        i, f"{label(i)}: invalid UTF-8 in column '{field.name}' "
-                        "(replaced with U+FFFD)"
+                        i,
+                        f"{label(i)}: invalid UTF-8 in column '{field.name}' "
+                        "(replaced with U+FFFD)",
                     )
             col = pa.array(fixed, type=field.type)
             arrays[j] = col
@@ -437,8 +439,9 @@ def _flag_text(
         if pc.any(too_big).as_py():
             for i in pc.indices_nonzero(pc.fill_null(too_big, False)).to_pylist():
                 reasons.setdefault(
-                    i, f"{label(i)}: field in column '{field.name}' is larger than "
-                    f"{MAX_FIELD_BYTES >> 20} MiB"
+                    i,
+                    f"{label(i)}: field in column '{field.name}' is larger than "
+                    f"{MAX_FIELD_BYTES >> 20} MiB",
                 )
     if reasons:
         reject = pa.array([reasons.get(i) for i in range(n)], pa.string())
@@ -458,8 +461,14 @@ class _JsonlReader:
     U+FFFD and flagged. The first chunk fixes the schema; later chunks are read against it.
     """
 
-    def __init__(self, stream: IO[bytes], label: str, batch_size: int,
-                 schema: pa.Schema | None = None, first: str | None = None) -> None:
+    def __init__(
+        self,
+        stream: IO[bytes],
+        label: str,
+        batch_size: int,
+        schema: pa.Schema | None = None,
+        first: str | None = None,
+    ) -> None:
         self.stream = stream
         self.label = label
         self.batch_size = batch_size
@@ -517,13 +526,15 @@ class _JsonlReader:
         peek = getattr(self.stream, "peek", None)
         return bool(peek(1)) if peek is not None else False
 
-    def _parse(self, lines: list[bytes], *, strict: bool = False,
-               numbers: list[int] | None = None) -> pa.Table | None:
+    def _parse(
+        self, lines: list[bytes], *, strict: bool = False, numbers: list[int] | None = None
+    ) -> pa.Table | None:
         buf = b"\n".join(lines) + b"\n"
         opts = pajson.ReadOptions(block_size=max(len(buf) + 1, 1 << 20), use_threads=True)
         if self._schema is not None:
-            parse = pajson.ParseOptions(explicit_schema=self._schema,
-                                        unexpected_field_behavior="error")
+            parse = pajson.ParseOptions(
+                explicit_schema=self._schema, unexpected_field_behavior="error"
+            )
         else:
             parse = pajson.ParseOptions()
         try:
@@ -536,7 +547,9 @@ class _JsonlReader:
             where = (
                 f"line {numbers[int(m.group(1))]}"
                 if m and numbers is not None and int(m.group(1)) < len(numbers)
-                else f"lines {numbers[0]}-{numbers[-1]}" if numbers else "a line"
+                else f"lines {numbers[0]}-{numbers[-1]}"
+                if numbers
+                else "a line"
             )
             if "unexpected field" in text:
                 found = _first_unexpected(lines, self._schema)
@@ -544,7 +557,8 @@ class _JsonlReader:
                     where = f"line {numbers[found[0]]}"
                 what = (
                     f"field '{found[1]}' is not in the schema of {self.first_label}"
-                    if found else "a field is not in the schema"
+                    if found
+                    else "a field is not in the schema"
                 )
                 raise ConnectorError(f"schema drift: {self.label}: {where}: {what}") from exc
             m2 = re.search(r"Column\(/?([^)]*)\) changed from (\w+) to (\w+)", text)
@@ -637,8 +651,14 @@ class FileSource:
     pyarrow does, and listed in :attr:`partition_by` so the output can keep them.
     """
 
-    def __init__(self, path: Path, *, batch_size: int = 65_536, uri: str | None = None,
-                 table: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        batch_size: int = 65_536,
+        uri: str | None = None,
+        table: str | None = None,
+    ) -> None:
         self.path = path
         self.uri = uri or str(path)
         self.batch_size = batch_size
@@ -737,17 +757,22 @@ class FileSource:
         else:
             base = pa.schema([f for f in self._file_schema if f.name != REJECT_COLUMN])
             with _open_bin(file) as fh:
-                yield from _JsonlReader(fh, str(file), self.batch_size,
-                                        schema=base if file != first else None,
-                                        first=str(first))
+                yield from _JsonlReader(
+                    fh,
+                    str(file),
+                    self.batch_size,
+                    schema=base if file != first else None,
+                    first=str(first),
+                )
 
     def _with_parts(self, batch: pa.RecordBatch, parts: dict[str, str | None]) -> pa.RecordBatch:
         if not self.partition_by:
             if self.format in ("parquet", "arrow") and not batch.schema.equals(self._schema):
                 return batch.cast(self._schema)
             return batch
-        arrays = [c for c, f in zip(batch.columns, batch.schema, strict=True)
-                  if f.name != REJECT_COLUMN]
+        arrays = [
+            c for c, f in zip(batch.columns, batch.schema, strict=True) if f.name != REJECT_COLUMN
+        ]
         n = batch.num_rows
         for k in self.partition_by:
             typ = self._part_types[k]
@@ -783,8 +808,9 @@ def _open_bin(path: Path) -> IO[bytes]:
 class StdinJsonlSource:
     """JSON Lines from standard input (URI ``-``), read ``batch_size`` lines at a time."""
 
-    def __init__(self, *, batch_size: int = 65_536, stream: IO[bytes] | None = None,
-                 table: str | None = None) -> None:
+    def __init__(
+        self, *, batch_size: int = 65_536, stream: IO[bytes] | None = None, table: str | None = None
+    ) -> None:
         self.batch_size = batch_size
         self.table = table
         self._reader = _JsonlReader(stream or sys.stdin.buffer, "<stdin>", batch_size)
@@ -801,8 +827,7 @@ class StdinJsonlSource:
 
     def ref(self) -> DatasetRef:
         """Lineage name ``file`` / ``-``: standard input has no file to hash."""
-        return DatasetRef(uri="-", namespace="file", name="-", table=self.table,
-                          schema=self.schema)
+        return DatasetRef(uri="-", namespace="file", name="-", table=self.table, schema=self.schema)
 
 
 # --------------------------------------------------------------------------------------
@@ -817,8 +842,10 @@ def _strip_reject(schema: pa.Schema) -> pa.Schema:
 
 
 def _with_metadata(schema: pa.Schema, metadata: dict[str, str] | None) -> pa.Schema:
-    meta = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
-            for k, v in (schema.metadata or {}).items()}
+    meta = {
+        k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
+        for k, v in (schema.metadata or {}).items()
+    }
     meta.update(metadata or {})
     return schema.with_metadata(dict(sorted(meta.items()))) if meta else schema.remove_metadata()
 
@@ -837,11 +864,17 @@ def _text_safe(batch: pa.RecordBatch, fmt: str) -> pa.RecordBatch:
         if pa.types.is_dictionary(typ):
             col = col.cast(typ.value_type)
             typ = typ.value_type
-        if pa.types.is_binary(typ) or pa.types.is_large_binary(typ) or \
-                pa.types.is_fixed_size_binary(typ) or pa.types.is_binary_view(typ):
+        if (
+            pa.types.is_binary(typ)
+            or pa.types.is_large_binary(typ)
+            or pa.types.is_fixed_size_binary(typ)
+            or pa.types.is_binary_view(typ)
+        ):
             col = pa.array(
-                [None if v is None else base64.b64encode(v).decode("ascii")
-                 for v in col.to_pylist()],
+                [
+                    None if v is None else base64.b64encode(v).decode("ascii")
+                    for v in col.to_pylist()
+                ],
                 pa.string(),
             )
             typ = pa.string()
@@ -909,7 +942,7 @@ def _sweep_stale(final: Path) -> None:
     for entry in entries:
         if not entry.name.startswith(prefix):
             continue
-        pid_text = entry.name[len(prefix):].split("-", 1)[0]
+        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
         if pid_text.isdigit() and not _pid_alive(int(pid_text)):
             _remove(entry)
 
@@ -995,9 +1028,16 @@ class FileSink:
         hash), sorted so the bytes do not depend on dict order.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema, *, overwrite: bool = False,
-                 append: bool = False, metadata: dict[str, str] | None = None,
-                 uri: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        schema: pa.Schema,
+        *,
+        overwrite: bool = False,
+        append: bool = False,
+        metadata: dict[str, str] | None = None,
+        uri: str | None = None,
+    ) -> None:
         fmt = detect_format(path)
         if fmt is None:
             raise ConnectorError(f"unsupported output {path}")
@@ -1064,8 +1104,13 @@ class FileSink:
 
     def ref(self) -> DatasetRef:
         """Lineage name; after commit, ``files`` holds the final file."""
-        return DatasetRef(uri=self.uri, namespace="file", name=str(self.path.resolve()),
-                          files=self._files, schema=self.schema)
+        return DatasetRef(
+            uri=self.uri,
+            namespace="file",
+            name=str(self.path.resolve()),
+            files=self._files,
+            schema=self.schema,
+        )
 
     def __repr__(self) -> str:
         return f"FileSink({self.uri!r}, format={self.format!r})"
@@ -1079,16 +1124,19 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, where: Path | str) -> pa.
     if batch.schema.names != schema.names:
         missing = [n for n in schema.names if n not in batch.schema.names]
         extra = [n for n in batch.schema.names if n not in schema.names]
-        what = (f"lacks column '{missing[0]}'" if missing else
-                f"has column '{extra[0]}' not in the output schema" if extra else
-                "has the output columns in a different order")
+        what = (
+            f"lacks column '{missing[0]}'"
+            if missing
+            else f"has column '{extra[0]}' not in the output schema"
+            if extra
+            else "has the output columns in a different order"
+        )
         raise ConnectorError(f"cannot write {where}: a batch {what}")
     try:
         return batch.cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise ConnectorError(
-            f"cannot write {where}: a batch does not match the output schema "
-            f"({_one_line(exc)})"
+            f"cannot write {where}: a batch does not match the output schema ({_one_line(exc)})"
         ) from exc
 
 
@@ -1101,9 +1149,17 @@ class ParquetDirSink:
     as hive readers expect); otherwise files roll over every :data:`ROWS_PER_FILE` rows.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema, *, overwrite: bool = False,
-                 append: bool = False, metadata: dict[str, str] | None = None,
-                 partition_by: Sequence[str] = (), uri: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        schema: pa.Schema,
+        *,
+        overwrite: bool = False,
+        append: bool = False,
+        metadata: dict[str, str] | None = None,
+        partition_by: Sequence[str] = (),
+        uri: str | None = None,
+    ) -> None:
         self.path = path
         self.uri = uri or str(path)
         self.overwrite = overwrite
@@ -1221,8 +1277,13 @@ class ParquetDirSink:
 
     def ref(self) -> DatasetRef:
         """Lineage name; after commit, ``files`` lists every part file."""
-        return DatasetRef(uri=self.uri, namespace="file", name=str(self.path.resolve()),
-                          files=self._files, schema=self.schema)
+        return DatasetRef(
+            uri=self.uri,
+            namespace="file",
+            name=str(self.path.resolve()),
+            files=self._files,
+            schema=self.schema,
+        )
 
     def __repr__(self) -> str:
         return f"ParquetDirSink({self.uri!r}, partition_by={self.partition_by!r})"

@@ -69,17 +69,16 @@ class PgTarget:
         params = parse_qsl(parts.query, keep_blank_values=True)
         own = {k: v for k, v in params if k in _OWN_PARAMS}
         rest = [(k, v) for k, v in params if k not in _OWN_PARAMS]
-        self.conn_uri = urlunsplit(
-            (parts.scheme, parts.netloc, parts.path, urlencode(rest), "")
-        )
-        self.password = unquote(parts.password) if parts.password else (
-            dict(rest).get("password") or None
+        self.conn_uri = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), ""))
+        self.password = (
+            unquote(parts.password) if parts.password else (dict(rest).get("password") or None)
         )
         try:
             port = parts.port or 5432
         except ValueError as exc:
-            raise ConnectorError(f"invalid port in postgresql URI for host {parts.hostname}") \
-                from exc
+            raise ConnectorError(
+                f"invalid port in postgresql URI for host {parts.hostname}"
+            ) from exc
         self.host = parts.hostname or "localhost"
         self.port = port
         self.user = unquote(parts.username) if parts.username else None
@@ -120,8 +119,7 @@ class PgTarget:
         try:
             return pg.connect(self.conn_uri)
         except Exception as exc:
-            raise ConnectorError(f"cannot connect to {self.display}: {self.reason(exc)}") \
-                from None
+            raise ConnectorError(f"cannot connect to {self.display}: {self.reason(exc)}") from None
 
     def reason(self, exc: BaseException, *, scrub_quotes: bool = False) -> str:
         """First line of a driver error, without the query text and without the password."""
@@ -193,8 +191,9 @@ def quarantine_pg_uri(uri: str) -> str:
     if target.table is None:
         raise ConnectorError(f"{target.display}: an output needs ?table=NAME")
     parts = urlsplit(uri)
-    rest = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            if k not in _OWN_PARAMS]
+    rest = [
+        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _OWN_PARAMS
+    ]
     rest.append(("table", f"{target.schema}.{target.table}_quarantine"))
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest, safe="."), ""))
 
@@ -210,8 +209,10 @@ def _plain_type(t: pa.DataType) -> pa.DataType:
 
 
 def _plain_schema(schema: pa.Schema) -> pa.Schema:
-    return pa.schema([pa.field(f.name, _plain_type(f.type), f.nullable) for f in schema],
-                     metadata=schema.metadata)
+    return pa.schema(
+        [pa.field(f.name, _plain_type(f.type), f.nullable) for f in schema],
+        metadata=schema.metadata,
+    )
 
 
 def _plain_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
@@ -236,8 +237,14 @@ class PostgresSource:
     hash), so ``unmask`` can check the keyring against data that went through PostgreSQL.
     """
 
-    def __init__(self, uri: str, *, batch_size: int = 65_536, table: str | None = None,
-                 target: PgTarget | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        batch_size: int = 65_536,
+        table: str | None = None,
+        target: PgTarget | None = None,
+    ) -> None:
         self.target = target or PgTarget(uri)
         self.batch_size = batch_size
         self.table = table
@@ -263,14 +270,14 @@ class PostgresSource:
                 comment = (cur.fetchone() or (None,))[0]
                 if isinstance(comment, str) and comment.startswith(_COMMENT_PREFIX):
                     with contextlib.suppress(ValueError):
-                        meta = {str(k): str(v) for k, v in
-                                json.loads(comment[len(_COMMENT_PREFIX):]).items()}
+                        meta = {
+                            str(k): str(v)
+                            for k, v in json.loads(comment[len(_COMMENT_PREFIX) :]).items()
+                        }
             try:
                 raw = cur.adbc_execute_schema(f"SELECT * FROM {base}")
             except Exception as exc:
-                raise ConnectorError(
-                    f"cannot read {t.display_with()}: {t.reason(exc)}"
-                ) from None
+                raise ConnectorError(f"cannot read {t.display_with()}: {t.reason(exc)}") from None
             cur.close()
         finally:
             conn.rollback()
@@ -330,15 +337,17 @@ class PostgresSource:
             digest = hashlib.sha256((t.query or "").encode()).hexdigest()[:16]
             name = f"{t.db}.query_{digest}"
             uri = t.display
-        return DatasetRef(uri=uri, namespace=t.namespace, name=name, table=self.table,
-                          schema=self._schema)
+        return DatasetRef(
+            uri=uri, namespace=t.namespace, name=name, table=self.table, schema=self._schema
+        )
 
     def __repr__(self) -> str:
         return f"PostgresSource({self.ref().uri!r})"
 
 
-def open_pg_tables(uri: str, names: Sequence[str], *, batch_size: int = 65_536
-                   ) -> dict[str, Source]:
+def open_pg_tables(
+    uri: str, names: Sequence[str], *, batch_size: int = 65_536
+) -> dict[str, Source]:
     """One :class:`PostgresSource` per policy table, in the URI's ``?schema=`` schema."""
     base = PgTarget(uri)
     conn = base.connect()
@@ -361,8 +370,7 @@ def open_pg_tables(uri: str, names: Sequence[str], *, batch_size: int = 65_536
         if name not in have:
             found = ", ".join(have) or "no tables"
             raise ConnectorError(
-                f"table '{name}' not found in {base.display} schema {base.schema} "
-                f"(found: {found})"
+                f"table '{name}' not found in {base.display} schema {base.schema} (found: {found})"
             )
         out[name] = PostgresSource(with_table(uri, name), batch_size=batch_size, table=name)
     return out
@@ -403,8 +411,15 @@ class PostgresSink:
         schema metadata.
     """
 
-    def __init__(self, uri: str, schema: pa.Schema, *, overwrite: bool = False,
-                 append: bool = False, metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        schema: pa.Schema,
+        *,
+        overwrite: bool = False,
+        append: bool = False,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         t = self.target = PgTarget(uri)
         if t.table is None:
             raise ConnectorError(f"{t.display}: an output needs ?table=NAME")
@@ -486,8 +501,7 @@ class PostgresSink:
         t = self.target
         try:
             cur = self._conn.cursor()
-            cur.adbc_ingest(self._write_table, batch, mode=self._mode,
-                            db_schema_name=t.schema)
+            cur.adbc_ingest(self._write_table, batch, mode=self._mode, db_schema_name=t.schema)
             cur.close()
         except Exception as exc:
             raise ConnectorError(
@@ -553,8 +567,12 @@ class PostgresSink:
     def ref(self) -> DatasetRef:
         """OpenLineage name ``db.schema.table``; no files."""
         t = self.target
-        return DatasetRef(uri=t.display_with(), namespace=t.namespace,
-                          name=f"{t.db}.{t.schema}.{t.table}", schema=self.schema)
+        return DatasetRef(
+            uri=t.display_with(),
+            namespace=t.namespace,
+            name=f"{t.db}.{t.schema}.{t.table}",
+            schema=self.schema,
+        )
 
     def __repr__(self) -> str:
         return f"PostgresSink({self.target.display_with()!r})"

@@ -81,8 +81,11 @@ def display_uri(uri: str) -> str:
             netloc = f"{user}@{hostport}" if user else hostport
         query = parts.query
         if query:
-            pairs = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
-                     if k.lower() not in ("password", "passfile", "sslpassword")]
+            pairs = [
+                (k, v)
+                for k, v in parse_qsl(query, keep_blank_values=True)
+                if k.lower() not in ("password", "passfile", "sslpassword")
+            ]
             query = urlencode(pairs, safe="/,.")
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     except ValueError:
@@ -174,11 +177,19 @@ def open_sink(
         return PostgresSink(uri, schema, overwrite=overwrite, append=append, metadata=metadata)
     path = _path_of(uri)
     if detect_format(path) is not None and not path.is_dir():
-        return FileSink(path, schema, overwrite=overwrite, append=append, metadata=metadata,
-                        uri=uri)
+        return FileSink(
+            path, schema, overwrite=overwrite, append=append, metadata=metadata, uri=uri
+        )
     if _is_dir_uri(uri, path):
-        return ParquetDirSink(path, schema, overwrite=overwrite, append=append,
-                              metadata=metadata, partition_by=partition_by, uri=uri)
+        return ParquetDirSink(
+            path,
+            schema,
+            overwrite=overwrite,
+            append=append,
+            metadata=metadata,
+            partition_by=partition_by,
+            uri=uri,
+        )
     raise _unsupported(uri)
 
 
@@ -199,9 +210,7 @@ def _table_entries(root: Path) -> dict[str, list[Path]]:
     return found
 
 
-def open_tables(
-    uri: str, names: Sequence[str], *, batch_size: int = 65_536
-) -> dict[str, Source]:
+def open_tables(uri: str, names: Sequence[str], *, batch_size: int = 65_536) -> dict[str, Source]:
     """Open one source per table name, for multi-table policies.
 
     ``uri`` is a directory holding ``<name>.parquet`` / ``.csv`` / ``.jsonl`` / ``.arrow``
@@ -236,8 +245,7 @@ def open_tables(
         if len(cands) > 1:
             listed = ", ".join(c.name for c in cands)
             raise ConnectorError(f"table '{name}' is ambiguous in {path}: {listed}")
-        sources[name] = FileSource(cands[0], batch_size=batch_size, uri=str(cands[0]),
-                                   table=name)
+        sources[name] = FileSource(cands[0], batch_size=batch_size, uri=str(cands[0]), table=name)
     return sources
 
 

@@ -51,10 +51,14 @@ class Bound:
     def op(self, table: str = "captures", column: str = "operator_notes") -> Any:
         return self.maskers[table].operators[column]
 
-    def column(self, values: pa.Array, table: str = "captures", column: str = "operator_notes"
-               ) -> tuple[pa.Array, dict[str, int]]:
+    def column(
+        self, values: pa.Array, table: str = "captures", column: str = "operator_notes"
+    ) -> tuple[pa.Array, dict[str, int]]:
         ctx = OperatorContext(
-            table, column, pa.record_batch([values], names=[column]), {},
+            table,
+            column,
+            pa.record_batch([values], names=[column]),
+            {},
             np.zeros(len(values), dtype=bool),
         )
         return self.op(table, column)(values, ctx), ctx.stats

@@ -98,8 +98,10 @@ def test_name_shapes() -> None:
 
 def _analyze(text: str) -> list[tuple[str, str]]:
     engine = get_engine(MODEL, "en")
-    return [(text[d.start : d.end], d.entity_type)
-            for d in engine.analyze([text], ALWAYS_DETECTED, 0.35)[0]]
+    return [
+        (text[d.start : d.end], d.entity_type)
+        for d in engine.analyze([text], ALWAYS_DETECTED, 0.35)[0]
+    ]
 
 
 def test_engine_finds_unknown_names_and_drops_ordinary_words() -> None:

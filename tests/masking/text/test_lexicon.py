@@ -29,7 +29,9 @@ def _found(lex: Lexicon, text: str) -> list[tuple[str, str]]:
 def test_names_any_case_order_and_accent() -> None:
     lex = _lex()
     assert _found(lex, "PETROSYAN, Isabel met jan kowal and Ms Petrosyán.") == [
-        ("PETROSYAN, Isabel", "person"), ("jan kowal", "person"), ("Petrosyán", "person"),
+        ("PETROSYAN, Isabel", "person"),
+        ("jan kowal", "person"),
+        ("Petrosyán", "person"),
     ]
     assert _found(lex, "I. Petrosyan") == [("I. Petrosyan", "person")]
     # a lone lower-case word may be an ordinary word: not taken alone
@@ -50,8 +52,10 @@ def test_values_in_other_formats() -> None:
     lex = _lex()
     text = "Mail ISABEL.P@EXAMPLE.ORG, call 020 7946 0958 or +442079460958, doc TR2305785."
     assert _found(lex, text) == [
-        ("ISABEL.P@EXAMPLE.ORG", "email"), ("020 7946 0958", "phone"),
-        ("+442079460958", "phone"), ("TR2305785", "passport"),
+        ("ISABEL.P@EXAMPLE.ORG", "email"),
+        ("020 7946 0958", "phone"),
+        ("+442079460958", "phone"),
+        ("TR2305785", "passport"),
     ]
 
 
@@ -71,6 +75,7 @@ def test_only_keyed_hashes_are_kept() -> None:
 
 def test_large_columns_are_hashed_in_bulk() -> None:
     lex = Lexicon()
+
     def word(i: int) -> str:
         letters = ""
         while True:

@@ -62,15 +62,24 @@ def test_every_name_reads_as_the_full_name_column_gives_it(
 ) -> None:
     masked, _ = masked_notes
     subjects = _mask_table(bound, demo.subjects, "subjects")
-    before = dict(zip(demo.subjects["subject_id"].to_pylist(),
-                      demo.subjects["full_name"].to_pylist(), strict=True))
+    before = dict(
+        zip(
+            demo.subjects["subject_id"].to_pylist(),
+            demo.subjects["full_name"].to_pylist(),
+            strict=True,
+        )
+    )
     after_by_row = subjects["full_name"].to_pylist()
     after = dict(zip(demo.subjects["subject_id"].to_pylist(), after_by_row, strict=True))
     truth = demo.notes_truth
     checked = initials = 0
     for note, out, sid, strings, kinds in zip(
-        demo.captures["operator_notes"].to_pylist(), masked, truth["subject_id"].to_pylist(),
-        truth["pii"].to_pylist(), truth["pii_kinds"].to_pylist(), strict=True,
+        demo.captures["operator_notes"].to_pylist(),
+        masked,
+        truth["subject_id"].to_pylist(),
+        truth["pii"].to_pylist(),
+        truth["pii_kinds"].to_pylist(),
+        strict=True,
     ):
         if note is None:
             continue
@@ -103,19 +112,32 @@ def test_emails_phones_documents_equal_the_column_tokens(
     masked, _ = masked_notes
     subjects = _mask_table(bound, demo.subjects, "subjects")
     cols = ("email", "phone", "passport_number")
-    orig = {c: dict(zip(demo.subjects["subject_id"].to_pylist(), demo.subjects[c].to_pylist(),
-                        strict=True)) for c in cols}
-    tok = {c: dict(zip(demo.subjects["subject_id"].to_pylist(), subjects[c].to_pylist(),
-                       strict=True)) for c in cols}
+    orig = {
+        c: dict(
+            zip(demo.subjects["subject_id"].to_pylist(), demo.subjects[c].to_pylist(), strict=True)
+        )
+        for c in cols
+    }
+    tok = {
+        c: dict(zip(demo.subjects["subject_id"].to_pylist(), subjects[c].to_pylist(), strict=True))
+        for c in cols
+    }
     seen = {c: 0 for c in cols}
     cross_format = 0
     truth = demo.notes_truth
-    for out, sid, strings, kinds in zip(masked, truth["subject_id"].to_pylist(),
-                                        truth["pii"].to_pylist(), truth["pii_kinds"].to_pylist(),
-                                        strict=True):
+    for out, sid, strings, kinds in zip(
+        masked,
+        truth["subject_id"].to_pylist(),
+        truth["pii"].to_pylist(),
+        truth["pii_kinds"].to_pylist(),
+        strict=True,
+    ):
         for s, k in zip(strings, kinds, strict=True):
-            for c, kind in (("email", "EMAIL_ADDRESS"), ("phone", "PHONE_NUMBER"),
-                            ("passport_number", "DOCUMENT_NUMBER")):
+            for c, kind in (
+                ("email", "EMAIL_ADDRESS"),
+                ("phone", "PHONE_NUMBER"),
+                ("passport_number", "DOCUMENT_NUMBER"),
+            ):
                 if k != kind:
                     continue
                 if s == orig[c][sid]:
@@ -160,25 +182,35 @@ def _one_person_policy(**text: Any) -> Policy:
             "version": 1,
             "dataset": "people",
             "tables": {
-                "people": {"columns": {
-                    "full_name": {"op": "pseudonym", "domain": "person"},
-                    "email": {"op": "email", "domain": "email"},
-                }},
-                "notes": {"columns": {
-                    "note": {"op": "text", "entities": {"PERSON": "person",
-                                                        "EMAIL_ADDRESS": "email"}, **text},
-                }},
+                "people": {
+                    "columns": {
+                        "full_name": {"op": "pseudonym", "domain": "person"},
+                        "email": {"op": "email", "domain": "email"},
+                    }
+                },
+                "notes": {
+                    "columns": {
+                        "note": {
+                            "op": "text",
+                            "entities": {"PERSON": "person", "EMAIL_ADDRESS": "email"},
+                            **text,
+                        },
+                    }
+                },
             },
         }
     )
 
 
-def _run_notes(policy: Policy, ring: Keyring, people: pa.Table, notes: list[str | None],
-               prepare: bool = True) -> tuple[list[str | None], pa.Table]:
-    services: dict[str, Any] = {"sources": {
-        "people": MemorySource(people, "people"),
-        "notes": MemorySource(pa.table({"note": pa.array(notes, pa.string())}), "notes"),
-    }}
+def _run_notes(
+    policy: Policy, ring: Keyring, people: pa.Table, notes: list[str | None], prepare: bool = True
+) -> tuple[list[str | None], pa.Table]:
+    services: dict[str, Any] = {
+        "sources": {
+            "people": MemorySource(people, "people"),
+            "notes": MemorySource(pa.table({"note": pa.array(notes, pa.string())}), "notes"),
+        }
+    }
     maskers = {t: Masker(policy, ring, table=t, services=services) for t in ("people", "notes")}
     if prepare:
         services["prepare"]()
@@ -238,10 +270,13 @@ def test_email_in_a_signature_and_the_name_above_it(text_ring: Keyring) -> None:
 
 @pytest.mark.parametrize(("unlinked", "tag"), [("tag", "<CREDIT_CARD>"), ("redact", "***")])
 def test_unlinked_types_are_tagged_or_redacted(text_ring: Keyring, unlinked: str, tag: str) -> None:
-    policy = policy_from_dict({
-        "version": 1, "dataset": "d",
-        "columns": {"note": {"op": "text", "entities": {}, "unlinked": unlinked}},
-    })
+    policy = policy_from_dict(
+        {
+            "version": 1,
+            "dataset": "d",
+            "columns": {"note": {"op": "text", "entities": {}, "unlinked": unlinked}},
+        }
+    )
     m = Masker(policy, text_ring)
     note = "Paid with 4111 1111 1111 1111; Ms Petrosyan emailed ops@enrol.example."
     out = m.mask_batch(pa.record_batch([pa.array([note])], names=["note"])).output
@@ -250,7 +285,9 @@ def test_unlinked_types_are_tagged_or_redacted(text_ring: Keyring, unlinked: str
     assert "Petrosyan" not in value and "ops@enrol.example" not in value
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     local=st.from_regex(r"[a-z]{2,8}\.[a-z]{2,8}[0-9]{0,2}", fullmatch=True),
     domain=st.sampled_from(["example.com", "mail.example", "enrol.example", "corp.example.org"]),
@@ -307,10 +344,12 @@ def test_prepass_skips_a_source_that_cannot_be_read_twice(
     policy: Policy, text_ring: Keyring, demo: DemoData
 ) -> None:
     jsonl = b'{"subject_id": "SUBJ-1", "full_name": "Ana Lee"}\n'
-    services: dict[str, Any] = {"sources": {
-        "subjects": StdinJsonlSource(stream=io.BytesIO(jsonl)),
-        "captures": MemorySource(demo.captures, "captures"),
-    }}
+    services: dict[str, Any] = {
+        "sources": {
+            "subjects": StdinJsonlSource(stream=io.BytesIO(jsonl)),
+            "captures": MemorySource(demo.captures, "captures"),
+        }
+    }
     lex = prepare_lexicon(services, policy, text_ring)
     assert lex.prepared and lex.skipped == ["subjects"] and len(lex) == 0
 
@@ -328,8 +367,9 @@ def test_run_mask_links_notes_to_the_subjects_table(
     assert summary.stats["text:PERSON"] > 50
     subjects = pq.read_table(tmp_path / "out" / "subjects.parquet")
     notes = pq.read_table(tmp_path / "out" / "captures.parquet")["operator_notes"].to_pylist()
-    pseudo = dict(zip(demo.subjects["full_name"].to_pylist(),
-                      subjects["full_name"].to_pylist(), strict=True))
+    pseudo = dict(
+        zip(demo.subjects["full_name"].to_pylist(), subjects["full_name"].to_pylist(), strict=True)
+    )
     hits = 0
     for orig, out in zip(demo.captures["operator_notes"].to_pylist()[:120], notes, strict=True):
         for name, fake in pseudo.items():
@@ -345,9 +385,15 @@ def test_run_mask_links_notes_to_the_subjects_table(
 
 
 def _text_policy(**extra: Any) -> dict[str, Any]:
-    return {"version": 1, "dataset": "d",
-            "columns": {"note": {"op": "text", "entities": {"PERSON": "person"}},
-                        "name": {"op": "pseudonym", "domain": "person"}}, **extra}
+    return {
+        "version": 1,
+        "dataset": "d",
+        "columns": {
+            "note": {"op": "text", "entities": {"PERSON": "person"}},
+            "name": {"op": "pseudonym", "domain": "person"},
+        },
+        **extra,
+    }
 
 
 def test_missing_model_is_one_clear_policy_error(text_ring: Keyring) -> None:

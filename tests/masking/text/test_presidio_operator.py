@@ -23,8 +23,10 @@ POLICY = policy_from_dict(
             "full_name": {"op": "pseudonym", "domain": "person"},
             "email": {"op": "email", "domain": "email"},
             "phone": {"op": "phone", "domain": "phone"},
-            "note": {"op": "text", "entities": {"PERSON": "person", "EMAIL_ADDRESS": "email",
-                                                "PHONE_NUMBER": "phone"}},
+            "note": {
+                "op": "text",
+                "entities": {"PERSON": "person", "EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone"},
+            },
         },
     }
 )
@@ -32,8 +34,12 @@ POLICY = policy_from_dict(
 
 def _columns(policy: Policy, ring: Keyring) -> dict[str, str]:
     batch = pa.record_batch(
-        [pa.array(["Isabel Petrosyan"]), pa.array(["isabel.p@example.org"]),
-         pa.array(["+44 20 7946 0958"]), pa.array([None], pa.string())],
+        [
+            pa.array(["Isabel Petrosyan"]),
+            pa.array(["isabel.p@example.org"]),
+            pa.array(["+44 20 7946 0958"]),
+            pa.array([None], pa.string()),
+        ],
         names=["full_name", "email", "phone", "note"],
     )
     out = Masker(policy, ring).mask_batch(batch).output
@@ -53,14 +59,24 @@ def test_presidio_anonymizer_with_biomask_tokens_matches_the_columns() -> None:
     tokenizer = BiomaskTokenizer(POLICY, ring)
     out = engine.anonymize(text, results, operators=tokenizer.operators()).text
     cols = _columns(POLICY, ring)
-    assert out == (
-        f"{cols['full_name']} ({cols['email']}, {cols['phone']}) asked for a receipt."
-    )
+    assert out == (f"{cols['full_name']} ({cols['email']}, {cols['phone']}) asked for a receipt.")
     # and the text operator agrees with Presidio's output on the same note
-    note = Masker(POLICY, ring).mask_batch(
-        pa.record_batch([pa.array(["a"]), pa.array(["a@b.co"]), pa.array(["+1 202 555 0143"]),
-                         pa.array([text])], names=["full_name", "email", "phone", "note"])
-    ).output.column("note")[0].as_py()
+    note = (
+        Masker(POLICY, ring)
+        .mask_batch(
+            pa.record_batch(
+                [
+                    pa.array(["a"]),
+                    pa.array(["a@b.co"]),
+                    pa.array(["+1 202 555 0143"]),
+                    pa.array([text]),
+                ],
+                names=["full_name", "email", "phone", "note"],
+            )
+        )
+        .output.column("note")[0]
+        .as_py()
+    )
     assert note == out
 
 
@@ -75,13 +91,17 @@ def test_operator_without_tokenizer_is_refused() -> None:
     engine = AnonymizerEngine()
     engine.add_anonymizer(BiomaskTokenOperator)
     with pytest.raises(InvalidParamError, match="BiomaskTokenizer"):
-        engine.anonymize("Isabel", [RecognizerResult("PERSON", 0, 6, 0.9)],
-                         operators={"PERSON": OperatorConfig("biomask", {})})
+        engine.anonymize(
+            "Isabel",
+            [RecognizerResult("PERSON", 0, 6, 0.9)],
+            operators={"PERSON": OperatorConfig("biomask", {})},
+        )
 
 
 def test_tokenizer_needs_linked_entities() -> None:
-    bare = policy_from_dict({"version": 1, "dataset": "d",
-                             "columns": {"email": {"op": "email", "domain": "email"}}})
+    bare = policy_from_dict(
+        {"version": 1, "dataset": "d", "columns": {"email": {"op": "email", "domain": "email"}}}
+    )
     with pytest.raises(PolicyError, match="no entity type is linked"):
         BiomaskTokenizer(bare, Keyring.ephemeral())
     tok = BiomaskTokenizer(bare, Keyring.ephemeral(), entities={"EMAIL_ADDRESS": "email"})

@@ -44,41 +44,65 @@ def test_two_table_export_gets_linked_domains_and_a_text_rule(export: Path) -> N
     assert subjects["subject_id"] == captures["subject_id"]  # joins survive
     assert captures["operator_notes"] == {
         "op": "text",
-        "entities": {"PERSON": "person", "EMAIL_ADDRESS": "email", "PHONE_NUMBER": "phone",
-                     "DOCUMENT_NUMBER": "passport"},
+        "entities": {
+            "PERSON": "person",
+            "EMAIL_ADDRESS": "email",
+            "PHONE_NUMBER": "phone",
+            "DOCUMENT_NUMBER": "passport",
+        },
     }
     assert captures["age"] == {"op": "generalize", "bucket": 10.0, "quasi_identifier": True}
     assert captures["template"] == {"op": "encrypt", "entity": "subject"}
     assert "PERSON x" in text  # Presidio looked at the notes
 
 
-def test_cli_writes_a_draft_that_validates(export: Path, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_a_draft_that_validates(
+    export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "draft.yaml"
-    assert main(["policy", "suggest", "--input", str(export / "subjects.parquet"),
-                 "--sample", "200", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "policy",
+                "suggest",
+                "--input",
+                str(export / "subjects.parquet"),
+                "--sample",
+                "200",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     load_policy(out)
     assert main(["policy", "validate", str(out)]) == 0
     # a reviewed policy is never overwritten
-    assert main(["policy", "suggest", "--input", str(export / "subjects.parquet"),
-                 "--out", str(out)]) == 1
+    assert (
+        main(["policy", "suggest", "--input", str(export / "subjects.parquet"), "--out", str(out)])
+        == 1
+    )
     assert "exists" in capsys.readouterr().err
 
 
 def test_cli_prints_to_stdout(export: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["policy", "suggest", "--input", str(export / "subjects.parquet"),
-                 "--sample", "50"]) == 0
+    assert (
+        main(["policy", "suggest", "--input", str(export / "subjects.parquet"), "--sample", "50"])
+        == 0
+    )
     parse_policy(capsys.readouterr().out)
 
 
 def test_unsure_columns_are_redacted_with_a_review_comment(tmp_path: Path) -> None:
     path = tmp_path / "odd.csv"
-    pq_table = pa.table({
-        "ref": [f"x{i}y" for i in range(60)],
-        "city": ["Lyon", "Paris", "Lille"] * 20,
-        "empty": pa.array([None] * 60, pa.string()),
-        "score": [float(i) for i in range(60)],
-    })
+    pq_table = pa.table(
+        {
+            "ref": [f"x{i}y" for i in range(60)],
+            "city": ["Lyon", "Paris", "Lille"] * 20,
+            "empty": pa.array([None] * 60, pa.string()),
+            "score": [float(i) for i in range(60)],
+        }
+    )
     import pyarrow.csv as pcsv
 
     pcsv.write_csv(pq_table, path)
@@ -89,8 +113,9 @@ def test_unsure_columns_are_redacted_with_a_review_comment(tmp_path: Path) -> No
     assert text.count("REVIEW") >= 3
 
 
-def test_missing_input_is_one_clear_error(tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_input_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(ConnectorError, match="not found"):
         suggest_policy(str(tmp_path / "nope.parquet"))
     assert main(["policy", "suggest", "--input", str(tmp_path / "nope.parquet")]) == 1
