@@ -90,3 +90,24 @@ def test_feed_refuses_added_file(masked: tuple[Path, Path, np.ndarray]) -> None:
     (out / "zz-poison.parquet").write_bytes(first.read_bytes())
     with pytest.raises(VerificationError, match="not an output listed in the signed manifest"):
         MaskedTemplateDataset(out, out.parent / "policy.yaml", ring)
+
+
+def test_ray_collate_fn_decrypts_in_the_trainer(masked: tuple[Path, Path, np.ndarray]) -> None:
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra")
+    import pyarrow.fs
+
+    from biomask.integrations.torch import decrypting_collate_fn
+
+    out, ring, templates = masked
+    files = [str(f) for f in sorted(out.glob("*.parquet"))]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ds = ray.data.read_parquet(files, filesystem=pyarrow.fs.LocalFileSystem())
+        ds = ds.select_columns(["subject_id", "template"])
+        collate = decrypting_collate_fn(out, out.parent / "policy.yaml", ring)
+        got = [b["template"] for b in ds.iter_torch_batches(batch_size=64, collate_fn=collate)]
+    finally:
+        ray.shutdown()
+    fed = torch.cat(got).numpy()
+    key = lambda a: np.lexsort(a.T[:4])  # noqa: E731
+    assert np.array_equal(fed[key(fed)], templates[key(templates)])

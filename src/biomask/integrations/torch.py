@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "the training feed needs PyTorch: pip install 'biomask[torch]'"
     ) from exc
 
-__all__ = ["MaskedTemplateDataset", "verified_files"]
+__all__ = ["MaskedTemplateDataset", "decrypting_collate_fn", "verified_files"]
 
 
 def verified_files(
@@ -154,3 +155,66 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
         for c in self.columns:
             out[c] = batch.column(c).to_pylist()
         return out
+
+
+def decrypting_collate_fn(
+    data: str | os.PathLike[str],
+    policy: Any,
+    keyring_path: str | os.PathLike[str],
+    *,
+    table: str | None = None,
+    template_column: str = "template",
+    columns: Sequence[str] = ("subject_id",),
+    lineage_dir: str | os.PathLike[str] | None = None,
+    public_key: bytes | Path | None = None,
+) -> Any:
+    """A Ray Data collate function that decrypts templates in the training process.
+
+    Use it with ``ds.iter_torch_batches(collate_fn=...)`` over ``read_parquet(data)``:
+    decryption happens after Ray hands the (still encrypted) Arrow batch to the trainer,
+    so plaintext templates never enter Ray's object store, which can spill to disk. The
+    data's signed lineage is verified first, as for :class:`MaskedTemplateDataset`, and
+    the key ids come from the verified files' metadata (Ray drops it from batches). The
+    returned object is thread-safe (Ray calls it from several threads): each thread gets
+    its own unmasker.
+    """
+    from ray.data.collate_fn import ArrowBatchCollateFn
+
+    from biomask.masking.api import resolve_policy
+
+    pol = resolve_policy(policy)
+    path = Path(data)
+    lineage = Path(lineage_dir) if lineage_dir else path.with_name(path.name + ".lineage")
+    files = verified_files(path, lineage, public_key)
+    meta = pq.read_schema(files[0]).metadata
+
+    class _Decrypting(ArrowBatchCollateFn):
+        def __init__(self) -> None:
+            self._local = threading.local()
+
+        def _unmasker(self) -> Any:
+            um = getattr(self._local, "unmasker", None)
+            if um is None:
+                from biomask.keys import Keyring
+                from biomask.masking import Unmasker
+
+                um = Unmasker(pol, Keyring.open(keyring_path), table=table)
+                self._local.unmasker = um
+            return um
+
+        def __call__(self, batch: pa.Table) -> Any:
+            out: dict[str, Any] = {}
+            for rb in batch.combine_chunks().to_batches() or []:
+                res = self._unmasker().mask_batch(rb.replace_schema_metadata(meta))
+                col = res.output.column(template_column)
+                dim = col.type.list_size
+                flat = col.flatten().to_numpy(zero_copy_only=False, writable=True)
+                t = torch.from_numpy(flat.astype(np.float32, copy=False).reshape(-1, dim))
+                out.setdefault(template_column, []).append(t)
+                for c in columns:
+                    out.setdefault(c, []).extend(res.output.column(c).to_pylist())
+            if template_column in out:
+                out[template_column] = torch.cat(out[template_column])
+            return out
+
+    return _Decrypting()

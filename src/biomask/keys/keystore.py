@@ -185,7 +185,8 @@ def default_keystore_uri(keyring_path: Path | None, keyring_id: str) -> str:
     """``<keyring>.keystore.sqlite`` beside a keyring file; in memory for an ephemeral one."""
     if keyring_path is None:
         return f"memory:{keyring_id}"
-    return str(keyring_path.with_name(keyring_path.name + ".keystore.sqlite"))
+    # absolute: stores are cached per URI, and a relative path means another file after chdir
+    return str(keyring_path.resolve().with_name(keyring_path.name + ".keystore.sqlite"))
 
 
 def open_keystore(uri: str) -> KeyStore:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,8 @@ def keystore_for(binding_or_services: dict[str, Any], keyring: Any) -> KeyStore:
     uri = binding_or_services.get("keystore_uri") or default_keystore_uri(
         keyring.path, keyring.keyring_id
     )
+    if "://" not in uri and not uri.startswith("memory:"):
+        uri = str(Path(uri).resolve())
     with _STORES_LOCK:
         store = _STORES.get(uri)
         if store is None:
