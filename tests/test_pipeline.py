@@ -120,33 +120,23 @@ def test_multi_table_run_one_lineage_record_and_no_leak(tmp_path: Path) -> None:
     verify(lineage)
 
 
-def _long_run_script(tmp_path: Path, rows: int) -> Path:
+def _long_run(tmp_path: Path, rows: int, batch_size: int) -> tuple[Path, dict[str, str], list[str]]:
+    """A CSV input, a policy and a keyring, and the command line that masks them."""
     people_csv(tmp_path / "in.csv", rows)
     (tmp_path / "policy.yaml").write_text(POLICY)
     Keyring.create(tmp_path / "keys.json", "pw")
-    return tmp_path
+    env = {**os.environ, "BIOMASK_PASSPHRASE": "pw", "BIOMASK_NO_PROGRESS": "1"}
+    cmd = [
+        sys.executable, "-m", "biomask.cli", "mask", "--policy", "policy.yaml", "--input",
+        "in.csv", "--output", "out.parquet", "--keyring", "keys.json",
+        "--batch-size", str(batch_size),
+    ]  # fmt: skip
+    return tmp_path, env, cmd
 
 
 @pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])
 def test_sigkill_leaves_no_output_and_rerun_is_identical(tmp_path: Path, delay: float) -> None:
-    work = _long_run_script(tmp_path, 150_000)
-    env = {**os.environ, "BIOMASK_PASSPHRASE": "pw", "BIOMASK_NO_PROGRESS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "biomask.cli",
-        "mask",
-        "--policy",
-        "policy.yaml",
-        "--input",
-        "in.csv",
-        "--output",
-        "out.parquet",
-        "--keyring",
-        "keys.json",
-        "--batch-size",
-        "5000",
-    ]
+    work, env, cmd = _long_run(tmp_path, 150_000, batch_size=5000)
     proc = subprocess.Popen(
         cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -171,24 +161,7 @@ def test_sigkill_leaves_no_output_and_rerun_is_identical(tmp_path: Path, delay: 
 
 
 def test_sigint_stops_cleanly(tmp_path: Path) -> None:
-    work = _long_run_script(tmp_path, 300_000)
-    env = {**os.environ, "BIOMASK_PASSPHRASE": "pw", "BIOMASK_NO_PROGRESS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "biomask.cli",
-        "mask",
-        "--policy",
-        "policy.yaml",
-        "--input",
-        "in.csv",
-        "--output",
-        "out.parquet",
-        "--keyring",
-        "keys.json",
-        "--batch-size",
-        "2000",
-    ]
+    work, env, cmd = _long_run(tmp_path, 300_000, batch_size=2000)
     proc = subprocess.Popen(
         cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
