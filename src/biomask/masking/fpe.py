@@ -107,7 +107,7 @@ class ReversibleTokenizer:
             if length == 0:
                 continue
             idx = offsets[rows][:, None] + np.arange(length)[None, :]
-            pats, inverse = np.unique(cls[idx], axis=0, return_inverse=True)
+            pats, inverse = _patterns(cls[idx])
             for p_i, pat in enumerate(pats):
                 sel = rows[inverse.reshape(-1) == p_i]
                 var = np.flatnonzero(pat != KEEP)
@@ -157,6 +157,21 @@ class ReversibleTokenizer:
             out[idx[ok, -1]] = digit[ok].astype(np.uint32)
             bad[rows[~ok]] = True
         return bad
+
+
+def _patterns(classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct class patterns of equal-length rows, and each row's pattern index.
+
+    Up to 32 positions pack into one uint64 (2 bits per class), so grouping is a 1-D
+    unique instead of a row-wise sort.
+    """
+    if classes.shape[1] <= 32:
+        shifts = (2 * np.arange(classes.shape[1])).astype(np.uint64)
+        code = (classes.astype(np.uint64) << shifts[None, :]).sum(axis=1, dtype=np.uint64)
+        _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+        return classes[first], inverse.reshape(-1)
+    pats, inverse = np.unique(classes, axis=0, return_inverse=True)
+    return pats, inverse.reshape(-1)
 
 
 def _crypt(
