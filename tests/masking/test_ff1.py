@@ -94,3 +94,20 @@ def test_key_is_never_shown_or_pickled() -> None:
     assert "0101" not in repr(c) and "hidden" in repr(c)
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(c)
+
+
+def test_column_api_matches_string_api() -> None:
+    import pyarrow as pa
+
+    from biomask.masking.ff1 import decrypt_array, encrypt_array
+
+    rng = random.Random(3)
+    values = [
+        "".join(rng.choice(ALPHA36) for _ in range(rng.choice([6, 9, 12]))) for _ in range(500)
+    ]
+    c = FF1(bytes(range(32)), 36)
+    col = encrypt_array(c, pa.array(values), ALPHA36, b"t")
+    assert col.to_pylist() == encrypt_strings(c, values, ALPHA36, b"t")
+    assert decrypt_array(c, col, ALPHA36, b"t").to_pylist() == values
+    with pytest.raises(ValueError, match="outside the alphabet"):
+        encrypt_array(c, pa.array(["ABC-123"]), ALPHA36)
