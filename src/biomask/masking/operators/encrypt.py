@@ -302,13 +302,29 @@ class Encrypt(Operator[EncryptOp]):
             raise DecryptionError()
         dmv = data.data.cast("B")
         s_l, h_l = starts.tolist(), head_len.tolist()
-        ids = [
-            bytes(dmv[s + 9 : s + h]) if v else b""
-            for s, h, v in zip(s_l, h_l, valid.tolist(), strict=True)
-        ]
-        uniq = sorted(
-            {d.decode("ascii", "replace") for d, v in zip(ids, valid.tolist(), strict=True) if v}
-        )
+        vrows = np.flatnonzero(valid)
+        same = False
+        if len(vrows) and (head_len[vrows] == head_len[vrows[0]]).all():
+            # one header for every row (one data key, one key id): compare, don't decode
+            h0 = int(head_len[vrows[0]])
+            mat = data[np.minimum(starts[vrows][:, None] + np.arange(h0)[None, :], len(data) - 1)]
+            same = bool((mat == mat[0]).all())
+        if same:
+            first = bytes(dmv[s_l[vrows[0]] + 9 : s_l[vrows[0]] + h_l[vrows[0]]])
+            ids = [first] * n
+            uniq = [first.decode("ascii", "replace")]
+        else:
+            ids = [
+                bytes(dmv[s + 9 : s + h]) if v else b""
+                for s, h, v in zip(s_l, h_l, valid.tolist(), strict=True)
+            ]
+            uniq = sorted(
+                {
+                    d.decode("ascii", "replace")
+                    for d, v in zip(ids, valid.tolist(), strict=True)
+                    if v
+                }
+            )
         deks = {k.encode(): AESGCM(v) for k, v in self._deks(uniq, create=False).items()}
         tokens = self._tokens(ctx, n)
         prefix = self._aad_prefix()
@@ -320,7 +336,10 @@ class Encrypt(Operator[EncryptOp]):
         out = np.zeros(int(o_offs[-1]), dtype=np.uint8)
         omv = out.data.cast("B")
         o_l, len_l, p_l = o_offs.tolist(), lens.tolist(), plen.tolist()
-        for i in np.flatnonzero(valid).tolist():
+        shared_header = (
+            dmv[s_l[vrows[0]] : s_l[vrows[0]] + h_l[vrows[0]]].tobytes() if same else b""
+        )
+        for i in vrows.tolist():
             d = ids[i]
             aead = deks.get(d)
             if aead is None:
@@ -330,8 +349,7 @@ class Encrypt(Operator[EncryptOp]):
                     continue
                 raise DecryptionError()
             s, h = s_l[i], h_l[i]
-            hb = dmv[s : s + h]
-            header = hb.tobytes()
+            header = shared_header if same else dmv[s : s + h].tobytes()
             o = o_l[i]
             try:
                 aead.decrypt_into(
