@@ -136,11 +136,15 @@ class PostgresKeyStore:
         self.uri = display_uri(uri)
         try:
             self._conn = psycopg.connect(uri, autocommit=True)
-            self._conn.execute(
-                "CREATE TABLE IF NOT EXISTS biomask_keys ("
-                "dek_id TEXT PRIMARY KEY, key_id TEXT NOT NULL, wrapped BYTEA NOT NULL, "
-                "created TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
+            # Concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's
+            # catalog (UniqueViolation on pg_type); serialize creators on an advisory lock.
+            with self._conn.transaction():
+                self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('biomask_keys'))")
+                self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS biomask_keys ("
+                    "dek_id TEXT PRIMARY KEY, key_id TEXT NOT NULL, wrapped BYTEA NOT NULL, "
+                    "created TIMESTAMPTZ NOT NULL DEFAULT now())"
+                )
         except psycopg.Error as exc:
             reason = type(exc).__name__
             raise KeyringError(f"cannot open key store {self.uri}: {reason}") from None
