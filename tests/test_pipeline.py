@@ -165,7 +165,14 @@ def test_sigint_stops_cleanly(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    time.sleep(2.0)
+    # interrupt only once masking has started (the temporary output exists), so a slow
+    # start-up on a loaded machine cannot turn this into a test of Python's import
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(p.name.startswith(".out.parquet.tmp") for p in work.iterdir()):
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     if proc.returncode == 0:
