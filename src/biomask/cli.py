@@ -173,13 +173,15 @@ def mask_cmd(
     if engine not in ("local", "ray"):
         raise BiomaskError(f"unknown engine '{engine}': use local or ray")
     if engine == "ray":
+        if append:
+            raise BiomaskError("--append is not supported with --engine ray")
         from biomask.integrations.ray import run_mask_ray
 
         summary = run_mask_ray(
             policy, keyring, input, output, lineage_dir=lineage, overwrite=overwrite,
-            batch_size=batch_size,
+            batch_size=batch_size, max_quarantine=max_quarantine, keystore=keystore,
         )  # fmt: skip
-        print_summary(summary, to_stderr=output == "-")
+        print_summary(summary)
         return
     from biomask.keys import Keyring
     from biomask.pipeline import run_mask
@@ -316,9 +318,7 @@ def erase_cmd(
     ring = Keyring.open(keyring)
     uri = keystore or default_keystore_uri(ring.path, ring.keyring_id)
     store = open_keystore(uri)
-    if any(c in subject for c in "%_\\"):
-        raise BiomaskError("a subject token cannot contain %, _ or \\")
-    n = store.delete_like(f"e:{entity}:{subject}")
+    n = 1 if store.erase(f"e:{entity}:{subject}") else 0
     if n == 0:
         raise BiomaskError(f"no template key for {entity} token {subject} in {store.uri}")
     record_event(

@@ -394,3 +394,13 @@ def test_uri_helpers() -> None:
     )
     assert "s3cret" not in display_uri("postgresql://u@h/db?password=s3cret&table=t")
     assert display_uri("data/x.parquet") == "data/x.parquet"
+
+
+def test_jsonl_field_null_in_first_chunk_takes_later_type(tmp_path: Path) -> None:
+    path = tmp_path / "late.jsonl"
+    lines = ['{"a": 1, "b": null}'] * 9 + ['{"a": 2, "b": false}', '{"a": 3, "b": true}']
+    path.write_text("\n".join(lines) + "\n")
+    got = read(str(path), batch_size=4)
+    assert got.schema.field("b").type == pa.bool_()
+    assert got.column("b").to_pylist() == [None] * 9 + [False, True]
+    assert got.column("a").to_pylist() == [1] * 9 + [2, 3]

@@ -30,10 +30,20 @@ def pg_available() -> bool:
 
 def test_sqlite_store_basics(tmp_path: Path) -> None:
     s = SqliteKeyStore(str(tmp_path / "ks.sqlite"))
-    s.put_if_absent([("a", "k1", b"x"), ("b", "k1", b"y")])
-    s.put_if_absent([("a", "k2", b"zzz")])  # existing rows win
-    assert s.get(["a", "b", "c"]) == {"a": ("k1", b"x"), "b": ("k1", b"y")}
-    assert s.delete_like("a") == 1
+    made: list[list[str]] = []
+
+    def make(ids: list[str]) -> list[tuple[str, str, bytes]]:
+        made.append(ids)
+        return [(d, "k1", d.encode()) for d in ids]
+
+    assert s.get_or_create(["a", "b"], make) == {"a": ("k1", b"a"), "b": ("k1", b"b")}
+    # existing rows win; make is asked only for the missing id
+    assert s.get_or_create(["a", "c"], make)["a"] == ("k1", b"a")
+    assert made == [["a", "b"], ["c"]]
+    assert s.get(["a", "b", "x"]) == {"a": ("k1", b"a"), "b": ("k1", b"b")}
+    assert s.erase("a") and not s.erase("a")
+    assert not s.erase("%")  # exact ids only: a LIKE pattern erases nothing
+    s.erase("c")
     s.replace([("b", "k2", b"w")])
     assert list(s.rows()) == [("b", "k2", b"w")]
 

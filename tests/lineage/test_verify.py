@@ -274,3 +274,17 @@ def test_any_single_byte_change_to_the_log_is_caught(
     _audit(run).write_bytes(bytes(raw))
     with pytest.raises(VerificationError):
         verify(run.directory, public_key=run.keyring.public_key_pem())
+
+
+def test_raw_public_key_with_whitespace_bytes_is_not_stripped() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from biomask.lineage.manifest import load_public_key
+
+    for _ in range(2000):  # find a key whose raw bytes start or end with whitespace
+        raw = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        if raw != raw.strip():
+            break
+    pub = load_public_key(raw)
+    assert pub.public_bytes(Encoding.Raw, PublicFormat.Raw) == raw

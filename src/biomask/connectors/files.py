@@ -477,10 +477,13 @@ class _JsonlReader:
         self._schema = schema  # without REJECT_COLUMN
         self._pending: pa.RecordBatch | None = None
         if self._schema is None:
+            start = stream.tell() if _seekable(stream) else None
             batch = self._next()
             self._pending = batch
             if self._schema is None:
                 self._schema = pa.schema([])
+            elif start is not None and any(pa.types.is_null(f.type) for f in self._schema):
+                self._widen_nulls(start)
 
     @property
     def schema(self) -> pa.Schema:
@@ -521,6 +524,46 @@ class _JsonlReader:
         batch = _to_batch(table, self._schema)
         rows = len(lines) if batch.num_columns == 0 else None
         return _flag_text(batch, 0, "line", numbers=numbers, reasons=reasons, num_rows=rows)
+
+    def _widen_nulls(self, start: int) -> None:
+        """Give fields that were null in every first line the type of their first value.
+
+        The first chunk fixes the schema, so a field that is null there would be typed
+        ``null`` and a later value would stop the read. On a seekable file the reader scans
+        ahead (at most :data:`_SCAN_BYTES`, keeping one chunk in memory) until every such
+        field has a type, then starts over with the widened schema.
+        """
+        assert self._schema is not None
+        types = {f.name: f.type for f in self._schema}
+        scanned = 0
+        while any(pa.types.is_null(t) for t in types.values()) and scanned < _SCAN_BYTES:
+            try:
+                lines = [r.rstrip(b"\r\n") for r in islice(self.stream, self.batch_size)]
+            except OSError:
+                break
+            if not lines:
+                break
+            scanned += sum(len(r) for r in lines)
+            body = [r for r in lines if r.strip()]
+            if not body:
+                continue
+            try:
+                table = pajson.read_json(
+                    io.BytesIO(b"\n".join(body) + b"\n"),
+                    read_options=pajson.ReadOptions(block_size=max(scanned, 1 << 20)),
+                )
+            except pa.ArrowInvalid:
+                continue  # broken lines are flagged when the chunk is read for real
+            for field in table.schema:
+                if field.name in types and pa.types.is_null(types[field.name]):
+                    types[field.name] = field.type
+        widened = pa.schema([pa.field(n, t) for n, t in types.items()])
+        if widened.equals(self._schema):
+            return
+        self._schema = widened
+        self.stream.seek(start)
+        self.line_no = 0
+        self._pending = None
 
     def _more(self) -> bool:
         peek = getattr(self.stream, "peek", None)
@@ -611,6 +654,17 @@ def _valid_utf8(table: pa.Table) -> bool:
     except pa.ArrowInvalid:
         return False
     return True
+
+
+#: how far a JSON Lines reader scans ahead for the type of a field null in the first lines
+_SCAN_BYTES = 256 << 20
+
+
+def _seekable(stream: IO[bytes]) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _to_batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:

@@ -1,30 +1,80 @@
-"""Mask on Ray: the same policy and keyring, distributed, with identical output.
+"""Mask on Ray: the same policy and keyring, distributed, with the local engine's output.
 
 Tokens need no shared state (they are keyed functions of value and domain), so each Ray
-worker opens the keyring itself (path + ``BIOMASK_PASSPHRASE`` passed through the runtime
-environment; a :class:`~biomask.keys.Keyring` refuses to be pickled) and builds its own
-Masker once. The driver streams the results into biomask's atomic sinks and writes the
-lineage for the whole distributed run as one run.
+worker opens the keyring itself (its path, plus ``BIOMASK_PASSPHRASE`` handed over in the
+actors' ``runtime_env``; a :class:`~biomask.keys.Keyring` refuses to be pickled) and builds
+its Masker once. Everything a worker receives is the policy, paths and URIs: no key bytes
+ever enter Ray's object store.
 
-Quarantined rows travel with the results in the ``_biomask_reason`` column (null for a
-masked row), so rows in = rows out + rows quarantined holds for the distributed run too.
+Two entry points:
+
+* :func:`mask_dataset` masks any ``ray.data.Dataset`` of one policy table and returns a
+  dataset. **Quarantine choice:** no row is ever dropped. By default every input row comes
+  out, with a ``_biomask_reason`` column that is null for a row masked completely and holds
+  the (value-free) reason for a quarantined row, which is masked wherever possible and never
+  passes through in clear; ``rows in = rows with a null reason + rows with a reason``. With
+  ``on_quarantine="fail"`` a quarantined row fails the job instead, naming the reason.
+* :func:`run_mask_ray` is ``biomask mask --engine ray``: Parquet in, read by Ray one block
+  per file (large files split into row blocks), masked by an actor pool, and written by
+  Ray write tasks into the temporary directory of an atomic directory sink, which the
+  driver renames into place on success. Quarantined rows go to ``<output>.quarantine``
+  exactly as with the local engine. The whole distributed run is ONE lineage run written
+  by the driver; its row counts come from the write tasks' results.
+
+The output equals the local engine's row for row (same order, same values, same schema
+metadata), except template ciphertexts: their nonces are random by design, and each worker
+uses its own run data key. A CI test compares the two engines.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
+import logging
+import math
 import os
 import time
 import uuid
+import warnings
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from biomask.errors import BiomaskError, MissingDependencyError
+from biomask.errors import (
+    BiomaskError,
+    ConnectorError,
+    MissingDependencyError,
+    QuarantineLimitError,
+)
+from biomask.keys.keyring import PASSPHRASE_ENV
 from biomask.masking.masker import REASON_COLUMN
 
+if TYPE_CHECKING:
+    from biomask.connectors import Source
+    from biomask.lineage import LineageRecorder
+    from biomask.masking.api import PolicyLike
+    from biomask.pipeline import RunSummary
+    from biomask.policies import Policy
+
 __all__ = ["mask_dataset", "run_mask_ray"]
+
+log = logging.getLogger(__name__)
+
+#: internal column: per masked batch, one JSON record on its first row (rows in, rows
+#: quarantined, operator counters); the driver's sink sums and drops it
+_STATS_COLUMN = "_biomask_batch_stats"
+#: CPU shares Ray reserves: a pool that reserved every CPU starves the read and write tasks
+#: (they would wait for a free CPU forever); the actors still use a whole core each
+_ACTOR_CPUS = 0.5
+_IO_CPUS = 0.25
+_PART = "part-{:06d}.parquet"
+_QUARANTINE_DIR = ".quarantine"  # hidden: never listed as output data
 
 
 def _ray() -> Any:
@@ -37,179 +87,655 @@ def _ray() -> Any:
     return ray
 
 
-class _MaskBatches:
-    """Runs in a Ray worker: opens the keyring there and masks whole Arrow batches."""
+# -- workers -------------------------------------------------------------------------------
 
-    def __init__(self, policy_text: str, policy_source: str, keyring_path: str, table: str | None):
+
+@dataclass(frozen=True)
+class _WorkerSpec:
+    """All a masking worker needs; picklable and free of secrets (paths, not keys)."""
+
+    policy: Policy
+    keyring_path: str
+    table: str | None
+    lexicon_from: dict[str, str] = field(default_factory=dict)
+    keystore: str | None = None
+
+
+class _MaskBatches:
+    """Runs in a Ray actor: opens the keyring there, builds the Masker once, masks batches."""
+
+    def __init__(self, spec: _WorkerSpec, on_quarantine: str, with_stats: bool) -> None:
+        from biomask.connectors import open_source
         from biomask.keys import Keyring
         from biomask.masking import Masker
-        from biomask.policies import parse_policy
 
-        policy = parse_policy(policy_text, source=policy_source)
-        self.masker = Masker(policy, Keyring.open(keyring_path), table=table)
+        services: dict[str, Any] = {"keystore_uri": spec.keystore}
+        if spec.lexicon_from:
+            # the text operator's known-value pre-pass reads the same input as the local
+            # engine's, so names in notes get the same pseudonyms on every worker
+            services["sources"] = {t: open_source(u) for t, u in spec.lexicon_from.items()}
+        ring = Keyring.open(spec.keyring_path)
+        self.masker = Masker(spec.policy, ring, table=spec.table, services=services)
+        prepare = services.get("prepare")
+        if callable(prepare) and spec.lexicon_from:
+            prepare()
+        self.on_quarantine = on_quarantine
+        self.with_stats = with_stats
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         parts: list[pa.Table] = []
-        for rb in batch.to_batches() or [batch.schema.empty_table().to_batches()]:
-            if isinstance(rb, list):
-                continue
-            res = self.masker.mask_batch(rb)
-            out = pa.Table.from_batches([res.output])
-            out = out.append_column(REASON_COLUMN, pa.nulls(out.num_rows, pa.string()))
-            parts.append(out)
-            if res.quarantine is not None:
-                parts.append(pa.Table.from_batches([res.quarantine]))
+        for rb in batch.to_batches():
+            if rb.num_rows:
+                parts.append(self._one(rb))
         if not parts:
-            schema = self.masker.output_schema(batch.schema)
-            return schema.append(pa.field(REASON_COLUMN, pa.string())).empty_table()
+            return self._empty(batch.schema)
         return pa.concat_tables(parts)
+
+    def _one(self, rb: pa.RecordBatch) -> pa.Table:
+        res = self.masker.mask_batch(rb)
+        q = res.quarantine
+        n_bad = q.num_rows if q is not None else 0
+        if n_bad and self.on_quarantine == "fail":
+            assert q is not None
+            reason = q.column(q.num_columns - 1)[0].as_py()
+            raise QuarantineLimitError(
+                f"{n_bad} row(s) of a batch could not be masked ({reason}); "
+                "on_quarantine='fail' stops the job"
+            )
+        out = pa.Table.from_batches([res.output])
+        if self.on_quarantine == "mark" or self.with_stats:
+            out = out.append_column(REASON_COLUMN, pa.nulls(out.num_rows, pa.string()))
+            if q is not None and n_bad:
+                out = pa.concat_tables([out, pa.Table.from_batches([q])])
+        if self.with_stats:
+            record = json.dumps({"n": rb.num_rows, "q": n_bad, "stats": res.stats})
+            col = pa.array([record] + [None] * (out.num_rows - 1), pa.string())
+            out = out.append_column(_STATS_COLUMN, col)
+        return out
+
+    def _empty(self, schema: pa.Schema) -> pa.Table:
+        out = self.masker.output_schema(schema)
+        if self.on_quarantine == "mark" or self.with_stats:
+            out = out.append(pa.field(REASON_COLUMN, pa.string()))
+        if self.with_stats:
+            out = out.append(pa.field(_STATS_COLUMN, pa.string()))
+        return out.empty_table()
+
+
+def _worker_env() -> dict[str, str]:
+    """Environment for the actors: the passphrase, and no nested text-detection pool.
+
+    Ray is the parallelism here; a text-operator process pool inside every actor would
+    oversubscribe the cores (``BIOMASK_TEXT_WORKERS`` set by the caller is kept).
+    """
+    env = {"BIOMASK_TEXT_WORKERS": os.environ.get("BIOMASK_TEXT_WORKERS", "1")}
+    passphrase = os.environ.get(PASSPHRASE_ENV)
+    if passphrase:
+        env[PASSPHRASE_ENV] = passphrase
+    return env
+
+
+def _default_workers(ray: Any) -> int:
+    if ray.is_initialized():
+        return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return max(1, os.cpu_count() or 1)
+
+
+def _map(
+    ds: Any,
+    spec: _WorkerSpec,
+    *,
+    on_quarantine: str,
+    with_stats: bool,
+    concurrency: int | None,
+    batch_size: int | None,
+    **remote_args: Any,
+) -> Any:
+    ray = _ray()
+    with warnings.catch_warnings():
+        # Ray 2.5x deprecates extra remote args (max_restarts) without a named replacement
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        return _map_batches(ray, ds, spec, on_quarantine, with_stats, concurrency, batch_size,
+                            remote_args)  # fmt: skip
+
+
+def _map_batches(
+    ray: Any,
+    ds: Any,
+    spec: _WorkerSpec,
+    on_quarantine: str,
+    with_stats: bool,
+    concurrency: int | None,
+    batch_size: int | None,
+    remote_args: dict[str, Any],
+) -> Any:
+    return ds.map_batches(
+        _MaskBatches,
+        fn_constructor_args=(spec, on_quarantine, with_stats),
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=concurrency or _default_workers(ray)),
+        num_cpus=_ACTOR_CPUS,
+        runtime_env={"env_vars": _worker_env()},
+        zero_copy_batch=True,
+        **remote_args,
+    )
 
 
 def mask_dataset(
     ds: Any,
-    policy_path: str | os.PathLike[str],
+    policy: PolicyLike,
     keyring_path: str | os.PathLike[str],
     *,
     table: str | None = None,
+    on_quarantine: Literal["mark", "fail"] = "mark",
+    lexicon_from: str | Mapping[str, str] | None = None,
+    keystore: str | None = None,
     concurrency: int | None = None,
+    batch_size: int | None = None,
 ) -> Any:
-    """Mask a ``ray.data.Dataset``; returns a dataset with a ``_biomask_reason`` column.
+    """Mask a ``ray.data.Dataset`` of one policy table on a pool of Ray actors.
 
-    Rows whose reason is null were masked completely; the others were quarantined (masked
-    where possible). The passphrase comes from ``BIOMASK_PASSPHRASE`` in the driver's
-    environment and is handed to the workers through Ray's runtime environment.
+    The passphrase is read from ``BIOMASK_PASSPHRASE`` here, checked by opening the keyring
+    once in the driver (a wrong passphrase fails now, not inside an actor), and handed to
+    the actors through their ``runtime_env``; the keyring path must be readable on every
+    node.
+
+    Parameters
+    ----------
+    ds:
+        The dataset; its columns must match the policy table (as for the local engine).
+    policy:
+        A :class:`~biomask.policies.Policy`, a policy file path, or a mapping.
+    keyring_path:
+        The keyring file each actor opens.
+    table:
+        The policy table the rows belong to (multi-table policies).
+    on_quarantine:
+        ``"mark"`` (default): keep every row, with a ``_biomask_reason`` column (null when
+        masked completely). ``"fail"``: fail the job at the first quarantined row; the
+        result then has exactly the policy's output columns.
+    lexicon_from:
+        The input URI (or ``{table: URI}`` for multi-table policies) that the ``text``
+        operator's known-value pre-pass reads, as the local engine does. Without it the
+        lexicon is empty: names in notes are found by NER and patterns only, and text
+        output can differ from the local engine's.
+    keystore:
+        Where wrapped template data keys live (default ``<keyring>.keystore.sqlite``; use a
+        PostgreSQL key store on a multi-node cluster).
+    concurrency:
+        Actors in the pool (default: the cluster's CPUs).
+    batch_size:
+        Rows per actor call (default: Ray's blocks as they come).
+
+    Returns
+    -------
+    ray.data.Dataset
+        The masked rows (lazy: nothing runs until it is consumed).
     """
-    policy_file = Path(policy_path)
-    text = policy_file.read_text(encoding="utf-8")
-    ray = _ray()
-    workers = concurrency or max(1, (os.cpu_count() or 2))
-    return ds.map_batches(
-        _MaskBatches,
-        fn_constructor_args=(text, str(policy_file), str(keyring_path), table),
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=0.5,  # leave headroom: a pool that takes every CPU can starve the reader
-        zero_copy_batch=True,
+    _ray()
+    from biomask.keys import Keyring
+    from biomask.masking.api import resolve_policy
+
+    if on_quarantine not in ("mark", "fail"):
+        raise BiomaskError(f"on_quarantine must be 'mark' or 'fail', not {on_quarantine!r}")
+    pol = resolve_policy(policy)
+    Keyring.open(keyring_path)  # fail fast: wrong passphrase, missing file
+    if isinstance(lexicon_from, str):
+        tables = list(pol.table_specs())
+        lex = {table or tables[0]: lexicon_from}
+    else:
+        lex = dict(lexicon_from or {})
+    spec = _WorkerSpec(pol, str(Path(keyring_path).resolve()), table, lex, keystore)
+    return _map(
+        ds,
+        spec,
+        on_quarantine=on_quarantine,
+        with_stats=False,
+        concurrency=concurrency,
+        batch_size=batch_size,
     )
 
 
+# -- writing -------------------------------------------------------------------------------
+
+
+def _sink_class() -> type:
+    """The Ray datasink that splits masked rows from quarantined ones (built lazily)."""
+    from ray.data.block import BlockAccessor
+    from ray.data.datasource import Datasink
+
+    class _SplitParquetSink(Datasink[dict[str, Any]]):
+        """Write tasks: masked rows to ``out_dir``, quarantined rows to ``q_dir``.
+
+        File names depend only on the task index, so a retried task overwrites its own
+        partial file. Each task returns its counts; nothing is counted on the driver.
+        """
+
+        def __init__(self, out_dir: str, q_dir: str, schema: pa.Schema, row_group: int):
+            self.out_dir = out_dir
+            self.q_dir = q_dir
+            self.schema = schema
+            self.row_group = row_group
+            self.results: list[dict[str, Any]] = []
+
+        def write(self, blocks: Any, ctx: Any) -> dict[str, Any]:
+            res: dict[str, Any] = {
+                "task": int(ctx.task_idx), "groups": [], "rows_out": 0, "rows_q": 0,
+                "reasons": {}, "stats": {}, "files": [],
+            }  # fmt: skip
+            writers: dict[str, tuple[Any, pq.ParquetWriter]] = {}
+            try:
+                for block in blocks:
+                    tbl = BlockAccessor.for_block(block).to_arrow()
+                    if not tbl.num_rows:
+                        continue
+                    for rec in tbl.column(_STATS_COLUMN).drop_null().to_pylist():
+                        r = json.loads(rec)
+                        res["groups"].append([r["n"], r["q"]])
+                        for k, v in r["stats"].items():
+                            res["stats"][k] = res["stats"].get(k, 0) + int(v)
+                    tbl = tbl.drop_columns([_STATS_COLUMN])
+                    reason = tbl.column(REASON_COLUMN)
+                    good = tbl.filter(pc.is_null(reason)).drop_columns([REASON_COLUMN])
+                    bad = tbl.filter(pc.is_valid(reason))
+                    if good.num_rows:
+                        good = good.select(self.schema.names).cast(self.schema)
+                        self._put(writers, self.out_dir, good, res)
+                        res["rows_out"] += good.num_rows
+                    if bad.num_rows:
+                        q_schema = self.schema.append(pa.field(REASON_COLUMN, pa.string()))
+                        bad = bad.select(q_schema.names).cast(q_schema)
+                        self._put(writers, self.q_dir, bad, res)
+                        res["rows_q"] += bad.num_rows
+                        for item in pc.value_counts(bad.column(REASON_COLUMN)).to_pylist():
+                            key = str(item["values"])[:120]  # reasons never hold values
+                            res["reasons"][key] = res["reasons"].get(key, 0) + item["counts"]
+            finally:
+                for fh, writer in writers.values():
+                    writer.close()
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    fh.close()
+            return res
+
+        def _put(
+            self, writers: dict[str, Any], folder: str, tbl: pa.Table, res: dict[str, Any]
+        ) -> None:
+            if folder not in writers:
+                os.makedirs(folder, exist_ok=True)
+                path = os.path.join(folder, _PART.format(res["task"]))
+                fh = open(path, "wb")  # noqa: SIM115 - closed in write()'s finally
+                writers[folder] = (fh, pq.ParquetWriter(fh, tbl.schema))
+                res["files"].append(path)
+            writers[folder][1].write_table(tbl, row_group_size=self.row_group)
+
+        def on_write_complete(self, write_result: Any) -> None:
+            self.results = sorted(write_result.write_returns, key=lambda r: r["task"])
+
+    return _SplitParquetSink
+
+
+# -- the driver ----------------------------------------------------------------------------
+
+
+class _RayContext:
+    """Connect to ``RAY_ADDRESS`` or start a quiet local Ray; shut down only what we started."""
+
+    def __init__(self, ray: Any) -> None:
+        self.ray = ray
+        self.started = False
+        self._saved: dict[str, Any] = {}
+
+    def __enter__(self) -> Any:
+        ray = self.ray
+        # quiet: Ray's info lines and C++ warnings are not the user's business in a CLI run
+        # (set these variables to see them); errors still surface as exceptions
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+        importlib.import_module("ray.data")  # reads RAY_DATA_LOG_LEVEL when first imported
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file under HOME
+            address = os.environ.get("RAY_ADDRESS") or None
+            ray.init(
+                address=address,
+                num_cpus=None if address else os.cpu_count(),
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                configure_logging=True,
+            )
+            self.started = True
+        ctx = ray.data.DataContext.get_current()
+        wanted = {
+            # the output's row order is the input's: the local engine's file, and the
+            # driver's evidence pass lines up input and output batches
+            "execution_options.preserve_order": True,
+            "enable_progress_bars": False,
+            "print_on_execution_start": False,
+        }
+        for key, value in wanted.items():
+            obj, attr = _attr(ctx, key)
+            self._saved[key] = getattr(obj, attr)
+            setattr(obj, attr, value)
+        return ctx
+
+    def __exit__(self, *exc: object) -> None:
+        ctx = self.ray.data.DataContext.get_current()
+        for key, value in self._saved.items():
+            obj, attr = _attr(ctx, key)
+            setattr(obj, attr, value)
+        if self.started:
+            self.ray.shutdown()
+
+
+def _attr(obj: Any, dotted: str) -> tuple[Any, str]:
+    *path, last = dotted.split(".")
+    for p in path:
+        obj = getattr(obj, p)
+    return obj, last
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The biomask error inside a Ray task error, if there is one."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 8:
+        if isinstance(cur, BiomaskError):
+            return cur
+        cur = getattr(cur, "cause", None) or cur.__cause__
+        seen += 1
+    return exc
+
+
+class _Cutter:
+    """Re-cuts a stream of batches into batches of the requested row counts, in order."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
+        self._it = iter(batches)
+        self._pending: deque[pa.RecordBatch] = deque()
+        self._schema = schema
+
+    def take(self, n: int) -> pa.RecordBatch:
+        parts: list[pa.RecordBatch] = []
+        got = 0
+        while got < n:
+            if not self._pending:
+                nxt = next(self._it, None)
+                if nxt is None:
+                    break
+                self._pending.append(nxt)
+            b = self._pending[0]
+            if b.num_rows <= n - got:
+                parts.append(self._pending.popleft())
+                got += b.num_rows
+            else:
+                parts.append(b.slice(0, n - got))
+                self._pending[0] = b.slice(n - got)
+                got = n
+        if got == 0:
+            return pa.RecordBatch.from_pylist([], schema=self._schema)
+        if len(parts) == 1:
+            return parts[0]
+        return pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
+
+
+def _parquet_batches(files: Sequence[Path], batch_size: int) -> Iterator[pa.RecordBatch]:
+    for f in files:
+        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size)
+
+
+def _observe(
+    recorder: LineageRecorder,
+    table: str,
+    source: Source,
+    out_schema: pa.Schema,
+    out_files: Sequence[Path],
+    groups: Sequence[Sequence[int]],
+    batch_size: int,
+) -> None:
+    """The dossier's evidence, on the driver, batch for batch as the local engine sees it.
+
+    The workers' batches are re-cut from the input (read again) and the written output by
+    the row counts the write tasks returned, in order; a batch with quarantined rows does
+    not line up and is counted as such by the collector, exactly as in a local run.
+    """
+    ins = _Cutter(source.batches(), source.schema)
+    outs = _Cutter(_parquet_batches(out_files, batch_size), out_schema)
+    for n, q in groups:
+        recorder.observe_input(table, ins.take(int(n)))
+        recorder.observe_output(table, outs.take(int(n) - int(q)))
+
+
+def _input_files(source: Source, table: str) -> list[Path]:
+    fmt = getattr(source, "format", None)
+    files = [Path(f) for f in getattr(source, "files", [])]
+    if fmt != "parquet" or not files:
+        raise ConnectorError(
+            f"--engine ray reads Parquet files; the input of table '{table}' is "
+            f"{fmt or 'not a file'}: convert it or use --engine local"
+        )
+    if getattr(source, "partition_by", None):
+        raise ConnectorError(
+            f"--engine ray does not read hive-partitioned directories (table '{table}' is "
+            f"partitioned by {', '.join(source.partition_by)}): use --engine local"  # type: ignore[attr-defined]
+        )
+    return files
+
+
 def run_mask_ray(
-    policy_path: str | os.PathLike[str],
-    keyring_path: str | os.PathLike[str],
+    policy: Policy | str | os.PathLike[str],
+    keyring: Any,
     input_uri: str,
     output_uri: str,
     *,
     lineage_dir: str | Path | None = None,
     overwrite: bool = False,
     batch_size: int = 65_536,
+    max_quarantine: int | None = None,
+    keystore: str | None = None,
     concurrency: int | None = None,
-) -> Any:
-    """``biomask mask --engine ray``: Parquet in, masked on Ray, written by the driver.
+) -> RunSummary:
+    """``biomask mask --engine ray``: mask Parquet input on Ray into a Parquet directory.
 
-    Connects to ``RAY_ADDRESS`` when set, else starts a local Ray. Output and quarantine
-    are committed atomically by biomask's sinks; lineage is one run written by the driver.
+    Connects to ``RAY_ADDRESS`` when set, else starts a local Ray on every core (shut down
+    again at the end). Output directories are committed atomically (temporary name, then
+    rename); on any failure nothing appears under the final names and a FAIL event is
+    recorded. On a multi-node cluster, the input, output parent, keyring and key store
+    must be reachable under the same paths from every node.
+
+    Parameters
+    ----------
+    policy, keyring:
+        The policy (object or file) and the keyring (object or path). The keyring is
+        opened here to sign the lineage; the workers open it again by path.
+    input_uri, output_uri:
+        A Parquet file or directory (one table), or a directory of per-table inputs for a
+        multi-table policy. Each output is a directory of ``part-N.parquet`` files (a name
+        ending in ``.parquet`` names that directory).
+    batch_size:
+        Most rows per worker call; smaller blocks are used when needed to keep every
+        worker busy.
+    max_quarantine:
+        Fail the run (nothing committed) when more rows than this are quarantined.
+    concurrency:
+        Masking actors (default: the cluster's CPUs).
+
+    Returns
+    -------
+    RunSummary
+        As :func:`biomask.pipeline.run_mask` returns.
     """
     ray = _ray()
-    from biomask.connectors import display_uri, open_sink, open_source, quarantine_uri
+    from biomask.connectors import display_uri, open_source, open_tables, quarantine_uri
+    from biomask.connectors.files import ParquetDirSink
+    from biomask.connectors.registry import table_sink_uri
     from biomask.keys import Keyring
     from biomask.lineage import LineageRecorder
     from biomask.lineage.record import ColumnRecord, RunRecord
     from biomask.masking import Masker
+    from biomask.masking.api import resolve_policy
     from biomask.pipeline import RunSummary, default_lineage_dir
-    from biomask.policies import load_policy
 
     started = time.perf_counter()
-    policy = load_policy(policy_path)
-    if policy.is_multi_table:
-        raise BiomaskError("--engine ray masks one table per run; run it once per table")
-    ring = Keyring.open(keyring_path)
-    source = open_source(input_uri, batch_size=batch_size)
-    masker = Masker(policy, ring)
-    out_schema = masker.output_schema(source.schema)  # policy problems stop us here
-    import logging
+    pol = resolve_policy(policy)
+    ring = keyring if isinstance(keyring, Keyring) else Keyring.open(keyring)
+    if ring.path is None:
+        raise BiomaskError("--engine ray needs a keyring file that every worker can open")
+    keyring_path = str(Path(ring.path).resolve())
+    if output_uri == "-" or "://" in output_uri:
+        raise ConnectorError("--engine ray writes Parquet directories: give --output a path")
+    specs = pol.table_specs()
+    if pol.is_multi_table:
+        sources = open_tables(input_uri, list(specs), batch_size=batch_size)
+    else:
+        (only,) = specs
+        sources = {only: open_source(input_uri, batch_size=batch_size)}
+    files = {t: _input_files(s, t) for t, s in sources.items()}
+    services: dict[str, Any] = {"keystore_uri": keystore}
+    maskers = {t: Masker(pol, ring, table=t, services=services) for t in sources}
+    out_schemas = {t: maskers[t].output_schema(sources[t].schema) for t in sources}  # fail now
+    out_uris = {
+        t: table_sink_uri(output_uri, t, input_uri) if pol.is_multi_table else output_uri
+        for t in sources
+    }
+    # the workers' text lexicon pre-pass reads the same inputs (absolute: a worker's
+    # working directory is not the driver's)
+    lex = {t: str(Path(getattr(s, "path", input_uri)).resolve()) for t, s in sources.items()}
 
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    if not ray.is_initialized():
-        env = {"BIOMASK_PASSPHRASE": os.environ.get("BIOMASK_PASSPHRASE", "")}
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS"),
-            runtime_env={"env_vars": env},
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="ERROR",
-        )
-    # keep the input's row order, so the output file is the same as the local engine's
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    files = [str(f) for f in source.ref().files] or [input_uri]
-    import pyarrow.fs
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    blocks = max(len(files), 4 * (concurrency or os.cpu_count() or 2))
-    ds = ray.data.read_parquet(
-        files,
-        filesystem=pyarrow.fs.LocalFileSystem(),  # local paths: no fsspec/HTTP probing
-        override_num_blocks=blocks,
-    ).repartition(blocks)  # small inputs arrive as one block: split it so every worker works
-    masked = mask_dataset(ds, policy_path, keyring_path, concurrency=concurrency)
-    lineage = Path(lineage_dir) if lineage_dir else default_lineage_dir(output_uri, policy.dataset)
+    lineage = Path(lineage_dir) if lineage_dir else default_lineage_dir(output_uri, pol.dataset)
+    key_ids = sorted({k for m in maskers.values() for k in m.key_ids})
     record = RunRecord(
-        run_id=str(uuid.uuid4()), command="mask", job=policy.dataset,
-        policy_path=policy.source, policy_sha256=policy.sha256, keyring_id=ring.keyring_id,
-        key_ids=masker.key_ids, signing_key_id=ring.signing_key_id, inputs=[source.ref()],
+        run_id=str(uuid.uuid4()), command="mask", job=pol.dataset, policy_path=pol.source,
+        policy_sha256=pol.sha256, keyring_id=ring.keyring_id, key_ids=key_ids,
+        signing_key_id=ring.signing_key_id, inputs=[s.ref() for s in sources.values()],
     )  # fmt: skip
-    for name, op in masker.operators.items():
-        record.columns.append(
-            ColumnRecord(table=masker.table, column=name, op=op.name, masks=op.name != "keep",
-                         key_id=op.key_id, dropped=not op.keeps_column)
-        )  # fmt: skip
-        record.operator_counts[op.name] = record.operator_counts.get(op.name, 0) + 1
-    recorder = LineageRecorder(lineage, ring, record, policy=policy)
-    recorder.start()
-    meta = {k.decode(): v.decode() for k, v in (out_schema.metadata or {}).items()}
-    sink = open_sink(output_uri, out_schema, overwrite=overwrite, metadata=meta)
-    q_sink = None
-    try:
-        for tbl in masked.iter_batches(batch_format="pyarrow", batch_size=batch_size):
-            tbl = tbl if isinstance(tbl, pa.Table) else pa.Table.from_batches([tbl])
-            reason = tbl.column(REASON_COLUMN)
-            good = tbl.filter(pc.is_null(reason)).drop_columns([REASON_COLUMN])
-            bad = tbl.filter(pc.is_valid(reason))
-            for rb in good.cast(out_schema).to_batches():
-                sink.write(rb)
-                recorder.observe_output(masker.table, rb)
-            record.rows_out += good.num_rows
-            record.rows_in += tbl.num_rows
-            if bad.num_rows:
-                if q_sink is None:
-                    q_sink = open_sink(quarantine_uri(output_uri), bad.schema, overwrite=overwrite)
-                for rb in bad.to_batches():
-                    q_sink.write(rb)
-                record.rows_quarantined += bad.num_rows
-        sink.commit()
-        if q_sink is not None:
-            q_sink.commit()
-    except BaseException as exc:
-        sink.abort()
-        if q_sink is not None:
-            q_sink.abort()
-        record.error = str(exc) if isinstance(exc, BiomaskError) else type(exc).__name__
-        recorder.fail(exc)
-        raise
-    record.outputs = [sink.ref()]
-    record.quarantine = [q_sink.ref()] if q_sink is not None else []
     record.extra["engine"] = "ray"
-    import datetime as _dt
+    for t, m in maskers.items():
+        for name, op in m.operators.items():
+            record.columns.append(
+                ColumnRecord(
+                    table=t, column=name, op=op.name, masks=op.name != "keep",
+                    key_id=op.key_id, domain=getattr(op.spec, "domain", None),
+                    entity=getattr(op.spec, "entity", None), dropped=not op.keeps_column,
+                )
+            )  # fmt: skip
+            record.operator_counts[op.name] = record.operator_counts.get(op.name, 0) + 1
+    recorder = LineageRecorder(lineage, ring, record, policy=pol)
+    recorder.start()
 
-    record.ended_at = _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
+    out_sinks: dict[str, ParquetDirSink] = {}
+    q_sinks: dict[str, ParquetDirSink] = {}
+    stats: dict[str, int] = {}
+    try:
+        with _RayContext(ray):
+            for t in sources:
+                meta = {k.decode(): v.decode() for k, v in (out_schemas[t].metadata or {}).items()}
+                # a directory sink whatever the name: workers write its part files
+                sink = ParquetDirSink(
+                    Path(out_uris[t]), out_schemas[t], overwrite=overwrite, metadata=meta,
+                    uri=out_uris[t],
+                )  # fmt: skip
+                out_sinks[t] = sink
+                # the sink's temporary directory (renamed on commit) is where workers write
+                staging = Path(sink._tmp).resolve()
+                spec = _WorkerSpec(pol, keyring_path, t, lex, keystore)
+                results = _run_table(
+                    ray, files[t], spec, sink.schema, staging, batch_size, concurrency
+                )
+                for r in results:
+                    record.rows_out += r["rows_out"]
+                    record.rows_quarantined += r["rows_q"]
+                    record.rows_in += sum(n for n, _ in r["groups"])
+                    for k, v in r["reasons"].items():
+                        record.quarantine_reasons[k] = record.quarantine_reasons.get(k, 0) + v
+                    for k, v in r["stats"].items():
+                        stats[k] = stats.get(k, 0) + v
+                if record.rows_in != record.rows_out + record.rows_quarantined:
+                    raise BiomaskError(
+                        f"row count mismatch on Ray: {record.rows_in} in, {record.rows_out} "
+                        f"out, {record.rows_quarantined} quarantined; nothing was written"
+                    )
+                if max_quarantine is not None and record.rows_quarantined > max_quarantine:
+                    raise QuarantineLimitError(
+                        f"{record.rows_quarantined} rows quarantined, more than "
+                        f"--max-quarantine {max_quarantine}; nothing was written"
+                    )
+                out_files = sorted(p for p in staging.glob("*.parquet"))
+                groups = [g for r in results for g in r["groups"]]
+                _observe(recorder, t, sources[t], sink.schema, out_files, groups, batch_size)
+                q_parts = sorted((staging / _QUARANTINE_DIR).glob("*.parquet"))
+                if q_parts:
+                    q_uri = quarantine_uri(out_uris[t])
+                    q_schema = pq.read_schema(q_parts[0])
+                    q_meta = {k.decode(): v.decode() for k, v in (q_schema.metadata or {}).items()}
+                    q = ParquetDirSink(
+                        Path(q_uri), q_schema, overwrite=overwrite, metadata=q_meta, uri=q_uri
+                    )
+                    q_sinks[t] = q
+                    for p in q_parts:
+                        os.replace(p, Path(q._tmp) / p.name)
+                    (staging / _QUARANTINE_DIR).rmdir()
+        for s in [*out_sinks.values(), *q_sinks.values()]:
+            s.commit()
+    except BaseException as exc:
+        for s in [*out_sinks.values(), *q_sinks.values()]:
+            try:
+                s.abort()
+            except Exception:  # abort must not hide the real error
+                log.debug("abort failed", exc_info=True)
+        err = _unwrap(exc)
+        record.error = str(err) if isinstance(err, BiomaskError) else type(err).__name__
+        recorder.fail(err)
+        if err is not exc:
+            raise err from None
+        raise
+    record.outputs = [s.ref() for s in out_sinks.values()]
+    record.quarantine = [s.ref() for s in q_sinks.values()]
+    record.token_collisions = stats.get("token_collisions", 0)
+    record.text_detections = {
+        k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("text:")
+    }
     recorder.complete()
     return RunSummary(
         run_id=record.run_id, rows_in=record.rows_in, rows_out=record.rows_out,
         rows_quarantined=record.rows_quarantined, seconds=time.perf_counter() - started,
-        lineage_dir=lineage, outputs=[display_uri(output_uri)],
-        quarantine=[display_uri(quarantine_uri(output_uri))] if q_sink is not None else [],
-        operator_counts=dict(record.operator_counts), key_ids=masker.key_ids,
+        lineage_dir=lineage, outputs=[display_uri(u) for u in out_uris.values()],
+        quarantine=[display_uri(quarantine_uri(out_uris[t])) for t in q_sinks],
+        operator_counts=dict(record.operator_counts), stats=stats, key_ids=key_ids,
     )  # fmt: skip
+
+
+def _run_table(
+    ray: Any,
+    files: list[Path],
+    spec: _WorkerSpec,
+    schema: pa.Schema,
+    staging: Path,
+    batch_size: int,
+    concurrency: int | None,
+) -> list[dict[str, Any]]:
+    """Read, mask and write one table on Ray; returns the write tasks' results in order."""
+    import pyarrow.fs
+
+    workers = concurrency or _default_workers(ray)
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    # several batches per worker, so a slow batch does not leave the others idle
+    rows = max(1, min(batch_size, math.ceil(total / (4 * workers)) or 1))
+    ds = ray.data.read_parquet(
+        [str(f.resolve()) for f in files],
+        filesystem=pyarrow.fs.LocalFileSystem(),  # local paths: no fsspec probing
+        partitioning=None,
+        override_num_blocks=len(files),  # one block per file (not ten files per task)
+        num_cpus=_IO_CPUS,
+    ).repartition(target_num_rows_per_block=rows)  # streaming: splits large files
+    masked = _map(
+        ds, spec, on_quarantine="mark", with_stats=True, concurrency=workers, batch_size=rows,
+        # fail fast: a worker that crashes fails the run (nothing is committed; run it
+        # again) rather than being restarted forever on a deterministic crash
+        max_restarts=0,
+    )  # fmt: skip
+    sink = _sink_class()(str(staging), str(staging / _QUARANTINE_DIR), schema, rows)
+    masked.write_datasink(sink, ray_remote_args={"num_cpus": _IO_CPUS})
+    return list(sink.results)

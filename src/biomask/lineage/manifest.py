@@ -90,7 +90,8 @@ def load_public_key(key: bytes | Path | str) -> Ed25519PublicKey:
             key = Path(key).read_bytes()
         except OSError as exc:
             raise VerificationError(f"cannot read public key {key!s}: {exc.strerror}") from None
-    blob = key.strip()
+    # raw keys are checked before stripping: 32 random bytes may end in a space or newline
+    blob = key if len(key) == 32 else key.strip()
     try:
         if blob.startswith(b"-----BEGIN"):
             pub = serialization.load_pem_public_key(blob)

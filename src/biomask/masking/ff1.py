@@ -1,28 +1,40 @@
 """NIST SP 800-38G FF1 format-preserving encryption, vectorized over many values.
 
-FF1 is a 10-round Feistel network whose round function is AES CBC-MAC over a fixed block
-P (radix, lengths, tweak length) and a block Q (tweak, round number, half of the value).
-Called value by value that is ~20 tiny AES calls per value; here every round runs for *all*
-values of one length at once: the CBC-MAC advances one block position per AES-ECB call
-over the whole batch, and the numeral arithmetic is numpy on uint64 where the half-domain
-fits (radix**m below 2**55, e.g. up to 16 decimal digits per half), with an exact Python-
-integer fallback beyond. FF3/FF3-1 are deliberately not offered (NIST's 2025 draft removes
-them).
+FF1 is a 10-round Feistel network whose round function is an AES CBC-MAC over a fixed
+block ``P`` (radix, lengths, tweak length) and a block sequence ``Q`` (tweak, round number,
+one half of the value). Called value by value that is about twenty tiny AES calls per
+value, and Python call overhead dominates. Here every round runs for *all* values of one
+length at once:
 
+* ``P`` and the leading blocks of ``Q`` (tweak and padding) are the same for every value,
+  so their CBC-MAC state is computed once per (length, tweak) and folded into a template
+  of the first block that varies.
+* The varying blocks of every value sit in one contiguous buffer and go through AES-ECB
+  in one call per block position (one call per round for the usual lengths), chaining
+  with numpy XOR in between; the ``S`` expansion blocks ``R xor [j]`` are batched too.
+* The numeral arithmetic (NUM, STR, modular addition) is numpy ``uint64`` where the half
+  domain ``radix**v`` is below 2**56 (up to 33 decimal digits or 20 alphanumerics per
+  value), and exact Python integers beyond, so any length the standard allows is correct.
+
+FF3/FF3-1 are deliberately not offered (NIST's SP 800-38G Rev. 1 drafts withdraw FF3).
 The minimum domain of SP 800-38G Rev. 1 is enforced: ``radix ** length >= 1_000_000``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, NoReturn
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+import pyarrow as pa
+import pyarrow.compute as pc
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 __all__ = [
     "FF1",
+    "MAX_LENGTH",
     "MIN_DOMAIN",
     "check_domain",
     "decrypt_array",
@@ -31,17 +43,46 @@ __all__ = [
     "encrypt_strings",
 ]
 
+#: Smallest domain FF1 may encrypt (NIST SP 800-38G Rev. 1, section 5.2).
 MIN_DOMAIN = 1_000_000
-_FAST_LIMIT = 1 << 55  # uint64 Horner steps (acc * 256 + 255) stay exact below this
+#: Largest value length SP 800-38G allows (``maxlen`` <= 2**32).
+MAX_LENGTH = 2**32
+_MAX_RADIX = 65536
+_ROUNDS = 10
+#: The uint64 fast path needs ``radix**v`` below this: sums of two residues and the
+#: 8-bit-at-a-time reduction of 96-bit ``S`` values then never overflow 64 bits.
+_FAST_LIMIT = 1 << 56
+#: Rows per chunk on the fast path: small enough that a round's working set (a few
+#: arrays of 8 bytes per row plus the 16-byte AES blocks) stays in the CPU caches.
+_CHUNK = 16384
 
 
 def check_domain(radix: int, length: int) -> None:
-    """Refuse domains smaller than 10^6 values (NIST SP 800-38G Rev. 1, section 5.2)."""
-    if not 2 <= radix <= 65536:
-        raise ValueError(f"FF1 radix must be between 2 and 65536, not {radix}")
+    """Refuse what FF1 may not encrypt: domains below 10^6 values, and bad lengths.
+
+    Parameters
+    ----------
+    radix:
+        Alphabet size, 2 to 65536.
+    length:
+        Number of characters (numerals) per value.
+
+    Raises
+    ------
+    ValueError
+        If ``radix ** length < 1_000_000``: a domain that small can be enumerated (or
+        attacked through the Feistel structure), which is why NIST SP 800-38G Rev. 1
+        forbids it. The message says so and points to the alternatives. Also if the
+        radix or length is outside what the standard defines.
+    """
+    if not 2 <= radix <= _MAX_RADIX:
+        raise ValueError(f"FF1 radix must be between 2 and {_MAX_RADIX}, not {radix}")
     if length < 2:
-        raise ValueError("FF1 needs at least 2 characters to encrypt")
-    if radix**length < MIN_DOMAIN:
+        raise ValueError(f"FF1 needs values of at least 2 characters, not {length}")
+    if length > MAX_LENGTH:
+        raise ValueError("FF1 values may not be longer than 2^32 characters")
+    # radix**length can be astronomically large for long values: compare without it.
+    if length < 20 and radix**length < MIN_DOMAIN:
         raise ValueError(
             f"FF1 is refused on a domain of {radix}^{length} = {radix**length:,} values: NIST "
             "SP 800-38G Rev. 1 requires at least 1,000,000 (small domains can be enumerated); "
@@ -49,271 +90,536 @@ def check_domain(radix: int, length: int) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything about one (length, tweak) that does not depend on the values.
+
+    ``template`` is the part of ``Q`` that varies per row (from the block holding the round
+    byte to the end), with the CBC-MAC state after ``P`` and the constant blocks of ``Q``
+    already XORed into its first block, round byte 0 and ``NUM(B)`` zero. A row's first
+    varying block is then ``template xor [i] xor NUM(B)`` and needs no chaining of its own.
+    """
+
+    u: int
+    v: int
+    b: int  # bytes of NUM(B) in Q
+    d: int  # bytes of S that make y
+    mod_u: int
+    mod_v: int
+    template: bytes
+    round_pos: int  # offset of the round byte in ``template``
+    fast: bool
+    # fast path (template is one block): the block as two big-endian 64-bit words, per round
+    hi: tuple[int, ...]
+    lo: tuple[int, ...]
+
+
 class FF1:
-    """FF1 with one AES key (16, 24 or 32 bytes) and one radix.
+    """FF1 with one AES key and one radix, applied to many values per call.
 
     Parameters
     ----------
     key:
-        AES-128/192/256 key. Kept private; never printed.
+        AES-128/192/256 key (16, 24 or 32 bytes). Kept private: it never appears in
+        ``repr``, ``str`` or error messages, and instances refuse to be pickled.
     radix:
-        Number of symbols in the alphabet (numerals are ``0 .. radix-1``).
+        Alphabet size; numerals are the integers ``0 .. radix-1``.
+
+    Notes
+    -----
+    Instances keep no per-call state (each call makes its own AES context), so one
+    instance may be shared between threads.
     """
 
-    __slots__ = ("_ecb_key", "radix")
+    __slots__ = ("_key", "_plans", "radix")
 
     def __init__(self, key: bytes, radix: int) -> None:
+        if not isinstance(key, bytes | bytearray | memoryview):
+            raise TypeError("FF1 key must be bytes")
         if len(key) not in (16, 24, 32):
             raise ValueError("FF1 keys are 16, 24 or 32 bytes (AES-128/192/256)")
-        if not 2 <= radix <= 65536:
-            raise ValueError(f"FF1 radix must be between 2 and 65536, not {radix}")
-        self._ecb_key = bytes(key)
-        self.radix = radix
+        if isinstance(radix, bool) or not isinstance(radix, int | np.integer):
+            raise TypeError("FF1 radix must be an int")
+        if not 2 <= radix <= _MAX_RADIX:
+            raise ValueError(f"FF1 radix must be between 2 and {_MAX_RADIX}, not {radix}")
+        self._key = bytes(key)
+        self.radix = int(radix)
+        self._plans: dict[tuple[int, bytes], _Plan] = {}
 
     def __repr__(self) -> str:
         return f"FF1(radix={self.radix}, key=<hidden>)"
+
+    __str__ = __repr__
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("FF1 instances hold key material and cannot be pickled")
 
     # -- public ---------------------------------------------------------------------------
     def encrypt(self, numerals: np.ndarray, tweak: bytes = b"") -> np.ndarray:
-        """Encrypt a 2-D array of numerals, one value per row (all rows one length)."""
+        """Encrypt many numeral strings of one length (SP 800-38G Algorithm 7).
+
+        Parameters
+        ----------
+        numerals:
+            2-D integer array, one value per row, numerals in ``[0, radix)``. Callers
+            group values by length; each group is one call.
+        tweak:
+            FF1 tweak (any length below 2^32 bytes), the same for every row.
+
+        Returns
+        -------
+        numpy.ndarray
+            Array of the same shape and dtype with the encrypted numerals.
+
+        Raises
+        ------
+        ValueError
+            For a domain below 10^6 values (see :func:`check_domain`), a non-2-D array or
+            numerals outside the radix.
+        """
         return self._crypt(numerals, tweak, decrypt=False)
 
     def decrypt(self, numerals: np.ndarray, tweak: bytes = b"") -> np.ndarray:
-        """Invert :meth:`encrypt`."""
+        """Invert :meth:`encrypt` (SP 800-38G Algorithm 8); same parameters."""
         return self._crypt(numerals, tweak, decrypt=True)
 
-    # -- internals ------------------------------------------------------------------------
-    def _aes(self, blocks: np.ndarray) -> np.ndarray:
-        """AES-ECB over every 16-byte row at once, straight between numpy buffers."""
-        data = np.ascontiguousarray(blocks, dtype=np.uint8)
-        out = np.empty(data.size + 15, dtype=np.uint8)
-        enc = Cipher(algorithms.AES(self._ecb_key), modes.ECB()).encryptor()
-        enc.update_into(data.reshape(-1).data, out.data)
-        return out[: data.size].reshape(data.shape)
+    # -- planning -------------------------------------------------------------------------
+    def _plan(self, n: int, tweak: bytes) -> _Plan:
+        cached = self._plans.get((n, tweak))
+        if cached is not None:
+            return cached
+        radix, t = self.radix, len(tweak)
+        u, v = n // 2, n - n // 2
+        mod_u, mod_v = radix**u, radix**v
+        # b = ceil(ceil(v * log2(radix)) / 8), exactly: ceil(log2(radix**v)) is the bit
+        # length of radix**v - 1 (floats would be wrong for some large radix**v).
+        b = ((mod_v - 1).bit_length() + 7) // 8
+        d = 4 * ((b + 3) // 4) + 4
+        p_block = (
+            bytes([1, 2, 1])
+            + radix.to_bytes(3, "big")
+            + bytes([_ROUNDS, u % 256])
+            + n.to_bytes(4, "big")
+            + t.to_bytes(4, "big")
+        )
+        pad = (-t - b - 1) % 16
+        q = tweak + bytes(pad + 1 + b)  # round byte and NUM(B) zero
+        var_start = (t + pad) // 16 * 16  # the block holding the round byte
+        aes = Cipher(algorithms.AES(self._key), modes.ECB()).encryptor()
+        state = aes.update(p_block)
+        for j in range(0, var_start, 16):
+            state = aes.update(_xor(state, q[j : j + 16]))
+        template = _xor(state, q[var_start : var_start + 16]) + q[var_start + 16 :]
+        round_pos = t + pad - var_start
+        fast = mod_v < _FAST_LIMIT
+        hi: list[int] = []
+        lo: list[int] = []
+        if fast:  # then b <= 7: round byte and NUM(B) share the one varying block
+            whole = int.from_bytes(template, "big")
+            for i in range(_ROUNDS):
+                w = whole ^ (i << (8 * b))
+                hi.append(w >> 64)
+                lo.append(w & (2**64 - 1))
+        plan = _Plan(u, v, b, d, mod_u, mod_v, template, round_pos, fast, tuple(hi), tuple(lo))
+        if len(self._plans) < 64:
+            self._plans[(n, tweak)] = plan
+        return plan
 
+    # -- core -----------------------------------------------------------------------------
     def _crypt(self, numerals: np.ndarray, tweak: bytes, *, decrypt: bool) -> np.ndarray:
         x = np.asarray(numerals)
         if x.ndim != 2:
             raise ValueError("numerals must be a 2-D array: one value per row")
+        if x.dtype.kind not in "iu":
+            raise ValueError("numerals must be an integer array")
+        if not isinstance(tweak, bytes | bytearray):
+            raise TypeError("FF1 tweak must be bytes")
+        if len(tweak) >= MAX_LENGTH:
+            raise ValueError("FF1 tweaks must be shorter than 2^32 bytes")
         rows, n = x.shape
-        radix = self.radix
-        check_domain(radix, n)
+        check_domain(self.radix, n)
         if rows == 0:
             return x.copy()
-        if x.min() < 0 or x.max() >= radix:
-            raise ValueError(f"numerals must be in [0, {radix})")
-        u, v = n // 2, n - n // 2
-        b = math.ceil(math.ceil(v * math.log2(radix)) / 8)
-        d = 4 * math.ceil(b / 4) + 4
-        t = len(tweak)
-        p_block = (
-            bytes([1, 2, 1])
-            + radix.to_bytes(3, "big")
-            + bytes([10, u % 256])
-            + n.to_bytes(4, "big")
-            + t.to_bytes(4, "big")
-        )
-        state0 = self._aes(np.frombuffer(p_block, dtype=np.uint8).reshape(1, 16))[0]
-        pad = (-t - b - 1) % 16
-        q_len = t + pad + 1 + b
-        q_prefix = np.frombuffer(tweak + bytes(pad), dtype=np.uint8)
-        fast = radix**v < _FAST_LIMIT and (1 << (8 * b)) <= (1 << 64)
-        a = _Num(x[:, :u], radix, fast)
-        bb = _Num(x[:, u:], radix, fast)
-        rounds = range(9, -1, -1) if decrypt else range(10)
-        q = np.empty((rows, q_len), dtype=np.uint8)
-        q[:, : t + pad] = q_prefix
-        for i in rounds:
-            # In encryption the round function reads B; in decryption it reads A.
-            src = a if decrypt else bb
-            q[:, t + pad] = i
-            q[:, t + pad + 1 :] = src.to_bytes(b)
-            state = self._aes(q[:, :16] ^ state0)
-            for j in range(16, q_len, 16):
-                state = self._aes(state ^ q[:, j : j + 16])
-            s = state
-            if d > 16:
-                extra = [
-                    self._aes(state ^ np.frombuffer(k.to_bytes(16, "big"), dtype=np.uint8))
-                    for k in range(1, (d + 15) // 16)
-                ]
-                s = np.concatenate([state, *extra], axis=1)
-            m = u if i % 2 == 0 else v
-            y = _Num.from_bytes(s[:, :d], radix, m, fast)
-            if decrypt:
-                c = bb.sub_mod(y, m)
-                bb, a = a, c
-            else:
-                c = a.add_mod(y, m)
-                a, bb = bb, c
-        return np.concatenate([a.numerals(u), bb.numerals(v)], axis=1).astype(x.dtype)
-
-
-class _Num:
-    """One integer per row: uint64 on the fast path, Python ints otherwise."""
-
-    __slots__ = ("fast", "radix", "val")
-
-    def __init__(self, numerals: np.ndarray | None, radix: int, fast: bool) -> None:
-        self.radix = radix
-        self.fast = fast
-        if numerals is None:
-            return
-        if fast:
-            acc = np.zeros(numerals.shape[0], dtype=np.uint64)
-            for col in range(numerals.shape[1]):
-                acc = acc * np.uint64(radix) + numerals[:, col].astype(np.uint64)
-            self.val: np.ndarray = acc
+        if (x.dtype.kind == "i" and int(x.min()) < 0) or int(x.max()) >= self.radix:
+            raise ValueError(f"numerals must be in [0, {self.radix})")
+        plan = self._plan(n, bytes(tweak))
+        aes = Cipher(algorithms.AES(self._key), modes.ECB()).encryptor()
+        out = np.empty_like(x)
+        if plan.fast:
+            step = _CHUNK
+            for start in range(0, rows, step):
+                sl = slice(start, start + step)
+                out[sl] = self._fast(aes, plan, x[sl], decrypt)
         else:
-            acc_o = np.zeros(numerals.shape[0], dtype=object)
-            for col in range(numerals.shape[1]):
-                acc_o = acc_o * radix + numerals[:, col].astype(object)
-            self.val = acc_o
-
-    @classmethod
-    def _wrap(cls, val: np.ndarray, radix: int, fast: bool) -> _Num:
-        out = cls(None, radix, fast)
-        out.val = val
+            out[:] = self._exact(aes, plan, x, decrypt)
         return out
 
-    @classmethod
-    def from_bytes(cls, s: np.ndarray, radix: int, m: int, fast: bool) -> _Num:
-        """NUM(S) mod radix**m (only the residue matters to the Feistel addition)."""
-        mod = radix**m
-        if fast and mod < _FAST_LIMIT and s.shape[1] == 8:  # d = 8: S is one uint64
-            whole = np.ascontiguousarray(s).view(">u8").reshape(-1).astype(np.uint64)
-            return cls._wrap(whole % np.uint64(mod), radix, True)
-        if fast and mod < _FAST_LIMIT:
-            acc = np.zeros(s.shape[0], dtype=np.uint64)
-            md = np.uint64(mod)
-            for col in range(s.shape[1]):
-                acc = (acc * np.uint64(256) + s[:, col].astype(np.uint64)) % md
-            return cls._wrap(acc, radix, True)
-        vals = np.array([int.from_bytes(r.tobytes(), "big") % mod for r in s], dtype=object)
-        return cls._wrap(vals, radix, False)
+    def _fast(self, aes: CipherContext, plan: _Plan, x: np.ndarray, decrypt: bool) -> np.ndarray:
+        """All rounds on uint64 halves (``radix**v < 2**56``, so ``b <= 7``, ``d <= 12``)."""
+        rows = x.shape[0]
+        radix, u, d = self.radix, plan.u, plan.d
+        a = _num(x[:, :u], radix)
+        bb = _num(x[:, u:], radix)
+        blocks = np.empty((rows, 2), dtype=">u8")
+        raw = np.empty(rows * 16 + 16, dtype=np.uint8)  # update_into wants len + 15
+        r = raw[: rows * 16].view(">u8").reshape(rows, 2)
+        src_in = blocks.data.cast("B")
+        dst = raw.data
+        y = np.empty(rows, dtype=np.uint64)
+        tmp = np.empty(rows, dtype=np.uint64)
+        for i in range(_ROUNDS - 1, -1, -1) if decrypt else range(_ROUNDS):
+            mod = np.uint64(plan.mod_u if i % 2 == 0 else plan.mod_v)
+            blocks[:, 0] = plan.hi[i]
+            np.bitwise_xor(a if decrypt else bb, np.uint64(plan.lo[i]), out=tmp)
+            blocks[:, 1] = tmp
+            aes.update_into(src_in, dst)
+            # y = NUM(first d bytes of R) mod radix**m
+            y[:] = r[:, 0]
+            np.remainder(y, mod, out=y)
+            if d == 12:  # shift in the next 4 bytes of R, 8 bits at a time (no overflow)
+                tmp[:] = r[:, 1]
+                for shift in (56, 48, 40, 32):
+                    np.left_shift(y, np.uint64(8), out=y)
+                    y |= (tmp >> np.uint64(shift)) & np.uint64(0xFF)
+                    np.remainder(y, mod, out=y)
+            if decrypt:  # C = (NUM(B) - y) mod radix**m; B = A; A = C
+                c = bb + mod
+                c -= y
+                np.remainder(c, mod, out=c)
+                a, bb = c, a
+            else:  # C = (NUM(A) + y) mod radix**m; A = B; B = C
+                c = a + y
+                np.remainder(c, mod, out=c)
+                a, bb = bb, c
+        res = np.empty(x.shape, dtype=x.dtype)
+        _str(a, radix, res[:, :u])
+        _str(bb, radix, res[:, u:])
+        return res
 
-    def _as(self, other: _Num) -> tuple[np.ndarray, np.ndarray, bool]:
-        if self.fast and other.fast:
-            return self.val, other.val, True
-        return self.val.astype(object), other.val.astype(object), False
+    def _exact(self, aes: CipherContext, plan: _Plan, x: np.ndarray, decrypt: bool) -> np.ndarray:
+        """All rounds with Python-integer halves: any length, any radix (long values)."""
+        rows = x.shape[0]
+        radix, u, b, d = self.radix, plan.u, plan.b, plan.d
+        a = _num_exact(x[:, :u], radix)
+        bb = _num_exact(x[:, u:], radix)
+        tpl = np.frombuffer(plan.template, dtype=np.uint8)
+        width = len(tpl)
+        extra = (d + 15) // 16 - 1
+        counters = np.zeros((extra, 16), dtype=np.uint8)
+        for j in range(extra):
+            counters[j] = np.frombuffer((j + 1).to_bytes(16, "big"), dtype=np.uint8)
+        for i in range(_ROUNDS - 1, -1, -1) if decrypt else range(_ROUNDS):
+            mod = plan.mod_u if i % 2 == 0 else plan.mod_v
+            src = a if decrypt else bb
+            q = np.empty((rows, width), dtype=np.uint8)
+            q[:] = tpl
+            q[:, plan.round_pos] ^= i
+            num_b = b"".join(int(s).to_bytes(b, "big") for s in src)
+            q[:, width - b :] ^= np.frombuffer(num_b, dtype=np.uint8).reshape(rows, b)
+            state = _ecb(aes, q[:, :16])
+            for j in range(16, width, 16):
+                state = _ecb(aes, state ^ q[:, j : j + 16])
+            if extra:
+                more = _ecb(aes, (state[:, None, :] ^ counters[None, :, :]).reshape(-1, 16))
+                s = np.concatenate([state, more.reshape(rows, extra * 16)], axis=1)
+            else:
+                s = state
+            flat = np.ascontiguousarray(s[:, :d]).tobytes()
+            ys = [int.from_bytes(flat[k : k + d], "big") for k in range(0, rows * d, d)]
+            if decrypt:
+                c = [(int(p) - y) % mod for p, y in zip(bb, ys, strict=True)]
+                a, bb = c, a
+            else:
+                c = [(int(p) + y) % mod for p, y in zip(a, ys, strict=True)]
+                a, bb = bb, c
+        res = np.empty(x.shape, dtype=x.dtype)
+        res[:, :u] = _str_exact(a, radix, u)
+        res[:, u:] = _str_exact(bb, radix, plan.v)
+        return res
 
-    def add_mod(self, y: _Num, m: int) -> _Num:
-        a, b, fast = self._as(y)
-        mod = self.radix**m
-        if fast:
-            md = np.uint64(mod)
-            return _Num._wrap((a % md + b % md) % md, self.radix, mod < _FAST_LIMIT)
-        return _Num._wrap((a + b) % mod, self.radix, False)
 
-    def sub_mod(self, y: _Num, m: int) -> _Num:
-        a, b, fast = self._as(y)
-        mod = self.radix**m
-        if fast:
-            md = np.uint64(mod)
-            return _Num._wrap((a % md + md - b % md) % md, self.radix, mod < _FAST_LIMIT)
-        return _Num._wrap((a - b) % mod, self.radix, False)
-
-    def to_bytes(self, b: int) -> np.ndarray:
-        """Big-endian ``b``-byte representation of each row's integer."""
-        if self.fast and b <= 8:
-            be = self.val.astype(">u8").view(np.uint8).reshape(-1, 8)
-            return be[:, 8 - b :]
-        out = np.empty((len(self.val), b), dtype=np.uint8)
-        for r, v in enumerate(self.val):
-            out[r] = np.frombuffer(int(v).to_bytes(b, "big"), dtype=np.uint8)
-        return out
-
-    def numerals(self, m: int) -> np.ndarray:
-        """STR_m_radix: ``m`` numerals per row, most significant first."""
-        out = np.empty((len(self.val), m), dtype=np.int64)
-        v = self.val.copy()
-        r = np.uint64(self.radix) if self.fast else self.radix
-        for col in range(m - 1, -1, -1):
-            out[:, col] = (v % r).astype(np.int64)
-            v = v // r
-        return out
+# -- numeral helpers ----------------------------------------------------------------------
+def _xor(p: bytes, q: bytes) -> bytes:
+    return (int.from_bytes(p, "big") ^ int.from_bytes(q, "big")).to_bytes(16, "big")
 
 
-def _alphabet_index(alphabet: str) -> dict[str, int]:
-    index = {c: i for i, c in enumerate(alphabet)}
-    if len(index) != len(alphabet):
+def _ecb(aes: CipherContext, blocks: np.ndarray) -> np.ndarray:
+    """AES-ECB over every 16-byte row at once, straight between numpy buffers."""
+    data = np.ascontiguousarray(blocks, dtype=np.uint8)
+    out = np.empty(data.size + 16, dtype=np.uint8)
+    aes.update_into(data.data.cast("B"), out.data)
+    return out[: data.size].reshape(data.shape)
+
+
+def _num(x: np.ndarray, radix: int) -> np.ndarray:
+    """NUM_radix of each row as uint64 (Horner over the columns; fits by construction)."""
+    acc = x[:, 0].astype(np.uint64)
+    r = np.uint64(radix)
+    for col in range(1, x.shape[1]):
+        acc *= r
+        acc += x[:, col].astype(np.uint64)
+    return acc
+
+
+def _str(val: np.ndarray, radix: int, out: np.ndarray) -> None:
+    """STR_m_radix of each uint64 into ``out`` (rows, m), most significant numeral first.
+
+    Peels ``radix**k`` (below 2**16) at a time and expands each piece through a table of
+    its ``k`` numerals, which needs m/k divisions instead of m.
+    """
+    m = out.shape[1]
+    k = 1
+    while radix ** (k + 1) <= 1 << 16 and k < m:
+        k += 1
+    table = _digits_table(radix, k)
+    chunk = np.uint64(radix**k)
+    v = val.copy()
+    col = m
+    while col > 0:
+        w = min(k, col)
+        piece = v % chunk if col > k else v
+        out[:, col - w : col] = table[piece.astype(np.intp), k - w :]
+        if col > k:
+            v //= chunk
+        col -= w
+
+
+_TABLES: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _digits_table(radix: int, k: int) -> np.ndarray:
+    """``table[x]`` = the ``k`` numerals of ``x`` in ``radix`` (``radix**k <= 65536``)."""
+    key = (radix, k)
+    table = _TABLES.get(key)
+    if table is None:
+        vals = np.arange(radix**k, dtype=np.int64)
+        table = np.empty((radix**k, k), dtype=np.uint16)
+        for j in range(k - 1, -1, -1):
+            table[:, j] = vals % radix
+            vals //= radix
+        _TABLES[key] = table
+    return table
+
+
+def _num_exact(x: np.ndarray, radix: int) -> list[int]:
+    acc = np.zeros(x.shape[0], dtype=object)
+    for col in range(x.shape[1]):
+        acc = acc * radix + x[:, col].astype(object)
+    return [int(a) for a in acc]
+
+
+def _str_exact(vals: list[int], radix: int, m: int) -> np.ndarray:
+    v = np.empty(len(vals), dtype=object)
+    v[:] = vals
+    out = np.empty((len(vals), m), dtype=np.int64)
+    for col in range(m - 1, -1, -1):
+        out[:, col] = (v % radix).astype(np.int64)
+        v = v // radix
+    return out
+
+
+# -- strings and Arrow columns ------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Alphabet:
+    symbols: str
+    ascii_lut: np.ndarray | None  # byte -> numeral (-1: not in the alphabet)
+    ascii_syms: np.ndarray | None  # numeral -> byte
+
+
+_ALPHABETS: dict[str, _Alphabet] = {}
+
+
+def _alphabet(cipher: FF1, alphabet: str) -> _Alphabet:
+    if len(alphabet) != cipher.radix:
+        raise ValueError(f"alphabet has {len(alphabet)} characters, radix is {cipher.radix}")
+    found = _ALPHABETS.get(alphabet)
+    if found is not None:
+        return found
+    if len(set(alphabet)) != len(alphabet):
         raise ValueError("alphabet has repeated characters")
-    return index
+    lut = syms = None
+    if alphabet.isascii():
+        syms = np.frombuffer(alphabet.encode("ascii"), dtype=np.uint8).copy()
+        lut = np.full(256, -1, dtype=np.int16)
+        lut[syms] = np.arange(len(alphabet), dtype=np.int16)
+    found = _Alphabet(alphabet, lut, syms)
+    if len(_ALPHABETS) < 256:
+        _ALPHABETS[alphabet] = found
+    return found
+
+
+def _crypt_flat(
+    cipher: FF1,
+    alpha: _Alphabet,
+    body: np.ndarray,
+    offsets: np.ndarray,
+    tweak: bytes,
+    *,
+    decrypt: bool,
+    rows_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Encrypt back-to-back ASCII values (``body`` bytes, ``offsets`` into it), by length.
+
+    Values of one length become one 2-D numeral block; when every value has the same
+    length the body *is* that block (a reshape, no gather). Returns the new body.
+    """
+    assert alpha.ascii_lut is not None and alpha.ascii_syms is not None
+    lengths = np.diff(offsets)
+    out = body.copy()
+    if len(lengths) == 0:
+        return out
+    sel = lengths if rows_mask is None else lengths[rows_mask]
+    if len(sel) == 0:
+        return out
+    lo, hi = int(sel.min()), int(sel.max())
+    if lo == hi and rows_mask is None:
+        width = lo
+        nums = alpha.ascii_lut[body.reshape(len(lengths), width)]
+        if int(nums.min()) < 0:
+            raise ValueError("a value has characters outside the alphabet")
+        res = cipher.decrypt(nums, tweak) if decrypt else cipher.encrypt(nums, tweak)
+        flat: np.ndarray = alpha.ascii_syms[res].reshape(-1)
+        return flat
+    for width in np.unique(sel).tolist():
+        pick = lengths == width
+        if rows_mask is not None:
+            pick &= rows_mask
+        idx = offsets[:-1][pick][:, None] + np.arange(width)[None, :]
+        nums = alpha.ascii_lut[body[idx]]
+        if int(nums.min()) < 0:
+            raise ValueError("a value has characters outside the alphabet")
+        res = cipher.decrypt(nums, tweak) if decrypt else cipher.encrypt(nums, tweak)
+        out[idx] = alpha.ascii_syms[res]
+    return out
 
 
 def _strings(
     cipher: FF1, values: Sequence[str], alphabet: str, tweak: bytes, *, decrypt: bool
 ) -> list[str]:
-    if len(alphabet) != cipher.radix:
-        raise ValueError(f"alphabet has {len(alphabet)} characters, radix is {cipher.radix}")
-    index = _alphabet_index(alphabet)
-    out: list[str] = [""] * len(values)
-    by_len: dict[int, list[int]] = {}
-    for i, v in enumerate(values):
-        by_len.setdefault(len(v), []).append(i)
-    codes = np.full(0x110000 if max(map(ord, alphabet)) > 0xFFFF else 0x10000, -1, np.int64)
-    for c, i in index.items():
-        codes[ord(c)] = i
-    lookup = np.array([ord(c) for c in alphabet], dtype=np.uint32)
-    for n, rows in by_len.items():
-        text = "".join([values[r] for r in rows])
-        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        nums = codes[np.minimum(cps, len(codes) - 1)].reshape(len(rows), n)
-        if (nums < 0).any():
-            raise ValueError("a value has characters outside the alphabet")
-        res = cipher.decrypt(nums, tweak) if decrypt else cipher.encrypt(nums, tweak)
-        joined = lookup[res.reshape(-1)].tobytes().decode("utf-32-le")
-        for k, r in enumerate(rows):
-            out[r] = joined[k * n : (k + 1) * n]
-    return out
+    alpha = _alphabet(cipher, alphabet)
+    if len(values) == 0:
+        return []
+    joined = "".join(values)
+    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    offsets = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if alpha.ascii_lut is not None and joined.isascii():
+        body = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+        text = _crypt_flat(cipher, alpha, body, offsets, tweak, decrypt=decrypt)
+        res = text.tobytes().decode("ascii")
+    else:  # non-ASCII alphabet or values: code points, one dict lookup per distinct char
+        cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+        uniq, inv = np.unique(cps, return_inverse=True)
+        index = {c: i for i, c in enumerate(alphabet)}
+        try:
+            code = np.array([index[chr(c)] for c in uniq.tolist()], dtype=np.int64)
+        except KeyError:
+            raise ValueError("a value has characters outside the alphabet") from None
+        nums = code[inv.reshape(-1)]
+        symbols = np.array([ord(c) for c in alphabet], dtype=np.uint32)
+        out = np.empty_like(cps)
+        for width in np.unique(lengths).tolist():
+            rows = np.flatnonzero(lengths == width)
+            idx = offsets[rows][:, None] + np.arange(width)[None, :]
+            block = nums[idx]
+            got = cipher.decrypt(block, tweak) if decrypt else cipher.encrypt(block, tweak)
+            out[idx] = symbols[got]
+        res = out.tobytes().decode("utf-32-le")
+    if int(lengths.min()) == int(lengths.max()):
+        w = int(lengths[0])
+        return [res[k : k + w] for k in range(0, len(res), w)]
+    bounds = offsets.tolist()
+    return [res[s:e] for s, e in pairwise(bounds)]
 
 
 def encrypt_strings(
     cipher: FF1, values: Sequence[str], alphabet: str, tweak: bytes = b""
 ) -> list[str]:
-    """Encrypt strings over ``alphabet`` (its length is the radix), grouped by length."""
+    """Encrypt strings over ``alphabet`` (its length is the radix), grouped by length.
+
+    Parameters
+    ----------
+    cipher:
+        The FF1 instance (key and radix).
+    values:
+        Strings whose characters are all in ``alphabet``; lengths may differ (each length
+        is one vectorized call, and each must give a domain of at least 10^6 values).
+    alphabet:
+        The numerals in order: ``alphabet[k]`` is numeral ``k``. ASCII alphabets take a
+        byte lookup-table path; others work on code points.
+    tweak:
+        FF1 tweak, the same for every value.
+
+    Returns
+    -------
+    list[str]
+        The encrypted strings, in order, each the length of its input.
+    """
     return _strings(cipher, values, alphabet, tweak, decrypt=False)
 
 
 def decrypt_strings(
     cipher: FF1, values: Sequence[str], alphabet: str, tweak: bytes = b""
 ) -> list[str]:
-    """Invert :func:`encrypt_strings`."""
+    """Invert :func:`encrypt_strings`; same parameters."""
     return _strings(cipher, values, alphabet, tweak, decrypt=True)
 
 
 def _array(cipher: FF1, values: Any, alphabet: str, tweak: bytes, *, decrypt: bool) -> Any:
-    from biomask.masking.shape import codepoints, from_codepoints
-
-    if len(alphabet) != cipher.radix:
-        raise ValueError(f"alphabet has {len(alphabet)} characters, radix is {cipher.radix}")
-    _alphabet_index(alphabet)
-    cps, offsets = codepoints(values)
-    lookup = np.full(0x110000, -1, dtype=np.int64)
-    symbols = np.array([ord(c) for c in alphabet], dtype=np.uint32)
-    lookup[symbols] = np.arange(len(alphabet))
-    nums = lookup[cps]
-    if (nums < 0).any():
-        raise ValueError("a value has characters outside the alphabet")
-    lengths = np.diff(offsets)
-    out = cps.copy()
-    for length in np.unique(lengths):
-        rows = np.flatnonzero(lengths == length)
-        idx = offsets[rows][:, None] + np.arange(length)[None, :]
-        block = nums[idx]
-        res = cipher.decrypt(block, tweak) if decrypt else cipher.encrypt(block, tweak)
-        out[idx] = symbols[res]
-    return from_codepoints(out, offsets)
+    if isinstance(values, pa.ChunkedArray):
+        chunks = [_array(cipher, c, alphabet, tweak, decrypt=decrypt) for c in values.chunks]
+        return pa.chunked_array(chunks, type=values.type)
+    arr: pa.Array = values
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        raise TypeError("FF1 columns must be Arrow string arrays")
+    alpha = _alphabet(cipher, alphabet)
+    bufs = arr.buffers()
+    off_type = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    offsets = np.frombuffer(bufs[1], dtype=off_type)[arr.offset : arr.offset + len(arr) + 1]
+    offsets = offsets.astype(np.int64)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else None
+    first, last = (int(offsets[0]), int(offsets[-1])) if len(arr) else (0, 0)
+    body = data[first:last] if data is not None else np.zeros(0, dtype=np.uint8)
+    if alpha.ascii_lut is None or (body.size and int(body.max()) >= 128):
+        # Non-ASCII: per-value strings (correct, slower; alphabets here are rare).
+        py = arr.to_pylist()
+        keep = [s for s in py if s is not None]
+        done = iter(_strings(cipher, keep, alphabet, tweak, decrypt=decrypt))
+        return pa.array([None if s is None else next(done) for s in py], type=arr.type)
+    rel = offsets - first
+    mask = None
+    if arr.null_count:
+        mask = arr.is_valid().to_numpy(zero_copy_only=False)
+    new_body = _crypt_flat(cipher, alpha, body, rel, tweak, decrypt=decrypt, rows_mask=mask)
+    out = pa.Array.from_buffers(
+        arr.type,
+        len(arr),
+        [None, pa.py_buffer(rel.astype(off_type)), pa.py_buffer(new_body)],
+        null_count=0,
+    )
+    if mask is not None:
+        out = pc.if_else(arr.is_valid(), out, pa.scalar(None, type=arr.type))
+    return out
 
 
 def encrypt_array(cipher: FF1, values: Any, alphabet: str, tweak: bytes = b"") -> Any:
-    """Encrypt a null-free Arrow string array over ``alphabet``: Arrow in, Arrow out."""
+    """Encrypt an Arrow string array (or chunked array) over ``alphabet``.
+
+    Arrow in, Arrow out, without Python strings: for ASCII alphabets the UTF-8 data
+    buffer is mapped to numerals through a 256-entry table, encrypted group by group of
+    equal length, and mapped back into a new data buffer with the same offsets. Nulls
+    stay null.
+
+    Parameters
+    ----------
+    cipher, alphabet, tweak:
+        As for :func:`encrypt_strings`.
+    values:
+        ``pa.StringArray``/``pa.LargeStringArray`` or a chunked array of them.
+    """
     return _array(cipher, values, alphabet, tweak, decrypt=False)
 
 
 def decrypt_array(cipher: FF1, values: Any, alphabet: str, tweak: bytes = b"") -> Any:
-    """Invert :func:`encrypt_array`."""
+    """Invert :func:`encrypt_array`; same parameters."""
     return _array(cipher, values, alphabet, tweak, decrypt=True)
