@@ -484,7 +484,14 @@ class Encrypt(Operator[EncryptOp]):
         prefix = self._aad_prefix()
         tails = [b"|" + h for h in headers]
         into = [deks[d].decrypt_into if d in deks else None for d in dek_ids]
-        toks: list[bytes] = tok.take(pa.array(rows)).to_pylist() if len(rows) else []
+        picked = tok.take(pa.array(rows))
+        if len(headers) == 1:  # every row's AAD joined by Arrow, not by a Python concat
+            toks: list[bytes] = []
+            aads: list[bytes] = pc.binary_join_element_wise(
+                pa.scalar(prefix, pa.binary()), picked, pa.scalar(tails[0], pa.binary()), b""
+            ).to_pylist()
+        else:
+            toks, aads = picked.to_pylist(), []
         nonce_at = (starts[rows] + head_len[rows]).tolist()
         end_l = (starts[rows] + lens[rows]).tolist()
         o_l = o_offs[rows].tolist()
@@ -492,10 +499,10 @@ class Encrypt(Operator[EncryptOp]):
         w = which[rows].tolist()
         try:
             if len(headers) == 1 and len(rows):
-                dec, tail = into[0], tails[0]
+                dec = into[0]
                 assert dec is not None
-                for s, e, o, oe, t in zip(nonce_at, end_l, o_l, oe_l, toks, strict=True):
-                    dec(dmv[s : s + 12], dmv[s + 12 : e], prefix + t + tail, omv[o:oe])
+                for s, e, o, oe, aad in zip(nonce_at, end_l, o_l, oe_l, aads, strict=True):
+                    dec(dmv[s : s + 12], dmv[s + 12 : e], aad, omv[o:oe])
             else:
                 for j, s, e, o, oe, t in zip(w, nonce_at, end_l, o_l, oe_l, toks, strict=True):
                     into[j](dmv[s : s + 12], dmv[s + 12 : e], prefix + t + tails[j], omv[o:oe])
