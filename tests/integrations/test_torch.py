@@ -111,3 +111,29 @@ def test_ray_collate_fn_decrypts_in_the_trainer(masked: tuple[Path, Path, np.nda
     fed = torch.cat(got).numpy()
     key = lambda a: np.lexsort(a.T[:4])  # noqa: E731
     assert np.array_equal(fed[key(fed)], templates[key(templates)])
+
+
+def test_feed_without_decryption_yields_the_stored_ciphertexts(
+    masked: tuple[Path, Path, np.ndarray],
+) -> None:
+    out, ring, templates = masked
+    ds = MaskedTemplateDataset(out, out.parent / "policy.yaml", ring, batch_size=25, decrypt=False)
+    got = list(ds)
+    stored = [
+        c
+        for f in ds.files
+        for c in pq.read_table(f, columns=["template"]).column("template").to_pylist()
+    ]
+    cts = torch.cat([b["template"] for b in got])
+    assert cts.dtype == torch.uint8 and cts.shape[0] == len(templates)
+    assert [bytes(r) for r in cts.numpy()] == stored
+    assert not any(templates[0].tobytes()[:32] in s for s in stored)
+
+
+def test_feed_stops_early_without_hanging(masked: tuple[Path, Path, np.ndarray]) -> None:
+    out, ring, _ = masked
+    ds = MaskedTemplateDataset(out, out.parent / "policy.yaml", ring, batch_size=5)
+    it = iter(ds)
+    first = next(it)
+    assert first["template"].shape == (5, 512)
+    it.close()  # the read-ahead thread is told to stop and joined, with batches still queued

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -88,7 +89,9 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
     public_key:
         The auditor's copy of the signing key; without it the directory's own key is used.
     decrypt:
-        False yields the ciphertext lengths only (for measuring decryption's cost).
+        False yields the ciphertexts as they are stored, as a ``[B, length]`` uint8 tensor
+        when every row has the same length (else flat, with ``<column>_offsets``): the same
+        loader and the same bytes without the decryption, for measuring its cost.
     """
 
     def __init__(
@@ -130,31 +133,103 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
             files = files[info.id :: info.num_workers]
         unmasker = Unmasker(self.policy, Keyring.open(self.keyring_path), table=self.table)
         entity_cols = {e.column for e in self.policy.entities.values()}
-        for f in files:
-            pf = pq.ParquetFile(f, pre_buffer=False)
-            meta = pf.schema_arrow.metadata
-            wanted = list(dict.fromkeys([*self.columns, *entity_cols, self.template_column]))
-            wanted = [c for c in wanted if c in pf.schema_arrow.names]
-            for batch in pf.iter_batches(batch_size=self.batch_size, columns=wanted):
-                batch = batch.replace_schema_metadata(meta)
-                yield self._tensors(unmasker, batch)
+        wanted = list(dict.fromkeys([*self.columns, *entity_cols, self.template_column]))
+
+        def read() -> Iterator[pa.RecordBatch]:
+            for f in files:
+                pf = pq.ParquetFile(f, pre_buffer=False)
+                meta = pf.schema_arrow.metadata
+                cols = [c for c in wanted if c in pf.schema_arrow.names]
+                for batch in pf.iter_batches(batch_size=self.batch_size, columns=cols):
+                    yield batch.replace_schema_metadata(meta)
+
+        for batch in _prefetch(read(), depth=2):
+            yield self._tensors(unmasker, batch)
 
     def _tensors(self, unmasker: Any, batch: pa.RecordBatch) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         if self.decrypt:
             res = unmasker.mask_batch(batch)
             batch = res.output  # erased subjects' rows went to quarantine: not fed
             col = batch.column(self.template_column)
             dim = col.type.list_size if pa.types.is_fixed_size_list(col.type) else None
-            flat = col.flatten().to_numpy(zero_copy_only=False, writable=True)
-            flat = flat.astype(np.float32, copy=False)
-            templates = torch.from_numpy(flat.reshape(len(batch), dim or -1))
+            flat = col.flatten()
+            if flat.null_count == 0 and pa.types.is_floating(flat.type):
+                # the decrypted buffer is fresh and ours: hand it to torch without a copy
+                values = _view(flat.buffers()[1], flat.type.to_pandas_dtype(), flat.offset,
+                               len(flat))  # fmt: skip
+            else:
+                values = flat.to_numpy(zero_copy_only=False, writable=True)
+            values = values.astype(np.float32, copy=False)
+            out[self.template_column] = torch.from_numpy(values.reshape(len(batch), dim or -1))
         else:
-            lengths = pa.compute.binary_length(batch.column(self.template_column))
-            templates = torch.from_numpy(lengths.to_numpy(zero_copy_only=False).astype(np.int64))
-        out: dict[str, Any] = {self.template_column: templates}
+            col = batch.column(self.template_column)
+            width = np.int64 if pa.types.is_large_binary(col.type) else np.int32
+            offs = np.frombuffer(col.buffers()[1], width)[col.offset : col.offset + len(col) + 1]
+            start, end = int(offs[0]), int(offs[-1])
+            data = _view(col.buffers()[2], np.uint8, start, end - start)
+            lengths = np.diff(offs)
+            if len(lengths) and (lengths == lengths[0]).all():
+                out[self.template_column] = torch.from_numpy(data.reshape(len(col), -1))
+            else:
+                out[self.template_column] = torch.from_numpy(data)
+                out[self.template_column + "_offsets"] = torch.from_numpy(
+                    (offs - start).astype(np.int64)
+                )
         for c in self.columns:
             out[c] = batch.column(c).to_pylist()
         return out
+
+
+_DONE = object()
+
+
+def _prefetch(source: Iterator[pa.RecordBatch], depth: int) -> Iterator[pa.RecordBatch]:
+    """Read the next ``depth`` batches on a thread while the caller decrypts this one.
+
+    Parquet decoding releases the GIL and AES-GCM holds it, so the two overlap on two
+    cores; memory stays bounded by ``depth`` batches (ciphertext only: the thread never
+    sees a plaintext). An error on the thread is raised here, in the caller.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer went away: drop the item and end
+
+    def run() -> None:
+        try:
+            for item in source:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    thread = threading.Thread(target=run, name="biomask-feed-read", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _view(buf: pa.Buffer | None, dtype: Any, offset: int, count: int) -> np.ndarray:
+    """``count`` items of ``buf`` from item ``offset`` as a writable array (copied if not)."""
+    if buf is None:
+        return np.zeros(count, dtype=dtype)
+    arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset * np.dtype(dtype).itemsize)
+    return arr if arr.flags.writeable else arr.copy()
 
 
 def decrypting_collate_fn(
