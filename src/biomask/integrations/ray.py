@@ -14,12 +14,13 @@ Two entry points:
   the (value-free) reason for a quarantined row, which is masked wherever possible and never
   passes through in clear; ``rows in = rows with a null reason + rows with a reason``. With
   ``on_quarantine="fail"`` a quarantined row fails the job instead, naming the reason.
-* :func:`run_mask_ray` is ``biomask mask --engine ray``: Parquet in, read by Ray one block
-  per file (large files split into row blocks), masked by an actor pool, and written by
-  Ray write tasks into the temporary directory of an atomic directory sink, which the
-  driver renames into place on success. Quarantined rows go to ``<output>.quarantine``
-  exactly as with the local engine. The whole distributed run is ONE lineage run written
-  by the driver; its row counts come from the write tasks' results.
+* :func:`run_mask_ray` is ``biomask mask --engine ray``: Parquet in, cut into units (slices
+  of row groups, several per worker), each read, masked and written by a pool of Ray core
+  actors into the temporary directory of an atomic directory sink, which the driver renames
+  into place on success. Table data never passes through the driver or the object store.
+  Quarantined rows go to ``<output>.quarantine`` exactly as with the local engine. The
+  whole distributed run is ONE lineage run written by the driver; its row counts come from
+  the units' results, and its evidence is collected as units finish, in input order.
 
 The output equals the local engine's row for row (same order, same values, same schema
 metadata), except template ciphertexts: their nonces are random by design, and each worker
@@ -516,26 +517,33 @@ def _parquet_batches(files: Sequence[Path], batch_size: int) -> Iterator[pa.Reco
         yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size)
 
 
-def _observe(
-    recorder: LineageRecorder,
-    table: str,
-    source: Source,
-    out_schema: pa.Schema,
-    out_files: Sequence[Path],
-    groups: Sequence[Sequence[int]],
-    batch_size: int,
-) -> None:
+class _Evidence:
     """The dossier's evidence, on the driver, batch for batch as the local engine sees it.
 
-    The workers' batches are re-cut from the input (read again) and the written output by
-    the row counts the write tasks returned, in order; a batch with quarantined rows does
-    not line up and is counted as such by the collector, exactly as in a local run.
+    Fed unit by unit as the actors finish (in input order), so it overlaps with the
+    masking still running: the workers' batches are re-cut from the input (read again) and
+    from the unit's written output by the row counts the unit returned; a batch with
+    quarantined rows does not line up and is counted as such by the collector, exactly as
+    in a local run.
     """
-    ins = _Cutter(source.batches(), source.schema)
-    outs = _Cutter(_parquet_batches(out_files, batch_size), out_schema)
-    for n, q in groups:
-        recorder.observe_input(table, ins.take(int(n)))
-        recorder.observe_output(table, outs.take(int(n) - int(q)))
+
+    def __init__(
+        self, recorder: LineageRecorder, table: str, source: Source, out_schema: pa.Schema,
+        out_dir: Path, batch_size: int,
+    ) -> None:  # fmt: skip
+        self.recorder = recorder
+        self.table = table
+        self.ins = _Cutter(source.batches(), source.schema)
+        self.out_schema = out_schema
+        self.out_dir = out_dir.resolve()
+        self.batch_size = batch_size
+
+    def add(self, result: dict[str, Any]) -> None:
+        files = [Path(f) for f in result["files"] if Path(f).resolve().parent == self.out_dir]
+        outs = _Cutter(_parquet_batches(files, self.batch_size), self.out_schema)
+        for n, q in result["groups"]:
+            self.recorder.observe_input(self.table, self.ins.take(int(n)))
+            self.recorder.observe_output(self.table, outs.take(int(n) - int(q)))
 
 
 def _input_files(source: Source, table: str) -> list[Path]:
@@ -671,10 +679,11 @@ def run_mask_ray(
                 # the sink's temporary directory (renamed on commit) is where workers write
                 staging = Path(sink._tmp).resolve()
                 spec = _WorkerSpec(pol, keyring_path, t, lex, keystore)
-                results = _run_table(
+                evidence = _Evidence(recorder, t, sources[t], sink.schema, staging, batch_size)
+                for r in _run_table(
                     ray, files[t], spec, sink.schema, staging, batch_size, concurrency
-                )
-                for r in results:
+                ):
+                    evidence.add(r)
                     record.rows_out += r["rows_out"]
                     record.rows_quarantined += r["rows_q"]
                     record.rows_in += sum(n for n, _ in r["groups"])
@@ -692,9 +701,6 @@ def run_mask_ray(
                         f"{record.rows_quarantined} rows quarantined, more than "
                         f"--max-quarantine {max_quarantine}; nothing was written"
                     )
-                out_files = sorted(p for p in staging.glob("*.parquet"))
-                groups = [g for r in results for g in r["groups"]]
-                _observe(recorder, t, sources[t], sink.schema, out_files, groups, batch_size)
                 q_parts = sorted((staging / _QUARANTINE_DIR).glob("*.parquet"))
                 if q_parts:
                     q_uri = quarantine_uri(out_uris[t])
@@ -745,8 +751,8 @@ def _run_table(
     staging: Path,
     batch_size: int,
     concurrency: int | None,
-) -> list[dict[str, Any]]:
-    """Mask one table on a pool of Ray actors; returns the units' results in input order.
+) -> Iterator[dict[str, Any]]:
+    """Mask one table on a pool of Ray actors; yields the units' results in input order.
 
     Ray core actors rather than a Ray Data pipeline: the data goes file to actor to file,
     and the driver's only work is scheduling (on 2 cores the streaming executor, its read
@@ -756,11 +762,11 @@ def _run_table(
 
     workers = concurrency or _default_workers(ray)
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    # several units per worker, so a slow unit does not leave the others idle
-    rows = max(1, min(batch_size, math.ceil(total / (4 * workers)) or 1))
+    # many units per worker, so the last ones to finish do not leave the others idle long
+    rows = max(1, min(batch_size, math.ceil(total / (8 * workers)) or 1))
     units = _units(files, rows)
     if not units:
-        return []
+        return
     actor = ray.remote(
         num_cpus=_ACTOR_CPUS, max_restarts=0, runtime_env={"env_vars": _worker_env()}
     )(_UnitWorker)
@@ -768,11 +774,9 @@ def _run_table(
     out_dir, q_dir = str(staging), str(staging / _QUARANTINE_DIR)
     try:
         pool = ActorPool(actors)
-        return list(
-            pool.map(
-                lambda a, job: a.run.remote(job[0], job[1], rows, out_dir, q_dir, schema),
-                list(enumerate(units)),
-            )
+        yield from pool.map(
+            lambda a, job: a.run.remote(job[0], job[1], rows, out_dir, q_dir, schema),
+            list(enumerate(units)),
         )
     finally:
         for a in actors:
