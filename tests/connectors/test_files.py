@@ -404,3 +404,17 @@ def test_jsonl_field_null_in_first_chunk_takes_later_type(tmp_path: Path) -> Non
     assert got.schema.field("b").type == pa.bool_()
     assert got.column("b").to_pylist() == [None] * 9 + [False, True]
     assert got.column("a").to_pylist() == [1] * 9 + [2, 3]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_column_batches_equal_the_selected_columns(tmp_path: Path, fmt: str) -> None:
+    from biomask.connectors import open_source
+
+    table = pa.table({"a": [f"x{i}" for i in range(25)], "b": list(range(25)), "c": [1.5] * 25})
+    (tmp_path / "d").mkdir()
+    for k in range(2):
+        write(str(tmp_path / "d" / f"p{k}.{fmt}"), table.slice(k * 12, 13 if k else 12))
+    src = open_source(str(tmp_path / "d"), batch_size=7)
+    got = pa.Table.from_batches(list(src.column_batches(["b", "a", "nope"])))
+    want = pa.Table.from_batches(list(src.batches())).select(["b", "a"])
+    assert got.column_names == ["b", "a"] and got.equals(want)

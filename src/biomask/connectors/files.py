@@ -215,12 +215,16 @@ def _parquet_schema(path: Path) -> pa.Schema:
         raise ConnectorError(f"cannot read {path}: not a valid Parquet file") from exc
 
 
-def _iter_parquet(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
+def _iter_parquet(
+    path: Path, batch_size: int, columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
     try:
         # pre_buffer=True (pyarrow's default) caches every column chunk it has read until
         # the file is closed, so memory grows with the file; stream without it.
         pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
-        yield from pf.iter_batches(batch_size=batch_size, use_threads=True)
+        if columns is not None:
+            columns = [c for c in columns if c in pf.schema_arrow.names]
+        yield from pf.iter_batches(batch_size=batch_size, use_threads=True, columns=columns)
     except (pa.ArrowException, OSError) as exc:
         raise ConnectorError(f"cannot read {path}: not a valid Parquet file") from exc
 
@@ -797,6 +801,22 @@ class FileSource:
             coalesce = self.format in ("csv", "jsonl")
             for batch in rechunk(inner, self.batch_size, coalesce=coalesce):
                 yield self._with_parts(batch, parts)
+
+    def column_batches(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+        """Only ``columns`` of every batch (pre-passes that need a few columns of a table).
+
+        Parquet reads just those column chunks (a template column is never decoded for a
+        pass over names); other formats read whole batches and select.
+        """
+        wanted = [c for c in columns if c in self._schema.names]
+        if self.format != "parquet" or any(c in self.partition_by for c in wanted):
+            for batch in self.batches():
+                yield batch.select(wanted)
+            return
+        schema = pa.schema([self._schema.field(c) for c in wanted])
+        for file in self.files:
+            for batch in rechunk(_iter_parquet(file, self.batch_size, wanted), self.batch_size):
+                yield batch if batch.schema.equals(schema) else batch.cast(schema)
 
     def _file_batches(
         self, file: Path, first: Path, counter: list[int]

@@ -232,7 +232,9 @@ def prepare_lexicon(services: dict[str, Any], policy: Policy, keyring: Keyring) 
                 table,
             )
             continue
-        for batch in source.batches():
+        only = getattr(source, "column_batches", None)
+        batches = only([c for c, _ in cols]) if only is not None else source.batches()
+        for batch in batches:
             names = batch.schema.names
             for column, link in cols:
                 if column in names:
