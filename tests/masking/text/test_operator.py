@@ -434,3 +434,33 @@ def test_masker_without_prepass_uses_ner_and_patterns(text_ring: Keyring) -> Non
     value = ctx_out.output.column(0)[0].as_py()
     assert "Olaiya" not in value and "7946 0958" not in value
     assert ctx_out.stats["text:PERSON"] == 1
+
+
+def test_in_memory_mask_runs_the_lexicon_pre_pass(text_ring: Keyring) -> None:
+    import polars as pl
+
+    from biomask import mask
+
+    policy = policy_from_dict(
+        {
+            "version": 1,
+            "dataset": "people",
+            "columns": {
+                "full_name": {"op": "pseudonym", "domain": "person"},
+                "note": {"op": "text", "entities": {"PERSON": "person"}},
+            },
+        }
+    )
+    # lower case, reversed order: found by the lexicon, not by the NER model
+    df = pl.DataFrame(
+        {
+            "full_name": ["Anna Maria Lee", "Isabel Petrosyan"],
+            "note": ["handed to lee anna for the capture", "petrosyan isabel was late"],
+        }
+    )
+    out = mask(df, policy, text_ring)
+    for (g, *_, f), note in zip(
+        (n.split() for n in out["full_name"].to_list()), out["note"].to_list(), strict=True
+    ):
+        assert f"{f.lower()} {g.lower()}" in note
+    assert not any(w in " ".join(out["note"].to_list()) for w in ("lee", "anna", "petrosyan"))
