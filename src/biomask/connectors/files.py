@@ -551,10 +551,11 @@ class _JsonlReader:
             body = [r for r in lines if r.strip()]
             if not body:
                 continue
+            buf = b"\n".join(body) + b"\n"
             try:
                 table = pajson.read_json(
-                    io.BytesIO(b"\n".join(body) + b"\n"),
-                    read_options=pajson.ReadOptions(block_size=max(scanned, 1 << 20)),
+                    io.BytesIO(buf),
+                    read_options=pajson.ReadOptions(block_size=max(len(buf) + 1, 1 << 20)),
                 )
             except pa.ArrowInvalid:
                 continue  # broken lines are flagged when the chunk is read for real
