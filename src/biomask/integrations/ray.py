@@ -36,7 +36,6 @@ import math
 import os
 import time
 import uuid
-import warnings
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -182,47 +181,6 @@ def _default_workers(ray: Any) -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _map(
-    ds: Any,
-    spec: _WorkerSpec,
-    *,
-    on_quarantine: str,
-    with_stats: bool,
-    concurrency: int | None,
-    batch_size: int | None,
-    **remote_args: Any,
-) -> Any:
-    ray = _ray()
-    with warnings.catch_warnings():
-        # Ray 2.5x deprecates extra remote args (max_restarts) without a named replacement
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
-        return _map_batches(ray, ds, spec, on_quarantine, with_stats, concurrency, batch_size,
-                            remote_args)  # fmt: skip
-
-
-def _map_batches(
-    ray: Any,
-    ds: Any,
-    spec: _WorkerSpec,
-    on_quarantine: str,
-    with_stats: bool,
-    concurrency: int | None,
-    batch_size: int | None,
-    remote_args: dict[str, Any],
-) -> Any:
-    return ds.map_batches(
-        _MaskBatches,
-        fn_constructor_args=(spec, on_quarantine, with_stats),
-        batch_format="pyarrow",
-        batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=concurrency or _default_workers(ray)),
-        num_cpus=_ACTOR_CPUS,
-        runtime_env={"env_vars": _worker_env()},
-        zero_copy_batch=True,
-        **remote_args,
-    )
-
-
 def mask_dataset(
     ds: Any,
     policy: PolicyLike,
@@ -274,7 +232,7 @@ def mask_dataset(
     ray.data.Dataset
         The masked rows (lazy: nothing runs until it is consumed).
     """
-    _ray()
+    ray = _ray()
     from biomask.keys import Keyring
     from biomask.masking.api import resolve_policy
 
@@ -288,13 +246,15 @@ def mask_dataset(
     else:
         lex = dict(lexicon_from or {})
     spec = _WorkerSpec(pol, str(Path(keyring_path).resolve()), table, lex, keystore)
-    return _map(
-        ds,
-        spec,
-        on_quarantine=on_quarantine,
-        with_stats=False,
-        concurrency=concurrency,
+    return ds.map_batches(
+        _MaskBatches,
+        fn_constructor_args=(spec, on_quarantine, False),
+        batch_format="pyarrow",
         batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=concurrency or _default_workers(ray)),
+        num_cpus=_ACTOR_CPUS,
+        runtime_env={"env_vars": _worker_env()},
+        zero_copy_batch=True,
     )
 
 

@@ -163,11 +163,12 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
             values = values.astype(np.float32, copy=False)
             out[self.template_column] = torch.from_numpy(values.reshape(len(batch), dim or -1))
         else:
+            from biomask.masking.operators.encrypt import _binary_parts
+
             col = batch.column(self.template_column)
-            width = np.int64 if pa.types.is_large_binary(col.type) else np.int32
-            offs = np.frombuffer(col.buffers()[1], width)[col.offset : col.offset + len(col) + 1]
+            whole, offs = _binary_parts(col)
             start, end = int(offs[0]), int(offs[-1])
-            data = _view(col.buffers()[2], np.uint8, start, end - start)
+            data = whole[start:end] if whole.flags.writeable else whole[start:end].copy()
             lengths = np.diff(offs)
             if len(lengths) and (lengths == lengths[0]).all():
                 out[self.template_column] = torch.from_numpy(data.reshape(len(col), -1))

@@ -125,25 +125,20 @@ class SqliteKeyStore:
                 out[dek_id] = (key_id, bytes(wrapped))
         return out
 
+    def _insert(self, rows: list[Row]) -> None:
+        with self._conn:  # one transaction; other processes wait on the file lock
+            self._conn.executemany(
+                "INSERT INTO biomask_keys (dek_id, key_id, wrapped) VALUES (?, ?, ?) "
+                "ON CONFLICT(dek_id) DO NOTHING",
+                rows,
+            )
+
     def get_or_create(self, dek_ids: Sequence[str], make: MakeRows) -> dict[str, tuple[str, bytes]]:
-        ids = list(dict.fromkeys(dek_ids))
-        with self._lock:
-            found = self._select(ids)
-            missing = [d for d in ids if d not in found]
-            if not missing:
-                return found
-            rows = make(missing)
-            try:
-                with self._conn:  # one transaction; other processes wait on the file lock
-                    self._conn.executemany(
-                        "INSERT INTO biomask_keys (dek_id, key_id, wrapped) VALUES (?, ?, ?) "
-                        "ON CONFLICT(dek_id) DO NOTHING",
-                        rows,
-                    )
-                found.update(self._select(missing))
-            except sqlite3.Error as exc:
-                raise KeyringError(f"cannot write key store {self.uri}: {exc}") from None
-        return found
+        try:
+            with self._lock:
+                return _get_or_create(self._select, self._insert, dek_ids, make)
+        except sqlite3.Error as exc:
+            raise KeyringError(f"cannot write key store {self.uri}: {exc}") from None
 
     def get(self, dek_ids: Sequence[str]) -> dict[str, tuple[str, bytes]]:
         with self._lock:
@@ -211,26 +206,21 @@ class PostgresKeyStore:
         )
         return {d: (k, bytes(w)) for d, k, w in cur.fetchall()}
 
+    def _insert(self, rows: list[Row]) -> None:
+        # one INSERT for all rows; the SELECT after it is a new statement, so under READ
+        # COMMITTED it sees a concurrent writer's row that won the conflict
+        with self._conn.transaction():
+            self._conn.execute(
+                "INSERT INTO biomask_keys (dek_id, key_id, wrapped) "
+                "SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[]) "
+                "ON CONFLICT (dek_id) DO NOTHING",
+                ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
+            )
+
     def get_or_create(self, dek_ids: Sequence[str], make: MakeRows) -> dict[str, tuple[str, bytes]]:
-        ids = list(dict.fromkeys(dek_ids))
         try:
             with self._lock:
-                found = self._select(ids)
-                missing = [d for d in ids if d not in found]
-                if not missing:
-                    return found
-                rows = make(missing)
-                # one INSERT for all rows; the SELECT after it is a new statement, so under
-                # READ COMMITTED it sees a concurrent writer's row that won the conflict
-                with self._conn.transaction():
-                    self._conn.execute(
-                        "INSERT INTO biomask_keys (dek_id, key_id, wrapped) "
-                        "SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[]) "
-                        "ON CONFLICT (dek_id) DO NOTHING",
-                        ([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]),
-                    )
-                    found.update(self._select(missing))
-                return found
+                return _get_or_create(self._select, self._insert, dek_ids, make)
         except self._errors as exc:
             raise self._fail(exc) from None
 
@@ -271,6 +261,26 @@ class PostgresKeyStore:
                 )
         except self._errors as exc:
             raise self._fail(exc) from None
+
+
+def _get_or_create(
+    select: Callable[[list[str]], dict[str, tuple[str, bytes]]],
+    insert: Callable[[list[Row]], None],
+    dek_ids: Sequence[str],
+    make: MakeRows,
+) -> dict[str, tuple[str, bytes]]:
+    """Read, insert the missing ids (``ON CONFLICT DO NOTHING``), read those again.
+
+    The second read returns whichever row won a race with a concurrent writer, so every
+    caller ends up with the same key per id.
+    """
+    ids = list(dict.fromkeys(dek_ids))
+    found = select(ids)
+    missing = [d for d in ids if d not in found]
+    if missing:
+        insert(make(missing))
+        found.update(select(missing))
+    return found
 
 
 def default_keystore_uri(keyring_path: Path | None, keyring_id: str) -> str:
