@@ -209,7 +209,7 @@ class _Recycler:
         # hang an arbitrary owner on a view and Arrow's foreign buffers are read-only
         view = (ctypes.c_uint8 * nbytes).from_address(block.ctypes.data)
         view._lease = _Lease(self, block)  # type: ignore[attr-defined]
-        return np.frombuffer(view, np.uint8)
+        return np.frombuffer(memoryview(view), np.uint8)
 
     def give_back(self, block: np.ndarray) -> None:
         with self._lock:
