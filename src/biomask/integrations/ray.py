@@ -99,6 +99,9 @@ class _WorkerSpec:
     table: str | None
     lexicon_from: dict[str, str] = field(default_factory=dict)
     keystore: str | None = None
+    #: ``BIOMASK_TEXT_WORKERS`` inside the actor: Ray is the parallelism, so no nested
+    #: text-detection pool (a caller's own setting is kept)
+    text_workers: str = field(default_factory=lambda: os.environ.get("BIOMASK_TEXT_WORKERS", "1"))
 
 
 class _MaskBatches:
@@ -109,6 +112,7 @@ class _MaskBatches:
         from biomask.keys import Keyring
         from biomask.masking import Masker
 
+        os.environ["BIOMASK_TEXT_WORKERS"] = spec.text_workers  # this process is the actor's
         services: dict[str, Any] = {"keystore_uri": spec.keystore}
         if spec.lexicon_from:
             # the text operator's known-value pre-pass reads the same input as the local
@@ -163,16 +167,9 @@ class _MaskBatches:
 
 
 def _worker_env() -> dict[str, str]:
-    """Environment for the actors: the passphrase, and no nested text-detection pool.
-
-    Ray is the parallelism here; a text-operator process pool inside every actor would
-    oversubscribe the cores (``BIOMASK_TEXT_WORKERS`` set by the caller is kept).
-    """
-    env = {"BIOMASK_TEXT_WORKERS": os.environ.get("BIOMASK_TEXT_WORKERS", "1")}
+    """Environment for the actors on a cluster: the keyring's passphrase."""
     passphrase = os.environ.get(PASSPHRASE_ENV)
-    if passphrase:
-        env[PASSPHRASE_ENV] = passphrase
-    return env
+    return {PASSPHRASE_ENV: passphrase} if passphrase else {}
 
 
 def _default_workers(ray: Any) -> int:
@@ -376,6 +373,9 @@ class _RayContext:
     def __init__(self, ray: Any) -> None:
         self.ray = ray
         self.started = False
+        #: a Ray started here on this machine: its workers inherit this process's
+        #: environment (the passphrase), so actors need no runtime_env of their own
+        self.local = False
         self._saved: dict[str, Any] = {}
 
     def __enter__(self) -> Any:
@@ -398,6 +398,7 @@ class _RayContext:
                 configure_logging=True,
             )
             self.started = True
+            self.local = address is None
         ctx = ray.data.DataContext.get_current()
         wanted = {
             # the output's row order is the input's: the local engine's file, and the
@@ -627,7 +628,7 @@ def run_mask_ray(
     q_sinks: dict[str, ParquetDirSink] = {}
     stats: dict[str, int] = {}
     try:
-        with _RayContext(ray):
+        with (rctx := _RayContext(ray)):
             for t in sources:
                 meta = {k.decode(): v.decode() for k, v in (out_schemas[t].metadata or {}).items()}
                 # a directory sink whatever the name: workers write its part files
@@ -641,8 +642,9 @@ def run_mask_ray(
                 spec = _WorkerSpec(pol, keyring_path, t, lex, keystore)
                 evidence = _Evidence(recorder, t, sources[t], sink.schema, staging, batch_size)
                 for r in _run_table(
-                    ray, files[t], spec, sink.schema, staging, batch_size, concurrency
-                ):
+                    ray, files[t], spec, sink.schema, staging, batch_size, concurrency,
+                    inherit_env=rctx.local,
+                ):  # fmt: skip
                     evidence.add(r)
                     record.rows_out += r["rows_out"]
                     record.rows_quarantined += r["rows_q"]
@@ -711,12 +713,18 @@ def _run_table(
     staging: Path,
     batch_size: int,
     concurrency: int | None,
+    *,
+    inherit_env: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Mask one table on a pool of Ray actors; yields the units' results in input order.
 
     Ray core actors rather than a Ray Data pipeline: the data goes file to actor to file,
     and the driver's only work is scheduling (on 2 cores the streaming executor, its read
     and write tasks and the object store copies took a fifth of the machine).
+
+    ``inherit_env``: the local Ray started for this run already has this process's
+    environment, so the actors get no ``runtime_env``. One would make Ray start new
+    worker processes for them instead of taking the ones it started with ``ray.init``.
     """
     from ray.util import ActorPool
 
@@ -727,9 +735,10 @@ def _run_table(
     units = _units(files, rows)
     if not units:
         return
-    actor = ray.remote(
-        num_cpus=_ACTOR_CPUS, max_restarts=0, runtime_env={"env_vars": _worker_env()}
-    )(_UnitWorker)
+    options: dict[str, Any] = {"num_cpus": _ACTOR_CPUS, "max_restarts": 0}
+    if not inherit_env:
+        options["runtime_env"] = {"env_vars": _worker_env()}
+    actor = ray.remote(**options)(_UnitWorker)
     actors = [actor.remote(spec) for _ in range(min(workers, len(units)))]
     out_dir, q_dir = str(staging), str(staging / _QUARANTINE_DIR)
     try:

@@ -319,7 +319,7 @@ class TextOperator(Operator[TextOp]):
         self._type_of_domain = {d: t for t, d in reversed(list(self.links.items()))}
         self.person_domain = self.links.get("PERSON")
         self._ner_types = NER_ENTITIES.intersection(self.detect_types)
-        self.vocabulary = load_vocabulary(self.model, self.language)
+        self._vocabulary: Vocabulary | None = None
         #: share of the last batch's distinct segments that went through the NER model
         self.last_ner_share = 1.0
         services = binding.services
@@ -337,6 +337,18 @@ class TextOperator(Operator[TextOp]):
         self.lexicon: Lexicon = services[_LEXICON]
         self.workers = default_workers()
         self.pool_min = POOL_MIN
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The model's ordinary words, loaded on first use (cached per model).
+
+        Not at construction: reading them imports spaCy (about 3 s here), and a Masker
+        built only to check a policy or derive the output schema (the Ray driver's, say)
+        never masks a note.
+        """
+        if self._vocabulary is None:
+            self._vocabulary = load_vocabulary(self.model, self.language)
+        return self._vocabulary
 
     @property
     def key_id(self) -> str | None:
