@@ -76,7 +76,7 @@ def test_no_value_and_no_key_material_in_any_lineage_file(make_run: MakeRun) -> 
 
 def test_evidence_key_is_forgotten(make_run: MakeRun) -> None:
     run = make_run()
-    assert run.recorder.evidence._key == b""
+    assert run.recorder.evidence._seed == 0
     assert "key" not in repr(run.recorder.evidence)
 
 
@@ -114,7 +114,7 @@ def test_coincidences_and_in_place_passthrough(policy: Policy) -> None:
     assert r["unchanged_in_place"]["enrolment.passport_number"] == {"unchanged": 2, "compared": 24}
     assert r["unchanged_in_place"]["enrolment.subject_id"]["unchanged"] == 0
     assert r["unaligned_batches"] == 1
-    assert c._key == b"" and not c._last_input
+    assert c._seed == 0 and not c._last_input
 
 
 def test_distributions_and_k_anonymity(make_run: MakeRun) -> None:

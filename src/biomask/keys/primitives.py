@@ -7,9 +7,10 @@ shared token table. Deterministic means equal inputs are visible as equal output
 primitives are for tokens, never for encrypting templates (see the AEAD in
 :mod:`biomask.masking.encrypt`).
 
-Performance: the per-value work is one keyed BLAKE2b call per *distinct* value; anything
-longer than the 16-byte seed is expanded with a single AES-ECB call over all values at once
-(a counter-mode keystream), because one big block-cipher call is orders of magnitude faster
+Performance: each *distinct* value's seed is an AES CBC-MAC computed for all values of a
+batch together (one AES-ECB call per 16-byte block position), and anything longer than the
+16-byte seed is expanded with a single AES-ECB call over all values at once (a
+counter-mode keystream), because one big block-cipher call is orders of magnitude faster
 than many small ones.
 """
 

@@ -87,7 +87,7 @@ class MaskOp(_Spec):
 
 
 class HashOp(_Spec):
-    """Keyed hash (HMAC-like BLAKE2b), hex; consistent per domain, irreversible."""
+    """Keyed hash (the domain's AES CBC-MAC PRF), hex; consistent per domain, irreversible."""
 
     op: Literal["hash"]
     domain: str = Field(pattern=_DOMAIN)
