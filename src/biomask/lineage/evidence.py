@@ -11,7 +11,7 @@ They watch the batches going into and out of the Masker and keep only what may b
 * **k-anonymity**: counts of each combination of the (recorded) QI columns after masking;
   k is the smallest group. Only counts leave the collector, never the combinations.
 * **Residual-PII scan**: every distinct input value of a masked string column is hashed
-  with BLAKE2b under a random per-run key that lives only in memory; every output string
+  to 64 bits under a random per-run seed that lives only in memory; every output string
   value, each of its whitespace- and punctuation-separated tokens and its 2-3 token
   n-grams are hashed the same way. After the run the two sets are compared. A match is a
   *hit* (residual PII: e.g. a real name left inside free text) unless it is explained as a
@@ -469,8 +469,8 @@ class EvidenceCollector:
             "performed": True,
             "sampled_fraction": round(self.scan_fraction, 6),
             "method": (
-                "keyed 64-bit PRF digests (AES CBC-MAC under a random per-run key, kept in "
-                "memory only) of every distinct "
+                "seeded 64-bit digests (Polars' column hash under a random per-run seed, "
+                "kept in memory only) of every distinct "
                 "value of masked string columns, compared with every output string value, "
                 "its whitespace/punctuation-separated tokens and 2-3 token n-grams "
                 f"(case-folded, at least {MIN_TOKEN} characters). A match inside a column of "

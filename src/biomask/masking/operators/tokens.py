@@ -38,7 +38,7 @@ def _count_collisions(uniq: pa.Array, out: pa.Array, ctx: OperatorContext) -> No
 
 @register
 class Hash(Operator[HashOp]):
-    """Keyed BLAKE2b, hex: irreversible, consistent per domain, fixed length."""
+    """Keyed PRF (the domain's AES CBC-MAC), hex: irreversible, consistent, fixed length."""
 
     name = "hash"
 
