@@ -342,3 +342,21 @@ def test_html_renders_in_headless_chromium(make_run: MakeRun, tmp_path: Path) ->
     ):
         assert f'id="{section}"' in dom
     assert "Art. 10(2)(f)" in dom and "enrolment.gender" in dom
+
+
+def test_scan_finds_values_inside_punctuation_and_brackets(policy: Policy) -> None:
+    """Words split off by punctuation, and tokens stripped of brackets, are probed too."""
+    inp = input_batch()
+    out = output_batch(inp).to_pydict()
+    out["notes"][3] = "see ref:PA1000003/7, filed"  # a passport inside a punctuated token
+    out["notes"][4] = "mail (person4@example.org)."  # an e-mail in brackets
+    out["notes"][6] = "plain visit, nothing here"
+    c = EvidenceCollector(policy)
+    c.observe_input("enrolment", inp)
+    c.observe_output("enrolment", pa.RecordBatch.from_pydict(out))
+    by = {
+        (f["output_column"], f["input_column"]): f for f in c.finish()["residual_pii"]["findings"]
+    }
+    assert by[("enrolment.notes", "enrolment.passport_number")]["hits"] == 1
+    assert by[("enrolment.notes", "enrolment.email")]["hits"] == 1
+    assert ("enrolment.notes", "enrolment.full_name") not in by

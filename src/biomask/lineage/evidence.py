@@ -254,7 +254,11 @@ class EvidenceCollector:
         tokens_list = pc.split_pattern(norm, " ")
         tokens = pc.utf8_trim(pc.list_flatten(tokens_list), _STRIP)
         parents = pc.list_parent_indices(tokens_list).to_numpy()
-        parts = [tokens, pc.list_flatten(pc.split_pattern_regex(norm, _NON_WORD))]
+        # the punctuation-separated words of the whole strings are those of their tokens;
+        # a token with no such character is its own only word, and already a candidate, so
+        # only the others go through the (costly) regex split
+        punct = tokens.filter(pc.match_substring_regex(tokens, _NON_WORD))
+        parts = [tokens, pc.list_flatten(pc.split_pattern_regex(punct, _NON_WORD))]
         for n in (2, 3):
             m = len(tokens) - n + 1
             if m <= 0:
@@ -266,7 +270,8 @@ class EvidenceCollector:
                 break
             grams = pc.binary_join_element_wise(*[tokens.slice(j, m) for j in range(n)], " ")
             parts.append(grams.filter(pa.array(same)))
-        return cls._long(pa.concat_arrays([p.cast(pa.string()) for p in parts]))
+        # not made distinct here: their digests are, at a fraction of a string unique's cost
+        return cls._long(pa.concat_arrays([p.cast(pa.string()) for p in parts]), distinct=True)
 
     # -- observation -----------------------------------------------------------------------
     def observe_input(self, table: str, batch: pa.RecordBatch) -> None:
