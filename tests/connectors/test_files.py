@@ -406,6 +406,18 @@ def test_jsonl_field_null_in_first_chunk_takes_later_type(tmp_path: Path) -> Non
     assert got.column("a").to_pylist() == [1] * 9 + [2, 3]
 
 
+def test_jsonl_field_null_everywhere_loses_no_line(tmp_path: Path) -> None:
+    """The scan for a later type finds none: the lines it read are still read (found by
+    hypothesis: the eighth of eight lines was dropped)."""
+    path = tmp_path / "nulls.jsonl"
+    lines = ['{"a": null, "b": null}'] * 6 + ['{"a": 0, "b": null}', '{"a": null, "b": null}']
+    path.write_text("\n".join(lines) + "\n")
+    got = read(str(path), batch_size=7)
+    assert got.num_rows == 8
+    assert got.column("a").to_pylist() == [None] * 6 + [0, None]
+    assert got.column("b").null_count == 8
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
 def test_column_batches_equal_the_selected_columns(tmp_path: Path, fmt: str) -> None:
     from biomask.connectors import open_source

@@ -539,6 +539,7 @@ class _JsonlReader:
         """
         assert self._schema is not None
         types = {f.name: f.type for f in self._schema}
+        after = self.stream.tell()  # where the first chunk ended: reading resumes here
         scanned = 0
         while any(pa.types.is_null(t) for t in types.values()) and scanned < _SCAN_BYTES:
             try:
@@ -564,6 +565,9 @@ class _JsonlReader:
                     types[field.name] = field.type
         widened = pa.schema([pa.field(n, t) for n, t in types.items()])
         if widened.equals(self._schema):
+            # nothing to widen: the first chunk stands, and the lines the scan read are
+            # read again as the chunks after it (not skipped: rows in = rows out)
+            self.stream.seek(after)
             return
         self._schema = widened
         self.stream.seek(start)
