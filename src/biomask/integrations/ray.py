@@ -1,9 +1,10 @@
 """Mask on Ray: the same policy and keyring, distributed, with the local engine's output.
 
 Tokens need no shared state (they are keyed functions of value and domain), so each Ray
-worker opens the keyring itself (its path, plus ``BIOMASK_PASSPHRASE`` handed over in the
-actors' ``runtime_env``; a :class:`~biomask.keys.Keyring` refuses to be pickled) and builds
-its Masker once. Everything a worker receives is the policy, paths and URIs: no key bytes
+worker opens the keyring itself (its path, plus ``BIOMASK_PASSPHRASE``: inherited from the
+driver's environment by a local Ray that the run started, handed over in the actors'
+``runtime_env`` otherwise; a :class:`~biomask.keys.Keyring` refuses to be pickled) and
+builds its Masker once. Everything a worker receives is the policy, paths and URIs: no key bytes
 ever enter Ray's object store.
 
 Two entry points:
