@@ -30,8 +30,6 @@ uses its own run data key. A CI test compares the two engines.
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import math
 import os
@@ -54,7 +52,7 @@ from biomask.errors import (
     QuarantineLimitError,
 )
 from biomask.keys.keyring import PASSPHRASE_ENV
-from biomask.masking.masker import REASON_COLUMN
+from biomask.masking.masker import REASON_COLUMN, MaskedBatch
 
 if TYPE_CHECKING:
     from biomask.connectors import Source
@@ -67,13 +65,9 @@ __all__ = ["mask_dataset", "run_mask_ray"]
 
 log = logging.getLogger(__name__)
 
-#: internal column: per masked batch, one JSON record on its first row (rows in, rows
-#: quarantined, operator counters); the driver's sink sums and drops it
-_STATS_COLUMN = "_biomask_batch_stats"
 #: CPU shares Ray reserves: a pool that reserved every CPU starves the read and write tasks
 #: (they would wait for a free CPU forever); the actors still use a whole core each
 _ACTOR_CPUS = 0.5
-_IO_CPUS = 0.25
 _PART = "part-{:06d}.parquet"
 _QUARANTINE_DIR = ".quarantine"  # hidden: never listed as output data
 
@@ -108,7 +102,7 @@ class _WorkerSpec:
 class _MaskBatches:
     """Runs in a Ray actor: opens the keyring there, builds the Masker once, masks batches."""
 
-    def __init__(self, spec: _WorkerSpec, on_quarantine: str, with_stats: bool) -> None:
+    def __init__(self, spec: _WorkerSpec, on_quarantine: str) -> None:
         from biomask.connectors import open_source
         from biomask.keys import Keyring
         from biomask.masking import Masker
@@ -125,7 +119,6 @@ class _MaskBatches:
         if callable(prepare) and spec.lexicon_from:
             prepare()
         self.on_quarantine = on_quarantine
-        self.with_stats = with_stats
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         parts: list[pa.Table] = []
@@ -148,22 +141,16 @@ class _MaskBatches:
                 "on_quarantine='fail' stops the job"
             )
         out = pa.Table.from_batches([res.output])
-        if self.on_quarantine == "mark" or self.with_stats:
+        if self.on_quarantine == "mark":
             out = out.append_column(REASON_COLUMN, pa.nulls(out.num_rows, pa.string()))
             if q is not None and n_bad:
                 out = pa.concat_tables([out, pa.Table.from_batches([q])])
-        if self.with_stats:
-            record = json.dumps({"n": rb.num_rows, "q": n_bad, "stats": res.stats})
-            col = pa.array([record] + [None] * (out.num_rows - 1), pa.string())
-            out = out.append_column(_STATS_COLUMN, col)
         return out
 
     def _empty(self, schema: pa.Schema) -> pa.Table:
         out = self.masker.output_schema(schema)
-        if self.on_quarantine == "mark" or self.with_stats:
+        if self.on_quarantine == "mark":
             out = out.append(pa.field(REASON_COLUMN, pa.string()))
-        if self.with_stats:
-            out = out.append(pa.field(_STATS_COLUMN, pa.string()))
         return out.empty_table()
 
 
@@ -246,7 +233,7 @@ def mask_dataset(
     spec = _WorkerSpec(pol, str(Path(keyring_path).resolve()), table, lex, keystore)
     return ds.map_batches(
         _MaskBatches,
-        fn_constructor_args=(spec, on_quarantine, False),
+        fn_constructor_args=(spec, on_quarantine),
         batch_format="pyarrow",
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=concurrency or _default_workers(ray)),
@@ -260,7 +247,7 @@ def mask_dataset(
 
 
 def _split_write(
-    tables: Iterator[pa.Table],
+    results: Iterator[tuple[int, MaskedBatch]],
     task: int,
     out_dir: str,
     q_dir: str,
@@ -269,9 +256,9 @@ def _split_write(
 ) -> dict[str, Any]:
     """Write masked rows to ``out_dir`` and quarantined ones to ``q_dir``; return the counts.
 
-    ``tables`` carry :data:`REASON_COLUMN` and :data:`_STATS_COLUMN` as :class:`_MaskBatches`
-    makes them. File names depend only on ``task``, so a retried unit overwrites its own
-    partial file; nothing is counted on the driver.
+    ``results`` are ``(input rows, masked batch)`` pairs. File names depend only on
+    ``task``, so a retried unit overwrites its own partial file; nothing is counted on the
+    driver.
     """
     res: dict[str, Any] = {
         "task": task, "groups": [], "rows_out": 0, "rows_q": 0, "reasons": {}, "stats": {},
@@ -288,26 +275,21 @@ def _split_write(
             res["files"].append(path)
         writers[folder][1].write_table(tbl, row_group_size=row_group)
 
+    q_schema = schema.append(pa.field(REASON_COLUMN, pa.string()))
     try:
-        for tbl in tables:
-            if not tbl.num_rows:
-                continue
-            for rec in tbl.column(_STATS_COLUMN).drop_null().to_pylist():
-                r = json.loads(rec)
-                res["groups"].append([r["n"], r["q"]])
-                for k, v in r["stats"].items():
-                    res["stats"][k] = res["stats"].get(k, 0) + int(v)
-            tbl = tbl.drop_columns([_STATS_COLUMN])
-            reason = tbl.column(REASON_COLUMN)
-            good = tbl.filter(pc.is_null(reason)).drop_columns([REASON_COLUMN])
-            bad = tbl.filter(pc.is_valid(reason))
+        for n, masked in results:
+            bad = masked.quarantine
+            n_bad = bad.num_rows if bad is not None else 0
+            res["groups"].append([n, n_bad])
+            for k, v in masked.stats.items():
+                res["stats"][k] = res["stats"].get(k, 0) + int(v)
+            good = masked.output
             if good.num_rows:
-                put(out_dir, good.select(schema.names).cast(schema))
+                put(out_dir, pa.Table.from_batches([good]).select(schema.names).cast(schema))
                 res["rows_out"] += good.num_rows
-            if bad.num_rows:
-                q_schema = schema.append(pa.field(REASON_COLUMN, pa.string()))
-                put(q_dir, bad.select(q_schema.names).cast(q_schema))
-                res["rows_q"] += bad.num_rows
+            if bad is not None and n_bad:
+                put(q_dir, pa.Table.from_batches([bad]).select(q_schema.names).cast(q_schema))
+                res["rows_q"] += n_bad
                 for item in pc.value_counts(bad.column(REASON_COLUMN)).to_pylist():
                     key = str(item["values"])[:120]  # reasons never hold values
                     res["reasons"][key] = res["reasons"].get(key, 0) + item["counts"]
@@ -330,7 +312,7 @@ class _UnitWorker:
     """
 
     def __init__(self, spec: _WorkerSpec) -> None:
-        self.inner = _MaskBatches(spec, on_quarantine="mark", with_stats=True)
+        self.masker = _MaskBatches(spec, on_quarantine="mark").masker
 
     def run(
         self, task: int, unit: tuple[str, int, int, int], batch_rows: int,
@@ -341,10 +323,10 @@ class _UnitWorker:
         meta = pf.schema_arrow.metadata
         data = pf.read_row_group(row_group).slice(offset, length).replace_schema_metadata(meta)
 
-        def masked() -> Iterator[pa.Table]:
+        def masked() -> Iterator[tuple[int, MaskedBatch]]:
             for rb in data.to_batches(max_chunksize=batch_rows):
                 if rb.num_rows:
-                    yield self.inner._one(rb)
+                    yield rb.num_rows, self.masker.mask_batch(rb)
 
         return _split_write(masked(), task, out_dir, q_dir, schema, batch_rows)
 
@@ -377,16 +359,12 @@ class _RayContext:
         #: a Ray started here on this machine: its workers inherit this process's
         #: environment (the passphrase), so actors need no runtime_env of their own
         self.local = False
-        self._saved: dict[str, Any] = {}
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> _RayContext:
         ray = self.ray
-        # quiet: Ray's info lines and C++ warnings are not the user's business in a CLI run
-        # (set these variables to see them); errors still surface as exceptions
-        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
-        importlib.import_module("ray.data")  # reads RAY_DATA_LOG_LEVEL when first imported
-        for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        # quiet: Ray's info lines are not the user's business in a CLI run; errors still
+        # surface as exceptions
+        logging.getLogger("ray").setLevel(logging.ERROR)
         if not ray.is_initialized():
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file under HOME
             address = os.environ.get("RAY_ADDRESS") or None
@@ -400,34 +378,11 @@ class _RayContext:
             )
             self.started = True
             self.local = address is None
-        ctx = ray.data.DataContext.get_current()
-        wanted = {
-            # the output's row order is the input's: the local engine's file, and the
-            # driver's evidence pass lines up input and output batches
-            "execution_options.preserve_order": True,
-            "enable_progress_bars": False,
-            "print_on_execution_start": False,
-        }
-        for key, value in wanted.items():
-            obj, attr = _attr(ctx, key)
-            self._saved[key] = getattr(obj, attr)
-            setattr(obj, attr, value)
-        return ctx
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        ctx = self.ray.data.DataContext.get_current()
-        for key, value in self._saved.items():
-            obj, attr = _attr(ctx, key)
-            setattr(obj, attr, value)
         if self.started:
             self.ray.shutdown()
-
-
-def _attr(obj: Any, dotted: str) -> tuple[Any, str]:
-    *path, last = dotted.split(".")
-    for p in path:
-        obj = getattr(obj, p)
-    return obj, last
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -512,11 +467,7 @@ class _Evidence:
         self.table = table
         in_cols = _evidence_columns(source.schema)
         in_schema = pa.schema([source.schema.field(c) for c in in_cols])
-        column_batches = getattr(source, "column_batches", None)
-        if callable(column_batches):
-            self.ins = _Cutter(column_batches(in_cols), in_schema)
-        else:
-            self.ins = _Cutter(source.batches(), source.schema)
+        self.ins = _Cutter(source.column_batches(in_cols), in_schema)  # type: ignore[attr-defined]
         self.out_cols = _evidence_columns(out_schema)
         self.out_schema = pa.schema([out_schema.field(c) for c in self.out_cols])
         self.out_dir = out_dir.resolve()

@@ -150,7 +150,7 @@ def _parse_type(name: str) -> pa.DataType:
         if name in ("binary", "large_binary"):
             return pa.type_for_alias(name)
     except (ValueError, TypeError):
-        pass
+        raise DecryptionError() from None
     raise DecryptionError()
 
 
