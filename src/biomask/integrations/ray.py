@@ -38,6 +38,7 @@ import uuid
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -45,6 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from biomask.connectors.files import _iter_parquet
 from biomask.errors import (
     BiomaskError,
     ConnectorError,
@@ -429,13 +431,6 @@ class _Cutter:
         return pa.Table.from_batches(parts).combine_chunks().to_batches()[0]
 
 
-def _parquet_batches(
-    files: Sequence[Path], batch_size: int, columns: Sequence[str] | None = None
-) -> Iterator[pa.RecordBatch]:
-    for f in files:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
-
-
 def _evidence_columns(schema: pa.Schema) -> list[str]:
     """The columns the evidence reads: all but binary and list ones (templates, mostly).
 
@@ -475,7 +470,10 @@ class _Evidence:
 
     def add(self, result: dict[str, Any]) -> None:
         files = [Path(f) for f in result["files"] if Path(f).resolve().parent == self.out_dir]
-        outs = _Cutter(_parquet_batches(files, self.batch_size, self.out_cols), self.out_schema)
+        outs = _Cutter(
+            chain.from_iterable(_iter_parquet(f, self.batch_size, self.out_cols) for f in files),
+            self.out_schema,
+        )
         for n, q in result["groups"]:
             self.recorder.observe_input(self.table, self.ins.take(int(n)))
             self.recorder.observe_output(self.table, outs.take(int(n) - int(q)))
