@@ -10,7 +10,9 @@ Arrow type. The peer is a Python loop of ``AESGCM(key).encrypt(nonce, data, aad)
 any caller must. The peer's decrypt loop that *discards* each plaintext is printed too: it
 never writes 200 MB of output, so it is a lower bound on a loop's time, not a peer; the
 loop that joins its plaintexts into one float32 array gives what biomask gives.
-Goal: biomask at least 0.9x the plain loop's throughput. Each figure is the best of
+Goal: biomask at least 0.9x the plain loop's throughput. biomask seals and opens a batch
+in one call to its compiled helper (OpenSSL, rows split over one thread per core); the
+first line says which path ran, and ``BIOMASK_AEAD_THREADS=1`` pins it to one core. Each figure is the best of
 ``--repeat`` runs, the contenders taking turns so that a slow spell of a shared machine
 hits all of them. A last line times per-subject keys
 (``per_entity_key: true``), where each subject's data key comes from the key store.
@@ -148,7 +150,12 @@ def main() -> None:
     def line(label: str, secs: float) -> str:
         return f"  {label:<34}{n / secs:>10,.0f} templates/s {mb / secs:>7,.0f} MiB/s"
 
+    from biomask.keys import aead as bm_aead
+
+    how = (f"compiled helper, {bm_aead._threads(n)} thread(s)" if bm_aead.native_available()
+           else "Python loop over AESGCM (helper not built or BIOMASK_NATIVE_AEAD=0)")  # fmt: skip
     print(f"{n:,} templates of 2048 bytes ({mb:,.0f} MiB), AES-256-GCM, best of {rep}")
+    print(f"biomask's AES-GCM: {how}; BIOMASK_AEAD_THREADS=1 measures one core")
     worst = {"encrypt": 99.0, "decrypt": 99.0}
     for hold, t in regimes.items():
         print("last batch still held while the next is made:" if hold else

@@ -30,19 +30,29 @@ def test_the_native_helper_is_built_where_ci_requires_it() -> None:
     every other test while the benchmarks measured something else."""
     if os.environ.get("BIOMASK_REQUIRE_NATIVE") != "1":
         pytest.skip("BIOMASK_REQUIRE_NATIVE is not set (CI sets it)")
-    assert aead._gcm is not None, "biomask.keys._gcm was not built: C compiler or OpenSSL headers missing"
+    assert aead._gcm is not None, (
+        "biomask.keys._gcm was not built: C compiler or OpenSSL headers missing"
+    )
 
 
 def _layout(sizes: list[int], toks: list[bytes], key_idx: list[int] | None, seed: int = 0) -> Rows:
     rng = np.random.default_rng(seed)
     n = len(sizes)
     src = rng.integers(0, 256, max(sum(sizes), 1), dtype=np.uint8)
-    src_at = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if n else np.zeros(0, np.int64)
+    src_at = (
+        np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        if n
+        else np.zeros(0, np.int64)
+    )
     nonces = rng.integers(0, 256, 12 * n, dtype=np.uint8)
     mid = np.frombuffer(b"".join(toks) or b"\0", np.uint8)
     mid_off = np.concatenate([[0], np.cumsum([len(t) for t in toks])]).astype(np.int64)
     ct_len = np.array(sizes, np.int64) + 16
-    dst_at = np.concatenate([[0], np.cumsum(ct_len)[:-1]]).astype(np.int64) if n else np.zeros(0, np.int64)
+    dst_at = (
+        np.concatenate([[0], np.cumsum(ct_len)[:-1]]).astype(np.int64)
+        if n
+        else np.zeros(0, np.int64)
+    )
     dst = np.zeros(max(int(ct_len.sum()), 1), np.uint8)
     rows = Rows(
         key_idx=None if key_idx is None else np.array(key_idx, np.int64),
@@ -79,7 +89,7 @@ def test_each_row_is_what_aesgcm_gives(path: str) -> None:
         assert rows.dst[rows.dst_at[i] : rows.dst_at[i] + size + 16].tobytes() == want
     back = _open_layout(rows)
     assert aead.open_rows(RowKeys(KEYS), back)
-    assert back.dst[: 2053].tobytes() == rows.src[:2053].tobytes()
+    assert back.dst[:2053].tobytes() == rows.src[:2053].tobytes()
 
 
 @settings(max_examples=40, deadline=None)

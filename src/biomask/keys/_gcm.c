@@ -242,13 +242,13 @@ static PyMethodDef methods[] = {
      "seal_rows(keys, key_idx, nonce_buf, nonce_at, src, src_at, len, prefix, mid, mid_off, "
      "tails, tail_off, dst, dst_at, threads) -> True"},
     {"open_rows", open_rows, METH_VARARGS,
-     "open_rows(keys, key_idx, src, nonce_at, src, src_at, len, prefix, mid, mid_off, "
+     "open_rows(keys, key_idx, nonce_buf, nonce_at, src, src_at, len, prefix, mid, mid_off, "
      "tails, tail_off, dst, dst_at, threads) -> bool (False: some row did not verify)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_gcm",
                                     "Batched AES-256-GCM over rows of one buffer (OpenSSL).",
-                                    -1, methods};
+                                    -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__gcm(void) {
     return PyModule_Create(&module);

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 try:  # the compiled helper; absent where the package was installed without a compiler
     from biomask.keys import _gcm
 except ImportError:  # pragma: no cover - depends on the install
-    _gcm = None
+    _gcm = None  # type: ignore[assignment]
 
 __all__ = ["RowKeys", "Rows", "native_available", "open_rows", "seal_rows"]
 
@@ -145,7 +145,7 @@ def _native(keys: RowKeys, r: Rows, seal: bool) -> bool:
 def _python(keys: RowKeys, r: Rows, seal: bool) -> bool:
     """The same rows through cryptography's AESGCM, one call per row (the fallback)."""
     aeads = keys._per_key()
-    nb, src, mid, dst = (memoryview(x).cast("B") for x in (r.nonce_buf, r.src, r.mid, r.dst))
+    nb, src, mid, dst = (x.data.cast("B") for x in (r.nonce_buf, r.src, r.mid, r.dst))
     n = len(r.length)
     which = r.key_idx.tolist() if r.key_idx is not None else [0] * n
     tag = 0 if seal else TAG
