@@ -288,3 +288,36 @@ def test_raw_public_key_with_whitespace_bytes_is_not_stripped() -> None:
             break
     pub = load_public_key(raw)
     assert pub.public_bytes(Encoding.Raw, PublicFormat.Raw) == raw
+
+
+def test_prehashed_files_are_reused_after_a_rename_and_rehashed_after_a_change(
+    tmp_path: Path, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ray driver hashes each part as its unit finishes; the manifest must still name
+    the bytes of the committed file, renamed or (if edited meanwhile) changed."""
+    import hashlib
+    import os
+
+    from biomask.lineage import LineageRecorder, RunRecord
+    from biomask.lineage._util import file_digest
+
+    rec = LineageRecorder(tmp_path / "l", keyring, RunRecord(run_id="r", command="mask", job="j"))
+    part = tmp_path / "staging-part.parquet"
+    part.write_bytes(b"first bytes")
+    rec.prehash(part)
+    final = tmp_path / "part.parquet"
+    os.replace(part, final)  # the commit's rename: same inode, same mtime
+    assert rec._digest(final) == (hashlib.sha256(b"first bytes").hexdigest(), 11)
+    calls = []
+    real = file_digest
+
+    def counting(p: Path) -> tuple[str, int]:
+        calls.append(p)
+        return real(p)
+
+    monkeypatch.setattr("biomask.lineage.recorder.file_digest", counting)
+    assert rec._digest(final)[0] == hashlib.sha256(b"first bytes").hexdigest()
+    assert calls == []  # reused, not read again
+    final.write_bytes(b"other bytes!")  # changed after it was hashed
+    assert rec._digest(final) == (hashlib.sha256(b"other bytes!").hexdigest(), 12)
+    assert calls == [final]

@@ -618,6 +618,8 @@ def run_mask_ray(
                     inherit_env=rctx.local,
                 ):  # fmt: skip
                     evidence.add(r)
+                    for f in r["files"]:  # hashed now, while the actors still work
+                        recorder.prehash(Path(f))
                     record.rows_out += r["rows_out"]
                     record.rows_quarantined += r["rows_q"]
                     record.rows_in += sum(n for n, _ in r["groups"])

@@ -120,6 +120,8 @@ class LineageRecorder:
         self.evidence = EvidenceCollector(policy, scan=record.command != "unmask")
         self._started = False
         self._finished = False
+        #: (device, inode) -> (size, mtime_ns, sha256) of files hashed before the end
+        self._known: dict[tuple[int, int], tuple[int, int, str]] = {}
 
     def __repr__(self) -> str:
         return f"LineageRecorder({self.directory}, run={self.record.run_id})"
@@ -145,6 +147,34 @@ class LineageRecorder:
         self._audit("start")
         self._started = True
         self._write_manifest("started", files=self._hash_datasets(inputs_only=True))
+
+    def prehash(self, path: Path) -> None:
+        """Hash a finished file now rather than at the end of the run.
+
+        A Ray driver calls this for each part file as its unit finishes, while the workers
+        still mask: the end of the run then only checks that the file is unchanged. The
+        key is the file's device and inode (a rename into place keeps both), checked with
+        its size and modification time at the end; a file that changed is hashed again.
+        """
+        before = path.stat()
+        digest, size = file_digest(path)
+        after = path.stat()
+        unchanged = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+        if unchanged and size == after.st_size:
+            self._known[(after.st_dev, after.st_ino)] = (size, after.st_mtime_ns, digest)
+
+    def _digest(self, path: Path) -> tuple[str, int]:
+        try:
+            st = path.stat()
+        except OSError:
+            return file_digest(path)  # names the file in its error
+        known = self._known.get((st.st_dev, st.st_ino))
+        if known is not None and known[:2] == (st.st_size, st.st_mtime_ns):
+            return known[2], known[0]
+        digest, size = file_digest(path)
+        if size == st.st_size:
+            self._known[(st.st_dev, st.st_ino)] = (size, st.st_mtime_ns, digest)
+        return digest, size
 
     def observe_input(self, table: str, batch: pa.RecordBatch) -> None:
         """Evidence before masking: kept QI counts, keyed hashes of masked values."""
@@ -239,7 +269,7 @@ class LineageRecorder:
                     p = Path(f)
                     if not p.is_file():  # e.g. an aborted output on FAIL
                         continue
-                    digest, size = file_digest(p)
+                    digest, size = self._digest(p)  # inputs hashed at START: once
                     files.append(
                         {"path": stored_path(p, self.directory), "sha256": digest, "size": size}
                     )
