@@ -145,6 +145,12 @@ def test_positions_outside_a_buffer_are_refused_before_any_work() -> None:
     bad = Rows(**{**rows.__dict__, "dst_at": np.array([0, -1], np.int64)})
     with pytest.raises(ValueError, match="outside its buffer"):
         aead.seal_rows(RowKeys(KEYS[:1]), bad)
+    # opening: positions come from data files, so a bad one is a plain failure
+    aead.seal_rows(RowKeys(KEYS[:1]), rows)
+    opened = _open_layout(rows)
+    assert aead.open_rows(RowKeys(KEYS[:1]), opened)
+    past_end = Rows(**{**opened.__dict__, "src_at": np.array([0, len(rows.dst) - 8], np.int64)})
+    assert aead.open_rows(RowKeys(KEYS[:1]), past_end) is False
 
 
 def test_keys_refuse_pickling_and_never_print_bytes() -> None:

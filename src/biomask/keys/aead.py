@@ -176,6 +176,12 @@ def open_rows(keys: RowKeys, rows: Rows) -> bool:
     """Decrypt every row into ``rows.dst``; False when any row fails to verify.
 
     On False the output holds partial plaintext and must be discarded whole: which row
-    failed, and why, is deliberately not said.
+    failed, and why, is deliberately not said. Positions outside their buffers (they come
+    from data files) are a failure like any other, not an exception.
     """
-    return (_native if native_available() else _python)(keys, rows, False)
+    if not native_available():
+        return _python(keys, rows, False)
+    try:
+        return _native(keys, rows, False)
+    except ValueError:
+        return False
