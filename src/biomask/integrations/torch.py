@@ -188,9 +188,10 @@ _DONE = object()
 def _prefetch(source: Iterator[pa.RecordBatch], depth: int) -> Iterator[pa.RecordBatch]:
     """Read the next ``depth`` batches on a thread while the caller decrypts this one.
 
-    Parquet decoding releases the GIL and AES-GCM holds it, so the two overlap on two
-    cores; memory stays bounded by ``depth`` batches (ciphertext only: the thread never
-    sees a plaintext). An error on the thread is raised here, in the caller.
+    Parquet decoding and the AES-GCM helper both run without the GIL, so reading batch
+    N + 1 overlaps with decrypting batch N; memory stays bounded by ``depth`` batches
+    (ciphertext only: the thread never sees a plaintext). An error on the thread is
+    raised here, in the caller.
     """
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
