@@ -1,12 +1,15 @@
 """biomask vs presidio-structured on the same 10 structured columns, Parquet to Parquet.
 
-Run:  python bench/structured.py [--rows 100000] [--rss 1000000,5000000]
+Run:  python bench/structured.py [--rows 100000] [--repeat 3] [--rss 1000000,5000000]
 
 Both tools read the same generated Parquet file, mask the same ten columns and write
 Parquet. biomask runs its whole pipeline (policy, keyring, lineage included); presidio-
-structured runs its PandasDataProcessor with one built-in operator per column. The second
-part masks 1M- and 5M-row inputs with biomask, each in a fresh subprocess, and prints the
-peak RSS of each: memory must be bounded by the batch size, not the input size.
+structured runs its PandasDataProcessor with one built-in operator per column. Each tool
+runs ``--repeat`` times, the two taking turns; the best of each is compared and every
+run's time is printed (the first biomask run also pays one-off loading, such as the name
+lists). The second part masks 1M- and 5M-row inputs with biomask, each in a fresh
+subprocess, and prints the peak RSS of each: memory must be bounded by the batch size,
+not the input size.
 """
 
 from __future__ import annotations
@@ -138,6 +141,7 @@ def rss_child(rows: int, tmp: Path, policy: Path) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each tool (best kept)")
     ap.add_argument(
         "--rss", default="1000000,5000000", help="row counts for the RSS runs ('' to skip)"
     )
@@ -148,11 +152,17 @@ def main() -> None:
         policy.write_text(POLICY)
         src = tmp / "in.parquet"
         write_input(src, args.rows)
-        b = run_biomask(src, tmp / "biomask.parquet", policy)
-        p = run_presidio(src, tmp / "presidio.parquet")
-        print(f"{args.rows:,} rows, 10 masked columns, Parquet -> Parquet (one run)")
-        print(f"  biomask             {args.rows / b:>12,.0f} rows/s  ({b:.2f} s)")
-        print(f"  presidio-structured {args.rows / p:>12,.0f} rows/s  ({p:.2f} s)")
+        bs, ps = [], []
+        for _ in range(args.repeat):  # taking turns: a slow spell hits both tools
+            bs.append(run_biomask(src, tmp / "biomask.parquet", policy))
+            ps.append(run_presidio(src, tmp / "presidio.parquet"))
+        b, p = min(bs), min(ps)
+        print(f"{args.rows:,} rows, 10 masked columns, Parquet -> Parquet, best of {args.repeat}"
+              " (the tools taking turns)")  # fmt: skip
+        each = ", ".join(f"{x:.2f}" for x in bs)
+        print(f"  biomask             {args.rows / b:>12,.0f} rows/s  ({each} s)")
+        each = ", ".join(f"{x:.2f}" for x in ps)
+        print(f"  presidio-structured {args.rows / p:>12,.0f} rows/s  ({each} s)")
         print(f"  ratio biomask/presidio-structured: {p / b:.1f}x  (goal >= 100x)")
         sizes = [int(x) for x in args.rss.split(",") if x]
         if sizes:
