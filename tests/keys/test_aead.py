@@ -104,6 +104,7 @@ def test_native_and_python_agree_and_any_flipped_byte_is_refused(
     toks = [f"t{i}".encode() * (i % 3) for i in range(len(sizes))]
     key_idx = [i % 2 for i in range(len(sizes))]
     results = {}
+    saved = os.environ.get("BIOMASK_NATIVE_AEAD")
     for p in PATHS:
         if p == "native" and aead._gcm is None:
             continue
@@ -117,8 +118,11 @@ def test_native_and_python_agree_and_any_flipped_byte_is_refused(
             assert back.dst[: sum(sizes)].tobytes() == rows.src[: sum(sizes)].tobytes()
             rows.dst[flip % int(rows.dst_at[-1] + sizes[-1] + 16)] ^= 1
             assert not aead.open_rows(RowKeys(KEYS), _open_layout(rows))
-        finally:
-            del os.environ["BIOMASK_NATIVE_AEAD"]
+        finally:  # hypothesis runs many examples per test: no monkeypatch fixture here
+            if saved is None:
+                del os.environ["BIOMASK_NATIVE_AEAD"]
+            else:
+                os.environ["BIOMASK_NATIVE_AEAD"] = saved
     assert len(set(results.values())) == 1
 
 
@@ -132,9 +136,12 @@ def test_wrong_key_or_aad_is_refused(path: str) -> None:
     assert not aead.open_rows(RowKeys(KEYS[:1]), swapped)
 
 
-def test_positions_outside_a_buffer_are_refused_before_any_work() -> None:
+def test_positions_outside_a_buffer_are_refused_before_any_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     if aead._gcm is None:
         pytest.skip("the compiled helper biomask.keys._gcm was not built in this install")
+    monkeypatch.setenv("BIOMASK_NATIVE_AEAD", "1")
     rows = _layout([64, 64], [b"a", b"b"], None)
     bad = Rows(**{**rows.__dict__, "src_at": np.array([0, 10**9], np.int64)})
     with pytest.raises(ValueError, match="outside its buffer"):
