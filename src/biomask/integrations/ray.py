@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from biomask.connectors.files import _iter_parquet
+from biomask.connectors.files import _iter_parquet, parquet_options
 from biomask.errors import (
     BiomaskError,
     ConnectorError,
@@ -273,7 +273,7 @@ def _split_write(
             os.makedirs(folder, exist_ok=True)
             path = os.path.join(folder, _PART.format(task))
             fh = open(path, "wb")  # noqa: SIM115 - closed in the finally below
-            writers[folder] = (fh, pq.ParquetWriter(fh, tbl.schema))
+            writers[folder] = (fh, pq.ParquetWriter(fh, tbl.schema, **parquet_options(tbl.schema)))
             res["files"].append(path)
         writers[folder][1].write_table(tbl, row_group_size=row_group)
 

@@ -269,6 +269,8 @@ class Encrypt(Operator[EncryptOp]):
         super().__init__(spec, binding)
         self._store: KeyStore | None = None
         self._run_dek: tuple[bytes, bytes] | None = None
+        #: run data keys already unwrapped by this operator's unmasking (see _open_keys)
+        self._opened: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
     # -- operator contract ----------------------------------------------------------------
@@ -379,7 +381,12 @@ class Encrypt(Operator[EncryptOp]):
         tok = ctx.entity_tokens[self.spec.entity]
         if pa.types.is_dictionary(tok.type):
             tok = tok.cast(tok.type.value_type)
-        tok = tok.cast(pa.string()).cast(pa.binary())
+        if not pa.types.is_binary(tok.type):
+            if not (pa.types.is_string(tok.type) or pa.types.is_large_string(tok.type)):
+                tok = tok.cast(pa.string())
+            tok = tok.cast(pa.binary())
+        if not tok.null_count:  # the common case: no copy, no per-batch mask work
+            return tok, np.zeros(len(tok), dtype=bool)
         return tok.fill_null(b""), pc.is_null(tok).to_numpy(zero_copy_only=False)
 
     def _aad_prefix(self) -> bytes:
@@ -401,6 +408,28 @@ class Encrypt(Operator[EncryptOp]):
         else:
             found = self.store.get(dek_ids)
         return {d: keks.unwrap(d, k, w) for d, (k, w) in found.items()}
+
+    def _open_keys(self, dek_ids: list[str]) -> dict[str, bytes]:
+        """The data keys that open these ids; run keys are unwrapped once per operator.
+
+        A training feed unmasks batch after batch of one run's file, and looking the same
+        run key up and unwrapping it again cost as much as decrypting a 1024-row batch. Run
+        keys are never erased one by one, so keeping them is safe; a subject's key
+        (``e:...``) is fetched from the store for every batch, so an erasure takes effect
+        at once, even for a feed that is already running. At most 64 run keys are kept.
+        """
+        want = sorted(set(dek_ids))
+        with self._lock:
+            got = {d: self._opened[d] for d in want if d in self._opened}
+        todo = [d for d in want if d not in got]
+        if todo:
+            fresh = self._deks(todo, create=False)
+            got.update(fresh)
+            with self._lock:
+                for d, k in fresh.items():
+                    if d.startswith("run:") and len(self._opened) < 64:
+                        self._opened[d] = k
+        return got
 
     def _run_key(self) -> tuple[bytes, bytes]:
         with self._lock:
@@ -535,7 +564,7 @@ class Encrypt(Operator[EncryptOp]):
                 raise DecryptionError() from None
         tok, _ = self._tokens(ctx, n)
         self._check_entity_ids(dek_ids, which, rows, tok)
-        deks = self._deks(sorted(set(dek_ids)), create=False) if dek_ids else {}
+        deks = self._open_keys(dek_ids)
         # a subject's missing key is an erasure (its id matches the row's token, checked
         # above); a missing run key is a wrong key store or tampering
         missing = np.array([d not in deks for d in dek_ids], dtype=bool)
