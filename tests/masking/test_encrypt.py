@@ -247,3 +247,21 @@ def test_recycled_output_buffers_never_touch_a_live_batch(ring: Keyring) -> None
     for m, x in ((mb, b), (mc, c)):
         assert unmasker.mask_batch(m).output.column("face").equals(x.column("face"))
     assert np.array_equal(view, expect.values.to_numpy())
+
+
+def test_an_erasure_takes_effect_in_an_unmasker_already_running(
+    ring: Keyring, tmp_path: Path
+) -> None:
+    """A training feed keeps one Unmasker for a whole epoch: it may keep a run's data key,
+    never a subject's, so erasing a subject mid-epoch stops their next batch."""
+    b = batch(6)
+    out = Masker(POLICY, ring).mask_batch(b).output
+    um = Unmasker(POLICY, ring)
+    assert um.mask_batch(out).quarantine is None
+    token_a = out.column("sid")[0].as_py()
+    assert open_keystore(str(tmp_path / "k.json.keystore.sqlite")).erase(f"e:subject:{token_a}")
+    res = um.mask_batch(out)
+    assert res.quarantine is not None
+    assert set(res.quarantine.column("sid").to_pylist()) == {token_a}
+    # the run-keyed columns of the other rows still decrypt with the kept run key
+    assert res.output.column("finger").null_count == 0
