@@ -334,13 +334,20 @@ class _UnitWorker:
 
 
 def _units(files: Sequence[Path], target: int) -> list[tuple[str, int, int, int]]:
-    """``(file, row group, offset, rows)`` slices of at most ``target`` rows, in input order."""
+    """``(file, row group, offset, rows)`` units of about ``target`` rows, in input order.
+
+    A row group of up to twice ``target`` rows is one unit: an actor decodes a whole row
+    group whatever slice of it it masks, so cutting one in two made both halves decode it
+    (and halved the masking batches). On 200k captures in 25k-row groups that took the Ray
+    run from 70.2–71.0 s to 66.4–68.3 s here. Larger row groups are cut into slices of at
+    most ``target`` rows.
+    """
     out: list[tuple[str, int, int, int]] = []
     for f in files:
         meta = pq.ParquetFile(f).metadata
         for rg in range(meta.num_row_groups):
             n = meta.row_group(rg).num_rows
-            pieces = max(1, math.ceil(n / target))
+            pieces = 1 if n <= 2 * target else math.ceil(n / target)
             step = math.ceil(n / pieces) if n else 0
             for k in range(pieces):
                 length = min(step, n - k * step)
@@ -709,6 +716,8 @@ def _run_table(
     units = _units(files, rows)
     if not units:
         return
+    # mask each unit in as few batches as the caller's batch size allows
+    rows = max(1, min(batch_size, max(u[3] for u in units)))
     options: dict[str, Any] = {"num_cpus": _ACTOR_CPUS, "max_restarts": 0}
     if not inherit_env:
         options["runtime_env"] = {"env_vars": _worker_env()}
