@@ -137,3 +137,26 @@ def test_feed_stops_early_without_hanging(masked: tuple[Path, Path, np.ndarray])
     first = next(it)
     assert first["template"].shape == (5, 512)
     it.close()  # the read-ahead thread is told to stop and joined, with batches still queued
+
+
+def test_workers_share_the_row_groups_of_a_single_file(
+    masked: tuple[Path, Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sharding by file left all but one DataLoader worker idle on a one-file output."""
+    from types import SimpleNamespace
+
+    import biomask.integrations.torch as feed
+
+    out, ring, templates = masked
+    files = sorted(out.glob("*.parquet"))
+    assert len(files) == 1 and pq.ParquetFile(files[0]).metadata.num_row_groups >= 2
+    shares = []
+    for wid in (0, 1):
+        info = SimpleNamespace(id=wid, num_workers=2)
+        monkeypatch.setattr(feed, "get_worker_info", lambda info=info: info)
+        ds = MaskedTemplateDataset(out, out.parent / "policy.yaml", ring, batch_size=50)
+        shares.append(torch.cat([b["template"] for b in ds]).numpy())
+    assert all(len(s) for s in shares)  # both workers have work
+    fed = np.concatenate(shares)
+    key = lambda a: np.lexsort(a.T[:4])  # noqa: E731 - order rows the same way
+    assert np.array_equal(fed[key(fed)], templates[key(templates)])  # each row exactly once

@@ -128,19 +128,26 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
         from biomask.masking import Unmasker
 
         info = get_worker_info()
-        files = self.files
-        if info is not None:  # shard files across DataLoader workers
-            files = files[info.id :: info.num_workers]
+        # the row groups of every file, dealt out to the DataLoader workers: sharding by
+        # file left all but one worker idle on a single-file dataset
+        groups = [
+            (f, rg) for f in self.files for rg in range(pq.ParquetFile(f).metadata.num_row_groups)
+        ]
+        if info is not None:
+            groups = groups[info.id :: info.num_workers]
         unmasker = Unmasker(self.policy, Keyring.open(self.keyring_path), table=self.table)
         entity_cols = {e.column for e in self.policy.entities.values()}
         wanted = list(dict.fromkeys([*self.columns, *entity_cols, self.template_column]))
 
         def read() -> Iterator[pa.RecordBatch]:
-            for f in files:
+            for f in dict.fromkeys(f for f, _ in groups):
                 pf = pq.ParquetFile(f, pre_buffer=False)
                 meta = pf.schema_arrow.metadata
                 cols = [c for c in wanted if c in pf.schema_arrow.names]
-                for batch in pf.iter_batches(batch_size=self.batch_size, columns=cols):
+                mine = [rg for g, rg in groups if g == f]
+                for batch in pf.iter_batches(
+                    batch_size=self.batch_size, row_groups=mine, columns=cols
+                ):
                     yield batch.replace_schema_metadata(meta)
 
         for batch in _prefetch(read(), depth=2):
