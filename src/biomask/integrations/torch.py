@@ -122,17 +122,18 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
             Path(lineage_dir) if lineage_dir else self.data.with_name(self.data.name + ".lineage")
         )
         self.files = verified_files(self.data, lineage, public_key)
+        #: every (file, row group), dealt out to DataLoader workers: sharding by file left
+        #: all but one worker idle on a one-file output
+        self.row_groups = [
+            (f, rg) for f in self.files for rg in range(pq.ParquetFile(f).metadata.num_row_groups)
+        ]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         from biomask.keys import Keyring
         from biomask.masking import Unmasker
 
         info = get_worker_info()
-        # the row groups of every file, dealt out to the DataLoader workers: sharding by
-        # file left all but one worker idle on a single-file dataset
-        groups = [
-            (f, rg) for f in self.files for rg in range(pq.ParquetFile(f).metadata.num_row_groups)
-        ]
+        groups = self.row_groups
         if info is not None:
             groups = groups[info.id :: info.num_workers]
         unmasker = Unmasker(self.policy, Keyring.open(self.keyring_path), table=self.table)

@@ -148,7 +148,6 @@ def _python(keys: RowKeys, r: Rows, seal: bool) -> bool:
     nb, src, mid, dst = (x.data.cast("B") for x in (r.nonce_buf, r.src, r.mid, r.dst))
     n = len(r.length)
     which = r.key_idx.tolist() if r.key_idx is not None else [0] * n
-    tag = 0 if seal else TAG
     cols = (which, r.nonce_at.tolist(), r.src_at.tolist(), r.length.tolist(),
             r.mid_off[:-1].tolist(), r.mid_off[1:].tolist(), r.dst_at.tolist())  # fmt: skip
     try:
@@ -158,7 +157,7 @@ def _python(keys: RowKeys, r: Rows, seal: bool) -> bool:
                 aeads[k].encrypt_into(nb[na : na + NONCE], src[sa : sa + ln], aad,
                                       dst[da : da + ln + TAG])  # fmt: skip
             else:
-                aeads[k].decrypt_into(nb[na : na + NONCE], src[sa : sa + ln + tag], aad,
+                aeads[k].decrypt_into(nb[na : na + NONCE], src[sa : sa + ln + TAG], aad,
                                       dst[da : da + ln])  # fmt: skip
     except (InvalidTag, ValueError):
         if seal:

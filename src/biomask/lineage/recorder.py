@@ -156,14 +156,14 @@ class LineageRecorder:
         key is the file's device and inode (a rename into place keeps both), checked with
         its size and modification time at the end; a file that changed is hashed again.
         """
-        before = path.stat()
-        digest, size = file_digest(path)
-        after = path.stat()
-        unchanged = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
-        if unchanged and size == after.st_size:
-            self._known[(after.st_dev, after.st_ino)] = (size, after.st_mtime_ns, digest)
+        self._digest(path)
 
     def _digest(self, path: Path) -> tuple[str, int]:
+        """SHA-256 and size of ``path``, from the cache when the file is unchanged.
+
+        The cache keeps the size and mtime seen *before* hashing, so a file written to
+        while or after it was hashed no longer matches and is hashed again.
+        """
         try:
             st = path.stat()
         except OSError:

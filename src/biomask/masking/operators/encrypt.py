@@ -476,7 +476,7 @@ class Encrypt(Operator[EncryptOp]):
         nonces = np.frombuffer(os.urandom(_NONCE * len(rows)), np.uint8).reshape(-1, _NONCE)
         self._write_headers(out, offsets, rows, which, headers, head_len, nonces)
         if len(rows):
-            mid, mid_off = _binary_parts(tok if len(rows) == n else tok.take(pa.array(rows)))
+            mid, mid_off = _row_tokens(tok, rows)
             aead.seal_rows(
                 aead.RowKeys(keys),
                 aead.Rows(
@@ -585,7 +585,7 @@ class Encrypt(Operator[EncryptOp]):
             live = [i for i, d in enumerate(dek_ids) if d in deks]
             slot = np.zeros(len(headers), np.int64)
             slot[live] = np.arange(len(live))
-            mid, mid_off = _binary_parts(tok if len(rows) == n else tok.take(pa.array(rows)))
+            mid, mid_off = _row_tokens(tok, rows)
             at = starts[rows] + head_len[rows]
             opened = aead.open_rows(
                 aead.RowKeys([deks[dek_ids[i]] for i in live]),
@@ -681,6 +681,12 @@ class Encrypt(Operator[EncryptOp]):
         o_offs = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(sizes, out=o_offs[1:])
         return _alloc(int(o_offs[-1])), o_offs
+
+
+def _row_tokens(tok: pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Data and offsets of the selected rows' tokens (the AADs' middles), zero-copy when
+    every row is selected."""
+    return _binary_parts(tok if len(rows) == len(tok) else tok.take(pa.array(rows)))
 
 
 def _to_type(
