@@ -141,3 +141,78 @@ def test_other_keyring_other_tokens() -> None:
     m = Masker(POLICY, Keyring.ephemeral(), table="subjects")
     b = m.mask_batch(DATA.subjects.slice(0, 5).to_batches()[0]).output
     assert a["subject_id"].to_pylist() != b.column("subject_id").to_pylist()
+
+
+def test_column_threads_do_not_change_output_or_quarantine_reasons() -> None:
+    # a row that fails in two columns is recorded with the first column's reason, and a
+    # row that fails in one column only with that column's, whichever thread ends first
+    text = """\
+version: 1
+dataset: threads
+entities:
+  subject: {column: sid}
+columns:
+  sid: {op: tokenize, domain: subject}
+  email: {op: email, domain: email}
+  phone: {op: phone, domain: phone}
+  born: {op: date_shift, entity: subject}
+  seen: {op: date_shift, entity: subject}
+"""
+    policy = parse_policy(text, source="threads.yaml")
+    n = 500
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "sid": [f"S-{i % 97:05d}" for i in range(n)],
+            "email": [("no-at-sign" if i % 7 == 0 else f"p{i}@example.org") for i in range(n)],
+            "phone": [("12" if i % 5 == 0 else f"+44 20 7946 {i:04d}") for i in range(n)],
+            "born": [("31/02/1990" if i % 11 == 0 else "1990-03-04") for i in range(n)],
+            "seen": ["2024-01-02" for _ in range(n)],
+        }
+    )
+    results = [Masker(policy, RING, threads=t).mask_batch(batch) for t in (1, 2, 4, 4)]
+    first = results[0]
+    assert first.quarantine is not None
+    reasons = first.quarantine.column("_biomask_reason").to_pylist()
+    assert any(r.startswith("email:") for r in reasons)
+    assert any(r.startswith("phone:") for r in reasons)
+    assert any(r.startswith("born:") for r in reasons)
+    assert first.output.num_rows + first.quarantine.num_rows == n
+    # row 0 fails in email, phone and born: the email rule comes first in the policy
+    assert reasons[0].startswith("email:")
+    for other in results[1:]:
+        assert other.output.equals(first.output)
+        assert other.quarantine is not None and other.quarantine.equals(first.quarantine)
+        assert other.stats == first.stats
+    # both date columns of a subject moved by the same days (computed once per batch)
+    import datetime as dt
+
+    out = first.output.to_pydict()
+    gap = dt.date(2024, 1, 2) - dt.date(1990, 3, 4)
+    pairs = list(zip(out["born"], out["seen"], strict=True))
+    assert pairs and all(
+        dt.date.fromisoformat(s) - dt.date.fromisoformat(b) == gap for b, s in pairs
+    )
+    assert len(set(out["seen"])) > 1
+
+
+def test_batch_memo_computes_once_across_threads() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from biomask.masking.registry import BatchMemo
+
+    memo = BatchMemo()
+    calls = []
+    gate = threading.Event()
+
+    def compute() -> int:
+        calls.append(1)
+        gate.wait(1)
+        return 42
+
+    with ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(memo.get, "k", compute) for _ in range(4)]
+        gate.set()
+        assert [f.result() for f in futs] == [42] * 4
+    assert len(calls) == 1
+    assert memo.get("other", lambda: 7) == 7

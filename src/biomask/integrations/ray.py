@@ -116,7 +116,8 @@ class _MaskBatches:
             # engine's, so names in notes get the same pseudonyms on every worker
             services["sources"] = {t: open_source(u) for t, u in spec.lexicon_from.items()}
         ring = Keyring.open(spec.keyring_path)
-        self.masker = Masker(spec.policy, ring, table=spec.table, services=services)
+        # one actor per core: column threads inside it would only fight its neighbours
+        self.masker = Masker(spec.policy, ring, table=spec.table, services=services, threads=1)
         prepare = services.get("prepare")
         if callable(prepare) and spec.lexicon_from:
             prepare()

@@ -8,6 +8,9 @@ tokens consistent across files, runs and Ray workers without a shared token tabl
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +20,13 @@ import pyarrow.compute as pc
 
 from biomask.errors import KeyringError, PolicyError, SchemaError
 from biomask.keys import Keyring
-from biomask.masking.registry import Binding, Operator, OperatorContext, get_operator
+from biomask.masking.registry import (
+    BatchMemo,
+    Binding,
+    Operator,
+    OperatorContext,
+    get_operator,
+)
 from biomask.policies.models import Policy, TableSpec
 
 __all__ = ["REASON_COLUMN", "REJECT_COLUMN", "MaskedBatch", "Masker", "Unmasker"]
@@ -26,6 +35,38 @@ __all__ = ["REASON_COLUMN", "REJECT_COLUMN", "MaskedBatch", "Masker", "Unmasker"
 REJECT_COLUMN = "__biomask_reject__"
 #: the quarantine output's extra column
 REASON_COLUMN = "_biomask_reason"
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def default_threads() -> int:
+    """Column threads per Masker: ``BIOMASK_THREADS``, else one per usable core, at most 4.
+
+    Ray workers pass ``threads=1``: there, each worker already has its own core.
+    """
+    env = os.environ.get("BIOMASK_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
+def _pool(threads: int) -> ThreadPoolExecutor | None:
+    """A process-wide pool of ``threads`` workers (None for one thread: run inline)."""
+    if threads <= 1:
+        return None
+    with _POOLS_LOCK:
+        pool = _POOLS.get(threads)
+        if pool is None:
+            pool = _POOLS[threads] = ThreadPoolExecutor(
+                threads, thread_name_prefix="biomask-column"
+            )
+        return pool
 
 
 @dataclass
@@ -62,6 +103,9 @@ class Masker:
         Which table of a multi-table policy; may be omitted for a single-table policy.
     services:
         Shared helpers for operators (the text operator's lexicon), by name.
+    threads:
+        How many columns of a batch are masked at once (default: :func:`default_threads`).
+        The output does not depend on it.
     """
 
     def __init__(
@@ -71,7 +115,9 @@ class Masker:
         *,
         table: str | None = None,
         services: dict[str, Any] | None = None,
+        threads: int | None = None,
     ) -> None:
+        self.threads = default_threads() if threads is None else max(1, threads)
         specs = policy.table_specs()
         if table is None:
             if len(specs) != 1:
@@ -204,6 +250,32 @@ class Masker:
             c for c in self.spec.columns if c not in cols
         ]
 
+    def _run(
+        self, batch: pa.RecordBatch, names: list[str], ctxs: dict[str, OperatorContext]
+    ) -> dict[str, pa.Array]:
+        """Mask the columns ``names``, the parallel-safe ones on the worker threads.
+
+        The operators spend their time in Arrow, numpy and compiled kernels, which release
+        the GIL, so the columns of one batch keep every core busy. Operators that touch a
+        model or a key store run here, on the calling thread, while the others proceed.
+        """
+
+        def one(name: str) -> pa.Array:
+            values = batch.column(name)
+            if pa.types.is_dictionary(values.type):
+                values = values.cast(values.type.value_type)
+            if pa.types.is_large_string(values.type):  # operators work on 32-bit offsets
+                values = values.cast(pa.string())
+            return self._ops[name](values, ctxs[name])
+
+        pool = _pool(self.threads)
+        futures = {
+            n: pool.submit(one, n) for n in names if pool is not None and self._ops[n].parallel_safe
+        }
+        out = {n: one(n) for n in names if n not in futures}
+        out.update({n: f.result() for n, f in futures.items()})
+        return out
+
     def mask_batch(self, batch: pa.RecordBatch) -> MaskedBatch:
         """Mask one batch; rows that fail go to ``quarantine`` with their reason."""
         out_schema, q_schema, order = self._bind(batch.schema)
@@ -216,26 +288,36 @@ class Masker:
             for i in np.flatnonzero(flagged):
                 reasons[int(i)] = str(rej[int(i)].as_py())
             bad |= flagged
-        entity_tokens: dict[str, pa.Array] = {}
-        results: dict[str, pa.Array] = {}
-        stats: dict[str, int] = {}
         ent_by_col: dict[str, list[str]] = {}
         for ename, ent in self.policy.entities.items():
             ent_by_col.setdefault(ent.column, []).append(ename)
+        entity_tokens: dict[str, pa.Array] = {}
+        memo = BatchMemo()
+        flagged = bad.copy()
+        # Each column gets its own failure mask, merged below in column order, so the
+        # reason recorded for a row is the same whichever thread finished first.
+        ctxs: dict[str, OperatorContext] = {}
+        todo: list[str] = []
         for name in self._entity_order():
-            op = self._ops[name]
-            values = batch.column(name)
-            if pa.types.is_dictionary(values.type):
-                values = values.cast(values.type.value_type)
-            if pa.types.is_large_string(values.type):  # operators work on 32-bit offsets
-                values = values.cast(pa.string())
-            if not op.keeps_column and name not in ent_by_col:
-                continue
-            ctx = OperatorContext(self.table, name, batch, entity_tokens, bad, reasons, stats)
-            result = op(values, ctx)
-            results[name] = result
-            for ename in ent_by_col.get(name, []):
-                entity_tokens[ename] = result
+            if self._ops[name].keeps_column or name in ent_by_col:
+                todo.append(name)
+                ctxs[name] = OperatorContext(
+                    self.table, name, batch, entity_tokens, flagged.copy(), memo=memo
+                )
+        entity_cols = [c for c in todo if c in ent_by_col]
+        results = self._run(batch, entity_cols, ctxs)  # entity tokens first: others use them
+        for name in entity_cols:
+            for ename in ent_by_col[name]:
+                entity_tokens[ename] = results[name]
+        results.update(self._run(batch, [c for c in todo if c not in ent_by_col], ctxs))
+        stats: dict[str, int] = {}
+        for name in todo:
+            ctx = ctxs[name]
+            for i in np.flatnonzero(ctx.bad & ~bad):
+                reasons[int(i)] = ctx.reasons.get(int(i), f"{name}: unmaskable")
+            bad |= ctx.bad
+            for k, v in ctx.stats.items():
+                stats[k] = stats.get(k, 0) + v
         arrays: list[pa.Array] = []
         for name in order:
             if name in results:

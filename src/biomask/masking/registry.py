@@ -7,6 +7,7 @@ derived once per run, not once per value. Operators do no I/O.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from biomask.policies.models import Policy
 
 __all__ = [
+    "BatchMemo",
     "Binding",
     "Operator",
     "OperatorContext",
@@ -32,6 +34,7 @@ __all__ = [
 ]
 
 S = TypeVar("S")
+V = TypeVar("V")
 
 
 @dataclass
@@ -59,6 +62,30 @@ class Binding:
     services: dict[str, Any] = field(default_factory=dict)
 
 
+class BatchMemo:
+    """Values computed once per batch and shared by the columns of that batch.
+
+    Two ``date_shift`` columns bound to one entity need the same per-row offsets; the first
+    column to ask computes them and the other waits for that result rather than repeating
+    the work, also when the columns are masked on different threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[Any, threading.Lock] = {}
+        self._values: dict[Any, Any] = {}
+
+    def get(self, key: Any, compute: Callable[[], V]) -> V:
+        """The value stored under ``key``, computing it with ``compute()`` the first time."""
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._values:
+                self._values[key] = compute()
+            value: V = self._values[key]
+            return value
+
+
 @dataclass
 class OperatorContext:
     """Per-batch context of one column: the batch, entity tokens, and row failures.
@@ -78,6 +105,8 @@ class OperatorContext:
     stats: dict[str, int] = field(default_factory=dict)
     #: schema metadata of the input (the unmasker reads original types from it)
     metadata: dict[str, str] = field(default_factory=dict)
+    #: per-batch values shared between columns (see :class:`BatchMemo`)
+    memo: BatchMemo = field(default_factory=BatchMemo)
 
     def quarantine(self, rows: np.ndarray | pa.Array, reason: str) -> None:
         """Mark rows (a boolean mask) as unmaskable, with a reason naming the column."""
@@ -103,6 +132,10 @@ class Operator(ABC, Generic[S]):
     name: ClassVar[str]
     #: whether the output column is present (``drop`` says no)
     keeps_column: ClassVar[bool] = True
+    #: whether columns of this operator may be masked on a worker thread beside other
+    #: columns of the batch: true for operators that only compute on the column and their
+    #: keys; false (the default) for those that touch I/O or models (key store, spaCy)
+    parallel_safe: ClassVar[bool] = False
 
     def __init__(self, spec: S, binding: Binding) -> None:
         self.spec = spec

@@ -16,6 +16,7 @@ class Keep(Operator[KeepOp]):
     """Identity: for columns that identify no one (quality scores, modality)."""
 
     name = "keep"
+    parallel_safe = True
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
         return values
@@ -26,6 +27,7 @@ class Drop(Operator[DropOp]):
     """Removes the column; the Masker never calls it."""
 
     name = "drop"
+    parallel_safe = True
     keeps_column = False
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:  # pragma: no cover
@@ -37,6 +39,7 @@ class Redact(Operator[RedactOp]):
     """Every non-null value becomes the replacement (nulls stay null: absence is no PII)."""
 
     name = "redact"
+    parallel_safe = True
 
     def output_type(self, dtype: pa.DataType) -> pa.DataType:
         return pa.string()
@@ -53,6 +56,7 @@ class Mask(Operator[MaskOp]):
     """Overwrite characters, keeping a few at either end (``****0958``)."""
 
     name = "mask"
+    parallel_safe = True
 
     def check(self, dtype: pa.DataType) -> str | None:
         return None if is_string_type(dtype) else "mask takes string columns"

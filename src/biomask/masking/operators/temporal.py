@@ -51,6 +51,7 @@ class DateShift(Operator[DateShiftOp]):
     """Per-entity consistent date shift for dates, timestamps (any unit/zone) and strings."""
 
     name = "date_shift"
+    parallel_safe = True
 
     def __init__(self, spec: DateShiftOp, binding: Binding) -> None:
         super().__init__(spec, binding)
@@ -80,7 +81,10 @@ class DateShift(Operator[DateShiftOp]):
         tokens = ctx.entity_tokens.get(self.spec.entity)
         if tokens is None:  # pragma: no cover - the Masker binds entities first
             raise AssertionError("entity tokens missing")
-        days = self.offsets(tokens)
+        # every date column of the entity shifts by the same days: computed once a batch
+        days = ctx.memo.get(
+            ("date_shift", self.spec.entity, self.max_days), lambda: self.offsets(tokens)
+        )
         no_key = pc.and_(pc.is_valid(values), pc.is_null(days))
         if pc.any(no_key).as_py():
             ctx.quarantine(no_key, f"no {self.spec.entity} key to shift the date by")
@@ -129,6 +133,7 @@ class Generalize(Operator[GeneralizeOp]):
     """Coarsen values: numeric buckets, rounding (coordinates), month/year truncation."""
 
     name = "generalize"
+    parallel_safe = True
 
     def check(self, dtype: pa.DataType) -> str | None:
         numeric = pa.types.is_integer(dtype) or pa.types.is_floating(dtype)
