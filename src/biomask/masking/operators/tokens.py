@@ -7,6 +7,8 @@ process that uses that domain, and different domains give unrelated tokens.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,7 +27,7 @@ from biomask.masking.registry import (
 from biomask.masking.shape import codepoints, from_codepoints, shape_tokens
 from biomask.policies.models import EmailOp, HashOp, PhoneOp, TokenizeOp
 
-__all__ = ["Email", "Hash", "Phone", "Tokenize", "phone_parts"]
+__all__ = ["Email", "Hash", "Phone", "PhoneDigits", "Tokenize", "phone_digits", "phone_parts"]
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 #: what the email operator accepts: one "@", no spaces, a dot in the domain
@@ -260,41 +262,79 @@ _CC2 = np.array(
 )  # fmt: skip
 
 
-def phone_layout(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Which characters of each phone number change, computed for the whole array at once.
+@dataclass(frozen=True)
+class PhoneDigits:
+    """Which digits of each phone number change, found for the whole array at once.
 
     The kept part is the country code (after ``+`` or ``00``) or the trunk ``0`` of a
-    national number; every other digit changes, separators stay.
+    national number; every other digit changes, separators stay. Everything here is
+    ASCII (digits, ``+``, spaces), and UTF-8 never uses ASCII bytes inside a multi-byte
+    character, so the work is done on the raw bytes of the Arrow buffer: no decoding,
+    and replacing digits by digits keeps every byte offset.
 
-    Returns
-    -------
-    cps, offsets:
-        The values' code points (see :func:`codepoints`).
-    change:
-        Per code point: a digit of the national significant number (the part that changes
-        and that keys the PRF, so ``+44 20 7946 0958`` and ``020 7946 0958`` agree).
+    Attributes
+    ----------
+    data:
+        The values' UTF-8 bytes, back to back.
+    offsets:
+        ``n + 1`` byte offsets of the values into ``data``.
+    at:
+        Positions in ``data`` of the digits that change (the national significant number,
+        which also keys the PRF, so ``+44 20 7946 0958`` and ``020 7946 0958`` agree),
+        value after value.
+    per_value:
+        How many digits of each value change.
     bad:
         Per value: fewer than 4 digits (not a phone number).
     """
-    cps, offsets = codepoints(values)
-    n = len(offsets) - 1
-    lengths = np.diff(offsets)
-    owner = np.repeat(np.arange(n), lengths)
-    pos = np.arange(len(cps)) - np.repeat(offsets[:-1], lengths)
-    isdig = (cps >= 48) & (cps <= 57)
-    csum = np.cumsum(isdig)
-    before = np.concatenate(([0], csum))[offsets[:-1]]  # digits before each value
-    rank = csum - 1 - np.repeat(before, lengths)  # 0-based digit rank within the value
-    ndig = np.bincount(owner[isdig], minlength=n)
+
+    data: np.ndarray
+    offsets: np.ndarray
+    at: np.ndarray
+    per_value: np.ndarray
+    bad: np.ndarray
+
+    def national(self) -> pa.Array:
+        """The national significant numbers, one string per value."""
+        offs = np.zeros(len(self.per_value) + 1, dtype=np.int32)
+        np.cumsum(self.per_value, out=offs[1:])
+        return pa.StringArray.from_buffers(
+            len(self.per_value), pa.py_buffer(offs), pa.py_buffer(self.data[self.at])
+        )
+
+    def replaced(self, digits: np.ndarray) -> pa.Array:
+        """The values with the changing digits replaced by ``digits`` (ASCII bytes)."""
+        out = self.data.copy()
+        out[self.at] = digits
+        offs = self.offsets.astype(np.int32)
+        return pa.StringArray.from_buffers(
+            len(self.offsets) - 1, pa.py_buffer(offs), pa.py_buffer(out)
+        )
+
+
+def phone_digits(values: pa.Array) -> PhoneDigits:
+    """Lay out the phone numbers of a null-free string array (see :class:`PhoneDigits`)."""
+    n = len(values)
+    if pa.types.is_large_string(values.type):
+        values = values.cast(pa.string())
+    bufs = values.buffers()
+    raw = np.frombuffer(bufs[1], dtype=np.int32)[values.offset : values.offset + n + 1]
+    offsets = raw.astype(np.int64) - (int(raw[0]) if n else 0)
+    full = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and n else None
+    data = full[int(raw[0]) : int(raw[-1])].copy() if full is not None else np.zeros(0, np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    dpos = np.flatnonzero((data >= 48) & (data <= 57))
+    before = np.searchsorted(dpos, starts)
+    ndig = np.searchsorted(dpos, ends) - before
     digit_at = np.full((n, 5), -1, dtype=np.int64)  # first five digits of each value
-    first5 = isdig & (rank < 5)
-    digit_at[owner[first5], rank[first5]] = cps[first5].astype(np.int64) - 48
-    nonspace = ~((cps == 32) | (cps == 9))
-    first = np.full(n, np.iinfo(np.int64).max)
-    np.minimum.at(first, owner[nonspace], pos[nonspace])
-    has = first < lengths
-    lead = np.zeros(n, dtype=np.uint32)
-    lead[has] = cps[offsets[:-1][has] + first[has]]
+    for k in range(5):
+        has = ndig > k
+        digit_at[has, k] = data[dpos[before[has] + k]].astype(np.int64) - 48
+    nonspace = np.flatnonzero((data != 32) & (data != 9))
+    first = np.searchsorted(nonspace, starts)
+    firstc = np.minimum(first, max(len(nonspace) - 1, 0))
+    has = (first < len(nonspace)) & (nonspace[firstc] < ends) if len(nonspace) else first < 0
+    lead = np.where(has, data[nonspace[firstc]] if len(nonspace) else 0, 0)
     plus = lead == ord("+")
     double0 = ~plus & (digit_at[:, 0] == 0) & (digit_at[:, 1] == 0)
     skip = np.where(double0, 2, 0)
@@ -304,23 +344,24 @@ def phone_layout(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     cc_len = np.where(np.isin(c0, (1, 7)), 1, np.where(np.isin(c0 * 10 + c1, _CC2), 2, 3))
     intl = plus | double0
     keep = np.where(intl, skip + cc_len, np.where(digit_at[:, 0] == 0, 1, 0))
-    change = isdig & (rank >= np.repeat(keep, lengths))
-    return cps, offsets, change, ndig < 4
+    rank = np.arange(len(dpos)) - np.repeat(before, ndig)
+    change = rank >= np.repeat(keep, ndig)
+    per_value = np.maximum(ndig - keep, 0)
+    return PhoneDigits(data, offsets, dpos[change], per_value, ndig < 4)
 
 
 def phone_parts(value: str) -> tuple[int, str] | None:
-    """Kept prefix length and national significant number of one phone number.
+    """Kept prefix length (in characters) and national significant number of one number.
 
-    A scalar view of :func:`phone_layout`, for callers with a single value (and tests).
+    A scalar view of :func:`phone_digits`, for callers with a single value (and tests).
     """
-    cps, _, change, bad = phone_layout(pa.array([value], pa.string()))
-    if bad[0]:
+    lay = phone_digits(pa.array([value], pa.string()))
+    if lay.bad[0]:
         return None
-    digits = np.flatnonzero((cps >= 48) & (cps <= 57))
-    changed = np.flatnonzero(change)
-    kept = digits[digits < changed[0]] if len(changed) else digits
-    keep_upto = int(kept[-1]) + 1 if len(kept) else 0
-    return keep_upto, "".join(chr(c) for c in cps[change])
+    digits = np.flatnonzero((lay.data >= 48) & (lay.data <= 57))
+    kept = digits[digits < lay.at[0]] if len(lay.at) else digits
+    keep_upto = len(bytes(lay.data[: int(kept[-1]) + 1]).decode("utf-8")) if len(kept) else 0
+    return keep_upto, str(lay.national()[0])
 
 
 @register
@@ -343,23 +384,15 @@ class Phone(Operator[PhoneOp]):
 
     def tokens(self, uniq: pa.Array) -> tuple[pa.Array, np.ndarray]:
         """Tokens for distinct non-null values, and a mask of values that are not phones."""
-        cps, offsets, change, bad = phone_layout(uniq)
-        n = len(offsets) - 1
-        owner = np.repeat(np.arange(n), np.diff(offsets))
-        per_value = np.bincount(owner[change], minlength=n)
-        key_offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(per_value, out=key_offsets[1:])
-        keys = from_codepoints(cps[change], key_offsets)  # the national significant numbers
+        lay = phone_digits(uniq)
         # The k-th digit of the national number gets the k-th keystream digit, whatever
         # the separators around it, so every format of one number agrees.
-        out_cps = cps.copy()
         if self.spec.reversible:
-            digits = self._ff1(cps[change].astype(np.int64) - 48, per_value, None, bad)
-            out_cps[change] = (48 + digits).astype(np.uint32)
-            return from_codepoints(out_cps, offsets), bad
-        rnd = ragged_stream(self.prf, keys, per_value * 2).view(np.uint16)
-        out_cps[change] = 48 + rnd % 10
-        return from_codepoints(out_cps, offsets), bad
+            bad = lay.bad.copy()
+            digits = self._ff1(lay.data[lay.at].astype(np.int64) - 48, lay.per_value, None, bad)
+            return lay.replaced((48 + digits).astype(np.uint8)), bad
+        rnd = ragged_stream(self.prf, lay.national(), lay.per_value * 2).view(np.uint16)
+        return lay.replaced((48 + rnd % 10).astype(np.uint8)), lay.bad
 
     def _ff1(
         self,
@@ -396,14 +429,12 @@ class Phone(Operator[PhoneOp]):
 
     def reverse(self, values: pa.Array, ctx: OperatorContext, key_id: str) -> pa.Array:
         enc = values.dictionary_encode()
-        cps, offsets, change, bad = phone_layout(enc.dictionary)
-        n = len(offsets) - 1
-        owner = np.repeat(np.arange(n), np.diff(offsets))
-        per_value = np.bincount(owner[change], minlength=n)
-        out_cps = cps.copy()
-        digits = self._ff1(cps[change].astype(np.int64) - 48, per_value, key_id, bad, decrypt=True)
-        out_cps[change] = (48 + digits).astype(np.uint32)
-        out = from_codepoints(out_cps, offsets)
+        lay = phone_digits(enc.dictionary)
+        bad = lay.bad.copy()
+        digits = self._ff1(
+            lay.data[lay.at].astype(np.int64) - 48, lay.per_value, key_id, bad, decrypt=True
+        )
+        out = lay.replaced((48 + digits).astype(np.uint8))
         return _finish(enc, out, bad, "not a reversible phone token", ctx).cast(values.type)
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:

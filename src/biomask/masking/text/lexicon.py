@@ -44,8 +44,7 @@ from biomask.masking.operators.names import (
     normalize_name,
     split_name,
 )
-from biomask.masking.operators.tokens import phone_layout
-from biomask.masking.shape import from_codepoints
+from biomask.masking.operators.tokens import phone_digits
 from biomask.masking.text.words import unbalanced_close
 
 __all__ = ["INITIAL", "KINDS", "ROLE_FAMILY", "ROLE_GIVEN", "LexHit", "Lexicon", "role_of"]
@@ -105,14 +104,9 @@ def _value_keys(kind: str, values: pa.Array) -> pa.Array:
     if kind == "phone":
         if len(values) == 0:
             return values
-        cps, offsets, change, bad = phone_layout(values.fill_null(""))
-        n = len(offsets) - 1
-        owner = np.repeat(np.arange(n), np.diff(offsets))
-        per_value = np.bincount(owner[change], minlength=n)
-        key_offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(per_value, out=key_offsets[1:])
-        keys = from_codepoints(cps[change], key_offsets)
-        ok = ~bad & (per_value >= 5) & ~np.asarray(values.is_null(), dtype=bool)
+        lay = phone_digits(values.fill_null(""))
+        keys = lay.national()
+        ok = ~lay.bad & (lay.per_value >= 5) & ~np.asarray(values.is_null(), dtype=bool)
         return pc.if_else(pa.array(ok), keys, pa.scalar(None, pa.string()))
     norm = pc.utf8_upper(pc.utf8_normalize(values, form="NFKC"))
     norm = pc.replace_substring_regex(norm, pattern=r"[^\pL\pN]+", replacement="")
