@@ -1,0 +1,702 @@
+/*
+ * biomask.masking._kernels: the per-value loops under shaped tokens, in C.
+ *
+ * Why this exists: a string column of a hundred thousand distinct values (passport
+ * numbers, subject ids) is masked by a keyed PRF seed per value (AES-256 CBC-MAC), a
+ * keystream per value (AES-256 in counter mode) and a per-character replacement. In numpy
+ * each of these is a chain of gathers, scatters and temporary arrays over every byte; here
+ * each is one pass over the Arrow buffers, and the block cipher still runs in large
+ * batches (one EVP call per group of blocks, never one per 16-byte block), because the
+ * cost of an EVP call is close to that of the cipher itself on a single block.
+ *
+ * These are raw primitives behind biomask.keys.primitives and biomask.masking.shape,
+ * which keep numpy fallbacks with byte-identical output. Offsets and lengths come from
+ * data files, so every one is checked against its buffer before any byte is touched, and
+ * the UTF-8 decoder never reads past the value it decodes. The GIL is released around the
+ * work; each call uses one EVP context of its own, so calls from many threads are safe.
+ *
+ *   cbc_mac(key, offsets, data, out)      seeds: out[16 i .. +16] = CBC-MAC of value i
+ *   ctr_stream(key, seeds, lengths, out)  keystreams back to back, lengths[i] bytes each
+ *   utf8_lengths(offsets, data, out)      code points per value
+ *   shape(offsets, data, stream, table, keep, mode, prefix, out_data, out_offsets, wide)
+ *                                         shaped tokens of UTF-8 values -> bytes used
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <openssl/evp.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "_phone.h"
+
+#define BLOCK 16
+#define KEY 32
+/* Blocks per EVP call: enough for AES-NI to pipeline and to amortize the call, small
+ * enough (4 KiB in, 4 KiB out) to stay in L1 with the state of the values in flight. */
+#define GROUP 256
+
+static const unsigned char PRF_TAG[8] = {'b', 'm', '-', 'p', 'r', 'f', '-', '1'};
+
+/* An AES-256-ECB encryptor without padding; NULL (with a Python error set by the caller)
+ * when OpenSSL refuses. */
+static EVP_CIPHER_CTX *ecb_encryptor(const unsigned char *key) {
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (ctx == NULL) return NULL;
+    if (!EVP_EncryptInit_ex(ctx, EVP_aes_256_ecb(), NULL, key, NULL) ||
+        !EVP_CIPHER_CTX_set_padding(ctx, 0)) {
+        EVP_CIPHER_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+static int ecb(EVP_CIPHER_CTX *ctx, unsigned char *out, const unsigned char *in, int nblocks) {
+    int outl = 0;
+    return EVP_EncryptUpdate(ctx, out, &outl, in, nblocks * BLOCK) && outl == nblocks * BLOCK;
+}
+
+static int key_ok(Py_buffer *key) {
+    if (key->len != KEY) {
+        PyErr_SetString(PyExc_ValueError, "key: expected 32 bytes");
+        return 0;
+    }
+    return 1;
+}
+
+/* Whether an array argument may be read as `size`-byte integers in place (numpy and
+ * Arrow allocations always are; a misaligned view would be undefined behaviour in C). */
+static int aligned(Py_buffer *b, size_t size, const char *name) {
+    if ((uintptr_t)b->buf % size != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: not aligned to %zu bytes", name, size);
+        return 0;
+    }
+    return 1;
+}
+
+/* `n + 1` int64 offsets into a buffer of `size` bytes: non-negative, non-decreasing, the
+ * last one within the buffer. Sets n (the number of values) on success. */
+static int offsets_ok(Py_buffer *offs, Py_ssize_t size, Py_ssize_t *n) {
+    const int64_t *o = offs->buf;
+    Py_ssize_t m = offs->len / (Py_ssize_t)sizeof(int64_t);
+    if (offs->len % (Py_ssize_t)sizeof(int64_t) != 0 || m < 1) {
+        PyErr_SetString(PyExc_ValueError, "offsets: expected n + 1 >= 1 int64 values");
+        return 0;
+    }
+    if (!aligned(offs, sizeof(int64_t), "offsets")) return 0;
+    int ok = o[0] >= 0;
+    for (Py_ssize_t i = 0; ok && i < m - 1; i++) ok = o[i + 1] >= o[i];
+    if (!ok || o[m - 1] > (int64_t)size) {
+        PyErr_SetString(PyExc_ValueError, "offsets: a value lies outside the data buffer");
+        return 0;
+    }
+    *n = m - 1;
+    return 1;
+}
+
+static int out_size_ok(Py_buffer *out, Py_ssize_t want, const char *name) {
+    if (out->len != want) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd bytes, got %zd", name, want, out->len);
+        return 0;
+    }
+    return 1;
+}
+
+static void xor16(unsigned char *dst, const unsigned char *a, const unsigned char *b) {
+    uint64_t x[2], y[2];
+    memcpy(x, a, BLOCK);
+    memcpy(y, b, BLOCK);
+    x[0] ^= y[0];
+    x[1] ^= y[1];
+    memcpy(dst, x, BLOCK);
+}
+
+/* MASKS + 16 - k: k bytes 0xFF, then zeros (16 bytes read in all, for 0 <= k <= 16). */
+static const unsigned char MASKS[2 * BLOCK] = {
+    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+
+static void and16(unsigned char *dst, const unsigned char *mask) {
+    uint64_t x[2], m[2];
+    memcpy(x, dst, BLOCK);
+    memcpy(m, mask, BLOCK);
+    x[0] &= m[0];
+    x[1] &= m[1];
+    memcpy(dst, x, BLOCK);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* CBC-MAC seeds                                                                         */
+/* ------------------------------------------------------------------------------------ */
+
+/*
+ * Seed of value v (bytes d, length L): AES-256 CBC-MAC with a zero IV over
+ *     [L as 8 big-endian bytes || "bm-prf-1"] || d zero-padded to a multiple of 16.
+ * CBC-MAC is sequential within a value, so the batching is across values: GROUP slots
+ * each hold one value in flight; every round builds the next block of every slot (the
+ * length block for a fresh value, else its next data block XOR its chaining state),
+ * encrypts all of them in one EVP call, and refills the slots whose value is done. Short
+ * and long values mix freely without leaving slots idle until the very end.
+ */
+static int mac_run(EVP_CIPHER_CTX *ctx, const int64_t *o, const unsigned char *data,
+                   int64_t data_len, Py_ssize_t n, unsigned char *out) {
+    unsigned char in[GROUP * BLOCK], state[GROUP * BLOCK];
+    Py_ssize_t slot_v[GROUP];
+    int64_t slot_pos[GROUP]; /* 0: the length block is next; k: data block k - 1 is next */
+    int active = 0;
+    Py_ssize_t next = 0;
+    while (active < GROUP && next < n) {
+        slot_v[active] = next++;
+        slot_pos[active++] = 0;
+    }
+    while (active > 0) {
+        for (int s = 0; s < active; s++) {
+            Py_ssize_t v = slot_v[s];
+            int64_t len = o[v + 1] - o[v];
+            unsigned char *blk = in + (Py_ssize_t)s * BLOCK;
+            if (slot_pos[s] == 0) {
+                uint64_t u = (uint64_t)len;
+                unsigned char be[8] = {(unsigned char)(u >> 56), (unsigned char)(u >> 48),
+                                       (unsigned char)(u >> 40), (unsigned char)(u >> 32),
+                                       (unsigned char)(u >> 24), (unsigned char)(u >> 16),
+                                       (unsigned char)(u >> 8),  (unsigned char)u};
+                memcpy(blk, be, 8);
+                memcpy(blk + 8, PRF_TAG, 8);
+                continue;
+            }
+            int64_t at = o[v] + BLOCK * (slot_pos[s] - 1);
+            int64_t take = o[v + 1] - at < BLOCK ? o[v + 1] - at : BLOCK;
+            unsigned char pad[BLOCK] = {0};
+            if (data_len - at >= BLOCK) {
+                /* 16 bytes are there to read (the rest belong to later values): load
+                 * them and zero what is past this value, without a variable memcpy. */
+                memcpy(pad, data + at, BLOCK);
+                and16(pad, MASKS + BLOCK - take);
+            } else {
+                memcpy(pad, data + at, (size_t)take);
+            }
+            xor16(blk, pad, state + (Py_ssize_t)s * BLOCK);
+        }
+        if (!ecb(ctx, state, in, active)) return 0;
+        /* Backwards, so that the last slot moved into a finished one was already advanced. */
+        for (int s = active - 1; s >= 0; s--) {
+            Py_ssize_t v = slot_v[s];
+            int64_t nb = (o[v + 1] - o[v] + BLOCK - 1) / BLOCK;
+            if (++slot_pos[s] <= nb) continue;
+            memcpy(out + v * BLOCK, state + (Py_ssize_t)s * BLOCK, BLOCK);
+            if (next < n) {
+                slot_v[s] = next++;
+                slot_pos[s] = 0;
+            } else if (s != --active) {
+                slot_v[s] = slot_v[active];
+                slot_pos[s] = slot_pos[active];
+                memcpy(state + (Py_ssize_t)s * BLOCK, state + (Py_ssize_t)active * BLOCK, BLOCK);
+            }
+        }
+    }
+    return 1;
+}
+
+static PyObject *cbc_mac(PyObject *self, PyObject *args) {
+    Py_buffer key, offs, data, out;
+    Py_ssize_t n = 0;
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*", &key, &offs, &data, &out)) return NULL;
+    if (key_ok(&key) && offsets_ok(&offs, data.len, &n) &&
+        out_size_ok(&out, n * BLOCK, "out")) {
+        int ok = 0;
+        EVP_CIPHER_CTX *ctx = ecb_encryptor(key.buf);
+        if (ctx != NULL) {
+            Py_BEGIN_ALLOW_THREADS
+            ok = mac_run(ctx, offs.buf, data.buf, data.len, n, out.buf);
+            Py_END_ALLOW_THREADS
+            EVP_CIPHER_CTX_free(ctx);
+        }
+        if (ok) {
+            result = Py_None;
+            Py_INCREF(result);
+        } else {
+            PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused an AES-256-ECB operation");
+        }
+    }
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Counter-mode keystreams                                                               */
+/* ------------------------------------------------------------------------------------ */
+
+/* Copy the kept part of each encrypted block to the output; a whole block is written
+ * where the output has room, since the next block's bytes overwrite the excess. */
+static unsigned char *emit(unsigned char *out, unsigned char *end, const unsigned char *enc,
+                           const int *take, int nblocks) {
+    for (int b = 0; b < nblocks; b++) {
+        if (end - out >= BLOCK)
+            memcpy(out, enc + b * BLOCK, BLOCK);
+        else
+            memcpy(out, enc + b * BLOCK, (size_t)take[b]);
+        out += take[b];
+    }
+    return out;
+}
+
+/*
+ * Keystream of value i: blocks AES(seed_i with its last 4 bytes XOR the big-endian block
+ * counter 0, 1, 2, ...), of which the first lengths[i] bytes are kept; the streams of all
+ * values are written back to back. Blocks are generated GROUP at a time across values and
+ * encrypted in one EVP call, then copied out in order (each block knows how much of it is
+ * kept), so memory beyond the output is 8 KiB whatever the lengths.
+ */
+static int ctr_run(EVP_CIPHER_CTX *ctx, const unsigned char *seeds, const int64_t *lengths,
+                   Py_ssize_t n, unsigned char *out, unsigned char *end) {
+    unsigned char in[GROUP * BLOCK], enc[GROUP * BLOCK];
+    int take[GROUP];
+    int fill = 0;
+    for (Py_ssize_t v = 0; v < n; v++) {
+        uint64_t s0, s1;
+        int64_t len = lengths[v];
+        uint32_t c = 0;
+        memcpy(&s0, seeds + v * BLOCK, 8);
+        memcpy(&s1, seeds + v * BLOCK + 8, 8);
+        for (int64_t at = 0; at < len; at += BLOCK, c++) {
+            /* The counter, big-endian, in the last 4 of the seed's second 8 bytes. */
+            unsigned char cb[8] = {0, 0, 0, 0, (unsigned char)(c >> 24), (unsigned char)(c >> 16),
+                                   (unsigned char)(c >> 8), (unsigned char)c};
+            uint64_t x;
+            unsigned char *blk = in + fill * BLOCK;
+            memcpy(&x, cb, 8);
+            x ^= s1;
+            memcpy(blk, &s0, 8);
+            memcpy(blk + 8, &x, 8);
+            take[fill++] = len - at < BLOCK ? (int)(len - at) : BLOCK;
+            if (fill == GROUP) {
+                if (!ecb(ctx, enc, in, fill)) return 0;
+                out = emit(out, end, enc, take, fill);
+                fill = 0;
+            }
+        }
+    }
+    if (fill > 0) {
+        if (!ecb(ctx, enc, in, fill)) return 0;
+        emit(out, end, enc, take, fill);
+    }
+    return 1;
+}
+
+static PyObject *ctr_stream(PyObject *self, PyObject *args) {
+    Py_buffer key, seeds, lengths, out;
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*", &key, &seeds, &lengths, &out)) return NULL;
+    Py_ssize_t n = lengths.len / (Py_ssize_t)sizeof(int64_t);
+    const int64_t *ln = lengths.buf;
+    int ok = key_ok(&key) && aligned(&lengths, sizeof(int64_t), "lengths");
+    if (ok && (lengths.len % (Py_ssize_t)sizeof(int64_t) != 0 || seeds.len != n * BLOCK)) {
+        PyErr_SetString(PyExc_ValueError, "seeds: expected 16 bytes per int64 length");
+        ok = 0;
+    }
+    /* The sum is bounded by the output's size as it goes, so it cannot overflow; a
+     * counter past 2**32 blocks would repeat, so no single stream may be that long. */
+    int64_t total = 0;
+    for (Py_ssize_t i = 0; ok && i < n; i++) {
+        if (ln[i] < 0 || ln[i] > ((int64_t)1 << 36) || ln[i] > (int64_t)out.len - total) {
+            PyErr_SetString(PyExc_ValueError,
+                            "lengths: negative, over 2**36 bytes, or past the output");
+            ok = 0;
+        } else {
+            total += ln[i];
+        }
+    }
+    if (ok && out_size_ok(&out, (Py_ssize_t)total, "out")) {
+        EVP_CIPHER_CTX *ctx = ecb_encryptor(key.buf);
+        ok = 0;
+        if (ctx != NULL) {
+            Py_BEGIN_ALLOW_THREADS
+            ok = ctr_run(ctx, seeds.buf, ln, n, out.buf, (unsigned char *)out.buf + total);
+            Py_END_ALLOW_THREADS
+            EVP_CIPHER_CTX_free(ctx);
+        }
+        if (ok) {
+            result = Py_None;
+            Py_INCREF(result);
+        } else {
+            PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused an AES-256-ECB operation");
+        }
+    }
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&seeds);
+    PyBuffer_Release(&lengths);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* UTF-8                                                                                 */
+/* ------------------------------------------------------------------------------------ */
+
+/* Code points in p[0 .. len): bytes that are not continuation bytes (10xxxxxx). */
+static int64_t count_cps(const unsigned char *p, int64_t len) {
+    int64_t k = 0;
+    for (int64_t i = 0; i < len; i++) k += (p[i] & 0xC0) != 0x80;
+    return k;
+}
+
+/* Whether p[0 .. len) is all ASCII (then code points are bytes), 8 bytes at a time. */
+static int all_ascii(const unsigned char *p, int64_t len) {
+    uint64_t acc = 0, w;
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        memcpy(&w, p + i, 8);
+        acc |= w;
+    }
+    for (; i < len; i++) acc |= p[i];
+    return (acc & 0x8080808080808080ULL) == 0;
+}
+
+static PyObject *utf8_lengths(PyObject *self, PyObject *args) {
+    Py_buffer offs, data, out;
+    Py_ssize_t n = 0;
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*w*", &offs, &data, &out)) return NULL;
+    if (offsets_ok(&offs, data.len, &n) && aligned(&out, sizeof(int64_t), "out") &&
+        out_size_ok(&out, n * (Py_ssize_t)sizeof(int64_t), "out")) {
+        const int64_t *o = offs.buf;
+        const unsigned char *d = data.buf;
+        int64_t *cnt = out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        if (all_ascii(d + o[0], o[n] - o[0]))
+            for (Py_ssize_t v = 0; v < n; v++) cnt[v] = o[v + 1] - o[v];
+        else
+            for (Py_ssize_t v = 0; v < n; v++) cnt[v] = count_cps(d + o[v], o[v + 1] - o[v]);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+/*
+ * Byte length of the UTF-8 sequence at p[0 .. avail) and its code point in *cp; 0 when
+ * the sequence is malformed or runs past `avail` (never reads beyond it).
+ */
+static int decode(const unsigned char *p, int64_t avail, uint32_t *cp) {
+    unsigned char c = p[0];
+    int len;
+    uint32_t v;
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    }
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+        v = c & 0x1F;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        v = c & 0x0F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        v = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (avail < len) return 0;
+    for (int i = 1; i < len; i++) {
+        if ((p[i] & 0xC0) != 0x80) return 0;
+        v = (v << 6) | (p[i] & 0x3F);
+    }
+    *cp = v;
+    return len;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Shaped tokens                                                                         */
+/* ------------------------------------------------------------------------------------ */
+
+enum { KEEP = 0, DIGIT = 1, UPPER = 2, LOWER = 3 };
+enum { MODE_KEEP = 0, MODE_AUTO = 1, MODE_LITERAL = 2 };
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && defined(__GNUC__)
+#define SWAR 1 /* 8 bytes as one little-endian word: byte i is bits 8i .. 8i + 7 */
+#endif
+
+/* The "auto" prefix: 1-6 upper-case ASCII letters, then a separator, then at least one
+ * more character. All of it is ASCII, so bytes and code points count alike here. `avail`
+ * is how many bytes from p on may be read (the value's and those of later values). */
+static int64_t auto_prefix(const unsigned char *p, int64_t len, int64_t avail) {
+    /* Branch-free: whether a value starts with a capital is close to random in ids. */
+    int64_t k = 0;
+#ifdef SWAR
+    if (avail >= 8) {
+        /* Per byte b, bit 7 of `up` is set iff 'A' <= b <= 'Z' (the | 0x80 keeps the
+         * subtractions from borrowing across bytes; ~x drops non-ASCII bytes). */
+        const uint64_t hi = 0x8080808080808080ULL;
+        uint64_t x;
+        memcpy(&x, p, 8);
+        uint64_t up = ((x | hi) - 0x4141414141414141ULL) & ~((x | hi) - 0x5B5B5B5B5B5B5B5BULL);
+        uint64_t stop = ~(up & ~x) & hi;
+        k = stop ? __builtin_ctzll(stop) >> 3 : 8;
+        k = k < len ? k : len;
+    } else
+#endif
+    {
+        int alive = 1;
+        (void)avail;
+        for (int i = 0; i < 7; i++) {
+            unsigned char c = i < len ? p[i] : 0;
+            alive &= (unsigned char)(c - 'A') < 26;
+            k += alive;
+        }
+    }
+    unsigned char c = k < len ? p[k] : 0;
+    int sep = (c == '-') | (c == '_') | (c == '/') | (c == ':') | (c == '.');
+    return (k >= 1) & (k <= 6) & (len > k + 1) & sep ? k + 1 : 0;
+}
+
+typedef struct {
+    const int64_t *o;
+    const unsigned char *data;
+    int64_t data_len;
+    Py_ssize_t n;
+    const unsigned char *stream;
+    int64_t stream_len;
+    const unsigned char *table;
+    const int64_t *keep; /* MODE_KEEP: per value; NULL keeps nothing */
+    int mode;
+    const unsigned char *prefix; /* MODE_LITERAL: its UTF-8 bytes and code points */
+    int64_t prefix_len, prefix_cps;
+    unsigned char *out;
+    void *out_off;
+    int wide; /* out_off is int64 (else int32) */
+} shape_job;
+
+/* Leading code points of value v (bytes p[0 .. len)) to keep unchanged. */
+static int64_t value_keep(const shape_job *j, Py_ssize_t v, const unsigned char *p, int64_t len) {
+    if (j->mode == MODE_AUTO) return auto_prefix(p, len, j->data + j->data_len - p);
+    if (j->mode == MODE_LITERAL)
+        return len >= j->prefix_len && memcmp(p, j->prefix, (size_t)j->prefix_len) == 0
+                   ? j->prefix_cps
+                   : 0;
+    return j->keep != NULL ? j->keep[v] : 0;
+}
+
+static void put_offset(const shape_job *j, Py_ssize_t v, int64_t at) {
+    if (j->wide)
+        ((int64_t *)j->out_off)[v] = at;
+    else
+        ((int32_t *)j->out_off)[v] = (int32_t)at;
+}
+
+/* Whether the table classes ASCII as Python does ('0'-'9' digits, 'A'-'Z' upper, 'a'-'z'
+ * lower, the rest kept): then shape_ascii may class ASCII by arithmetic. */
+static int table_is_ascii(const unsigned char *table) {
+    for (int c = 0; c < 0x80; c++) {
+        int want = c >= '0' && c <= '9' ? DIGIT : c >= 'A' && c <= 'Z' ? UPPER
+                 : c >= 'a' && c <= 'z' ? LOWER : KEEP;
+        if (table[c] != want) return 0;
+    }
+    return 1;
+}
+
+/*
+ * All values ASCII (the usual id column): every character is one byte and one keystream
+ * pair, in order across the whole buffer, so the replacement is one flat, branch-free
+ * loop that the compiler vectorizes; the kept prefixes are then copied back value by
+ * value, and the output offsets are the input's, shifted to start at 0.
+ */
+/* The flat replacement of shape_ascii over in[0 .. m), keystream pairs at s. */
+static void shape_ascii_flat(const unsigned char *in, const unsigned char *s, int64_t m,
+                             unsigned char *out) {
+    for (int64_t i = 0; i < m; i++) {
+        /* 16-bit lanes throughout, so that the vectorized loop packs 8 or 16 per op. */
+        uint16_t c = in[i], r;
+        memcpy(&r, s + 2 * i, 2); /* native order, as numpy's .view(np.uint16) */
+        uint16_t d = (uint16_t)('0' + r % 10), u = (uint16_t)('A' + r % 26), x = c;
+        x = (uint16_t)(c - '0') < 10 ? d : x;
+        x = (uint16_t)(c - 'A') < 26 ? u : x;
+        x = (uint16_t)(c - 'a') < 26 ? (uint16_t)(u + 32) : x;
+        out[i] = (unsigned char)x;
+    }
+}
+
+static void shape_ascii(const shape_job *j) {
+    const int64_t *o = j->o, base = o[0], m = o[j->n] - base;
+    unsigned char *out = j->out;
+    if (j->wide)
+        for (Py_ssize_t v = 0; v <= j->n; v++) ((int64_t *)j->out_off)[v] = o[v] - base;
+    else
+        for (Py_ssize_t v = 0; v <= j->n; v++) ((int32_t *)j->out_off)[v] = (int32_t)(o[v] - base);
+    /* A few KiB of values at a time, so that the prefixes are put back while in L1. */
+    for (Py_ssize_t v0 = 0; v0 < j->n; v0 += GROUP) {
+        Py_ssize_t v1 = v0 + GROUP < j->n ? v0 + GROUP : j->n;
+        shape_ascii_flat(j->data + o[v0], j->stream + 2 * (o[v0] - base), o[v1] - o[v0],
+                         out + (o[v0] - base));
+        if (j->mode == MODE_KEEP && j->keep == NULL) continue;
+        for (Py_ssize_t v = v0; v < v1; v++) {
+            int64_t len = o[v + 1] - o[v];
+            int64_t keep = value_keep(j, v, j->data + o[v], len);
+            if (keep <= 0) continue;
+            keep = keep < len ? keep : len;
+            unsigned char *dst = out + (o[v] - base);
+            const unsigned char *src = j->data + o[v];
+#ifdef SWAR
+            if (keep < 8 && m - (o[v] - base) >= 8 && j->data_len - o[v] >= 8) {
+                /* A short prefix: blend 8 bytes rather than call memcpy per value. */
+                uint64_t a, b, mask = (1ULL << (8 * keep)) - 1;
+                memcpy(&a, dst, 8);
+                memcpy(&b, src, 8);
+                a = (a & ~mask) | (b & mask);
+                memcpy(dst, &a, 8);
+                continue;
+            }
+#endif
+            memcpy(dst, src, (size_t)keep);
+        }
+    }
+}
+
+/* 1: done; 0: malformed UTF-8; -1: the keystream is not 2 bytes per code point. */
+static int shape_run(const shape_job *j, int64_t *used) {
+    unsigned char *w = j->out;
+    int64_t sp = 0;
+    int64_t span = j->o[j->n] - j->o[0];
+    if (j->stream_len == 2 * span && table_is_ascii(j->table) &&
+        all_ascii(j->data + j->o[0], span)) {
+        shape_ascii(j);
+        *used = span;
+        return 1;
+    }
+    for (Py_ssize_t v = 0; v < j->n; v++) {
+        const unsigned char *p = j->data + j->o[v];
+        int64_t len = j->o[v + 1] - j->o[v];
+        int64_t keep = value_keep(j, v, p, len);
+        put_offset(j, v, w - j->out);
+        int64_t pos = 0;
+        for (int64_t i = 0; i < len; pos++) {
+            unsigned char c = p[i], rep[4];
+            uint16_t r;
+            if (sp + 2 > j->stream_len) return -1;
+            memcpy(&r, j->stream + sp, 2);
+            sp += 2;
+            /* All four candidates, then an index: no branch on the character class,
+             * which is close to random in ids that mix letters and digits. */
+            rep[KEEP] = c;
+            rep[DIGIT] = (unsigned char)('0' + r % 10);
+            rep[UPPER] = (unsigned char)('A' + r % 26);
+            rep[LOWER] = (unsigned char)('a' + r % 26);
+            if (c < 0x80) {
+                *w++ = rep[pos < keep ? KEEP : j->table[c] & 3];
+                i++;
+                continue;
+            }
+            uint32_t cp;
+            int k = decode(p + i, len - i, &cp);
+            if (k == 0) return 0;
+            int cls = pos < keep ? KEEP : cp < 0x10000 ? j->table[cp] & 3 : LOWER;
+            if (cls == KEEP) {
+                memcpy(w, p + i, (size_t)k);
+                w += k;
+            } else {
+                *w++ = rep[cls];
+            }
+            i += k;
+        }
+    }
+    if (sp != j->stream_len) return -1;
+    put_offset(j, j->n, w - j->out);
+    *used = w - j->out;
+    return 1;
+}
+
+static PyObject *shape(PyObject *self, PyObject *args) {
+    Py_buffer offs, data, stream, table, keep, prefix, out, out_off;
+    int mode, wide;
+    Py_ssize_t n = 0;
+    PyObject *result = NULL;
+    (void)self;
+    memset(&keep, 0, sizeof keep);
+    if (!PyArg_ParseTuple(args, "y*y*y*y*z*iy*w*w*p", &offs, &data, &stream, &table, &keep,
+                          &mode, &prefix, &out, &out_off, &wide))
+        return NULL;
+    int ok = offsets_ok(&offs, data.len, &n);
+    const int64_t *o = offs.buf;
+    int64_t span = ok ? o[n] - o[0] : 0;
+    if (ok && table.len != 0x10000) {
+        PyErr_SetString(PyExc_ValueError, "table: expected 65536 class bytes");
+        ok = 0;
+    }
+    if (ok && (mode < MODE_KEEP || mode > MODE_LITERAL)) {
+        PyErr_SetString(PyExc_ValueError, "mode: 0 (keep array), 1 (auto) or 2 (literal)");
+        ok = 0;
+    }
+    if (ok && keep.buf != NULL && keep.len != n * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "keep: expected one int64 per value");
+        ok = 0;
+    }
+    ok = ok && (keep.buf == NULL || aligned(&keep, sizeof(int64_t), "keep")) &&
+         aligned(&out_off, wide ? sizeof(int64_t) : sizeof(int32_t), "out_offsets");
+    /* Every character becomes itself or one ASCII byte: the output is never longer. */
+    if (ok && out.len < span) {
+        PyErr_SetString(PyExc_ValueError, "out_data: smaller than the input values");
+        ok = 0;
+    }
+    if (ok && (out_off.len != (n + 1) * (wide ? 8 : 4) || (!wide && span > INT32_MAX))) {
+        PyErr_SetString(PyExc_ValueError, "out_offsets: wrong size for n + 1 offsets");
+        ok = 0;
+    }
+    if (ok) {
+        shape_job j = {o, data.buf, data.len, n, stream.buf, stream.len, table.buf, keep.buf, mode,
+                       prefix.buf, prefix.len, 0, out.buf, out_off.buf, wide};
+        int64_t used = 0;
+        int rc;
+        j.prefix_cps = count_cps(prefix.buf, prefix.len);
+        Py_BEGIN_ALLOW_THREADS
+        rc = shape_run(&j, &used);
+        Py_END_ALLOW_THREADS
+        if (rc == 1)
+            result = PyLong_FromLongLong(used);
+        else if (rc == 0)
+            PyErr_SetString(PyExc_ValueError, "data: malformed UTF-8");
+        else
+            PyErr_SetString(PyExc_ValueError, "stream: expected 2 bytes per code point");
+    }
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&stream);
+    PyBuffer_Release(&table);
+    if (keep.buf != NULL) PyBuffer_Release(&keep);
+    PyBuffer_Release(&prefix);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&out_off);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"phone_scan", bm_phone_scan, METH_VARARGS,
+     "phone_scan(offsets, data, keep, ndig) -> None: kept leading digits and digit count"},
+    {"phone_positions", bm_phone_positions, METH_VARARGS,
+     "phone_positions(offsets, data, keep, at) -> None: positions of the digits that change"},
+    {"cbc_mac", cbc_mac, METH_VARARGS,
+     "cbc_mac(key, offsets, data, out) -> None: 16-byte AES-256 CBC-MAC seed per value"},
+    {"ctr_stream", ctr_stream, METH_VARARGS,
+     "ctr_stream(key, seeds, lengths, out) -> None: counter-mode keystreams back to back"},
+    {"utf8_lengths", utf8_lengths, METH_VARARGS,
+     "utf8_lengths(offsets, data, out) -> None: code points per value"},
+    {"shape", shape, METH_VARARGS,
+     "shape(offsets, data, stream, table, keep, mode, prefix, out_data, out_offsets, wide) "
+     "-> int (bytes written to out_data)"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
+                                    "Batched PRF seeds, keystreams and shaped tokens (OpenSSL).",
+                                    -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__kernels(void) {
+    return PyModule_Create(&module);
+}
