@@ -37,6 +37,7 @@ from biomask.connectors import (
     quarantine_uri,
     table_sink_uri,
 )
+from biomask.connectors.overlap import WriteBehind, read_ahead
 from biomask.errors import BiomaskError, QuarantineLimitError
 from biomask.keys import Keyring
 from biomask.lineage import LineageRecorder
@@ -165,13 +166,16 @@ def run_mask(
         out_sinks: dict[str, Sink] = {}
         for t in sources:
             uri = table_sink_uri(output_uri, t, input_uri) if policy.is_multi_table else output_uri
-            sink = open_sink(
-                uri,
-                out_schemas[t],
-                overwrite=overwrite,
-                append=append,
-                metadata=_meta(out_schemas[t]),
-                partition_by=_partitions(sources[t], out_schemas[t]),
+            # encoded and compressed on its own thread while the next batch is masked
+            sink: Sink = WriteBehind(
+                open_sink(
+                    uri,
+                    out_schemas[t],
+                    overwrite=overwrite,
+                    append=append,
+                    metadata=_meta(out_schemas[t]),
+                    partition_by=_partitions(sources[t], out_schemas[t]),
+                )
             )
             out_sinks[t] = sink
             sinks.append(sink)
@@ -179,7 +183,7 @@ def run_mask(
         for t, source in sources.items():
             masker = maskers[t]
             done = 0
-            for batch in source.batches():
+            for batch in read_ahead(source.batches()):  # the next batch decodes meanwhile
                 res = masker.mask_batch(batch)
                 evidence.submit(t, batch, res.output)
                 record.rows_in += batch.num_rows

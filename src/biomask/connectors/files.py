@@ -92,7 +92,7 @@ _PARQUET_OPTS: dict[str, Any] = {
     # a few thousand values instead of hashing a whole batch first (100k-row bench output:
     # 105 -> 83 ms to write, and 9% smaller), while low-cardinality columns (nationality,
     # device, city) still fit their dictionaries.
-    "dictionary_pagesize_limit": 1 << 16,
+    "dictionary_pagesize_limit": 1 << 18,
     "write_statistics": True,
     "store_schema": True,
     "write_page_index": False,

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from biomask.keys.primitives import DeterministicPrf, ragged_stream
+from biomask.keys.primitives import DeterministicPrf, _native, ragged_stream
 from biomask.masking.ff1 import FF1
 from biomask.masking.fpe import ReversibleTokenizer
 from biomask.masking.registry import (
@@ -322,6 +322,15 @@ def phone_digits(values: pa.Array) -> PhoneDigits:
     offsets = raw.astype(np.int64) - (int(raw[0]) if n else 0)
     full = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and n else None
     data = full[int(raw[0]) : int(raw[-1])].copy() if full is not None else np.zeros(0, np.uint8)
+    native = _native()
+    if native is not None:
+        keep = np.empty(n, dtype=np.int64)
+        ndig = np.empty(n, dtype=np.int64)
+        native.phone_scan(offsets, data, keep, ndig)
+        per_value = np.maximum(ndig - keep, 0)
+        at = np.empty(int(per_value.sum()), dtype=np.int64)
+        native.phone_positions(offsets, data, keep, at)
+        return PhoneDigits(data, offsets, at, per_value, ndig < 4)
     starts, ends = offsets[:-1], offsets[1:]
     dpos = np.flatnonzero((data >= 48) & (data <= 57))
     before = np.searchsorted(dpos, starts)
