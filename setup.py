@@ -23,8 +23,8 @@ setup(
         ),
         Extension(
             "biomask.masking._kernels",
-            sources=["src/biomask/masking/_kernels.c", "src/biomask/masking/_phone.c"],
-            depends=["src/biomask/masking/_phone.h"],
+            sources=["src/biomask/masking/_kernels.c", "src/biomask/masking/_layout.c"],
+            depends=["src/biomask/masking/_layout.h"],
             libraries=["crypto"],
             extra_compile_args=["-O3", "-std=c99", "-Wall"],
             optional=True,

@@ -221,3 +221,47 @@ def test_phone_kernels_refuse_bad_offsets() -> None:
         _kernels.phone_positions(
             np.array([0, len(data)], np.int64), data, keep, np.empty(3, np.int64)
         )
+
+
+# -- e-mail addresses ------------------------------------------------------------------
+_MAIL_PIECES = st.sampled_from(
+    [*"ab.@ \t\n\r\f\v-_é1Z", "\u00a0", "\u3000", "\U0001f600", "..", "@@", "x.org"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(_MAIL_PIECES, max_size=12).map("".join), min_size=1, max_size=8))
+def test_email_layout_native_equals_arrow_regex(values: list[str]) -> None:
+    from biomask.masking.operators.tokens import _email_layout
+
+    arr = pa.array(values, pa.string())
+    for a in (arr, arr.slice(1), arr.cast(pa.large_string())):
+        with _path(True):
+            ok_n, local_n = _email_layout(a)
+        with _path(False):
+            ok_p, local_p = _email_layout(a)
+        assert ok_n.tolist() == ok_p.tolist()
+        # the local length only matters for accepted addresses
+        assert local_n[ok_n].tolist() == local_p[ok_p].tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.text(max_size=20), min_size=1, max_size=8),
+    st.lists(st.integers(-1, 25), min_size=8, max_size=8),
+)
+def test_shape_upto_native_equals_numpy_and_keeps_the_rest(
+    values: list[str], cut: list[int]
+) -> None:
+    arr = pa.array(values, pa.string())
+    upto = np.array(cut[: len(values)], dtype=np.int64)
+    with _path(True):
+        native = shape_tokens(PRF, arr, prefix=None, upto=upto)
+    with _path(False):
+        fallback = shape_tokens(PRF, arr, prefix=None, upto=upto)
+    assert native.equals(fallback)
+    whole = shape_tokens(PRF, arr, prefix=None)
+    for v, k, tok, full in zip(values, upto, native.to_pylist(), whole.to_pylist(), strict=True):
+        k = max(0, min(int(k), len(v)))
+        # the shaped part is the whole value's token cut short: keystreams are prefixes
+        assert tok == full[:k] + v[k:]

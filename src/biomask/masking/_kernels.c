@@ -27,7 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "_phone.h"
+#include "_layout.h"
 
 #define BLOCK 16
 #define KEY 32
@@ -473,7 +473,8 @@ typedef struct {
     int64_t prefix_len, prefix_cps;
     unsigned char *out;
     void *out_off;
-    int wide; /* out_off is int64 (else int32) */
+    int wide;             /* out_off is int64 (else int32) */
+    const int64_t *upto;  /* per value: code points to shape, the rest copied; NULL: all */
 } shape_job;
 
 /* Leading code points of value v (bytes p[0 .. len)) to keep unchanged. */
@@ -576,11 +577,17 @@ static int shape_run(const shape_job *j, int64_t *used) {
         const unsigned char *p = j->data + j->o[v];
         int64_t len = j->o[v + 1] - j->o[v];
         int64_t keep = value_keep(j, v, p, len);
+        int64_t upto = j->upto != NULL ? j->upto[v] : INT64_MAX;
         put_offset(j, v, w - j->out);
         int64_t pos = 0;
         for (int64_t i = 0; i < len; pos++) {
             unsigned char c = p[i], rep[4];
             uint16_t r;
+            if (pos >= upto) { /* the rest of the value is kept, and draws no keystream */
+                memcpy(w, p + i, (size_t)(len - i));
+                w += len - i;
+                break;
+            }
             if (sp + 2 > j->stream_len) return -1;
             memcpy(&r, j->stream + sp, 2);
             sp += 2;
@@ -615,14 +622,15 @@ static int shape_run(const shape_job *j, int64_t *used) {
 }
 
 static PyObject *shape(PyObject *self, PyObject *args) {
-    Py_buffer offs, data, stream, table, keep, prefix, out, out_off;
+    Py_buffer offs, data, stream, table, keep, prefix, out, out_off, upto;
     int mode, wide;
     Py_ssize_t n = 0;
     PyObject *result = NULL;
     (void)self;
     memset(&keep, 0, sizeof keep);
-    if (!PyArg_ParseTuple(args, "y*y*y*y*z*iy*w*w*p", &offs, &data, &stream, &table, &keep,
-                          &mode, &prefix, &out, &out_off, &wide))
+    memset(&upto, 0, sizeof upto);
+    if (!PyArg_ParseTuple(args, "y*y*y*y*z*iy*w*w*p|z*", &offs, &data, &stream, &table, &keep,
+                          &mode, &prefix, &out, &out_off, &wide, &upto))
         return NULL;
     int ok = offsets_ok(&offs, data.len, &n);
     const int64_t *o = offs.buf;
@@ -639,7 +647,12 @@ static PyObject *shape(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "keep: expected one int64 per value");
         ok = 0;
     }
-    ok = ok && (keep.buf == NULL || aligned(&keep, sizeof(int64_t), "keep")) &&
+    if (ok && upto.buf != NULL && upto.len != n * (Py_ssize_t)sizeof(int64_t)) {
+        PyErr_SetString(PyExc_ValueError, "upto: expected one int64 per value");
+        ok = 0;
+    }
+    ok = ok && (upto.buf == NULL || aligned(&upto, sizeof(int64_t), "upto")) &&
+         (keep.buf == NULL || aligned(&keep, sizeof(int64_t), "keep")) &&
          aligned(&out_off, wide ? sizeof(int64_t) : sizeof(int32_t), "out_offsets");
     /* Every character becomes itself or one ASCII byte: the output is never longer. */
     if (ok && out.len < span) {
@@ -652,7 +665,7 @@ static PyObject *shape(PyObject *self, PyObject *args) {
     }
     if (ok) {
         shape_job j = {o, data.buf, data.len, n, stream.buf, stream.len, table.buf, keep.buf, mode,
-                       prefix.buf, prefix.len, 0, out.buf, out_off.buf, wide};
+                       prefix.buf, prefix.len, 0, out.buf, out_off.buf, wide, upto.buf};
         int64_t used = 0;
         int rc;
         j.prefix_cps = count_cps(prefix.buf, prefix.len);
@@ -671,6 +684,7 @@ static PyObject *shape(PyObject *self, PyObject *args) {
     PyBuffer_Release(&stream);
     PyBuffer_Release(&table);
     if (keep.buf != NULL) PyBuffer_Release(&keep);
+    if (upto.buf != NULL) PyBuffer_Release(&upto);
     PyBuffer_Release(&prefix);
     PyBuffer_Release(&out);
     PyBuffer_Release(&out_off);
@@ -682,6 +696,8 @@ static PyMethodDef methods[] = {
      "phone_scan(offsets, data, keep, ndig) -> None: kept leading digits and digit count"},
     {"phone_positions", bm_phone_positions, METH_VARARGS,
      "phone_positions(offsets, data, keep, at) -> None: positions of the digits that change"},
+    {"email_scan", bm_email_scan, METH_VARARGS,
+     "email_scan(offsets, data, ok, local) -> None: valid address? code points before '@'"},
     {"cbc_mac", cbc_mac, METH_VARARGS,
      "cbc_mac(key, offsets, data, out) -> None: 16-byte AES-256 CBC-MAC seed per value"},
     {"ctr_stream", ctr_stream, METH_VARARGS,

@@ -28,11 +28,23 @@ def shape(
     out_data: Any,
     out_offsets: Any,
     wide: bool,
+    upto: Any | None = None,
     /,
 ) -> int:
     """Shaped tokens of UTF-8 values; returns the bytes written to ``out_data``.
 
     ``mode`` 0 keeps ``keep[i]`` leading code points (none when ``keep`` is None), 1 the
     ``"auto"`` prefix, 2 the literal UTF-8 ``prefix``; ``out_offsets`` is int64 when
-    ``wide``, else int32.
+    ``wide``, else int32. With ``upto``, only the first ``upto[i]`` code points of a value
+    are shaped (and draw keystream); the rest is copied.
     """
+
+def phone_scan(offsets: Any, data: Any, keep: Any, ndig: Any, /) -> None:
+    """Per phone number: leading digits kept (country code or trunk 0), and digit count."""
+
+def phone_positions(offsets: Any, data: Any, keep: Any, at: Any, /) -> None:
+    """Byte positions of the digits that change; ``at`` holds exactly that many int64."""
+
+def email_scan(offsets: Any, data: Any, ok: Any, local: Any, /) -> None:
+    """Per value: whether it is an address the email operator takes (``ok``, one byte) and
+    the code points of its local part (``local``, int64)."""

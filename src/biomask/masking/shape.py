@@ -146,6 +146,7 @@ def shape_tokens(
     prf_input: list[bytes] | pa.Array | None = None,
     prefix: str | None = "auto",
     keep_lengths: np.ndarray | None = None,
+    upto: np.ndarray | None = None,
 ) -> pa.Array:
     """Shaped tokens for a null-free array of (distinct) strings.
 
@@ -164,21 +165,34 @@ def shape_tokens(
     keep_lengths:
         Per-value number of leading characters to keep, overriding ``prefix`` (the phone
         operator keeps the country code this way).
+    upto:
+        Per-value number of leading characters to shape; the rest is kept as it is (the
+        e-mail operator shapes the local part and keeps ``@domain``). A value's token then
+        equals the token of its first ``upto`` characters followed by the rest, because
+        the keystream of a value does not depend on how long it is.
     """
     native = _native()
     if native is not None:
-        return _shape_native(native, prf, values, prf_input, prefix, keep_lengths)
+        return _shape_native(native, prf, values, prf_input, prefix, keep_lengths, upto)
     cps, offsets = codepoints(values)
     if len(cps) == 0:
         return values.cast(pa.string())
     lengths = np.diff(offsets)
+    shaped = lengths if upto is None else np.minimum(lengths, np.maximum(upto, 0))
     if prf_input is None:
         prf_input = values
-    rnd = ragged_stream(prf, prf_input, lengths * 2).view(np.uint16)
+    rnd_short = ragged_stream(prf, prf_input, shaped * 2).view(np.uint16)
     cls = char_classes(cps)
     keep = prefix_lengths(cps, offsets, prefix) if keep_lengths is None else keep_lengths
     pos = np.arange(len(cps)) - np.repeat(offsets[:-1], lengths)
     cls[pos < np.repeat(keep, lengths)] = KEEP
+    if upto is None:
+        rnd = rnd_short
+    else:  # characters past upto keep their class KEEP and draw no keystream
+        tail = pos >= np.repeat(shaped, lengths)
+        cls[tail] = KEEP
+        rnd = np.zeros(len(cps), dtype=np.uint16)
+        rnd[~tail] = rnd_short
     out = cps.copy()
     m = cls == DIGIT
     out[m] = 48 + rnd[m] % 10
@@ -211,6 +225,7 @@ def _shape_native(
     prf_input: list[bytes] | pa.Array | None,
     prefix: str | None,
     keep_lengths: np.ndarray | None,
+    upto: np.ndarray | None = None,
 ) -> pa.Array:
     """:func:`shape_tokens` through the compiled kernels: same arguments, same bytes.
 
@@ -231,6 +246,10 @@ def _shape_native(
         return values.cast(pa.string())
     counts = np.empty(n, dtype=np.int64)
     native.utf8_lengths(offs, data, counts)
+    cut = None
+    if upto is not None:
+        cut = np.ascontiguousarray(np.minimum(counts, np.maximum(upto, 0)), dtype=np.int64)
+        counts = cut
     rnd = ragged_stream(prf, values if prf_input is None else prf_input, counts * 2)
     keep = None
     mode, lit = 0, b""
@@ -243,7 +262,7 @@ def _shape_native(
     out = np.empty(span, dtype=np.uint8)
     wide = span > np.iinfo(np.int32).max
     out_offs = np.empty(n + 1, dtype=np.int64 if wide else np.int32)
-    used = native.shape(offs, data, rnd, _class_table(), keep, mode, lit, out, out_offs, wide)
+    used = native.shape(offs, data, rnd, _class_table(), keep, mode, lit, out, out_offs, wide, cut)
     kind = pa.LargeStringArray if wide else pa.StringArray
     res = kind.from_buffers(n, pa.py_buffer(out_offs), pa.py_buffer(out[:used]))
     return res.cast(pa.string()) if wide else res

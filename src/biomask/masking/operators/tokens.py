@@ -226,20 +226,24 @@ class Email(Operator[EmailOp]):
         return None if is_string_type(dtype) else "email takes string columns"
 
     def tokens(self, uniq: pa.Array) -> tuple[pa.Array, np.ndarray]:
-        """Tokens for distinct non-null values, and a mask of values that are not e-mails."""
-        ok = pc.match_substring_regex(uniq, _EMAIL).fill_null(False)
-        bad = ~ok.to_numpy(zero_copy_only=False)
-        # A valid address has exactly one "@": splitting there is what a capturing regex
-        # would give, at a tenth of its cost. Invalid ones get a stand-in (their rows are
-        # quarantined and nulled) so that every value splits in two.
-        parts = pc.split_pattern(pc.if_else(ok, uniq, "x@invalid.example"), "@", max_splits=1)
-        local = pc.list_element(parts, 0)
-        domain = pc.list_element(parts, 1)
+        """Tokens for distinct non-null values, and a mask of values that are not e-mails.
+
+        The local part is shaped in place and ``@domain`` copied after it (``upto``), with
+        the keystream keyed on the whole lower-cased address; the tokens of values that
+        are not e-mails are meaningless, and their rows are quarantined and nulled.
+        """
         keys = pc.utf8_lower(uniq)
-        local_tok = shape_tokens(self.prf, local, prf_input=keys, prefix=None)
-        if not self.spec.keep_domain:
-            domain = self._domain_tokens(domain)
-        return pc.binary_join_element_wise(local_tok, domain, "@"), bad
+        ok, local_len = _email_layout(uniq)
+        if self.spec.keep_domain:
+            out = shape_tokens(self.prf, uniq, prf_input=keys, prefix=None, upto=local_len)
+            return out, ~ok
+        # Valid addresses have exactly one "@": split there (invalid ones get a stand-in).
+        parts = pc.split_pattern(
+            pc.if_else(pa.array(ok), uniq, "x@invalid.example"), "@", max_splits=1
+        )
+        local_tok = shape_tokens(self.prf, pc.list_element(parts, 0), prf_input=keys, prefix=None)
+        domain = self._domain_tokens(pc.list_element(parts, 1))
+        return pc.binary_join_element_wise(local_tok, domain, "@"), ~ok
 
     def _domain_tokens(self, domains: pa.Array) -> pa.Array:
         # valid domains hold a dot past their first character: split at the last one
@@ -253,6 +257,30 @@ class Email(Operator[EmailOp]):
         enc = values.dictionary_encode()
         out, bad = self.tokens(enc.dictionary)
         return _finish(enc, out, bad, "not an e-mail address", ctx).cast(values.type)
+
+
+def _email_layout(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Per value: whether it is an address (:data:`_EMAIL`), and its local part's length.
+
+    The compiled kernel does both in one pass over the bytes; the fallback asks Arrow's
+    regex engine and splits at the "@".
+    """
+    native = _native()
+    if native is not None:
+        if pa.types.is_large_string(values.type):
+            values = values.cast(pa.string())
+        n = len(values)
+        bufs = values.buffers()
+        offs = np.frombuffer(bufs[1], dtype=np.int32)[values.offset : values.offset + n + 1]
+        data = bufs[2] if bufs[2] is not None else b""
+        ok = np.empty(n, dtype=np.uint8)
+        local = np.empty(n, dtype=np.int64)
+        native.email_scan(offs.astype(np.int64), data, ok, local)
+        return ok.view(bool), local
+    ok_arr = pc.match_substring_regex(values, _EMAIL).fill_null(False)
+    parts = pc.split_pattern(values, "@", max_splits=1)
+    local = pc.utf8_length(pc.list_element(parts, 0)).to_numpy(zero_copy_only=False)
+    return ok_arr.to_numpy(zero_copy_only=False), local.astype(np.int64)
 
 
 # ITU-T E.164 country calling codes: 1 and 7 are one digit; these are two; the rest three.

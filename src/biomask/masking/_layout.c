@@ -1,5 +1,6 @@
-/* Phone-number layout for biomask.masking._kernels: which digits of each number change.
+/* Layouts for biomask.masking._kernels: which parts of a phone number or e-mail change.
  *
+ * Phone numbers:
  * The numpy version (biomask.masking.operators.tokens.phone_digits) makes a dozen passes
  * over every byte of the column; this makes two, and gives the same answers. The rules
  * (see PhoneDigits in tokens.py): after a leading '+' or '00' the country code is kept
@@ -14,7 +15,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "_phone.h"
+#include "_layout.h"
 
 /* ITU-T E.164 two-digit country calling codes; as in tokens.py's _CC2. */
 static const int CC2[] = {20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46,
@@ -135,5 +136,66 @@ done:
     PyBuffer_Release(&data);
     PyBuffer_Release(&keep);
     PyBuffer_Release(&at);
+    return ret;
+}
+
+/* E-mail addresses: whether each value is one the email operator accepts, and how many
+ * code points its local part has (the part that is tokenized; the domain is kept).
+ *
+ * Accepted is what the regex ^[^@\s]+@[^@\s.][^@\s]*\.[^@\s]+$ matches (RE2's \s
+ * is [\t\n\f\r ]): one '@', a non-empty local part, no white space, and a domain that
+ * does not start with '.' and has a '.' with something on both sides of it. */
+static int is_space(unsigned char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\f' || c == '\r';
+}
+
+static void email_one(const unsigned char *p, int64_t len, unsigned char *ok, int64_t *local) {
+    int64_t at = -1, cps = 0;
+    int good = 1;
+    for (int64_t i = 0; i < len; i++) {
+        unsigned char c = p[i];
+        if (c == '@') {
+            if (at >= 0) good = 0;
+            at = i;
+        } else if (is_space(c)) {
+            good = 0;
+        }
+        if (at < 0 && (c & 0xC0) != 0x80) cps++; /* code points before the '@' */
+    }
+    if (good && at > 0 && at + 1 < len && p[at + 1] != '.') {
+        int dot = 0;
+        for (int64_t i = at + 2; i + 1 < len; i++) dot |= p[i] == '.';
+        good = dot;
+    } else {
+        good = 0;
+    }
+    *ok = (unsigned char)good;
+    *local = cps; /* all of it when there is no "@": such a value is refused anyway */
+}
+
+PyObject *bm_email_scan(PyObject *self, PyObject *args) {
+    Py_buffer offs, data, ok, local;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*", &offs, &data, &ok, &local)) return NULL;
+    PyObject *ret = NULL;
+    Py_ssize_t n;
+    if (!check_offsets(&offs, &data, &n)) goto done;
+    if (ok.len != n || local.len != n * 8) {
+        PyErr_SetString(PyExc_ValueError, "ok must be one byte and local one int64 per value");
+        goto done;
+    }
+    const int64_t *o = (const int64_t *)offs.buf;
+    const unsigned char *p = (const unsigned char *)data.buf;
+    unsigned char *g = (unsigned char *)ok.buf;
+    int64_t *l = (int64_t *)local.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t v = 0; v < n; v++) email_one(p + o[v], o[v + 1] - o[v], &g[v], &l[v]);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&ok);
+    PyBuffer_Release(&local);
     return ret;
 }
