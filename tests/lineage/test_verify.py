@@ -299,7 +299,7 @@ def test_prehashed_files_are_reused_after_a_rename_and_rehashed_after_a_change(
     import os
 
     from biomask.lineage import LineageRecorder, RunRecord
-    from biomask.lineage._util import file_digest
+    from biomask.lineage.recorder import _dataset_digest
 
     rec = LineageRecorder(tmp_path / "l", keyring, RunRecord(run_id="r", command="mask", job="j"))
     part = tmp_path / "staging-part.parquet"
@@ -309,13 +309,13 @@ def test_prehashed_files_are_reused_after_a_rename_and_rehashed_after_a_change(
     os.replace(part, final)  # the commit's rename: same inode, same mtime
     assert rec._digest(final) == (hashlib.sha256(b"first bytes").hexdigest(), 11)
     calls = []
-    real = file_digest
+    real = _dataset_digest
 
     def counting(p: Path) -> tuple[str, int]:
         calls.append(p)
         return real(p)
 
-    monkeypatch.setattr("biomask.lineage.recorder.file_digest", counting)
+    monkeypatch.setattr("biomask.lineage.recorder._dataset_digest", counting)
     assert rec._digest(final)[0] == hashlib.sha256(b"first bytes").hexdigest()
     assert calls == []  # reused, not read again
     final.write_bytes(b"other bytes!")  # changed after it was hashed

@@ -25,15 +25,23 @@ They watch the batches going into and out of the Masker and keep only what may b
   Only counts and column names are reported, never a value or a digest; the key is
   discarded at the end, so the in-memory digests could not be reversed even if dumped.
 
-Work is done once per distinct value per batch (Arrow ``unique`` and string kernels, and
-Polars' seeded 64-bit hash over the whole column, under a random seed drawn per run), and
-digests are kept as 64-bit integers in NumPy arrays: memory grows with the number of
-distinct masked values, about 8 bytes each (plus the candidates of output strings), not
-with rows.
+Cost is a few column-wide passes per batch, no Python loop over rows and no per-batch
+sort. Values are case-folded with Arrow's ASCII kernel and measured from their offsets
+when the column is ASCII; only values holding whitespace other than single spaces between
+words (or Unicode whitespace) go through the split-and-join normalization. Punctuation-
+separated words are cut from the bytes with NumPy (the ASCII letters and digits that RE2's
+``[\\W_]+`` leaves), not with a regular expression. A column whose values repeat (judged on
+a sample) is made distinct first; others are hashed as they come (Polars' seeded 64-bit
+hash, under a random seed drawn per run) and their digests kept unsorted in NumPy arrays:
+duplicates are dropped only when the digests reach their budget, and the sets are compared
+once, at the end, through a bitmap of digest bits that lets only a few percent of the
+output digests through to the exact comparison. Memory grows with the number of distinct
+masked values, about 8 bytes each (plus the candidates of output strings), not with rows.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
@@ -66,10 +74,21 @@ _FREE_TEXT_OPS = frozenset({"keep", "text", "redact", "mask"})
 _TOKEN_OPS = frozenset({"tokenize", "pseudonym", "email", "phone", "hash"})
 # Masking operators whose output should differ from the input in place.
 _INPLACE_OPS = frozenset({"tokenize", "pseudonym", "email", "phone", "hash", "mask", "redact"})
-_NON_WORD = r"[\W_]+"
 _STRIP = "\"'`.,;:!?()[]{}<>"
 NULL_LABEL = "(null)"
 OTHER_LABEL = "(other)"
+
+_U64_MAX = int(np.iinfo(np.uint64).max)
+_EMPTY = np.zeros(0, dtype=np.uint64)
+#: byte -> whether it is one of ``_STRIP``'s (ASCII) characters
+_IS_STRIP = np.zeros(256, dtype=bool)
+_IS_STRIP[list(_STRIP.encode())] = True
+#: values sampled to judge whether a column repeats enough to be made distinct first
+_SAMPLE = 256
+#: batches of a column that follow its sampled verdict before it is sampled again
+_RESAMPLE = 16
+#: rows of per-batch k-anonymity group counts kept before they are merged
+_MERGE_ROWS = 1 << 18
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -84,21 +103,229 @@ def _decoded(arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return arr
 
 
-def _sorted_unique(a: np.ndarray) -> np.ndarray:
-    """Sort-based unique (NumPy's hash-based ``unique`` is slow on many uint64s)."""
-    if a.size == 0:
-        return a
-    a = np.sort(a)
-    return a[np.concatenate(([True], a[1:] != a[:-1]))]
-
-
 def _label(v: Any) -> str:
     return NULL_LABEL if v is None else str(v)
 
 
-#: digests the residual-PII scan holds at most (8 bytes each: 32 MiB); past it, the scan
-#: keeps a consistent hash-based sample so memory stays bounded by the batch size
-SCAN_BUDGET = 4_000_000
+def _unique(a: np.ndarray) -> np.ndarray:
+    """Distinct digests, in no particular order (Polars' hash-based unique: no sort)."""
+    if a.size < 2:
+        return a
+    return pl.Series(a, dtype=pl.UInt64).unique().to_numpy()
+
+
+def _merge_counts(tables: list[pa.Table]) -> pa.Table:
+    """Group counts of several batches as one table (same keys: counts summed)."""
+    if len(tables) == 1:
+        return tables[0]
+    keys = [n for n in tables[0].column_names if n != "count_all"]
+    merged = pa.concat_tables(tables).group_by(keys).aggregate([("count_all", "sum")])
+    return merged.rename_columns([*keys, "count_all"])
+
+
+def _offsets_data(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A string array's value offsets (int64, into the data buffer) and its data bytes."""
+    bufs = arr.buffers()
+    if bufs[1] is None:  # no values
+        return np.zeros(len(arr) + 1, dtype=np.int64), np.zeros(0, np.uint8)
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    off = np.frombuffer(bufs[1], dtype=width, count=arr.offset + len(arr) + 1)[arr.offset :]
+    data = bufs[2]
+    full = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    return off.astype(np.int64), full
+
+
+def _values(col: pa.Array | pa.ChunkedArray, hint: list[int] | None = None) -> pa.Array:
+    """The non-null values of a string column, made distinct when they repeat.
+
+    A column is made distinct (Arrow's hash ``unique``) when a spread sample of it holds
+    fewer than half as many distinct values as values: then it pays for itself in the
+    normalization and hashing it spares. A column of mostly distinct values is hashed as
+    it is; its duplicates only cost a digest each, removed when the digests are compacted.
+    ``hint`` carries the verdict over to the column's next batches: ``[repeats (0/1),
+    batches before sampling again]``, updated in place (a sample is not free either).
+    """
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_dictionary(col.type):
+        used = pc.unique(col.indices).drop_null()
+        col = col.dictionary.take(used)
+    if col.null_count:
+        col = col.drop_null()
+    n = len(col)
+    if n <= 2 * _SAMPLE:
+        return pc.unique(col) if n > 1 else col
+    hint = [0, 0] if hint is None else hint
+    if hint[1] <= 0:
+        sample = col.take(pa.array(np.arange(0, n, n // _SAMPLE)[:_SAMPLE]))
+        hint[:] = [int(2 * len(pc.unique(sample)) < len(sample)), _RESAMPLE]
+    hint[1] -= 1
+    return pc.unique(col) if hint[0] else col
+
+
+class _Scratch:
+    """Reused byte buffers for the byte-level passes over a column's data.
+
+    A fresh temporary of a megabyte costs as much in page faults as the pass that fills
+    it (the allocator hands such blocks back to the system when they are freed), so the
+    few that a pass needs at once are kept, one per ``slot``, and grown when a batch needs
+    more. Owned by one collector, which is used from one thread at a time.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: list[np.ndarray] = []
+
+    def take(self, slot: int, size: int) -> np.ndarray:
+        """``size`` bytes (uint8, contents undefined) that no other slot shares."""
+        while len(self._bufs) <= slot:
+            self._bufs.append(np.empty(0, dtype=np.uint8))
+        if self._bufs[slot].size < size:
+            self._bufs[slot] = np.empty(size + size // 4, dtype=np.uint8)
+        return self._bufs[slot][:size]
+
+
+def _needs_split(
+    rel: np.ndarray, data: np.ndarray, ascii_: bool, scratch: _Scratch | None = None
+) -> np.ndarray | None:
+    """Which values' normal form is not simply their lower case (None: no value's).
+
+    Those holding whitespace other than single spaces between words: a control character
+    (tab, newline, ...; every byte below 0x20 is taken, a superset), two whitespace bytes
+    in a row, whitespace at either end, or one of the Unicode whitespace characters that
+    Arrow's ``utf8_split_whitespace`` splits on (U+0085, U+00A0, U+1680, U+2000-200A,
+    U+2028, U+2029, U+202F, U+205F, U+3000). ``rel`` are the values' offsets from
+    ``data[0]``. Reductions first: positions are looked up only where something is found
+    (``nonzero`` over a megabyte of spaces costs more than the rest together).
+    """
+    if not data.size:
+        return None
+    scratch = scratch or _Scratch()
+    marks: list[np.ndarray] = []
+    lowest = int(data.min())
+    if lowest <= 0x20:
+        if lowest < 0x20:
+            marks.append(np.flatnonzero(data < 0x20))
+        pair = scratch.take(0, data.size - 1).view(bool)
+        after = scratch.take(1, data.size - 1).view(bool)
+        np.less_equal(data[:-1], 0x20, out=pair)
+        np.less_equal(data[1:], 0x20, out=after)
+        pair &= after
+        if np.count_nonzero(pair):  # (SIMD; any() is not)
+            marks.append(np.flatnonzero(pair))
+        nonempty = rel[1:] > rel[:-1]
+        first, last = rel[:-1][nonempty], rel[1:][nonempty] - 1
+        marks.append(first[data[first] <= 0x20])
+        marks.append(last[data[last] <= 0x20])
+    if not ascii_:
+        maybe = scratch.take(0, data.size).view(bool)
+        other = scratch.take(1, data.size)
+        np.subtract(data, np.uint8(0xE1), out=other)  # E1-E3, and C2: lead bytes of the
+        np.less_equal(other, 2, out=maybe)  # whitespace (uint8 arithmetic wraps)
+        np.equal(data, 0xC2, out=other.view(bool))
+        maybe |= other.view(bool)
+        if np.count_nonzero(maybe):
+            lead = np.flatnonzero(maybe)
+            top = data.size - 1
+            b0 = data[lead]
+            b1 = data[np.minimum(lead + 1, top)]
+            b2 = data[np.minimum(lead + 2, top)]
+            ws = (b0 == 0xC2) & ((b1 == 0x85) | (b1 == 0xA0))
+            ws |= (b0 == 0xE1) & (b1 == 0x9A) & (b2 == 0x80)
+            ws |= (b0 == 0xE3) & (b1 == 0x80) & (b2 == 0x80)
+            ws |= (b0 == 0xE2) & (b1 == 0x81) & (b2 == 0x9F)
+            ws |= (
+                (b0 == 0xE2)
+                & (b1 == 0x80)
+                & (((b2 >= 0x80) & (b2 <= 0x8A)) | (b2 == 0xA8) | (b2 == 0xA9) | (b2 == 0xAF))
+            )
+            marks.append(lead[ws])
+    pos = np.concatenate(marks) if marks else _EMPTY
+    if not pos.size:
+        return None
+    flagged = np.zeros(rel.size - 1, dtype=bool)
+    flagged[np.searchsorted(rel, pos, side="right") - 1] = True
+    return flagged
+
+
+def _normal(arr: pa.Array, scratch: _Scratch | None = None) -> list[tuple[pa.Array, bool]]:
+    """Values whitespace-collapsed, trimmed and lower-cased, in parts (not distinct).
+
+    The same normal form as splitting every value on whitespace, joining with one space
+    and lower-casing, but only the values that hold other whitespace than single spaces
+    between words are split and joined; the others are only lower-cased (with Arrow's
+    ASCII kernel when the column is ASCII: the Unicode one costs 30 times more). Each
+    part comes with whether it is ASCII (then its lengths in characters are in bytes).
+    """
+    if not len(arr):
+        return []
+    off, full = _offsets_data(arr)
+    data = full[off[0] : off[-1]]
+    ascii_ = not data.size or int(data.max()) < 0x80
+    flagged = _needs_split(off - off[0], data, ascii_, scratch)
+    lower = pc.ascii_lower if ascii_ else pc.utf8_lower
+    if flagged is None:
+        return [(lower(arr), ascii_)]
+    parts: list[tuple[pa.Array, bool]] = []
+    if not flagged.all():
+        parts.append((lower(arr.filter(pa.array(~flagged))), ascii_))
+    slow = arr.filter(pa.array(flagged))
+    words = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(slow))
+    joined = pc.binary_join(words, pa.scalar(" ", slow.type))
+    parts.append((pc.utf8_lower(joined), ascii_))
+    return parts
+
+
+def _long(arr: pa.Array, ascii_: bool) -> np.ndarray:
+    """Mask of the values at least ``MIN_TOKEN`` characters long.
+
+    From the byte lengths (the offsets): a character takes one to four bytes, so only
+    values of ``MIN_TOKEN`` to ``4 * MIN_TOKEN - 4`` bytes of a non-ASCII column need
+    their characters counted.
+    """
+    size = np.diff(_offsets_data(arr)[0])
+    if ascii_:
+        return size >= MIN_TOKEN
+    long_ = size > 4 * (MIN_TOKEN - 1)
+    unsure = np.flatnonzero((size >= MIN_TOKEN) & ~long_)
+    if unsure.size:
+        chars = pc.utf8_length(arr.take(pa.array(unsure))).to_numpy(zero_copy_only=False)
+        long_[unsure] = chars >= MIN_TOKEN
+    return long_
+
+
+def _words(arr: pa.Array, scratch: _Scratch | None = None) -> pa.Array:
+    """Every run of at least ``MIN_TOKEN`` ASCII letters and digits inside the values.
+
+    The pieces that splitting on the regular expression ``[\\W_]+`` leaves (RE2's ``\\w``
+    is ASCII: any other character separates, as do the bytes of a multi-byte one), found
+    in the data buffer with NumPy: a regex split costs ten times more.
+    """
+    off, full = _offsets_data(arr)
+    base = off[0]
+    data = full[base : off[-1]]
+    size = data.size
+    if not size:
+        return pa.array([], pa.large_string())
+    scratch = scratch or _Scratch()
+    work = scratch.take(0, size)
+    alnum = scratch.take(1, size).view(bool)
+    np.subtract(data, np.uint8(48), out=work)  # digits: 0-9 (uint8 arithmetic wraps)
+    np.less(work, 10, out=alnum)
+    np.bitwise_or(data, np.uint8(0x20), out=work)  # letters, folded: a-z
+    np.subtract(work, np.uint8(97), out=work)
+    np.less(work, 26, out=work.view(bool))
+    alnum |= work.view(bool)
+    cut = scratch.take(2, size + 1).view(bool)
+    np.not_equal(alnum[1:], alnum[:-1], out=cut[1:size])
+    cut[0] = cut[size] = True
+    cut[off - base] = True
+    bounds = np.flatnonzero(cut)
+    starts, ends = bounds[:-1], bounds[1:]
+    keep = alnum[starts] & (ends - starts >= MIN_TOKEN)
+    segments = pa.LargeStringArray.from_buffers(
+        len(starts), pa.py_buffer(bounds + base), arr.buffers()[2]
+    )
+    return segments.filter(pa.array(keep))
 
 
 @dataclass
@@ -107,6 +334,13 @@ class _Rule:
     masks: bool
     qi: bool
     domains: frozenset[str] = frozenset()
+
+
+#: digests the residual-PII scan holds after a compaction at most (8 bytes each: 32 MiB);
+#: past it, the scan keeps a consistent hash-based sample so memory stays bounded by the
+#: batch size. Digests are added undeduplicated and compacted when half as many again
+#: have come in since (so at most 1.5 times this, plus one batch, are held at once).
+SCAN_BUDGET = 4_000_000
 
 
 @dataclass
@@ -125,20 +359,23 @@ class EvidenceCollector:
     policy: Policy | None
     scan: bool = True
     _seed: int = field(default_factory=lambda: secrets.randbits(64), repr=False)
-    _threshold: int = field(default_factory=lambda: int(np.iinfo(np.uint64).max))
+    _threshold: int = field(default=_U64_MAX)
     _held: int = 0
+    _limit: int = -1
     _before: dict[str, Counter[str]] = field(default_factory=dict)
     _after: dict[str, Counter[str]] = field(default_factory=dict)
-    _combos: dict[str, Counter[tuple[str, ...]]] = field(default_factory=dict)
+    #: table -> number of QI columns -> per-batch group counts (merged past _MERGE_ROWS)
+    _combos: dict[str, dict[int, list[pa.Table]]] = field(default_factory=dict)
     _combo_cols: dict[str, list[str]] = field(default_factory=dict)
     _inputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
     _outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    _issued: dict[str, list[np.ndarray]] = field(default_factory=dict)
     _last_input: dict[str, pa.RecordBatch] = field(default_factory=dict)
     _unchanged: Counter[str] = field(default_factory=Counter)
     _compared: Counter[str] = field(default_factory=Counter)
     _unaligned: int = 0
     _rules_cache: dict[str, dict[str, _Rule]] = field(default_factory=dict)
+    _scratch: _Scratch = field(default_factory=_Scratch, repr=False)
+    _hints: dict[str, list[int]] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never show the key
         return "EvidenceCollector()"
@@ -188,90 +425,110 @@ class EvidenceCollector:
         }
 
     # -- hashing ---------------------------------------------------------------------------
-    def _digests(self, values: pa.Array) -> np.ndarray:
-        """Seeded 64-bit digests of (distinct) strings, sorted and unique, sampled.
+    def _hash(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Seeded 64-bit digests of strings, one per value (none may be null).
 
         Polars' column hash under this run's random seed: equal strings hash equal on the
-        input and the output side, which is all the scan compares, and it costs 3 ms per
-        100k values where the keyed AES PRF took 115 ms. It is not collision resistant
-        against someone who knows the seed, but a collision can only add a false hit (a
-        reason to look), never hide a real one, and the seed never leaves the run. Only
-        digests at or below the current threshold are kept: the sample is consistent on
-        both sides and a match still exact, while memory stays bounded (``SCAN_BUDGET``
-        digests) whatever the input size.
+        input and the output side, which is all the scan compares, and it costs about 1 ms
+        per 100k values (the conversion to Polars included) where the keyed AES PRF took
+        115 ms. It is not collision resistant against someone who knows the seed, but a
+        collision can only add a false hit (a reason to look), never hide a real one, and
+        the seed never leaves the run.
         """
-        if len(values) == 0:
-            return np.zeros(0, dtype=np.uint64)
-        d = pl.Series(values.cast(pa.string())).hash(self._seed).to_numpy()
-        return _sorted_unique(d[d <= self._threshold])
+        if not len(values):
+            return _EMPTY
+        return pl.Series(values).hash(self._seed).to_numpy()
+
+    def _whole(self, parts: list[tuple[pa.Array, bool]]) -> np.ndarray:
+        """Digests of the normalized values at least ``MIN_TOKEN`` characters long."""
+        out = [self._hash(p)[_long(p, ascii_)] for p, ascii_ in parts if len(p)]
+        return np.concatenate(out) if out else _EMPTY
+
+    def _candidates(self, parts: list[tuple[pa.Array, bool]]) -> np.ndarray:
+        """Digests of every normalized output string's candidates besides the whole value.
+
+        Its space-separated tokens stripped of punctuation and 2-3 token n-grams of those
+        (so a masked "ada lovelace" is found inside free text); and its punctuation-
+        separated words (a surname inside "lovelace-smith"), which are the runs of ASCII
+        letters and digits of the whole value. A value without a space is its own only
+        token: it is a candidate already unless it starts or ends with punctuation.
+        """
+        out: list[np.ndarray] = []
+        for norm, ascii_ in parts:
+            if not len(norm):
+                continue
+            words = _words(norm, self._scratch)
+            out.append(self._hash(words))
+            off, full = _offsets_data(norm)
+            data = full[off[0] : off[-1]]
+            if not data.size:
+                continue
+            spaces = self._scratch.take(0, data.size).view(bool)
+            if not np.count_nonzero(np.equal(data, 0x20, out=spaces)):
+                rel = off - off[0]
+                nonempty = rel[1:] > rel[:-1]
+                edged = np.zeros(len(norm), dtype=bool)
+                edged[nonempty] = (
+                    _IS_STRIP[data[rel[:-1][nonempty]]] | _IS_STRIP[data[rel[1:][nonempty] - 1]]
+                )
+                if edged.any():
+                    tokens = pc.utf8_trim(norm.filter(pa.array(edged)), _STRIP)
+                    out.append(self._hash(tokens)[_long(tokens, ascii_)])
+                continue
+            tokens_list = pc.split_pattern(norm, " ")
+            tokens = pc.utf8_trim(pc.list_flatten(tokens_list), _STRIP)
+            parents = pc.list_parent_indices(tokens_list).to_numpy()
+            grams = [tokens]
+            for n in (2, 3):
+                m = len(tokens) - n + 1
+                if m <= 0:
+                    break
+                same = np.ones(m, dtype=bool)
+                for j in range(1, n):
+                    same &= parents[:m] == parents[j : j + m]
+                if not same.any():
+                    break
+                sep = pa.scalar(" ", tokens.type)
+                joined = pc.binary_join_element_wise(*[tokens.slice(j, m) for j in range(n)], sep)
+                grams.append(joined.filter(pa.array(same)))
+            for g in grams:
+                out.append(self._hash(g)[_long(g, ascii_)])
+        return np.concatenate(out) if out else _EMPTY
 
     def _store(self, bucket: dict[str, list[np.ndarray]], key: str, digests: np.ndarray) -> None:
-        """Keep digests, halving the sampling threshold whenever the budget is exceeded."""
+        """Keep the digests under the sampling threshold; compact past the budget."""
+        if self._threshold != _U64_MAX:
+            digests = digests[digests <= self._threshold]
         bucket.setdefault(key, []).append(digests)
         self._held += int(digests.size)
-        while self._held > SCAN_BUDGET:
+        if self._held > (SCAN_BUDGET if self._limit < 0 else self._limit):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop duplicate digests; halve the sampling threshold while over the budget.
+
+        Only distinct digests count against ``SCAN_BUDGET``, so a sample is taken only
+        when more distinct values than that have been seen. The next compaction comes when
+        half the budget again has been added, so compacting stays linear in the input.
+        """
+        buckets = (self._inputs, self._outputs)
+        for b in buckets:
+            for k, arrs in b.items():
+                b[k] = [_unique(np.concatenate(arrs))] if arrs else []
+        held = sum(a.size for b in buckets for arrs in b.values() for a in arrs)
+        while held > SCAN_BUDGET:
             self._threshold //= 2
-            self._held = 0
-            for b in (self._inputs, self._outputs, self._issued):
+            for b in buckets:
                 for k, arrs in b.items():
-                    kept = [a[a <= self._threshold] for a in arrs]
-                    b[k] = [_sorted_unique(np.concatenate(kept))] if kept else []
-                    self._held += int(b[k][0].size) if b[k] else 0
+                    b[k] = [a[a <= self._threshold] for a in arrs]
+            held = sum(a.size for b in buckets for arrs in b.values() for a in arrs)
+        self._held = held
+        self._limit = max(SCAN_BUDGET, held + SCAN_BUDGET // 2)
 
     @property
     def scan_fraction(self) -> float:
         """Fraction of the digest space the scan still covers (1.0 until the budget binds)."""
-        return float(self._threshold) / float(np.iinfo(np.uint64).max)
-
-    @staticmethod
-    def _normal(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
-        """Distinct values, whitespace collapsed and trimmed, lower-cased.
-
-        Split on whitespace and joined with one space (trimmed first, so no empty edge
-        pieces): half the time of a regex replace on 100k values. Two values that differ
-        only in case or spacing stay two here; their digests are made unique later, which
-        is cheaper than a second string ``unique``.
-        """
-        arr = pc.unique(_decoded(arr)).drop_null()
-        words = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(arr))
-        return pc.utf8_lower(pc.binary_join(words, " "))
-
-    @staticmethod
-    def _long(arr: pa.Array, *, distinct: bool = False) -> pa.Array:
-        """Values of at least ``MIN_TOKEN`` characters, made distinct unless ``distinct``
-        says the caller does not need it (its digests are made unique anyway)."""
-        long_ = arr.filter(pc.greater_equal(pc.utf8_length(arr), MIN_TOKEN))
-        return long_ if distinct else pc.unique(long_)
-
-    @classmethod
-    def _candidates(cls, norm: pa.Array) -> pa.Array:
-        """Every output string's candidates besides the whole value, vectorized with Arrow.
-
-        Its whitespace-separated tokens stripped of punctuation, and 2-3
-        token n-grams of those (so a masked "ada lovelace" is found inside free text);
-        and its punctuation-separated words (a surname inside "lovelace-smith").
-        """
-        tokens_list = pc.split_pattern(norm, " ")
-        tokens = pc.utf8_trim(pc.list_flatten(tokens_list), _STRIP)
-        parents = pc.list_parent_indices(tokens_list).to_numpy()
-        # the punctuation-separated words of the whole strings are those of their tokens;
-        # a token with no such character is its own only word, and already a candidate, so
-        # only the others go through the (costly) regex split
-        punct = tokens.filter(pc.match_substring_regex(tokens, _NON_WORD))
-        parts = [tokens, pc.list_flatten(pc.split_pattern_regex(punct, _NON_WORD))]
-        for n in (2, 3):
-            m = len(tokens) - n + 1
-            if m <= 0:
-                break
-            same = np.ones(m, dtype=bool)
-            for j in range(1, n):
-                same &= parents[:m] == parents[j : j + m]
-            if not same.any():
-                break
-            grams = pc.binary_join_element_wise(*[tokens.slice(j, m) for j in range(n)], " ")
-            parts.append(grams.filter(pa.array(same)))
-        # not made distinct here: their digests are, at a fraction of a string unique's cost
-        return cls._long(pa.concat_arrays([p.cast(pa.string()) for p in parts]), distinct=True)
+        return float(self._threshold) / float(_U64_MAX)
 
     # -- observation -----------------------------------------------------------------------
     def observe_input(self, table: str, batch: pa.RecordBatch) -> None:
@@ -290,9 +547,10 @@ class EvidenceCollector:
             col = batch.column(name)
             if not _is_string(col.type):
                 continue
-            probes = self._long(self._normal(col), distinct=True)
-            if len(probes):
-                self._store(self._inputs, f"{table}.{name}", self._digests(probes))
+            hint = self._hints.setdefault(f"in:{table}.{name}", [0, 0])
+            probes = self._whole(_normal(_values(col, hint), self._scratch))
+            if probes.size:
+                self._store(self._inputs, f"{table}.{name}", probes)
 
     def observe_output(self, table: str, batch: pa.RecordBatch) -> None:
         """Count QI values and QI combinations; collect output candidate hashes."""
@@ -301,20 +559,23 @@ class EvidenceCollector:
             self._count(self._after, f"{table}.{name}", batch.column(name))
         if qis and batch.num_rows:
             self._combo_cols[table] = qis
+            # Counted in Arrow: no Python loop over the combinations, however many there
+            # are. Nulls are labelled as in the distributions, so they count as one value.
             keys = [f"c{i}" for i in range(len(qis))]
             grouped = (
                 pa.table(
                     {
-                        k: _decoded(batch.column(n)).cast(pa.string())
+                        k: pc.fill_null(_decoded(batch.column(n)).cast(pa.string()), NULL_LABEL)
                         for k, n in zip(keys, qis, strict=True)
                     }
                 )
                 .group_by(keys)
                 .aggregate([([], "count_all")])
             )
-            counter = self._combos.setdefault(table, Counter())
-            for row in grouped.to_pylist():
-                counter[tuple(_label(row[k]) for k in keys)] += int(row["count_all"])
+            counts = self._combos.setdefault(table, {}).setdefault(len(keys), [])
+            counts.append(grouped)
+            if sum(t.num_rows for t in counts) > _MERGE_ROWS:
+                counts[:] = [_merge_counts(counts)]
         if not self.scan:
             return
         rules = self._rules(table)
@@ -323,22 +584,18 @@ class EvidenceCollector:
             col = batch.column(name)
             if not _is_string(col.type):
                 continue
-            key = f"{table}.{name}"
-            norm = self._normal(col)
-            whole = self._long(norm, distinct=True)
+            hint = self._hints.setdefault(f"out:{table}.{name}", [0, 0])
+            parts = _normal(_values(col, hint), self._scratch)
+            whole = self._whole(parts)
+            if not whole.size:
+                # every candidate is at most as long as its value: none would be kept
+                continue
             r = rules.get(name)
             if r is None or r.op in _FREE_TEXT_OPS:
                 # Only free or passed-through text can hide a value inside a longer string;
                 # a token column is checked whole (and row by row, in place).
-                rest = self._candidates(norm)
-                rest = rest.filter(pc.invert(pc.is_in(rest, value_set=whole)))
-            else:
-                rest = pa.array([], pa.string())
-            digests = self._digests(whole)
-            if r is not None and r.op in _TOKEN_OPS and len(digests):
-                self._store(self._issued, key, digests)
-            if len(whole) or len(rest):
-                self._store(self._outputs, key, np.concatenate([digests, self._digests(rest)]))
+                whole = np.concatenate([whole, self._candidates(parts)])
+            self._store(self._outputs, f"{table}.{name}", whole)
 
     def _check_in_place(self, table: str, batch: pa.RecordBatch, rules: dict[str, _Rule]) -> None:
         """Count values that a masking rule left unchanged in their row.
@@ -410,15 +667,17 @@ class EvidenceCollector:
         """Per table: QI columns, k (smallest group), number of groups, rows in groups < 5."""
         out: dict[str, dict[str, Any]] = {}
         for table in sorted(self._combos):
-            counter = self._combos[table]
-            sizes = sorted(counter.values())
+            per_width = self._combos[table].values()
+            merged = [_merge_counts(c).column("count_all").to_numpy() for c in per_width if c]
+            sizes = np.concatenate(merged) if merged else np.zeros(0, dtype=np.int64)
+            small = sizes[sizes < 5]
             out[table] = {
                 "columns": list(self._combo_cols.get(table, [])),
-                "k": sizes[0] if sizes else 0,
-                "groups": len(sizes),
-                "rows": sum(sizes),
-                "groups_below_5": sum(1 for s in sizes if s < 5),
-                "rows_in_groups_below_5": sum(s for s in sizes if s < 5),
+                "k": int(sizes.min()) if sizes.size else 0,
+                "groups": int(sizes.size),
+                "rows": int(sizes.sum()),
+                "groups_below_5": int(small.size),
+                "rows_in_groups_below_5": int(small.sum()),
             }
         return out
 
@@ -439,26 +698,35 @@ class EvidenceCollector:
                 "output_columns": [],
                 "unchanged_in_place": {},
             }
-        inputs = {k: _sorted_unique(np.concatenate(v)) for k, v in self._inputs.items()}
-        issued = {k: _sorted_unique(np.concatenate(v)) for k, v in self._issued.items()}
+        in_cols, out_cols = sorted(self._inputs), sorted(self._outputs)
+        found_in, found_out = _common(
+            [self._inputs[k] for k in in_cols], [self._outputs[k] for k in out_cols]
+        )
+        ins = dict(zip(in_cols, found_in, strict=True))
+        outs = dict(zip(out_cols, found_out, strict=True))
         findings = []
         hits = coincidences = 0
-        for out_col in sorted(self._outputs):
-            cand = _sorted_unique(np.concatenate(self._outputs[out_col]))
-            for in_col in sorted(inputs):
-                match = cand[np.isin(cand, inputs[in_col], assume_unique=True)]
+        for out_col in out_cols:
+            if not outs[out_col].size:
+                continue
+            for in_col in in_cols:
+                if not ins[in_col].size:
+                    continue
+                match = np.intersect1d(outs[out_col], ins[in_col], assume_unique=True)
                 if not match.size:
                     continue
                 if self._rule(out_col).op in _TOKEN_OPS:
                     # The masker generated these strings; equal to a real value by chance.
                     n_coinc = int(match.size)
                 else:
-                    explain = [issued[k] for k in self._same_domain(in_col) if k in issued]
-                    n_coinc = (
-                        int(np.isin(match, _sorted_unique(np.concatenate(explain))).sum())
-                        if explain
-                        else 0
-                    )
+                    # Tokens issued in the input's domain: all of a token column's outputs.
+                    # Only the digests found on both sides are kept, and a match is one.
+                    explain = [
+                        outs[k]
+                        for k in self._same_domain(in_col)
+                        if k in outs and self._rule(k).op in _TOKEN_OPS
+                    ]
+                    n_coinc = int(np.isin(match, np.concatenate(explain)).sum()) if explain else 0
                 n_hits = int(match.size - n_coinc)
                 hits += n_hits
                 coincidences += n_coinc
@@ -485,8 +753,8 @@ class EvidenceCollector:
                 "generalize and text inputs are not probes (their outputs share the input "
                 "value space by design)."
             ),
-            "input_columns": sorted(inputs),
-            "output_columns": sorted(self._outputs),
+            "input_columns": in_cols,
+            "output_columns": out_cols,
             "hits": hits,
             "coincidences": coincidences,
             "findings": findings,
@@ -527,6 +795,73 @@ class EvidenceCollector:
         self._seed = 0
         self._inputs.clear()
         self._outputs.clear()
-        self._issued.clear()
         self._last_input.clear()
+        self._scratch = _Scratch()  # the last batch's bytes
         return result
+
+
+def _slots(digests: np.ndarray, bits: int, shift: int) -> np.ndarray:
+    """``bits`` bits of each digest, from bit ``shift`` up, as table indices."""
+    top = digests >> np.uint64(shift)
+    if shift + bits < 64:
+        top &= np.uint64((1 << bits) - 1)
+    return top.view(np.int64)  # below 2^bits: the same numbers
+
+
+class _Bitmap:
+    """A set of digests that answers "maybe" for all members and a few others.
+
+    One byte per slot, 16 slots per key (a non-member passes with probability 1/16) up to
+    2^22 slots (4 MiB: a larger table no longer fits the caches and costs more than the
+    next stage saves). The digests are uniform, so any of their bits index it; each stage
+    of :func:`_common` takes different ones.
+    """
+
+    def __init__(self, keys: list[np.ndarray], shift: int) -> None:
+        n = sum(k.size for k in keys)
+        self.bits = min(max(math.ceil(math.log2(max(n, 1) * 16)), 10), 22)
+        self.shift = min(shift, 64 - self.bits)
+        self.table = np.zeros(1 << self.bits, dtype=bool)
+        for k in keys:
+            self.table[_slots(k, self.bits, self.shift)] = True
+
+    def maybe(self, probes: np.ndarray) -> np.ndarray:
+        """The probes that may be members."""
+        hit: np.ndarray = probes[self.table[_slots(probes, self.bits, self.shift)]]
+        return hit
+
+
+def _common(
+    inputs: list[list[np.ndarray]], outputs: list[list[np.ndarray]]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per column, the distinct digests that occur both in some input and in some output.
+
+    No sort of the whole sets: a bitmap of the input digests lets through the output
+    digests that may be among them (a few percent), a bitmap of those the input digests
+    that may match them, and two more bitmaps over these survivors leave about the
+    matches alone, which are then compared exactly.
+    """
+    ins = [[a for a in arrs if a.size] for arrs in inputs]
+    outs = [[a for a in arrs if a.size] for arrs in outputs]
+    if not any(ins) or not any(outs):
+        return [_EMPTY] * len(inputs), [_EMPTY] * len(outputs)
+
+    def keep(
+        cols: list[list[np.ndarray]], among: list[list[np.ndarray]], shift: int
+    ) -> list[list[np.ndarray]]:
+        bitmap = _Bitmap([a for arrs in among for a in arrs], shift)
+        return [[bitmap.maybe(a) for a in arrs] for arrs in cols]
+
+    outs = keep(outs, ins, 64)
+    ins = keep(ins, outs, 0)
+    outs = keep(outs, ins, 22)
+    ins = keep(ins, outs, 44)
+
+    def flat(cols: list[list[np.ndarray]]) -> np.ndarray:
+        return np.concatenate([a for arrs in cols for a in arrs] or [_EMPTY])
+
+    both = np.intersect1d(flat(ins), flat(outs))
+    return (
+        [np.intersect1d(flat([arrs]), both) for arrs in ins],
+        [np.intersect1d(flat([arrs]), both) for arrs in outs],
+    )

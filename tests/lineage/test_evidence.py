@@ -1,0 +1,381 @@
+"""The evidence collector's residual-PII scan: same figures as the reference, fast paths exact.
+
+``_evidence_reference`` is the collector as it was before the scan was made column-wide;
+fed the same batches under the same seed, both must give the same evidence, digest for
+digest. The fast paths (normal form without split-and-join, words cut from the bytes,
+bitmap-filtered set comparison) are also checked on their own against what they replace.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from biomask.lineage import evidence as ev
+from biomask.lineage.evidence import EvidenceCollector
+from biomask.policies import Policy, policy_from_dict
+from tests.lineage._evidence_reference import EvidenceCollector as Reference
+
+# Every character Arrow's utf8 whitespace kernels split on (checked below), and others
+# that look like it but are not (ZWSP, BOM), next to letters that change length or bytes
+# when lower-cased, punctuation the scan strips or splits on, and multi-byte characters.
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
+ALPHABET = (
+    "aAbBkKzZ019 "
+    + WHITESPACE
+    + "-_@/.,;:!?()[]{}<>'\"`#&+*=|~$%^\\"
+    + "éÉüÜßİıſﬀẞ’–—…€中文😀\u200b\ufeff\x00\x07\x7f"
+)
+values = st.text(alphabet=ALPHABET, max_size=14)
+
+POLICY: dict[str, Any] = {
+    "version": 1,
+    "dataset": "t",
+    "columns": {
+        "sid": {"op": "tokenize", "domain": "subject"},
+        "name": {"op": "pseudonym", "domain": "person"},
+        "mail": {"op": "email", "domain": "email"},
+        "code": {"op": "mask", "keep_last": 2},
+        "alias": {"op": "redact"},
+        "notes": {"op": "text", "entities": {"PERSON": "person"}},
+        "city": {"op": "keep", "quasi_identifier": True},
+        "band": {"op": "generalize", "bucket": 10, "quasi_identifier": True},
+    },
+}
+STRING_COLS = ["sid", "name", "mail", "code", "alias", "notes", "city"]
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return policy_from_dict(POLICY)
+
+
+def _array(vals: list[str | None], kind: str) -> pa.Array:
+    if kind == "large":
+        return pa.array(vals, pa.large_string())
+    if kind == "dict":
+        return pa.array(vals, pa.string()).dictionary_encode()
+    if kind == "sliced":  # an array that does not start at its buffers' start
+        return pa.array(["pad", "pad", *vals], pa.string()).slice(2)
+    return pa.array(vals, pa.string())
+
+
+def _batch(cols: dict[str, list[Any]], kinds: dict[str, str]) -> pa.RecordBatch:
+    arrays = {
+        k: _array(v, kinds.get(k, "plain")) if k in STRING_COLS else pa.array(v, pa.int32())
+        for k, v in cols.items()
+    }
+    return pa.RecordBatch.from_pydict(arrays)
+
+
+def _reference_normal(arr: pa.Array) -> set[str]:
+    arr = arr.cast(pa.string())  # the reference cannot join large_string lists
+    words = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(arr.drop_null()))
+    return set(pc.utf8_lower(pc.binary_join(words, " ")).to_pylist())
+
+
+def _parts_set(arr: pa.Array) -> tuple[set[str], set[str]]:
+    every, long_ = set(), set()
+    for p, ascii_ in ev._normal(ev._values(arr)):
+        if ascii_:
+            assert pc.all(pc.string_is_ascii(p)).as_py() is not False
+        vals = p.to_pylist()
+        every |= set(vals)
+        long_ |= {v for v, keep in zip(vals, ev._long(p, ascii_), strict=True) if keep}
+    return every, long_
+
+
+def test_whitespace_set_is_arrows() -> None:
+    """The fast path knows every character Arrow's ``utf8_split_whitespace`` splits on."""
+    cps = [c for c in range(1, 0x110000) if not 0xD800 <= c <= 0xDFFF]
+    pieces = pc.list_value_length(pc.utf8_split_whitespace(pa.array([f"a{chr(c)}b" for c in cps])))
+    arrow_ws = {chr(cps[i]) for i in np.flatnonzero(pieces.to_numpy() != 1)}
+    assert arrow_ws == set(WHITESPACE)
+
+
+@pytest.mark.parametrize("ws", list(WHITESPACE))
+def test_every_whitespace_character_is_normalized(ws: str) -> None:
+    vals = [f"Ab{ws}Cd", f"{ws}Ab", f"Ab{ws}", f"a b{ws}{ws}c", f"É{ws}x", "plain", "Two Words"]
+    arr = pa.array(vals)
+    every, long_ = _parts_set(arr)
+    assert every == _reference_normal(arr)
+    assert long_ == {v for v in every if len(v) >= ev.MIN_TOKEN}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), values), max_size=40),
+    st.sampled_from(["plain", "large", "dict", "sliced"]),
+)
+def test_normal_form_is_split_join_lower(vals: list[str | None], kind: str) -> None:
+    arr = _array(vals, kind)
+    every, long_ = _parts_set(arr)
+    expected = _reference_normal(arr)
+    assert every == expected
+    assert long_ == {v for v in expected if len(v) >= ev.MIN_TOKEN}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(values, max_size=40), st.booleans())
+def test_words_are_the_regex_split(vals: list[str], sliced: bool) -> None:
+    arr = pa.array(["zz", *vals], pa.string())
+    arr = arr.slice(1) if sliced else arr.slice(1).take(pa.array(range(len(vals)), pa.int64()))
+    got = ev._words(arr).to_pylist()
+    pieces = pc.list_flatten(pc.split_pattern_regex(arr, r"[\W_]+")).to_pylist()
+    assert set(got) == {p for p in pieces if len(p) >= ev.MIN_TOKEN}
+    assert all(re.fullmatch(r"[0-9A-Za-z]+", w) for w in got)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_common_is_the_exact_intersection(data: st.DataObject) -> None:
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    n_in = data.draw(st.integers(0, 4))
+    n_out = data.draw(st.integers(0, 4))
+    pool = rng.integers(0, 2**64 - 1, 3000, dtype=np.uint64, endpoint=True)
+
+    def column() -> list[np.ndarray]:
+        k = data.draw(st.integers(0, 3))
+        size = data.draw(st.integers(0, 4000))
+        return [
+            np.concatenate(
+                [
+                    pool[rng.integers(0, pool.size, size // 4)],
+                    rng.integers(0, 2**64 - 1, size, dtype=np.uint64, endpoint=True),
+                ]
+            )
+            for _ in range(k)
+        ]
+
+    inputs = [column() for _ in range(n_in)]
+    outputs = [column() for _ in range(n_out)]
+    got_in, got_out = ev._common(inputs, outputs)
+    flat = lambda cols: np.concatenate([a for arrs in cols for a in arrs] or [ev._EMPTY])  # noqa: E731
+    both = np.intersect1d(flat(inputs), flat(outputs))
+    for cols, got in ((inputs, got_in), (outputs, got_out)):
+        assert len(got) == len(cols)
+        for arrs, g in zip(cols, got, strict=True):
+            want = np.intersect1d(np.concatenate(arrs or [ev._EMPTY]), both)
+            assert np.array_equal(np.sort(g), want)
+
+
+def _same(policy: Policy, batches: list[tuple[pa.RecordBatch, pa.RecordBatch]]) -> dict[str, Any]:
+    seed = 0x5EED_1234_ABCD_0042
+    new, ref = EvidenceCollector(policy, _seed=seed), Reference(policy, _seed=seed)
+    for inp, out in batches:
+        for c in (new, ref):
+            c.observe_input("t", inp)
+            c.observe_output("t", out)
+    got, want = new.finish(), ref.finish()
+    assert got == want
+    return got
+
+
+@st.composite
+def runs(draw: st.DrawFn) -> list[tuple[pa.RecordBatch, pa.RecordBatch]]:
+    n_batches = draw(st.integers(1, 3))
+    # (not large_string: the reference fails on it; see test_large_strings_...)
+    kinds = {c: draw(st.sampled_from(["plain", "dict", "sliced"])) for c in STRING_COLS}
+    seen: list[str] = []
+    out_batches = []
+    for _ in range(n_batches):
+        n = draw(st.integers(0, 12))
+        col = st.lists(st.one_of(st.none(), values), min_size=n, max_size=n)
+        inp = {c: draw(col) for c in STRING_COLS}
+        inp["band"] = draw(st.lists(st.integers(0, 90), min_size=n, max_size=n))
+        seen += [v for c in STRING_COLS for v in inp[c] if v]
+        out = {c: draw(col) for c in STRING_COLS}
+        out["city"] = list(inp["city"])
+        out["band"] = [b // 10 * 10 for b in inp["band"]]
+        # leaks: a real value (of this or an earlier batch) verbatim, in another case,
+        # inside text, between punctuation; or passed through in place
+        for c in STRING_COLS:
+            for r in range(n):
+                how = draw(st.integers(0, 9))
+                if how == 0 and seen:
+                    out[c][r] = draw(st.sampled_from(seen))
+                elif how == 1 and seen:
+                    v = draw(st.sampled_from(seen))
+                    out[c][r] = f"x {v.upper()} ({v}), y-{v}"
+                elif how == 2:
+                    out[c][r] = inp[c][r]
+        quarantine = draw(st.integers(0, 2)) if n else 0
+        out = {k: v[quarantine:] for k, v in out.items()}
+        out_batches.append((_batch(inp, kinds), _batch(out, kinds)))
+    return out_batches
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(runs())
+def test_same_evidence_as_the_reference(
+    policy: Policy, batches: list[tuple[pa.RecordBatch, pa.RecordBatch]]
+) -> None:
+    _same(policy, batches)
+
+
+def _rows(n: int, start: int) -> dict[str, list[Any]]:
+    return {
+        "sid": [f"SUBJ-{start + i:06d}" for i in range(n)],
+        "name": [f"Ada{start + i} Lovelace" for i in range(n)],
+        "mail": [f"ada{start + i}@example.org" for i in range(n)],
+        "code": [f"C-{start + i:08d}" for i in range(n)],
+        "alias": [f"alias-{start + i}" for i in range(n)],
+        "notes": [f"visit {i} fine" for i in range(n)],
+        "city": ["Lyon", "Paris", "Nantes"] * (n // 3) + ["Lyon"] * (n % 3),
+        "band": [(start + i) % 90 for i in range(n)],
+    }
+
+
+def _masked(rows: dict[str, list[Any]], tag: str) -> dict[str, list[Any]]:
+    n = len(rows["sid"])
+    return {
+        "sid": [f"SUBJ-{900000 + i:06d}{tag}" for i in range(n)],
+        "name": [f"Pseudo Name{i}{tag}" for i in range(n)],
+        "mail": [f"tok{i}{tag}@example.org" for i in range(n)],
+        "code": ["**********" + c[-2:] for c in rows["code"]],
+        "alias": ["[REDACTED]"] * n,
+        "notes": list(rows["notes"]),
+        "city": list(rows["city"]),
+        "band": [b // 10 * 10 for b in rows["band"]],
+    }
+
+
+def test_a_value_left_in_a_masked_column_is_found_across_batches(policy: Policy) -> None:
+    """A real name of batch 1 surviving (in capitals) in batch 3's masked column is a hit."""
+    n = 3000  # large enough for the column-wide paths (sampled distinctness, bitmaps)
+    batches = []
+    for b in range(3):
+        rows = _rows(n, b * n)
+        out = _masked(rows, str(b))
+        if b == 2:
+            out["alias"][1234] = "ADA7 LOVELACE"  # batch 0's row 7, in another case
+            out["code"][10] = rows["code"][10]  # left unchanged in place
+            out["notes"][5] = "seen with Ada2999 Lovelace!"  # batch 0's last name, in text
+        batches.append((_batch(rows, {}), _batch(out, {})))
+    r = _same(policy, batches)["residual_pii"]
+    by = {(f["output_column"], f["input_column"]): f for f in r["findings"]}
+    assert by[("t.alias", "t.name")] == {
+        "output_column": "t.alias",
+        "input_column": "t.name",
+        "hits": 1,
+        "coincidences": 0,
+    }
+    assert by[("t.notes", "t.name")]["hits"] == 1
+    assert by[("t.code", "t.code")]["hits"] == 1
+    assert r["unchanged_in_place"]["t.code"] == {"unchanged": 1, "compared": 3 * n}
+    assert r["hits"] == 3 and r["sampled_fraction"] == 1.0
+
+
+def test_bench_shaped_run_matches_the_reference(policy: Policy) -> None:
+    """Mostly distinct columns, repeated ones, non-ASCII names, tokens equal to real ids."""
+    rng = np.random.default_rng(7)
+    first = ["Ada", "Zoë", "Jürgen", "Ødegaard", "Chloé", "Li", "Ngozi"]
+    batches = []
+    for _ in range(2):
+        n = 5000
+        ids = rng.integers(0, 20000, n)
+        rows = {
+            "sid": [f"SUBJ-{i:06d}" for i in ids],
+            "name": [f"{first[i % 7]} {'  ' if i % 97 == 0 else ' '}Surname{i}" for i in ids],
+            "mail": [f"P{i}@Example.org" for i in ids],
+            "code": [f"CAP-{i:010d}" for i in rng.integers(0, 10**10, n)],
+            "alias": [f"dev-{i % 300:04d}" for i in ids],
+            "notes": [f"note {i % 50}: ok, (ref SUBJ-{i:06d})" for i in ids],
+            "city": [["Lyon", "Paris", "São Paulo", "New  York"][i % 4] for i in ids],
+            "band": [int(i % 90) for i in ids],
+        }
+        toks = rng.integers(0, 20000, n)  # tokens in the ids' value space: coincidences
+        out = {
+            "sid": [f"SUBJ-{i:06d}" for i in toks],
+            "name": [f"{first[(i + 3) % 7]} Other{i}" for i in toks],
+            "mail": [f"t{i}@example.org" for i in toks],
+            "code": [f"CAP-******{c[-4:]}" for c in rows["code"]],
+            "alias": ["x"] * n,
+            "notes": list(rows["notes"]),
+            "city": list(rows["city"]),
+            "band": [x // 10 * 10 for x in rows["band"]],
+        }
+        batches.append((_batch(rows, {"city": "dict"}), _batch(out, {"city": "dict"})))
+    r = _same(policy, batches)["residual_pii"]
+    assert r["coincidences"] > 0 and r["hits"] > 0  # the notes quote real ids
+
+
+def test_sampling_bounds_memory_and_still_finds_leaks(
+    policy: Policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = 2000
+    batches = []
+    for b in range(4):
+        rows = _rows(n, b * n)
+        out = _masked(rows, str(b))
+        out["alias"] = list(rows["name"])  # every real name leaks
+        batches.append((_batch(rows, {}), _batch(out, {})))
+    full = EvidenceCollector(policy)
+    for inp, out in batches:
+        full.observe_input("t", inp)
+        full.observe_output("t", out)
+    exact = full.finish()["residual_pii"]
+    assert exact["sampled_fraction"] == 1.0
+    leaked = {(f["output_column"], f["input_column"]): f["hits"] for f in exact["findings"]}
+    assert leaked[("t.alias", "t.name")] == 4 * n
+
+    monkeypatch.setattr(ev, "SCAN_BUDGET", 4000)
+    c = EvidenceCollector(policy)
+    for inp, out in batches:
+        c.observe_input("t", inp)
+        c.observe_output("t", out)
+        held = sum(a.size for d in (c._inputs, c._outputs) for v in d.values() for a in v)
+        assert held == c._held <= c._limit <= 1.5 * ev.SCAN_BUDGET + 8 * n
+    r = c.finish()["residual_pii"]
+    assert 0 < r["sampled_fraction"] < 1
+    sampled = {(f["output_column"], f["input_column"]): f["hits"] for f in r["findings"]}
+    # a consistent sample: about the sampled fraction of the leaks, never more
+    assert 0 < sampled[("t.alias", "t.name")] <= 4 * n
+    assert sampled[("t.alias", "t.name")] == pytest.approx(4 * n * r["sampled_fraction"], rel=0.5)
+
+
+def test_large_strings_give_the_same_evidence(policy: Policy) -> None:
+    """large_string columns (which the reference could not split and join) are scanned alike."""
+    rows = _rows(50, 0)
+    rows["notes"][3] = "called  Ada4\tLovelace, (ada4@example.org)"
+    out = _masked(rows, "x")
+    out["notes"] = list(rows["notes"])
+    results = []
+    for kind in ("plain", "large"):
+        kinds = dict.fromkeys(STRING_COLS, kind)
+        c = EvidenceCollector(policy, _seed=99)
+        c.observe_input("t", _batch(rows, kinds))
+        c.observe_output("t", _batch(out, kinds))
+        results.append(c.finish())
+    assert results[0] == results[1]
+    assert results[0]["residual_pii"]["hits"] == 2
+
+
+def test_k_anonymity_of_many_groups_matches_the_reference(
+    policy: Policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group counts are merged in Arrow (here every few batches); nulls and "(null)" agree."""
+    monkeypatch.setattr(ev, "_MERGE_ROWS", 50)
+    batches = []
+    for b in range(5):
+        rows = _rows(40, b * 40)
+        rows["city"] = [
+            None if i % 7 == 0 else "(null)" if i % 11 == 0 else f"c{(b * 40 + i) % 97}"
+            for i in range(40)
+        ]
+        out = _masked(rows, str(b))
+        out["band"] = [None if i % 5 == 0 else x for i, x in enumerate(out["band"])]
+        batches.append((_batch(rows, {}), _batch(out, {"city": "dict"})))
+    k = _same(policy, batches)["k_anonymity"]["t"]
+    assert k["columns"] == ["city", "band"] and k["rows"] == 200 and k["groups"] > 100
