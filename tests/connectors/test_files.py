@@ -468,3 +468,30 @@ def test_ciphertext_columns_are_stored_without_compression_dictionary_or_statist
     assert pq.read_table(tmp_path / "t.parquet").equals(table)
     # a table without ciphertexts gets the fixed settings unchanged
     assert parquet_options(pa.schema([("sid", pa.string())]))["compression"] == "zstd"
+
+
+def test_distinct_string_columns_get_no_dictionary_or_statistics(tmp_path: Path) -> None:
+    """Tokens of ids have nothing to share in a dictionary and their min/max prune
+    nothing; a column that repeats keeps both. The first batch decides, so an empty
+    output is still a valid Parquet file."""
+    n = 3000
+    table = pa.table(
+        {
+            "token": [f"TK-{i * 7919 % 100_003:06d}" for i in range(n)],
+            "city": [("Lyon", "Oslo", "Kyiv")[i % 3] for i in range(n)],
+            "age": list(range(n)),
+        }
+    )
+    sink = open_sink(str(tmp_path / "out.parquet"), table.schema)
+    for b in table.to_batches(max_chunksize=1000):
+        sink.write(b)
+    sink.commit()
+    rg = pq.ParquetFile(tmp_path / "out.parquet").metadata.row_group(0)
+    cols = {rg.column(i).path_in_schema: rg.column(i) for i in range(rg.num_columns)}
+    assert "RLE_DICTIONARY" not in cols["token"].encodings and not cols["token"].is_stats_set
+    assert "RLE_DICTIONARY" in cols["city"].encodings and cols["city"].is_stats_set
+    assert cols["age"].is_stats_set and cols["token"].compression == "ZSTD"
+    assert pq.read_table(tmp_path / "out.parquet").equals(table)
+    empty = open_sink(str(tmp_path / "empty.parquet"), table.schema)
+    empty.commit()
+    assert pq.read_table(tmp_path / "empty.parquet").schema.equals(table.schema)

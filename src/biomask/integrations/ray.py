@@ -274,7 +274,8 @@ def _split_write(
             os.makedirs(folder, exist_ok=True)
             path = os.path.join(folder, _PART.format(task))
             fh = open(path, "wb")  # noqa: SIM115 - closed in the finally below
-            writers[folder] = (fh, pq.ParquetWriter(fh, tbl.schema, **parquet_options(tbl.schema)))
+            opts = parquet_options(tbl.schema, tbl)
+            writers[folder] = (fh, pq.ParquetWriter(fh, tbl.schema, **opts))
             res["files"].append(path)
         writers[folder][1].write_table(tbl, row_group_size=row_group)
 
