@@ -37,7 +37,7 @@ from biomask.connectors import (
     quarantine_uri,
     table_sink_uri,
 )
-from biomask.connectors.overlap import WriteBehind, read_ahead
+from biomask.connectors.overlap import ReadAhead, WriteBehind
 from biomask.errors import BiomaskError, QuarantineLimitError
 from biomask.keys import Keyring
 from biomask.lineage import LineageRecorder
@@ -154,7 +154,15 @@ def run_mask(
             )
             record.operator_counts[op.name] = record.operator_counts.get(op.name, 0) + 1
     recorder = LineageRecorder(lineage, keyring, record, policy=policy)
-    recorder.start()
+    # The first table starts decoding now, on its own thread, while lineage hashes the
+    # inputs for the "started" manifest.
+    first = next(iter(sources))
+    readers = {first: ReadAhead(sources[first].batches())}
+    try:
+        recorder.start()
+    except BaseException:
+        readers[first].close()
+        raise
 
     evidence = _Evidence(recorder)
     sinks: list[Sink] = []
@@ -183,7 +191,8 @@ def run_mask(
         for t, source in sources.items():
             masker = maskers[t]
             done = 0
-            for batch in read_ahead(source.batches()):  # the next batch decodes meanwhile
+            reader = readers.get(t) or readers.setdefault(t, ReadAhead(source.batches()))
+            for batch in reader:  # the next batch decodes on the reader's thread meanwhile
                 res = masker.mask_batch(batch)
                 evidence.submit(t, batch, res.output)
                 record.rows_in += batch.num_rows
@@ -221,6 +230,8 @@ def run_mask(
         for s in sinks:
             s.commit()
     except BaseException as exc:
+        for r in readers.values():  # stop reading ahead
+            r.close()
         evidence.drain(cancel=True)
         for s in sinks:
             with contextlib.suppress(Exception):  # abort must not hide the real error

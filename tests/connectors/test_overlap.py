@@ -111,3 +111,18 @@ def test_write_behind_abort_after_commit_reaches_the_sink() -> None:
     wb.commit()
     wb.abort()  # run_mask aborts every sink when a later one fails to commit
     assert sink.committed and sink.aborted
+
+
+def test_read_ahead_object_starts_reading_at_once_and_closes() -> None:
+    from biomask.connectors.overlap import ReadAhead
+
+    started = threading.Event()
+
+    def source():  # type: ignore[no-untyped-def]
+        started.set()
+        yield from _batches(3)
+
+    with ReadAhead(source()) as reader:
+        assert started.wait(2)  # before anything asked for a batch
+        assert [b.column(0)[0].as_py() for b in reader] == [0, 1, 2]
+    assert list(reader) == []

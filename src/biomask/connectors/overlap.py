@@ -26,51 +26,81 @@ import pyarrow as pa
 
 from biomask.connectors.base import DatasetRef, Sink
 
-__all__ = ["WriteBehind", "read_ahead"]
+__all__ = ["ReadAhead", "WriteBehind", "read_ahead"]
 
 _DONE = object()
 
 
-def read_ahead(batches: Iterable[pa.RecordBatch], depth: int = 1) -> Iterator[pa.RecordBatch]:
+class ReadAhead(Iterator[pa.RecordBatch]):
     """Yield ``batches`` in order while a worker thread reads up to ``depth`` ahead.
 
-    Closing the iterator early (an error downstream) stops the worker at its next batch.
+    Reading starts at construction, so a caller can start decoding the first batch
+    before other set-up work (hashing the inputs for lineage) and overlap the two.
+    :meth:`close` (or the end of a ``with`` block) stops the worker at its next batch.
     """
-    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
+    def __init__(self, batches: Iterable[pa.RecordBatch], depth: int = 1) -> None:
+        self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._done = False
+        self._worker = threading.Thread(
+            target=self._work, args=(iter(batches),), name="biomask-read", daemon=True
+        )
+        self._worker.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
             try:
-                q.put(item, timeout=0.05)
+                self._q.put(item, timeout=0.05)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def work() -> None:
+    def _work(self, batches: Iterator[pa.RecordBatch]) -> None:
         try:
             for batch in batches:
-                if not put(batch):
+                if not self._put(batch):
                     return
         except BaseException as exc:  # handed to the consumer, raised there
-            put(exc)
+            self._put(exc)
             return
-        put(_DONE)
+        self._put(_DONE)
 
-    worker = threading.Thread(target=work, name="biomask-read", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
+    def __next__(self) -> pa.RecordBatch:
+        if self._done:
+            raise StopIteration
+        item = self._q.get()
+        if item is _DONE:
+            self.close()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        batch: pa.RecordBatch = item
+        return batch
+
+    def close(self) -> None:
+        """Stop reading; batches not yet taken are dropped."""
+        self._done = True
+        self._stop.set()
+        self._worker.join()
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_ahead(batches: Iterable[pa.RecordBatch], depth: int = 1) -> Iterator[pa.RecordBatch]:
+    """Yield ``batches`` in order while a worker thread reads up to ``depth`` ahead.
+
+    A generator over :class:`ReadAhead`: closing it early (an error downstream) stops the
+    worker at its next batch.
+    """
+    with ReadAhead(batches, depth) as reader:
+        yield from reader
 
 
 class WriteBehind:
