@@ -216,3 +216,14 @@ def test_batch_memo_computes_once_across_threads() -> None:
         assert [f.result() for f in futs] == [42] * 4
     assert len(calls) == 1
     assert memo.get("other", lambda: 7) == 7
+
+
+def test_default_threads_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from biomask.masking.masker import default_threads
+
+    monkeypatch.setenv("BIOMASK_THREADS", "3")
+    assert default_threads() == 3
+    assert Masker(POLICY, RING, table="subjects").threads == 3
+    assert Masker(POLICY, RING, table="subjects", threads=0).threads == 1
+    monkeypatch.setenv("BIOMASK_THREADS", "lots")  # not a number: the default
+    assert 1 <= default_threads() <= 4
