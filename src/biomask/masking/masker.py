@@ -304,12 +304,14 @@ class Masker:
                 ctxs[name] = OperatorContext(
                     self.table, name, batch, entity_tokens, flagged.copy(), memo=memo
                 )
-        entity_cols = [c for c in todo if c in ent_by_col]
-        results = self._run(batch, entity_cols, ctxs)  # entity tokens first: others use them
-        for name in entity_cols:
-            for ename in ent_by_col[name]:
+        # Entity columns first, with every column that does not read entity tokens; then
+        # the columns that do (date shifts, templates), once the tokens exist.
+        later = [c for c in todo if c not in ent_by_col and self._ops[c].needs_entities]
+        results = self._run(batch, [c for c in todo if c not in later], ctxs)
+        for name in todo:
+            for ename in ent_by_col.get(name, []):
                 entity_tokens[ename] = results[name]
-        results.update(self._run(batch, [c for c in todo if c not in ent_by_col], ctxs))
+        results.update(self._run(batch, later, ctxs))
         stats: dict[str, int] = {}
         for name in todo:
             ctx = ctxs[name]

@@ -136,6 +136,9 @@ class Operator(ABC, Generic[S]):
     #: columns of the batch: true for operators that only compute on the column and their
     #: keys; false (the default) for those that touch I/O or models (key store, spaCy)
     parallel_safe: ClassVar[bool] = False
+    #: whether the operator reads entity tokens (``ctx.entity_tokens``): such columns are
+    #: masked after the entity columns; all others start with them
+    needs_entities: ClassVar[bool] = False
 
     def __init__(self, spec: S, binding: Binding) -> None:
         self.spec = spec

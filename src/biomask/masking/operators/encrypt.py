@@ -264,6 +264,7 @@ class Encrypt(Operator[EncryptOp]):
     """AES-256-GCM envelope encryption of template columns (see the module docstring)."""
 
     name = "encrypt"
+    needs_entities = True
 
     def __init__(self, spec: EncryptOp, binding: Binding) -> None:
         super().__init__(spec, binding)

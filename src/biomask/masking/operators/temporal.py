@@ -52,6 +52,7 @@ class DateShift(Operator[DateShiftOp]):
 
     name = "date_shift"
     parallel_safe = True
+    needs_entities = True
 
     def __init__(self, spec: DateShiftOp, binding: Binding) -> None:
         super().__init__(spec, binding)
