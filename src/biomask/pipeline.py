@@ -226,6 +226,12 @@ def run_mask(
                 done += batch.num_rows
                 if progress is not None:
                     progress(t, done)
+        # The residual-PII scan and the other end-of-run evidence run on the evidence
+        # thread while the last batches are encoded; both finish before anything commits.
+        evidence.conclude()
+        for s in sinks:
+            if isinstance(s, WriteBehind):
+                s.flush()
         evidence.drain()
         for s in sinks:
             s.commit()
@@ -285,6 +291,10 @@ class _Evidence:
         while len(self._pending) >= 2:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(self._observe, table, before, after))
+
+    def conclude(self) -> None:
+        """Queue the end-of-run evidence (:meth:`LineageRecorder.conclude_evidence`)."""
+        self._pending.append(self._pool.submit(self._recorder.conclude_evidence))
 
     def drain(self, *, cancel: bool = False) -> None:
         try:

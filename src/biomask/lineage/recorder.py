@@ -137,6 +137,8 @@ class LineageRecorder:
         self._finished = False
         #: (device, inode) -> (size, mtime_ns, sha256) of files hashed before the end
         self._known: dict[tuple[int, int], tuple[int, int, str]] = {}
+        #: the evidence, when :meth:`conclude_evidence` computed it before the end
+        self._evidence: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"LineageRecorder({self.directory}, run={self.record.run_id})"
@@ -190,6 +192,12 @@ class LineageRecorder:
         if size == st.st_size:
             self._known[(st.st_dev, st.st_ino)] = (size, st.st_mtime_ns, digest)
         return digest, size
+
+    def conclude_evidence(self) -> None:
+        """Compute the run's evidence now (residual-PII scan included), once every batch
+        was observed, so that it overlaps with the last writes; :meth:`complete` then
+        uses it instead of computing it at the end."""
+        self._evidence = self.evidence.finish()
 
     def observe_input(self, table: str, batch: pa.RecordBatch) -> None:
         """Evidence before masking: kept QI counts, keyed hashes of masked values."""
@@ -248,7 +256,7 @@ class LineageRecorder:
             r,
             status=status,
             datasets=files,
-            evidence=self.evidence.finish(),
+            evidence=self._evidence if self._evidence is not None else self.evidence.finish(),
             audit_entries=entries,
             policy=self.policy,
         )
