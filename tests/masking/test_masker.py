@@ -1,5 +1,6 @@
 """The Masker's contract: consistency, relationships, fail-closed, nothing left behind."""
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
@@ -227,3 +228,31 @@ def test_default_threads_reads_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert Masker(POLICY, RING, table="subjects", threads=0).threads == 1
     monkeypatch.setenv("BIOMASK_THREADS", "lots")  # not a number: the default
     assert 1 <= default_threads() <= 4
+
+
+def test_date_offsets_from_the_entity_columns_distinct_tokens_match() -> None:
+    # date_shift reuses the entity column's (indices, distinct tokens) when tokenize
+    # offers them; the days must be those computed from the tokens themselves, nulls and
+    # refused ids (bad check digit: quarantined, token null) included
+    from biomask.masking.registry import OperatorContext
+
+    text = """\
+version: 1
+dataset: offsets
+entities:
+  subject: {column: card}
+columns:
+  card: {op: tokenize, domain: card, format: luhn}
+  seen: {op: date_shift, entity: subject}
+"""
+    policy = parse_policy(text, source="offsets.yaml")
+    cards = ["4111111111111111", "4111111111111112", None, "5500005555555559"] * 25
+    batch = pa.RecordBatch.from_pydict({"card": cards, "seen": ["2024-01-02"] * 100})
+    m = Masker(policy, RING, threads=1)
+    tok_op, shift_op = m.operators["card"], m.operators["seen"]
+    ctx = OperatorContext("offsets", "card", batch, {}, np.zeros(100, dtype=bool))
+    tokens = tok_op(batch.column("card"), ctx)
+    offered = ctx.memo.peek(("tokens", "card"))
+    assert offered is not None
+    assert shift_op.offsets(tokens, offered).equals(shift_op.offsets(tokens))
+    assert shift_op.offsets(tokens).null_count == 50  # the bad card and the nulls

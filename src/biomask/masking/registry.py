@@ -85,6 +85,16 @@ class BatchMemo:
             value: V = self._values[key]
             return value
 
+    def put(self, key: Any, value: Any) -> None:
+        """Offer a value that other columns may use (:meth:`peek`)."""
+        with self._lock:
+            self._values.setdefault(key, value)
+
+    def peek(self, key: Any) -> Any | None:
+        """The value stored under ``key``, or None (never computes anything)."""
+        with self._lock:
+            return self._values.get(key)
+
 
 @dataclass
 class OperatorContext:

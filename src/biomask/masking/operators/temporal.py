@@ -69,22 +69,35 @@ class DateShift(Operator[DateShiftOp]):
             None if ok else f"date_shift takes date, timestamp or date-string columns, not {dtype}"
         )
 
-    def offsets(self, tokens: pa.Array) -> pa.Array:
-        """Offset in days per row (never 0), null where the entity token is null."""
-        enc = tokens.cast(pa.string()).dictionary_encode()
-        raw = enc.dictionary
+    def offsets(
+        self, tokens: pa.Array, distinct: tuple[pa.Array, pa.Array] | None = None
+    ) -> pa.Array:
+        """Offset in days per row (never 0), null where the entity token is null.
+
+        ``distinct`` is the tokens as (row indices, distinct tokens), when the entity
+        column's operator already has them; otherwise the tokens are dictionary-encoded
+        here. Either way the PRF runs once per distinct token.
+        """
+        if distinct is None:
+            enc = tokens.cast(pa.string()).dictionary_encode()
+            indices, raw = enc.indices, enc.dictionary
+        else:
+            indices, raw = distinct
         m = self.max_days
         r = self.prf.integers(raw, 2 * m) - m
         r[r >= 0] += 1
-        return pa.array(r, pa.int64()).take(enc.indices)
+        mask = raw.is_null().to_numpy(zero_copy_only=False) if raw.null_count else None
+        return pa.array(r, pa.int64(), mask=mask).take(indices)
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
         tokens = ctx.entity_tokens.get(self.spec.entity)
         if tokens is None:  # pragma: no cover - the Masker binds entities first
             raise AssertionError("entity tokens missing")
         # every date column of the entity shifts by the same days: computed once a batch
+        column = self.binding.policy.entities[self.spec.entity].column
         days = ctx.memo.get(
-            ("date_shift", self.spec.entity, self.max_days), lambda: self.offsets(tokens)
+            ("date_shift", self.spec.entity, self.max_days),
+            lambda: self.offsets(tokens, ctx.memo.peek(("tokens", column))),
         )
         no_key = pc.and_(pc.is_valid(values), pc.is_null(days))
         if pc.any(no_key).as_py():

@@ -143,7 +143,12 @@ class Tokenize(Operator[TokenizeOp]):
         lost = len(uniq) - len(pc.unique(out))
         if lost:
             ctx.count("token_collisions", lost)
-        return _finish(enc, out, bad, reason, ctx).cast(values.type)
+        result = _finish(enc, out, bad, reason, ctx)
+        # An entity's date offsets are a function of its tokens: offer them per distinct
+        # value, so date_shift need not find the distinct tokens again.
+        nulled = pc.if_else(pa.array(bad), pa.scalar(None, pa.string()), out) if bad.any() else out
+        ctx.memo.put(("tokens", self.binding.column), (enc.indices, nulled))
+        return result.cast(values.type)
 
     def reverse(self, values: pa.Array, ctx: OperatorContext, key_id: str) -> pa.Array:
         assert self.fpe is not None
