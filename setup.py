@@ -23,8 +23,12 @@ setup(
         ),
         Extension(
             "biomask.masking._kernels",
-            sources=["src/biomask/masking/_kernels.c", "src/biomask/masking/_layout.c"],
-            depends=["src/biomask/masking/_layout.h"],
+            sources=[
+                "src/biomask/masking/_kernels.c",
+                "src/biomask/masking/_layout.c",
+                "src/biomask/masking/_evidence.c",
+            ],
+            depends=["src/biomask/masking/_layout.h", "src/biomask/masking/_evidence.h"],
             libraries=["crypto"],
             extra_compile_args=["-O3", "-std=c99", "-Wall"],
             optional=True,

@@ -8,7 +8,10 @@ bitmap-filtered set comparison) are also checked on their own against what they 
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -18,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from biomask.keys.primitives import _load_kernels
 from biomask.lineage import evidence as ev
 from biomask.lineage.evidence import EvidenceCollector
 from biomask.policies import Policy, policy_from_dict
@@ -54,6 +58,25 @@ POLICY: dict[str, Any] = {
     },
 }
 STRING_COLS = ["sid", "name", "mail", "code", "alias", "notes", "city"]
+
+KERNELS = _load_kernels()
+#: the paths every equivalence test runs: compiled (when built) and NumPy/Arrow
+PATHS = [True, False] if KERNELS is not None else [False]
+needs_kernels = pytest.mark.skipif(KERNELS is None, reason="compiled kernels not built")
+
+
+@contextmanager
+def _path(native: bool) -> Iterator[None]:
+    """Run the block on the compiled helper or on the fallback (``BIOMASK_NATIVE_KERNELS``)."""
+    old = os.environ.get("BIOMASK_NATIVE_KERNELS")
+    os.environ["BIOMASK_NATIVE_KERNELS"] = "1" if native else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["BIOMASK_NATIVE_KERNELS"]
+        else:
+            os.environ["BIOMASK_NATIVE_KERNELS"] = old
 
 
 @pytest.fixture(scope="module")
@@ -160,26 +183,40 @@ def test_common_is_the_exact_intersection(data: st.DataObject) -> None:
 
     inputs = [column() for _ in range(n_in)]
     outputs = [column() for _ in range(n_out)]
-    got_in, got_out = ev._common(inputs, outputs)
     flat = lambda cols: np.concatenate([a for arrs in cols for a in arrs] or [ev._EMPTY])  # noqa: E731
     both = np.intersect1d(flat(inputs), flat(outputs))
-    for cols, got in ((inputs, got_in), (outputs, got_out)):
-        assert len(got) == len(cols)
-        for arrs, g in zip(cols, got, strict=True):
-            want = np.intersect1d(np.concatenate(arrs or [ev._EMPTY]), both)
-            assert np.array_equal(np.sort(g), want)
+    for native in PATHS:
+        with _path(native):
+            got_in, got_out = ev._common(inputs, outputs)
+        for cols, got in ((inputs, got_in), (outputs, got_out)):
+            assert len(got) == len(cols)
+            for arrs, g in zip(cols, got, strict=True):
+                want = np.intersect1d(np.concatenate(arrs or [ev._EMPTY]), both)
+                assert np.array_equal(np.sort(g), want)
 
 
 def _same(policy: Policy, batches: list[tuple[pa.RecordBatch, pa.RecordBatch]]) -> dict[str, Any]:
+    """The same evidence as the reference, on the compiled path and on the fallback."""
     seed = 0x5EED_1234_ABCD_0042
-    new, ref = EvidenceCollector(policy, _seed=seed), Reference(policy, _seed=seed)
+    ref = Reference(policy, _seed=seed)
     for inp, out in batches:
-        for c in (new, ref):
-            c.observe_input("t", inp)
-            c.observe_output("t", out)
-    got, want = new.finish(), ref.finish()
-    assert got == want
-    return got
+        ref.observe_input("t", inp)
+        ref.observe_output("t", out)
+    want = ref.finish()
+    # the digest is no longer Polars' column hash: only the method's wording differs
+    assert "Polars" in want["residual_pii"].pop("method")
+    results = []
+    for native in PATHS:
+        with _path(native):
+            new = EvidenceCollector(policy, _seed=seed)
+            for inp, out in batches:
+                new.observe_input("t", inp)
+                new.observe_output("t", out)
+            got = new.finish()
+        assert "keyed 64-bit digests" in got["residual_pii"].pop("method")
+        assert got == want
+        results.append(got)
+    return results[0]
 
 
 @st.composite
@@ -379,3 +416,165 @@ def test_k_anonymity_of_many_groups_matches_the_reference(
         batches.append((_batch(rows, {}), _batch(out, {"city": "dict"})))
     k = _same(policy, batches)["k_anonymity"]["t"]
     assert k["columns"] == ["city", "band"] and k["rows"] == 200 and k["groups"] > 100
+
+
+# -- the compiled helper (_evidence.c) against the NumPy/Arrow path ------------------------
+
+#: plain ASCII values (most of them take the compiled path) next to the hard ones
+plain = st.text(alphabet="aAbBzZ019 -_@.,;:!?()[]'\"<>", max_size=24)
+mixed = st.one_of(plain, values)
+
+
+@needs_kernels
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40), max_size=30), st.integers(0, 2**64 - 1))
+def test_digest_is_the_kernels(vals: list[bytes], seed: int) -> None:
+    """The NumPy digest and ``ev_hash`` agree bit for bit, on any bytes and offsets."""
+    arr = pa.array([b"pad", *vals], pa.binary()).slice(1)
+    off, full = ev._offsets_data(arr)
+    k0, k1 = ev._key(seed)
+    got = np.empty(len(vals), dtype=np.uint64)
+    assert KERNELS is not None
+    KERNELS.ev_hash(off, full, ev._key_bytes(k0, k1), got)
+    assert np.array_equal(got, ev._digest(off, full, k0, k1))
+
+
+@needs_kernels
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.one_of(st.none(), mixed), max_size=40),
+    st.sampled_from(["plain", "large", "dict", "sliced"]),
+    st.booleans(),
+)
+def test_column_digests_are_the_same_on_both_paths(
+    vals: list[str | None], kind: str, candidates: bool
+) -> None:
+    """Same digests, duplicates included (they count against the budget), either path."""
+    arr = _array(vals, kind)
+    got = {}
+    for native in (True, False):
+        with _path(native):
+            c = EvidenceCollector(None, _seed=1234)
+            got[native] = np.sort(c._digests(ev._values(arr), candidates))
+    assert np.array_equal(got[True], got[False])
+
+
+@needs_kernels
+def test_sampled_scan_is_the_same_on_both_paths(
+    policy: Policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the budget the sample is a digest threshold: the same digests, the same sample."""
+    monkeypatch.setattr(ev, "SCAN_BUDGET", 3000)
+    batches = []
+    for b in range(3):
+        rows = _rows(1500, b * 1500)
+        rows["name"][::7] = [f"Zoë {i}  Ödegaard" for i in range(len(rows["name"][::7]))]
+        out = _masked(rows, str(b))
+        out["alias"] = list(rows["name"])
+        out["notes"] = [
+            f"{n} met (at) {m}" for n, m in zip(rows["name"], rows["mail"], strict=True)
+        ]
+        batches.append((_batch(rows, {}), _batch(out, {"city": "dict"})))
+    results = []
+    for native in (True, False):
+        with _path(native):
+            c = EvidenceCollector(policy, _seed=77)
+            for inp, out in batches:
+                c.observe_input("t", inp)
+                c.observe_output("t", out)
+            results.append(c.finish())
+    assert results[0] == results[1]
+    assert 0 < results[0]["residual_pii"]["sampled_fraction"] < 1
+    assert results[0]["residual_pii"]["hits"] > 0
+
+
+def _buffers(n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([0, 3, 6, 9][: n + 1], dtype=np.int64), np.frombuffer(b"abcDEFghi", np.uint8)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "offsets",
+    [[0, 3, 2], [0, 3, 10], [-1, 3, 6], [0, 3, 6, 2**40], []],
+    ids=["decreasing", "past-end", "negative", "huge", "none"],
+)
+def test_kernels_refuse_bad_offsets(offsets: list[int]) -> None:
+    assert KERNELS is not None
+    off = np.array(offsets, dtype=np.int64)
+    data = np.frombuffer(b"abcDEFghi", np.uint8)
+    n = max(off.size - 1, 0)
+    with pytest.raises(ValueError, match="offsets"):
+        KERNELS.ev_hash(off, data, bytes(16), np.empty(n, np.uint64))
+    status, whole = np.empty(n, np.uint8), np.empty(n, np.uint64)
+    with pytest.raises(ValueError, match="offsets"):
+        KERNELS.ev_scan(off, data, bytes(16), True, status, whole, np.empty(64, np.uint64))
+    with pytest.raises(ValueError, match="offsets"):
+        KERNELS.ev_distinct(off, data, bytes(16), np.empty(n, np.int64))
+    with pytest.raises(ValueError, match="offsets"):  # not int64
+        KERNELS.ev_hash(off.astype(np.int32)[:3], data, bytes(16), np.empty(n, np.uint64))
+
+
+@needs_kernels
+def test_kernels_refuse_bad_sizes() -> None:
+    assert KERNELS is not None
+    off, data = _buffers()
+    with pytest.raises(ValueError, match="key"):
+        KERNELS.ev_hash(off, data, bytes(8), np.empty(3, np.uint64))
+    with pytest.raises(ValueError, match="out"):
+        KERNELS.ev_hash(off, data, bytes(16), np.empty(2, np.uint64))
+    with pytest.raises(ValueError, match="first"):
+        KERNELS.ev_distinct(off, data, bytes(16), np.empty(2, np.int64))
+    with pytest.raises(ValueError, match="status"):
+        KERNELS.ev_scan(
+            off, data, bytes(16), False, np.empty(2, np.uint8), np.empty(3, np.uint64), bytearray()
+        )
+    text = np.frombuffer(b"ab cd ef gh ij kl", np.uint8)
+    with pytest.raises(ValueError, match="cand"):  # room for fewer candidates than there are
+        KERNELS.ev_scan(
+            np.array([0, text.size], np.int64), text, bytes(16), True,
+            np.empty(1, np.uint8), np.empty(1, np.uint64), np.empty(2, np.uint64),
+        )  # fmt: skip
+    keys = np.arange(5, dtype=np.uint64)
+    for table, shift in ((np.zeros(12, np.uint8), 0), (np.zeros(4, np.uint8), 0),
+                         (np.zeros(16, np.uint8), 64), (np.zeros(16, np.uint8), -1)):  # fmt: skip
+        with pytest.raises(ValueError, match="table"):
+            KERNELS.ev_bits(keys, shift, table)
+        with pytest.raises(ValueError, match="table"):
+            KERNELS.ev_probe(table, shift, keys, np.empty(5, bool))
+    with pytest.raises(ValueError, match="probes"):
+        KERNELS.ev_probe(np.zeros(16, np.uint8), 0, keys, np.empty(4, bool))
+    with pytest.raises(ValueError, match="keys"):
+        KERNELS.ev_bits(np.zeros(7, np.uint8), 0, np.zeros(16, np.uint8))
+
+
+@needs_kernels
+def test_scan_kernel_status_and_counts() -> None:
+    """Plain ASCII values are hashed in C; the others are only classified."""
+    assert KERNELS is not None
+    vals = ["Ada Lovelace", "ab", "Zoë", "two  spaces", " edge", "tab\there", "x\u00a0y", ""]
+    arr = pa.array(vals)
+    off, full = ev._offsets_data(arr)
+    status, whole = np.empty(len(vals), np.uint8), np.empty(len(vals), np.uint64)
+    cand = np.empty(64, np.uint64)
+    n_whole, n_cand, spaced, n_slow = KERNELS.ev_scan(
+        off, full, bytes(16), True, status, whole, cand
+    )
+    assert status.tolist() == [0, 0, 1, 2, 2, 2, 2, 0]
+    assert (n_whole, spaced, n_slow) == (1, 1, 5)  # "ab" and "" are too short
+    # words ada, lovelace; tokens ada, lovelace; the 2-gram "ada lovelace"
+    assert n_cand == 5
+    k = bytes(16)
+    one = np.empty(1, np.uint64)
+    lowered = pa.array(["ada lovelace"])
+    KERNELS.ev_hash(*ev._offsets_data(lowered), k, one)
+    assert whole[0] == one[0] and one[0] in cand[:n_cand]
+
+
+@needs_kernels
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["", "a", "A", "ab", "é", "abcdefghijklmnopq", "x y"]) | mixed))
+def test_distinct_is_arrows_unique(vals: list[str]) -> None:
+    arr = pa.array(["pad", *vals], pa.string()).slice(1)
+    with _path(True):
+        got = ev._distinct(arr)
+    assert got.to_pylist() == pc.unique(arr).to_pylist()

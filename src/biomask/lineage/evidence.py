@@ -11,7 +11,7 @@ They watch the batches going into and out of the Masker and keep only what may b
 * **k-anonymity**: counts of each combination of the (recorded) QI columns after masking;
   k is the smallest group. Only counts leave the collector, never the combinations.
 * **Residual-PII scan**: every distinct input value of a masked string column is hashed
-  to 64 bits under a random per-run seed that lives only in memory; every output string
+  to 64 bits under a random per-run key that lives only in memory; every output string
   value, each of its whitespace- and punctuation-separated tokens and its 2-3 token
   n-grams are hashed the same way. After the run the two sets are compared. A match is a
   *hit* (residual PII: e.g. a real name left inside free text) unless it is explained as a
@@ -26,17 +26,23 @@ They watch the batches going into and out of the Masker and keep only what may b
   discarded at the end, so the in-memory digests could not be reversed even if dumped.
 
 Cost is a few column-wide passes per batch, no Python loop over rows and no per-batch
-sort. Values are case-folded with Arrow's ASCII kernel and measured from their offsets
+sort. With the compiled helper (``_kernels.ev_scan``, switched off by
+``BIOMASK_NATIVE_KERNELS=0``), the values whose normal form is their ASCII lower case
+(ASCII, no whitespace but single spaces between words: nearly all) are classified,
+lower-cased, hashed and cut into candidates in one pass over the column's bytes; the
+others take the Arrow path below, in the same groups, so both paths keep the same digests.
+Without it, values are case-folded with Arrow's ASCII kernel and measured from their offsets
 when the column is ASCII; only values holding whitespace other than single spaces between
 words (or Unicode whitespace) go through the split-and-join normalization. Punctuation-
 separated words are cut from the bytes with NumPy (the ASCII letters and digits that RE2's
 ``[\\W_]+`` leaves), not with a regular expression. A column whose values repeat (judged on
-a sample) is made distinct first; others are hashed as they come (Polars' seeded 64-bit
-hash, under a random seed drawn per run) and their digests kept unsorted in NumPy arrays:
-duplicates are dropped only when the digests reach their budget, and the sets are compared
-once, at the end, through a bitmap of digest bits that lets only a few percent of the
-output digests through to the exact comparison. Memory grows with the number of distinct
-masked values, about 8 bytes each (plus the candidates of output strings), not with rows.
+a sample) is made distinct first; others are hashed as they come (a keyed multiply-xorshift
+hash, :func:`_digest`, the same in C and NumPy) and their digests kept unsorted in NumPy
+arrays: duplicates are dropped only when the digests reach their budget, and the sets are
+compared once, at the end, through a bitmap of digest bits that lets only a few percent of
+the output digests through to the exact comparison. Memory grows with the number of
+distinct masked values, about 8 bytes each (plus the candidates of output strings), not
+with rows.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from biomask.keys.primitives import _native
 from biomask.policies import Policy
 
 __all__ = ["TOP_CATEGORIES", "EvidenceCollector"]
@@ -80,6 +87,13 @@ OTHER_LABEL = "(other)"
 
 _U64_MAX = int(np.iinfo(np.uint64).max)
 _EMPTY = np.zeros(0, dtype=np.uint64)
+# The scan's digest (see _digest); the same constants as _evidence.c's.
+_P0 = np.uint64(0x9E3779B97F4A7C15)
+_P1 = np.uint64(0xBF58476D1CE4E5B9)
+_F1 = np.uint64(0xFF51AFD7ED558CCD)
+_F2 = np.uint64(0xC4CEB9FE1A85EC53)
+#: r -> the low r bytes of a 64-bit word (r = 0..8)
+_LOW = np.array([(1 << (8 * r)) - 1 for r in range(9)], dtype=np.uint64)
 #: byte -> whether it is one of ``_STRIP``'s (ASCII) characters
 _IS_STRIP = np.zeros(256, dtype=bool)
 _IS_STRIP[list(_STRIP.encode())] = True
@@ -132,7 +146,71 @@ def _offsets_data(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     off = np.frombuffer(bufs[1], dtype=width, count=arr.offset + len(arr) + 1)[arr.offset :]
     data = bufs[2]
     full = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-    return off.astype(np.int64), full
+    return off.astype(np.int64, copy=False), full
+
+
+def _key(seed: int) -> tuple[int, int]:
+    """The digest's two 64-bit key words, spread from the run's random seed (SplitMix64)."""
+    out = []
+    for i in (1, 2):
+        z = (seed + i * 0x9E3779B97F4A7C15) & _U64_MAX
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _U64_MAX
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _U64_MAX
+        out.append(z ^ (z >> 31))
+    return out[0], out[1]
+
+
+def _digest(off: np.ndarray, full: np.ndarray, k0: int, k1: int) -> np.ndarray:
+    """Keyed 64-bit digests of the values ``full[off[i]:off[i + 1]]`` (NumPy).
+
+    The same function as ``_kernels.ev_hash`` (bit for bit): the bytes in 8-byte
+    little-endian words (the last zero-padded) folded in with a multiply and a shift each,
+    ``h = ((h ^ w) * P1) ^ >> 31`` from ``h = k0 ^ len * P0``, and MurmurHash3's 64-bit
+    finalizer over ``h ^ k1``. The values are put in order of decreasing word count, so
+    that the values still that long at word ``j`` are a prefix (slices, not gathers), and
+    word ``j`` of all of them is read at once through an overlapping, unaligned view of
+    the bytes (an 8-byte word at every offset).
+    """
+    n = off.size - 1
+    if n <= 0:
+        return _EMPTY
+    base = int(off[0])
+    lens = np.diff(off)
+    padded = np.zeros(int(off[-1]) - base + 8, dtype=np.uint8)
+    padded[: padded.size - 8] = full[base : off[-1]]
+    at = np.ndarray((padded.size - 7,), dtype="<u8", buffer=padded, strides=(1,))
+    words = (lens + 7) >> 3
+    most = int(words.max())
+    order = np.argsort(
+        (most - words).astype(np.uint16 if most < 1 << 16 else np.int64), kind="stable"
+    )
+    start = off[:-1][order] - base
+    size = lens[order]
+    h = size.astype(np.uint64) * _P0
+    h ^= np.uint64(k0)
+    # live[j]: how many values have more than j words (a prefix, in this order)
+    live = n - np.cumsum(np.bincount(words, minlength=most + 1))
+    for j in range(most):
+        m, ends = int(live[j]), int(live[j + 1])
+        w = at[start[:m] + 8 * j].astype(np.uint64, copy=False)
+        if ends < m:  # the values whose last word this is: zero past their end
+            w[ends:m] &= _LOW[size[ends:m] - 8 * j]
+        x = h[:m]
+        x ^= w
+        x *= _P1
+        x ^= x >> np.uint64(31)
+    h ^= np.uint64(k1)
+    for mul in (_F1, _F2):
+        h ^= h >> np.uint64(33)
+        h *= mul
+    h ^= h >> np.uint64(33)
+    out = np.empty(n, dtype=np.uint64)
+    out[order] = h
+    return out
+
+
+def _key_bytes(k0: int, k1: int) -> bytes:
+    return k0.to_bytes(8, "little") + k1.to_bytes(8, "little")
 
 
 def _values(col: pa.Array | pa.ChunkedArray, hint: list[int] | None = None) -> pa.Array:
@@ -160,7 +238,25 @@ def _values(col: pa.Array | pa.ChunkedArray, hint: list[int] | None = None) -> p
         sample = col.take(pa.array(np.arange(0, n, n // _SAMPLE)[:_SAMPLE]))
         hint[:] = [int(2 * len(pc.unique(sample)) < len(sample)), _RESAMPLE]
     hint[1] -= 1
-    return pc.unique(col) if hint[0] else col
+    return _distinct(col) if hint[0] else col
+
+
+#: key of the compiled helper's table of distinct values (not of any digest that is kept):
+#: random so that no input can be made to pile up in one slot
+_DISTINCT_KEY = secrets.token_bytes(16)
+
+
+def _distinct(col: pa.Array) -> pa.Array:
+    """``pc.unique(col)`` (no nulls): the same values in the same order, with the compiled
+    helper about twice as fast on columns that repeat a few values (one hash and one
+    comparison per value, in a table that stays in cache)."""
+    native = _native()
+    if native is None:
+        return pc.unique(col)
+    off, full = _offsets_data(col)
+    first = np.empty(len(col), dtype=np.int64)
+    k = native.ev_distinct(off, full, _DISTINCT_KEY, first)
+    return col.take(pa.array(first[:k]))
 
 
 class _Scratch:
@@ -426,25 +522,89 @@ class EvidenceCollector:
 
     # -- hashing ---------------------------------------------------------------------------
     def _hash(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        """Seeded 64-bit digests of strings, one per value (none may be null).
+        """Keyed 64-bit digests of strings, one per value (none may be null).
 
-        Polars' column hash under this run's random seed: equal strings hash equal on the
-        input and the output side, which is all the scan compares, and it costs about 1 ms
-        per 100k values (the conversion to Polars included) where the keyed AES PRF took
-        115 ms. It is not collision resistant against someone who knows the seed, but a
+        This run's digest (see :func:`_digest`) under a key drawn at random per run:
+        equal strings hash equal on the input and the output side, which is all the scan
+        compares. It is not collision resistant against someone who knows the key, but a
         collision can only add a false hit (a reason to look), never hide a real one, and
-        the seed never leaves the run.
+        the key and the digests never leave the process and are dropped at ``finish``.
         """
         if not len(values):
             return _EMPTY
-        return pl.Series(values).hash(self._seed).to_numpy()
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        off, full = _offsets_data(values)
+        native = _native()
+        k0, k1 = _key(self._seed)
+        if native is None:
+            return _digest(off, full, k0, k1)
+        out = np.empty(len(values), dtype=np.uint64)
+        native.ev_hash(off, full, _key_bytes(k0, k1), out)
+        return out
+
+    def _digests(self, values: pa.Array, candidates: bool) -> np.ndarray:
+        """Digests of a column's normalized values (at least ``MIN_TOKEN`` characters long)
+        and, with ``candidates``, of their candidates; empty when no value is long enough.
+
+        With the compiled helper, the values whose normal form is their ASCII lower case
+        (most) are normalized, hashed and cut into candidates in one pass in C; the others
+        take the Arrow path, in the same parts as without it (the non-ASCII ones with the
+        plain values, the ones to split and join on their own), so both paths give the same
+        digests, duplicates included.
+        """
+        native = _native()
+        if native is None or not len(values):
+            normal = _normal(values, self._scratch)
+            whole = self._whole(normal)
+            if candidates and whole.size:
+                whole = np.concatenate([whole, self._candidates(normal)])
+            return whole
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        off, full = _offsets_data(values)
+        n = len(values)
+        # (scratch: their contents are copied out by the concatenations below)
+        status = self._scratch.take(3, n)
+        whole = self._scratch.take(4, 8 * n).view(np.uint64)
+        # at most 2 per byte and 2 per value: see _evidence.c's candidates()
+        cap = 2 * int(off[-1] - off[0]) + 2 * n if candidates else 0
+        cand = self._scratch.take(5, 8 * cap).view(np.uint64)
+        key = _key_bytes(*_key(self._seed))
+        n_whole, n_cand, spaced, n_slow = native.ev_scan(
+            off, full, key, candidates, status, whole, cand
+        )
+        wholes, cands = [whole[:n_whole]], [cand[:n_cand]]
+        if n_slow:
+            parts: list[tuple[pa.Array, bool]] = []
+            modes: list[bool | None] = []
+            other = np.flatnonzero(status == 1)
+            if other.size:  # with the plain values in the other path: their space mode
+                parts.append((pc.utf8_lower(values.take(pa.array(other))), False))
+                modes.append(bool(spaced))
+            split = np.flatnonzero(status == 2)
+            if split.size:
+                slow = values.take(pa.array(split))
+                words = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(slow))
+                joined = pc.binary_join(words, pa.scalar(" ", slow.type))
+                parts.append((pc.utf8_lower(joined), False))
+                modes.append(None)
+            wholes.append(self._whole(parts))
+            if candidates:
+                cands.append(self._candidates(parts, modes))
+        out = np.concatenate(wholes)
+        if candidates and out.size:
+            out = np.concatenate([out, *cands])
+        return out
 
     def _whole(self, parts: list[tuple[pa.Array, bool]]) -> np.ndarray:
         """Digests of the normalized values at least ``MIN_TOKEN`` characters long."""
         out = [self._hash(p)[_long(p, ascii_)] for p, ascii_ in parts if len(p)]
         return np.concatenate(out) if out else _EMPTY
 
-    def _candidates(self, parts: list[tuple[pa.Array, bool]]) -> np.ndarray:
+    def _candidates(
+        self, parts: list[tuple[pa.Array, bool]], spaced: list[bool | None] | None = None
+    ) -> np.ndarray:
         """Digests of every normalized output string's candidates besides the whole value.
 
         Its space-separated tokens stripped of punctuation and 2-3 token n-grams of those
@@ -452,9 +612,12 @@ class EvidenceCollector:
         separated words (a surname inside "lovelace-smith"), which are the runs of ASCII
         letters and digits of the whole value. A value without a space is its own only
         token: it is a candidate already unless it starts or ends with punctuation.
+        Whether a part holds a space is judged on its data unless ``spaced`` says it
+        (the parts the compiled helper leaves share the plain values' verdict).
         """
         out: list[np.ndarray] = []
-        for norm, ascii_ in parts:
+        modes = spaced or [None] * len(parts)
+        for (norm, ascii_), mode in zip(parts, modes, strict=True):
             if not len(norm):
                 continue
             words = _words(norm, self._scratch)
@@ -463,8 +626,10 @@ class EvidenceCollector:
             data = full[off[0] : off[-1]]
             if not data.size:
                 continue
-            spaces = self._scratch.take(0, data.size).view(bool)
-            if not np.count_nonzero(np.equal(data, 0x20, out=spaces)):
+            if mode is None:
+                spaces = self._scratch.take(0, data.size).view(bool)
+                mode = bool(np.count_nonzero(np.equal(data, 0x20, out=spaces)))
+            if not mode:
                 rel = off - off[0]
                 nonempty = rel[1:] > rel[:-1]
                 edged = np.zeros(len(norm), dtype=bool)
@@ -548,7 +713,7 @@ class EvidenceCollector:
             if not _is_string(col.type):
                 continue
             hint = self._hints.setdefault(f"in:{table}.{name}", [0, 0])
-            probes = self._whole(_normal(_values(col, hint), self._scratch))
+            probes = self._digests(_values(col, hint), candidates=False)
             if probes.size:
                 self._store(self._inputs, f"{table}.{name}", probes)
 
@@ -585,16 +750,14 @@ class EvidenceCollector:
             if not _is_string(col.type):
                 continue
             hint = self._hints.setdefault(f"out:{table}.{name}", [0, 0])
-            parts = _normal(_values(col, hint), self._scratch)
-            whole = self._whole(parts)
-            if not whole.size:
-                # every candidate is at most as long as its value: none would be kept
-                continue
             r = rules.get(name)
-            if r is None or r.op in _FREE_TEXT_OPS:
-                # Only free or passed-through text can hide a value inside a longer string;
-                # a token column is checked whole (and row by row, in place).
-                whole = np.concatenate([whole, self._candidates(parts)])
+            # Only free or passed-through text can hide a value inside a longer string; a
+            # token column is checked whole (and row by row, in place). A column with no
+            # value long enough has no candidate either (none is longer than its value).
+            free = r is None or r.op in _FREE_TEXT_OPS
+            whole = self._digests(_values(col, hint), candidates=free)
+            if not whole.size:
+                continue
             self._store(self._outputs, f"{table}.{name}", whole)
 
     def _check_in_place(self, table: str, batch: pa.RecordBatch, rules: dict[str, _Rule]) -> None:
@@ -742,8 +905,8 @@ class EvidenceCollector:
             "performed": True,
             "sampled_fraction": round(self.scan_fraction, 6),
             "method": (
-                "seeded 64-bit digests (Polars' column hash under a random per-run seed, "
-                "kept in memory only) of every distinct "
+                "keyed 64-bit digests (a multiply-xorshift hash under a random per-run "
+                "key, kept in memory only) of every distinct "
                 "value of masked string columns, compared with every output string value, "
                 "its whitespace/punctuation-separated tokens and 2-3 token n-grams "
                 f"(case-folded, at least {MIN_TOKEN} characters). A match inside a column of "
@@ -846,11 +1009,33 @@ def _common(
     if not any(ins) or not any(outs):
         return [_EMPTY] * len(inputs), [_EMPTY] * len(outputs)
 
+    native = _native()
+
     def keep(
         cols: list[list[np.ndarray]], among: list[list[np.ndarray]], shift: int
     ) -> list[list[np.ndarray]]:
-        bitmap = _Bitmap([a for arrs in among for a in arrs], shift)
-        return [[bitmap.maybe(a) for a in arrs] for arrs in cols]
+        if native is None:
+            bitmap = _Bitmap([a for arrs in among for a in arrs], shift)
+            return [[bitmap.maybe(a) for a in arrs] for arrs in cols]
+        # The same filter in C with one bit per slot (a table 8 times smaller, for the
+        # same slots per key): exact once the survivors are compared at the end.
+        n = sum(a.size for arrs in among for a in arrs)
+        bits = min(max(math.ceil(math.log2(max(n, 1) * 16)), 6), 25)
+        shift = min(shift, 64 - bits)
+        table = np.zeros(1 << (bits - 3), dtype=np.uint8)
+        for arrs in among:
+            for a in arrs:
+                native.ev_bits(np.ascontiguousarray(a), shift, table)
+        out: list[list[np.ndarray]] = []
+        for arrs in cols:
+            kept = []
+            for a in arrs:
+                a = np.ascontiguousarray(a)
+                hit = np.empty(a.size, dtype=bool)
+                native.ev_probe(table, shift, a, hit)
+                kept.append(a[hit])
+            out.append(kept)
+        return out
 
     outs = keep(outs, ins, 64)
     ins = keep(ins, outs, 0)

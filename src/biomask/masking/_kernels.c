@@ -27,6 +27,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_evidence.h"
 #include "_layout.h"
 
 #define BLOCK 16
@@ -692,6 +693,17 @@ static PyObject *shape(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
+    {"ev_hash", bm_ev_hash, METH_VARARGS,
+     "ev_hash(offsets, data, key, out) -> None: keyed 64-bit digest per value"},
+    {"ev_scan", bm_ev_scan, METH_VARARGS,
+     "ev_scan(offsets, data, key, candidates, status, whole, cand) -> (n_whole, n_cand, "
+     "spaced, n_slow): residual-PII scan digests of the plain ASCII values"},
+    {"ev_bits", bm_ev_bits, METH_VARARGS,
+     "ev_bits(keys, shift, table) -> None: sets the keys' bits in a one-bit-per-slot table"},
+    {"ev_probe", bm_ev_probe, METH_VARARGS,
+     "ev_probe(table, shift, probes, out) -> int: whether each probe's bit is set; how many"},
+    {"ev_distinct", bm_ev_distinct, METH_VARARGS,
+     "ev_distinct(offsets, data, key, first) -> int: first occurrence of each distinct value"},
     {"phone_scan", bm_phone_scan, METH_VARARGS,
      "phone_scan(offsets, data, keep, ndig) -> None: kept leading digits and digit count"},
     {"phone_positions", bm_phone_positions, METH_VARARGS,

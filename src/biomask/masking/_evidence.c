@@ -1,0 +1,556 @@
+/* Kernels for biomask.lineage.evidence's residual-PII scan.
+ *
+ * ev_hash: a keyed 64-bit digest of every value of an Arrow string column, as is.
+ * ev_scan: in one pass per value, what the collector's Arrow/NumPy path computes for the
+ *   values whose normal form is cheap to get exactly: ASCII values holding no whitespace
+ *   other than single spaces between words, whose normal form is their ASCII lower case.
+ *   For those it writes the digest of the normal form (when at least MIN_TOKEN bytes
+ *   long) and, on request, the digests of its candidates (words, tokens, 2-3 token
+ *   n-grams). Every other value is only classified, for the caller's Arrow path.
+ *
+ * The digest (the same as evidence.py's NumPy _digest, bit for bit): over the bytes in
+ * 8-byte little-endian words, the last one zero-padded,
+ *     h = k0 ^ (len * P0);  for each word w: h = (h ^ w) * P1; h ^= h >> 31;
+ *     h ^= k1;  h = fmix64(h)   (MurmurHash3's finalizer)
+ * with a random per-run key (k0, k1). It is not a cryptographic MAC: the digests never
+ * leave the process and are dropped at the end of the run, and a collision can only add
+ * a false hit, never hide a real one.
+ *
+ * ev_distinct: the first occurrence of every distinct value (Arrow's `unique`, exact).
+ * ev_bits / ev_probe: the one-bit-per-slot filters of the final set comparison.
+ *
+ * The classification is evidence.py's _needs_split, value by value (the NumPy version
+ * reads the bytes after a lead byte across a value's end; on valid UTF-8, which Arrow
+ * strings are, they are the value's own). Every offset is checked against the data
+ * buffer before any byte is read; every write is checked against the output's size.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "_evidence.h"
+
+#define MIN_TOKEN 3
+#define P0 0x9E3779B97F4A7C15ULL
+#define P1 0xBF58476D1CE4E5B9ULL
+
+enum { FAST = 0, OTHER = 1, SPLIT = 2 }; /* ev_scan's status per value */
+
+#define ONES 0x0101010101010101ULL
+#define HIGH 0x8080808080808080ULL
+
+static inline uint64_t load8(const unsigned char *p) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    w = __builtin_bswap64(w);
+#endif
+    return w;
+}
+
+/* The len bytes at p as a little-endian word, zero-padded when len < 8. Reads 8 bytes
+ * when p + 8 <= end (the end of the buffer p points into), else byte by byte. */
+static inline uint64_t load_le(const unsigned char *p, int64_t len, const unsigned char *end) {
+    if (len >= 8) return load8(p);
+    if (p + 8 <= end) return load8(p) & ((1ULL << (8 * len)) - 1);
+    uint64_t w = 0;
+    for (int64_t i = 0; i < len; i++) w |= (uint64_t)p[i] << (8 * i);
+    return w;
+}
+
+/* ASCII lower case of a word whose bytes are all below 0x80 (no carry crosses a byte). */
+static inline uint64_t lower8(uint64_t w) {
+    uint64_t upper = (w + 0x3F * ONES) & ~(w + 0x25 * ONES) & HIGH;
+    return w | (upper >> 2);
+}
+
+static inline uint64_t mix(uint64_t h, uint64_t w) {
+    h = (h ^ w) * P1;
+    return h ^ (h >> 31);
+}
+
+static inline uint64_t fin(uint64_t h, uint64_t k1) {
+    h ^= k1;
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDULL;
+    h ^= h >> 33;
+    h *= 0xC4CEB9FE1A85EC53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+static uint64_t digest(const unsigned char *p, int64_t len, const unsigned char *end, uint64_t k0,
+                       uint64_t k1, int lower) {
+    uint64_t h = k0 ^ ((uint64_t)len * P0);
+    if (len <= 16 && p + 16 <= end) {
+        /* the same, without a branch to mispredict: both words read, the empty ones
+         * (all of a value's past its end) left out by selection */
+        uint64_t m0 = len >= 8 ? ~0ULL : (1ULL << ((8 * len) & 63)) - 1;
+        uint64_t m1 = len >= 16 ? ~0ULL : len <= 8 ? 0 : (1ULL << ((8 * (len - 8)) & 63)) - 1;
+        uint64_t w0 = load8(p) & m0, w1 = load8(p + 8) & m1;
+        if (lower) w0 = lower8(w0), w1 = lower8(w1);
+        uint64_t h1 = mix(h, w0);
+        uint64_t h2 = mix(h1, w1);
+        h = len > 8 ? h2 : len > 0 ? h1 : h;
+        return fin(h, k1);
+    }
+    for (int64_t i = 0; i < len; i += 8) {
+        uint64_t w = load_le(p + i, len - i, end);
+        h = mix(h, lower ? lower8(w) : w);
+    }
+    return fin(h, k1);
+}
+
+static int check_offsets(Py_buffer *offs, Py_buffer *data, Py_ssize_t *n, int64_t *longest) {
+    if (offs->len % 8 != 0 || offs->len < 8) {
+        PyErr_SetString(PyExc_ValueError, "offsets must be int64, n + 1 of them");
+        return 0;
+    }
+    *n = offs->len / 8 - 1;
+    *longest = 0;
+    const int64_t *o = (const int64_t *)offs->buf;
+    for (Py_ssize_t v = 0; v < *n; v++) {
+        if (o[v] < 0 || o[v + 1] < o[v] || o[v + 1] > data->len) {
+            PyErr_SetString(PyExc_ValueError, "offsets out of bounds");
+            return 0;
+        }
+        if (o[v + 1] - o[v] > *longest) *longest = o[v + 1] - o[v];
+    }
+    return 1;
+}
+
+static int read_key(Py_buffer *key, uint64_t *k0, uint64_t *k1) {
+    if (key->len != 16) {
+        PyErr_SetString(PyExc_ValueError, "key must be 16 bytes");
+        return 0;
+    }
+    *k0 = load8((const unsigned char *)key->buf);
+    *k1 = load8((const unsigned char *)key->buf + 8);
+    return 1;
+}
+
+PyObject *bm_ev_hash(PyObject *self, PyObject *args) {
+    Py_buffer offs, data, key, out;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &key, &out)) return NULL;
+    PyObject *ret = NULL;
+    Py_ssize_t n;
+    int64_t longest;
+    uint64_t k0, k1;
+    if (!check_offsets(&offs, &data, &n, &longest) || !read_key(&key, &k0, &k1)) goto done;
+    if (out.len != n * 8) {
+        PyErr_SetString(PyExc_ValueError, "out must be uint64, one per value");
+        goto done;
+    }
+    const int64_t *o = (const int64_t *)offs.buf;
+    const unsigned char *p = (const unsigned char *)data.buf;
+    uint64_t *d = (uint64_t *)out.buf;
+    Py_BEGIN_ALLOW_THREADS
+    const unsigned char *end = p + data.len;
+    for (Py_ssize_t v = 0; v < n; v++) d[v] = digest(p + o[v], o[v + 1] - o[v], end, k0, k1, 0);
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
+/* evidence.py's _needs_split for the bytes of one word of a value (p[i..e)): SPLIT for a
+ * control byte, two bytes <= 0x20 in a row, one at either end of the value, or a Unicode
+ * whitespace character that Arrow splits on; OTHER for any other non-ASCII byte. */
+static int classify_bytes(const unsigned char *p, int64_t i, int64_t e, int64_t len, int *space) {
+    int other = 0;
+    for (; i < e; i++) {
+        unsigned char c = p[i];
+        if (c < 0x20) return SPLIT;
+        if (c == 0x20) {
+            if (i == 0 || i == len - 1 || p[i - 1] <= 0x20) return SPLIT;
+            *space = 1;
+        } else if (c >= 0x80) {
+            other = 1;
+            unsigned char b1 = i + 1 < len ? p[i + 1] : 0, b2 = i + 2 < len ? p[i + 2] : 0;
+            if ((c == 0xC2 && (b1 == 0x85 || b1 == 0xA0)) ||
+                (c == 0xE1 && b1 == 0x9A && b2 == 0x80) ||
+                (c == 0xE3 && b1 == 0x80 && b2 == 0x80) ||
+                (c == 0xE2 && b1 == 0x81 && b2 == 0x9F) ||
+                (c == 0xE2 && b1 == 0x80 &&
+                 ((b2 >= 0x80 && b2 <= 0x8A) || b2 == 0xA8 || b2 == 0xA9 || b2 == 0xAF)))
+                return SPLIT;
+        }
+    }
+    return other ? OTHER : FAST;
+}
+
+/* Classifies one value (its status, and whether it holds a space) and folds its lower-cased
+ * words into *h (the digest's state: only meaningful while the value is FAST). A word is
+ * looked at byte by byte only when it holds a control or non-ASCII byte; spaces are
+ * checked on the whole word (none at either end of the value, none next to another). */
+static int scan_value(const unsigned char *p, int64_t len, const unsigned char *end, int *space,
+                      uint64_t *h) {
+    int status = FAST;
+    /* spaces seen; bad: a space next to another or at either end (no branch per word) */
+    uint64_t state = *h, spaces = 0, bad = 0, before = 0x80; /* no space may come first */
+    for (int64_t i = 0; i < len; i += 8) {
+        int64_t left = len - i;
+        uint64_t w = load_le(p + i, left, end);
+        uint64_t real = left >= 8 ? HIGH : HIGH & ((1ULL << (8 * left)) - 1);
+        if (((w - 0x20 * ONES) & ~w & real) | (w & real)) { /* a byte < 0x20 or >= 0x80 */
+            int got = classify_bytes(p, i, left >= 8 ? i + 8 : len, len, space);
+            if (got == SPLIT) return SPLIT;
+            if (got == OTHER) status = OTHER;
+            before = left > 8 && p[i + 7] == 0x20 ? 0x80 : 0;
+        } else {
+            uint64_t t = w ^ (0x20 * ONES); /* exactly the 0x20 bytes (all below 0x80 here) */
+            uint64_t z = ~(((t & 0x7F7F7F7F7F7F7F7FULL) + 0x7F7F7F7F7F7F7F7FULL) | t) & real;
+            uint64_t last = left <= 8 ? 0x80ULL << ((8 * (left - 1)) & 63) : 0;
+            bad |= (z & (z << 8)) | (z & before) | (z & last);
+            spaces |= z;
+            before = (z >> 56) & 0x80;
+        }
+        state = mix(state, lower8(w));
+    }
+    if (bad) return SPLIT;
+    *space |= spaces != 0;
+    *h = state;
+    return status;
+}
+
+/* Whether any byte of p[0..len) is <= 0x20 or >= 0x80. */
+static int any_special(const unsigned char *p, int64_t len) {
+    uint64_t acc = 0;
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w = load8(p + i);
+        acc |= ((w - 0x21 * ONES) & ~w) | w;
+    }
+    for (; i < len; i++) acc |= p[i] <= 0x20 || p[i] >= 0x80 ? HIGH : 0;
+    return (acc & HIGH) != 0;
+}
+
+static unsigned char STRIP[256], ALNUM[256];
+
+static void init_tables(void) {
+    static int done = 0;
+    if (done) return;
+    for (const char *c = "\"'`.,;:!?()[]{}<>"; *c; c++) STRIP[(unsigned char)*c] = 1;
+    for (int c = '0'; c <= '9'; c++) ALNUM[c] = 1;
+    for (int c = 'a'; c <= 'z'; c++) ALNUM[c] = 1;
+    done = 1;
+}
+
+#define is_strip(c) STRIP[(unsigned char)(c)]
+#define is_alnum(c) ALNUM[(unsigned char)(c)]
+
+typedef struct {
+    uint64_t k0, k1;
+    uint64_t *cand;
+    Py_ssize_t cap, used;
+    unsigned char *gram; /* room for a value's length + 8 bytes */
+} cands;
+
+static int emit(cands *c, const unsigned char *p, int64_t len) {
+    /* (p lies in the lower-cased copy or the n-gram buffer: 8 spare bytes after both) */
+    const unsigned char *end = p + len + 8;
+    if (len < MIN_TOKEN) return 1;
+    if (c->used == c->cap) return 0;
+    c->cand[c->used++] = digest(p, len, end, c->k0, c->k1, 0);
+    return 1;
+}
+
+/* The candidates of one lower-cased FAST value besides itself: evidence.py's _words,
+ * then its tokens and n-grams (spaced) or its punctuation-trimmed self (not spaced). */
+static int candidates(cands *c, const unsigned char *p, int64_t len, int spaced) {
+    int64_t i = 0;
+    while (i < len) {
+        if (!is_alnum(p[i])) {
+            i++;
+            continue;
+        }
+        int64_t s = i;
+        while (i < len && is_alnum(p[i])) i++;
+        if (!emit(c, p + s, i - s)) return 0;
+    }
+    if (!spaced) {
+        if (len > 0 && (is_strip(p[0]) || is_strip(p[len - 1]))) {
+            int64_t s = 0, e = len;
+            while (s < e && is_strip(p[s])) s++;
+            while (e > s && is_strip(p[e - 1])) e--;
+            if (!emit(c, p + s, e - s)) return 0;
+        }
+        return 1;
+    }
+    /* tokens: split on ' ', each trimmed; (start, length) of the last three */
+    int64_t ts[3] = {0, 0, 0}, tl[3] = {0, 0, 0};
+    int64_t count = 0, start = 0;
+    for (int64_t j = 0; j <= len; j++) {
+        if (j < len && p[j] != ' ') continue;
+        int64_t s = start, e = j;
+        start = j + 1;
+        while (s < e && is_strip(p[s])) s++;
+        while (e > s && is_strip(p[e - 1])) e--;
+        ts[0] = ts[1], tl[0] = tl[1];
+        ts[1] = ts[2], tl[1] = tl[2];
+        ts[2] = s, tl[2] = e - s;
+        count++;
+        if (!emit(c, p + s, e - s)) return 0;
+        for (int k = 1; k <= 2 && k < count; k++) { /* the 2-gram, then the 3-gram */
+            int64_t at = 0;
+            for (int t = 2 - k; t <= 2; t++) {
+                if (t > 2 - k) c->gram[at++] = ' ';
+                memcpy(c->gram + at, p + ts[t], (size_t)tl[t]);
+                at += tl[t];
+            }
+            if (!emit(c, c->gram, at)) return 0;
+        }
+    }
+    return 1;
+}
+
+PyObject *bm_ev_scan(PyObject *self, PyObject *args) {
+    Py_buffer offs, data, key, status, whole, cand;
+    int want;
+    if (!PyArg_ParseTuple(args, "y*y*y*pw*w*w*", &offs, &data, &key, &want, &status, &whole,
+                          &cand))
+        return NULL;
+    PyObject *ret = NULL;
+    Py_ssize_t n;
+    int64_t longest;
+    cands c = {0, 0, NULL, 0, 0, NULL};
+    unsigned char *lower = NULL;
+    if (!check_offsets(&offs, &data, &n, &longest) || !read_key(&key, &c.k0, &c.k1)) goto done;
+    if (status.len != n || whole.len != n * 8 || cand.len % 8 != 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "status must be one byte and whole one uint64 per value; cand uint64");
+        goto done;
+    }
+    init_tables();
+    lower = calloc((size_t)longest + 8, 1);
+    c.gram = calloc((size_t)longest + 8, 1);
+    if (lower == NULL || c.gram == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    c.cand = (uint64_t *)cand.buf;
+    c.cap = cand.len / 8;
+    const int64_t *o = (const int64_t *)offs.buf;
+    const unsigned char *p = (const unsigned char *)data.buf, *end = p + data.len;
+    unsigned char *st = (unsigned char *)status.buf;
+    uint64_t *wh = (uint64_t *)whole.buf;
+    Py_ssize_t n_whole = 0, n_slow = 0;
+    int spaced = 0, ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    int64_t span = n ? o[n] - o[0] : 0;
+    /* all of the values' bytes at once: most columns have no space, control or non-ASCII
+     * byte in them, and then every value is FAST */
+    int special = n && any_special(p + o[0], span);
+    for (Py_ssize_t v = 0; v < n; v++) {
+        int space = 0; /* (set by scan_value and classify_bytes) */
+        int64_t len = o[v + 1] - o[v];
+        if (!special) {
+            st[v] = FAST;
+            if (len >= MIN_TOKEN) wh[n_whole++] = digest(p + o[v], len, end, c.k0, c.k1, 1);
+            continue;
+        }
+        uint64_t h = c.k0 ^ ((uint64_t)len * P0);
+        st[v] = (unsigned char)scan_value(p + o[v], len, end, &space, &h);
+        if (st[v] != SPLIT) spaced |= space;
+        if (st[v] == FAST && len >= MIN_TOKEN) wh[n_whole++] = fin(h, c.k1);
+        n_slow += st[v] != FAST;
+    }
+    /* candidates: only now is it known whether the plain values hold a space */
+    for (Py_ssize_t v = 0; v < n && ok && want; v++) {
+        if (st[v] != FAST) continue;
+        int64_t len = o[v + 1] - o[v];
+        const unsigned char *q = p + o[v];
+        for (int64_t i = 0; i < len; i += 8) {
+            uint64_t w = lower8(load_le(q + i, len - i, end));
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+            w = __builtin_bswap64(w);
+#endif
+            memcpy(lower + i, &w, 8);
+        }
+        ok = candidates(&c, lower, len, spaced);
+    }
+    Py_END_ALLOW_THREADS
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "cand: too small for the candidates");
+        goto done;
+    }
+    ret = Py_BuildValue("nnin", n_whole, c.used, spaced, n_slow);
+done:
+    free(lower);
+    free(c.gram);
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&status);
+    PyBuffer_Release(&whole);
+    PyBuffer_Release(&cand);
+    return ret;
+}
+
+/* The set comparison at the end of the scan: a table of one bit per slot, indexed by the
+ * bits of each digest from `shift` up (the digests are uniform). ev_bits sets the keys'
+ * bits; ev_probe says, per probe, whether its bit is set (a member, or one of the few
+ * others that share a slot). */
+static int check_table(Py_buffer *table, Py_ssize_t shift, uint64_t *mask) {
+    uint64_t slots = (uint64_t)table->len * 8;
+    if (table->len < 8 || (slots & (slots - 1)) != 0 || shift < 0 || shift > 63) {
+        PyErr_SetString(PyExc_ValueError, "table: a power of two bytes, at least 8; shift: 0-63");
+        return 0;
+    }
+    *mask = slots - 1;
+    return 1;
+}
+
+PyObject *bm_ev_bits(PyObject *self, PyObject *args) {
+    Py_buffer keys, table;
+    Py_ssize_t shift;
+    if (!PyArg_ParseTuple(args, "y*nw*", &keys, &shift, &table)) return NULL;
+    PyObject *ret = NULL;
+    uint64_t mask;
+    if (!check_table(&table, shift, &mask)) goto done;
+    if (keys.len % 8 != 0) {
+        PyErr_SetString(PyExc_ValueError, "keys must be uint64");
+        goto done;
+    }
+    const uint64_t *k = (const uint64_t *)keys.buf;
+    unsigned char *t = (unsigned char *)table.buf;
+    Py_ssize_t n = keys.len / 8;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t s = (k[i] >> shift) & mask;
+        t[s >> 3] |= (unsigned char)(1u << (s & 7));
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&table);
+    return ret;
+}
+
+PyObject *bm_ev_probe(PyObject *self, PyObject *args) {
+    Py_buffer table, probes, out;
+    Py_ssize_t shift;
+    if (!PyArg_ParseTuple(args, "y*ny*w*", &table, &shift, &probes, &out)) return NULL;
+    PyObject *ret = NULL;
+    uint64_t mask;
+    if (!check_table(&table, shift, &mask)) goto done;
+    if (probes.len % 8 != 0 || out.len != probes.len / 8) {
+        PyErr_SetString(PyExc_ValueError, "probes must be uint64, out one byte per probe");
+        goto done;
+    }
+    const uint64_t *k = (const uint64_t *)probes.buf;
+    const unsigned char *t = (const unsigned char *)table.buf;
+    unsigned char *o = (unsigned char *)out.buf;
+    Py_ssize_t n = out.len, hits = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t s = (k[i] >> shift) & mask;
+        o[i] = (t[s >> 3] >> (s & 7)) & 1;
+        hits += o[i];
+    }
+    Py_END_ALLOW_THREADS
+    ret = PyLong_FromSsize_t(hits);
+done:
+    PyBuffer_Release(&table);
+    PyBuffer_Release(&probes);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
+/* ev_distinct: the index of the first occurrence of every distinct value, in order (what
+ * Arrow's hash `unique` keeps), for the columns whose values repeat. An open-addressing
+ * table of (digest, index) grows as distinct values come; equal digests are confirmed
+ * byte for byte, so the result is exact whatever the digests. */
+typedef struct {
+    uint64_t digest;
+    int64_t first; /* -1: empty */
+} slot;
+
+static int grow(slot **table, uint64_t *mask) {
+    uint64_t size = (*mask + 1) * 2;
+    slot *bigger = malloc(size * sizeof(slot));
+    if (bigger == NULL) return 0;
+    for (uint64_t i = 0; i < size; i++) bigger[i].first = -1;
+    for (uint64_t i = 0; i <= *mask; i++) {
+        if ((*table)[i].first < 0) continue;
+        uint64_t s = (*table)[i].digest & (size - 1);
+        while (bigger[s].first >= 0) s = (s + 1) & (size - 1);
+        bigger[s] = (*table)[i];
+    }
+    free(*table);
+    *table = bigger;
+    *mask = size - 1;
+    return 1;
+}
+
+static inline int same(const unsigned char *a, const unsigned char *b, int64_t len) {
+    if (len > 16) return memcmp(a, b, (size_t)len) == 0;
+    for (int64_t i = 0; i < len; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
+}
+
+PyObject *bm_ev_distinct(PyObject *self, PyObject *args) {
+    Py_buffer offs, data, key, first;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &key, &first)) return NULL;
+    PyObject *ret = NULL;
+    Py_ssize_t n;
+    int64_t longest;
+    uint64_t k0, k1, mask = 255;
+    slot *table = NULL;
+    if (!check_offsets(&offs, &data, &n, &longest) || !read_key(&key, &k0, &k1)) goto done;
+    if (first.len != n * 8) {
+        PyErr_SetString(PyExc_ValueError, "first must be int64, one per value");
+        goto done;
+    }
+    table = malloc((mask + 1) * sizeof(slot));
+    if (table == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (uint64_t i = 0; i <= mask; i++) table[i].first = -1;
+    const int64_t *o = (const int64_t *)offs.buf;
+    const unsigned char *p = (const unsigned char *)data.buf, *end = p + data.len;
+    int64_t *f = (int64_t *)first.buf;
+    Py_ssize_t count = 0;
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t v = 0; v < n && ok; v++) {
+        int64_t len = o[v + 1] - o[v];
+        uint64_t d = digest(p + o[v], len, end, k0, k1, 0);
+        uint64_t s = d & mask;
+        for (;; s = (s + 1) & mask) {
+            slot *t = &table[s];
+            if (t->first < 0) {
+                t->digest = d;
+                t->first = v;
+                f[count++] = v;
+                if ((uint64_t)count * 2 > mask) ok = grow(&table, &mask);
+                break;
+            }
+            int64_t u = t->first;
+            if (t->digest == d && o[u + 1] - o[u] == len && same(p + o[u], p + o[v], len)) break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (!ok)
+        PyErr_NoMemory();
+    else
+        ret = PyLong_FromSsize_t(count);
+done:
+    free(table);
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&first);
+    return ret;
+}
