@@ -154,15 +154,8 @@ def run_mask(
             )
             record.operator_counts[op.name] = record.operator_counts.get(op.name, 0) + 1
     recorder = LineageRecorder(lineage, keyring, record, policy=policy)
-    # The first table starts decoding now, on its own thread, while lineage hashes the
-    # inputs for the "started" manifest.
-    first = next(iter(sources))
-    readers = {first: ReadAhead(sources[first].batches())}
-    try:
-        recorder.start()
-    except BaseException:
-        readers[first].close()
-        raise
+    recorder.start()
+    readers: dict[str, ReadAhead] = {}
 
     evidence = _Evidence(recorder)
     sinks: list[Sink] = []
