@@ -28,7 +28,11 @@ setup(
                 "src/biomask/masking/_layout.c",
                 "src/biomask/masking/_evidence.c",
             ],
-            depends=["src/biomask/masking/_layout.h", "src/biomask/masking/_evidence.h"],
+            depends=[
+                "src/biomask/masking/_buffers.h",
+                "src/biomask/masking/_layout.h",
+                "src/biomask/masking/_evidence.h",
+            ],
             libraries=["crypto"],
             extra_compile_args=["-O3", "-std=c99", "-Wall"],
             optional=True,

@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_buffers.h"
 #include "_evidence.h"
 
 #define MIN_TOKEN 3
@@ -103,21 +104,13 @@ static uint64_t digest(const unsigned char *p, int64_t len, const unsigned char 
     return fin(h, k1);
 }
 
+/* Valid offsets (see _buffers.h), and the longest value's length. */
 static int check_offsets(Py_buffer *offs, Py_buffer *data, Py_ssize_t *n, int64_t *longest) {
-    if (offs->len % 8 != 0 || offs->len < 8) {
-        PyErr_SetString(PyExc_ValueError, "offsets must be int64, n + 1 of them");
-        return 0;
-    }
-    *n = offs->len / 8 - 1;
-    *longest = 0;
+    if (!offsets_ok(offs, data->len, n)) return 0;
     const int64_t *o = (const int64_t *)offs->buf;
-    for (Py_ssize_t v = 0; v < *n; v++) {
-        if (o[v] < 0 || o[v + 1] < o[v] || o[v + 1] > data->len) {
-            PyErr_SetString(PyExc_ValueError, "offsets out of bounds");
-            return 0;
-        }
+    *longest = 0;
+    for (Py_ssize_t v = 0; v < *n; v++)
         if (o[v + 1] - o[v] > *longest) *longest = o[v + 1] - o[v];
-    }
     return 1;
 }
 
@@ -132,6 +125,7 @@ static int read_key(Py_buffer *key, uint64_t *k0, uint64_t *k1) {
 }
 
 PyObject *bm_ev_hash(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer offs, data, key, out;
     if (!PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &key, &out)) return NULL;
     PyObject *ret = NULL;
@@ -312,6 +306,7 @@ static int candidates(cands *c, const unsigned char *p, int64_t len, int spaced)
 }
 
 PyObject *bm_ev_scan(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer offs, data, key, status, whole, cand;
     int want;
     if (!PyArg_ParseTuple(args, "y*y*y*pw*w*w*", &offs, &data, &key, &want, &status, &whole,
@@ -409,6 +404,7 @@ static int check_table(Py_buffer *table, Py_ssize_t shift, uint64_t *mask) {
 }
 
 PyObject *bm_ev_bits(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer keys, table;
     Py_ssize_t shift;
     if (!PyArg_ParseTuple(args, "y*nw*", &keys, &shift, &table)) return NULL;
@@ -437,6 +433,7 @@ done:
 }
 
 PyObject *bm_ev_probe(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer table, probes, out;
     Py_ssize_t shift;
     if (!PyArg_ParseTuple(args, "y*ny*w*", &table, &shift, &probes, &out)) return NULL;
@@ -500,6 +497,7 @@ static inline int same(const unsigned char *a, const unsigned char *b, int64_t l
 }
 
 PyObject *bm_ev_distinct(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer offs, data, key, first;
     if (!PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &key, &first)) return NULL;
     PyObject *ret = NULL;

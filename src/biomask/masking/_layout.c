@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_buffers.h"
 #include "_layout.h"
 
 /* ITU-T E.164 two-digit country calling codes; as in tokens.py's _CC2. */
@@ -54,28 +55,13 @@ static void scan_one(const unsigned char *p, int64_t len, int64_t *keep, int64_t
     *ndig = count;
 }
 
-static int check_offsets(Py_buffer *offs, Py_buffer *data, Py_ssize_t *n) {
-    if (offs->len % 8 != 0 || offs->len < 8) {
-        PyErr_SetString(PyExc_ValueError, "offsets must be int64, n + 1 of them");
-        return 0;
-    }
-    *n = offs->len / 8 - 1;
-    const int64_t *o = (const int64_t *)offs->buf;
-    for (Py_ssize_t v = 0; v < *n; v++) {
-        if (o[v] < 0 || o[v + 1] < o[v] || o[v + 1] > data->len) {
-            PyErr_SetString(PyExc_ValueError, "offsets out of bounds");
-            return 0;
-        }
-    }
-    return 1;
-}
-
 PyObject *bm_phone_scan(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer offs, data, keep, ndig;
     if (!PyArg_ParseTuple(args, "y*y*w*w*", &offs, &data, &keep, &ndig)) return NULL;
     PyObject *ret = NULL;
     Py_ssize_t n;
-    if (!check_offsets(&offs, &data, &n)) goto done;
+    if (!offsets_ok(&offs, data.len, &n)) goto done;
     if (keep.len != n * 8 || ndig.len != n * 8) {
         PyErr_SetString(PyExc_ValueError, "keep and ndig must be int64, one per value");
         goto done;
@@ -97,11 +83,12 @@ done:
 }
 
 PyObject *bm_phone_positions(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer offs, data, keep, at;
     if (!PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &keep, &at)) return NULL;
     PyObject *ret = NULL;
     Py_ssize_t n;
-    if (!check_offsets(&offs, &data, &n)) goto done;
+    if (!offsets_ok(&offs, data.len, &n)) goto done;
     if (keep.len != n * 8 || at.len % 8 != 0) {
         PyErr_SetString(PyExc_ValueError, "keep must be int64, one per value; at int64");
         goto done;
@@ -174,11 +161,12 @@ static void email_one(const unsigned char *p, int64_t len, unsigned char *ok, in
 }
 
 PyObject *bm_email_scan(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer offs, data, ok, local;
     if (!PyArg_ParseTuple(args, "y*y*w*w*", &offs, &data, &ok, &local)) return NULL;
     PyObject *ret = NULL;
     Py_ssize_t n;
-    if (!check_offsets(&offs, &data, &n)) goto done;
+    if (!offsets_ok(&offs, data.len, &n)) goto done;
     if (ok.len != n || local.len != n * 8) {
         PyErr_SetString(PyExc_ValueError, "ok must be one byte and local one int64 per value");
         goto done;

@@ -352,7 +352,7 @@ def phone_digits(values: pa.Array) -> PhoneDigits:
         values = values.cast(pa.string())
     bufs = values.buffers()
     raw = np.frombuffer(bufs[1], dtype=np.int32)[values.offset : values.offset + n + 1]
-    offsets = raw.astype(np.int64) - (int(raw[0]) if n else 0)
+    offsets = raw.astype(np.int64) - int(raw[0])
     full = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and n else None
     data = full[int(raw[0]) : int(raw[-1])].copy() if full is not None else np.zeros(0, np.uint8)
     native = _native()
