@@ -56,8 +56,32 @@ def _check_details(details: dict[str, Any]) -> Details:
     return out
 
 
-def replay_chain(directory: Path) -> tuple[ChainState, list[dict[str, Any]]]:
+#: path -> (file identity, state, entries) of the last chain this process verified or wrote.
+#: A run reads the chain four times (before START, at each audit entry it appends, and for
+#: the dossier); checking every line each time made a run's cost grow four times as fast as
+#: the log. The cache holds only while the file is exactly as this process left it: same
+#: device, inode, size, modification and status-change times. Any write, or any attempt to
+#: put a modification time back, moves the status-change time, which no user can set, so
+#: another writer's change is always checked again. ``biomask audit verify`` never uses it.
+_VERIFIED: dict[Path, tuple[tuple[int, ...], ChainState, list[dict[str, Any]]]] = {}
+
+
+def _identity(path: Path) -> tuple[int, ...] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def replay_chain(
+    directory: Path, *, reuse: bool = False
+) -> tuple[ChainState, list[dict[str, Any]]]:
     """Re-read ``audit.jsonl`` and check every link; return the state and the entries.
+
+    With ``reuse``, a chain this process already checked (or extended) and that no one
+    changed since is not checked again (see :data:`_VERIFIED`); writers use that, the
+    verifier does not.
 
     Raises
     ------
@@ -68,6 +92,10 @@ def replay_chain(directory: Path) -> tuple[ChainState, list[dict[str, Any]]]:
     path = directory / AUDIT_FILE
     if not path.exists():
         return ChainState(0, GENESIS), []
+    ident = _identity(path)
+    known = _VERIFIED.get(path.resolve()) if reuse else None
+    if known is not None and ident is not None and known[0] == ident:
+        return known[1], [dict(e) for e in known[2]]
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -99,7 +127,10 @@ def replay_chain(directory: Path) -> tuple[ChainState, list[dict[str, Any]]]:
             )
         prev = sha256_hex(line)
         entries.append(entry)
-    return ChainState(len(entries), prev), entries
+    state = ChainState(len(entries), prev)
+    if ident is not None and ident == _identity(path):  # unchanged while it was read
+        _VERIFIED[path.resolve()] = (ident, state, [dict(e) for e in entries])
+    return state, entries
 
 
 def read_chain(directory: Path) -> ChainState:
@@ -111,7 +142,7 @@ def read_chain(directory: Path) -> ChainState:
         If the existing log does not replay: appending to it would bless the tampering.
     """
     try:
-        state, _ = replay_chain(directory)
+        state, _ = replay_chain(directory, reuse=True)
     except VerificationError as exc:
         raise LineageError(f"refusing to extend a broken audit log: {exc}") from None
     return state
@@ -128,6 +159,9 @@ def append_entry(directory: Path, kind: str, details: dict[str, Any]) -> ChainSt
         Flat strings and integers only: ids, counts, hashes; never a data value or key.
     """
     state = read_chain(directory)
+    path = directory / AUDIT_FILE
+    known = _VERIFIED.get(path.resolve()) if path.exists() else None
+    before = _identity(path)
     entry = {
         "seq": state.count,
         "prev": state.head,
@@ -136,7 +170,6 @@ def append_entry(directory: Path, kind: str, details: dict[str, Any]) -> ChainSt
         "details": _check_details(details),
     }
     line = canonical(entry)
-    path = directory / AUDIT_FILE
     try:
         with path.open("ab") as fh:
             fh.write(line + b"\n")
@@ -144,4 +177,14 @@ def append_entry(directory: Path, kind: str, details: dict[str, Any]) -> ChainSt
             os.fsync(fh.fileno())
     except OSError as exc:
         raise LineageError(f"cannot append to {path}: {exc.strerror}") from None
-    return ChainState(state.count + 1, sha256_hex(line))
+    new = ChainState(state.count + 1, sha256_hex(line))
+    after = _identity(path)
+    before_size = before[2] if before is not None else 0
+    checked = state.count == 0 or (known is not None and known[0] == before)
+    if checked and after is not None and after[2] == before_size + len(line) + 1:
+        # what this process verified, plus the one line it wrote itself
+        old_entries = known[2] if known is not None else []
+        _VERIFIED[path.resolve()] = (after, new, [*old_entries, dict(entry)])
+    else:
+        _VERIFIED.pop(path.resolve(), None)
+    return new

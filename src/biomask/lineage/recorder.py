@@ -251,7 +251,7 @@ class LineageRecorder:
         if err is not None:
             extra["error"] = err[0]
         chain = self._audit("complete" if error is None else "fail", extra)
-        _, entries = audit.replay_chain(self.directory)
+        _, entries = audit.replay_chain(self.directory, reuse=True)
         dossier = build_dossier(
             r,
             status=status,
