@@ -8,8 +8,8 @@ an AES computation done by hand here with ``cryptography``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from biomask.keys import primitives
 from biomask.keys.handles import KeyHandle
 from biomask.keys.primitives import DeterministicPrf, native_available, ragged_stream
+from tests.native import kernels_path
 
 SECRET = bytes(range(32))
 PRF = DeterministicPrf(KeyHandle(SECRET, "00", "test"))
@@ -32,18 +33,9 @@ PATHS = ["native", "numpy"] if BUILT else ["numpy"]
 needs_native = pytest.mark.skipif(not BUILT, reason="biomask.masking._kernels was not built")
 
 
-@contextmanager
-def _path(name: str) -> Iterator[None]:
-    """Run the body on one path; an env var, not a fixture, so it works inside @given."""
-    saved = os.environ.get("BIOMASK_NATIVE_KERNELS")
-    os.environ["BIOMASK_NATIVE_KERNELS"] = "1" if name == "native" else "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["BIOMASK_NATIVE_KERNELS"]
-        else:
-            os.environ["BIOMASK_NATIVE_KERNELS"] = saved
+def _path(name: str) -> AbstractContextManager[None]:
+    """Run the body on one path (``"native"`` or ``"numpy"``)."""
+    return kernels_path(name == "native")
 
 
 def _both(fn: Callable[[], Any]) -> list[Any]:

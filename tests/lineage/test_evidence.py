@@ -8,10 +8,8 @@ bitmap-filtered set comparison) are also checked on their own against what they 
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -26,6 +24,7 @@ from biomask.lineage import evidence as ev
 from biomask.lineage.evidence import EvidenceCollector
 from biomask.policies import Policy, policy_from_dict
 from tests.lineage._evidence_reference import EvidenceCollector as Reference
+from tests.native import kernels_path
 
 # Every character Arrow's utf8 whitespace kernels split on (checked below), and others
 # that look like it but are not (ZWSP, BOM), next to letters that change length or bytes
@@ -65,18 +64,9 @@ PATHS = [True, False] if KERNELS is not None else [False]
 needs_kernels = pytest.mark.skipif(KERNELS is None, reason="compiled kernels not built")
 
 
-@contextmanager
-def _path(native: bool) -> Iterator[None]:
+def _path(native: bool) -> AbstractContextManager[None]:
     """Run the block on the compiled helper or on the fallback (``BIOMASK_NATIVE_KERNELS``)."""
-    old = os.environ.get("BIOMASK_NATIVE_KERNELS")
-    os.environ["BIOMASK_NATIVE_KERNELS"] = "1" if native else "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["BIOMASK_NATIVE_KERNELS"]
-        else:
-            os.environ["BIOMASK_NATIVE_KERNELS"] = old
+    return kernels_path(native)
 
 
 @pytest.fixture(scope="module")

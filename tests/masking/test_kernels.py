@@ -9,10 +9,8 @@ lengths, sliced and large arrays.
 
 from __future__ import annotations
 
-import os
 import string
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -23,23 +21,15 @@ from hypothesis import strategies as st
 
 from biomask.keys import DeterministicPrf, Keyring, primitives
 from biomask.masking.shape import _class_table, shape_tokens
+from tests.native import kernels_path
 
 PRF = DeterministicPrf(Keyring.ephemeral().derive("tokenize", "kernels"))
 BUILT = primitives._load_kernels() is not None
 pytestmark = pytest.mark.skipif(not BUILT, reason="biomask.masking._kernels was not built")
 
 
-@contextmanager
-def _path(native: bool) -> Iterator[None]:
-    saved = os.environ.get("BIOMASK_NATIVE_KERNELS")
-    os.environ["BIOMASK_NATIVE_KERNELS"] = "1" if native else "0"
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["BIOMASK_NATIVE_KERNELS"]
-        else:
-            os.environ["BIOMASK_NATIVE_KERNELS"] = saved
+def _path(native: bool) -> AbstractContextManager[None]:
+    return kernels_path(native)
 
 
 def _agree(values: pa.Array, **kw: Any) -> list[str | None]:

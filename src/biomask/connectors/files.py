@@ -1056,10 +1056,8 @@ class _Writer:
         self.fh = fh
         self.fmt = fmt
         self.schema = schema
-        self._w: Any = None
-        if fmt == "parquet":
-            pass  # opened at the first batch, whose contents choose the encodings
-        elif fmt == "arrow":
+        self._w: Any = None  # Parquet: opened at the first batch, which chooses the encodings
+        if fmt == "arrow":
             # Uncompressed so training jobs can memory-map the file zero-copy.
             self._w = ipc.new_file(fh, schema)
         elif fmt == "csv":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute
 import pyarrow.parquet as pq
 
+from biomask.connectors.overlap import read_ahead
 from biomask.errors import MissingDependencyError, VerificationError
 
 try:
@@ -151,7 +151,9 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
                 ):
                     yield batch.replace_schema_metadata(meta)
 
-        for batch in _prefetch(read(), depth=2):
+        # batches N + 1, N + 2 decode on a thread while this one is decrypted (ciphertext
+        # only: the thread never sees a plaintext)
+        for batch in read_ahead(read(), depth=2):
             yield self._tensors(unmasker, batch)
 
     def _tensors(self, unmasker: Any, batch: pa.RecordBatch) -> dict[str, Any]:
@@ -188,50 +190,6 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
         for c in self.columns:
             out[c] = batch.column(c).to_pylist()
         return out
-
-
-_DONE = object()
-
-
-def _prefetch(source: Iterator[pa.RecordBatch], depth: int) -> Iterator[pa.RecordBatch]:
-    """Read the next ``depth`` batches on a thread while the caller decrypts this one.
-
-    Parquet decoding and the AES-GCM helper both run without the GIL, so reading batch
-    N + 1 overlaps with decrypting batch N; memory stays bounded by ``depth`` batches
-    (ciphertext only: the thread never sees a plaintext). An error on the thread is
-    raised here, in the caller.
-    """
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False  # the consumer went away: drop the item and end
-
-    def run() -> None:
-        try:
-            for item in source:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(exc)
-
-    thread = threading.Thread(target=run, name="biomask-feed-read", daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _view(buf: pa.Buffer | None, dtype: Any, offset: int, count: int) -> np.ndarray:

@@ -38,6 +38,7 @@ __all__ = [
     "from_codepoints",
     "prefix_lengths",
     "shape_tokens",
+    "utf8_buffers",
 ]
 
 KEEP, DIGIT, UPPER, LOWER = 0, 1, 2, 3
@@ -203,7 +204,7 @@ def shape_tokens(
     return from_codepoints(out, offsets)
 
 
-def _utf8_buffers(values: pa.Array) -> tuple[pa.Array, np.ndarray, pa.Buffer | bytes]:
+def utf8_buffers(values: pa.Array) -> tuple[pa.Array, np.ndarray, pa.Buffer | bytes]:
     """The values as a string array, its int64 offsets and its data buffer, without a copy.
 
     Binary input is cast to string first, which validates it as UTF-8 exactly as
@@ -239,7 +240,7 @@ def _shape_native(
         raise ValueError("shape_tokens takes a null-free array")
     if len(values) == 0:
         return values.cast(pa.string())
-    values, offs, data = _utf8_buffers(values)
+    values, offs, data = utf8_buffers(values)
     n = len(values)
     span = int(offs[-1] - offs[0])
     if span == 0:  # no characters at all: nothing to replace

@@ -24,7 +24,7 @@ from biomask.masking.registry import (
     map_distinct,
     register,
 )
-from biomask.masking.shape import codepoints, from_codepoints, shape_tokens
+from biomask.masking.shape import codepoints, from_codepoints, shape_tokens, utf8_buffers
 from biomask.policies.models import EmailOp, HashOp, PhoneOp, TokenizeOp
 
 __all__ = ["Email", "Hash", "Phone", "PhoneDigits", "Tokenize", "phone_digits", "phone_parts"]
@@ -272,15 +272,10 @@ def _email_layout(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """
     native = _native()
     if native is not None:
-        if pa.types.is_large_string(values.type):
-            values = values.cast(pa.string())
-        n = len(values)
-        bufs = values.buffers()
-        offs = np.frombuffer(bufs[1], dtype=np.int32)[values.offset : values.offset + n + 1]
-        data = bufs[2] if bufs[2] is not None else b""
-        ok = np.empty(n, dtype=np.uint8)
-        local = np.empty(n, dtype=np.int64)
-        native.email_scan(offs.astype(np.int64), data, ok, local)
+        _, offs, data = utf8_buffers(values)
+        ok = np.empty(len(values), dtype=np.uint8)
+        local = np.empty(len(values), dtype=np.int64)
+        native.email_scan(offs, data, ok, local)
         return ok.view(bool), local
     ok_arr = pc.match_substring_regex(values, _EMAIL).fill_null(False)
     parts = pc.split_pattern(values, "@", max_splits=1)
@@ -348,13 +343,9 @@ class PhoneDigits:
 def phone_digits(values: pa.Array) -> PhoneDigits:
     """Lay out the phone numbers of a null-free string array (see :class:`PhoneDigits`)."""
     n = len(values)
-    if pa.types.is_large_string(values.type):
-        values = values.cast(pa.string())
-    bufs = values.buffers()
-    raw = np.frombuffer(bufs[1], dtype=np.int32)[values.offset : values.offset + n + 1]
-    offsets = raw.astype(np.int64) - int(raw[0])
-    full = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and n else None
-    data = full[int(raw[0]) : int(raw[-1])].copy() if full is not None else np.zeros(0, np.uint8)
+    _, raw, buf = utf8_buffers(values)
+    offsets = raw - raw[0]
+    data = np.frombuffer(buf, dtype=np.uint8)[int(raw[0]) : int(raw[-1])]  # read-only view
     native = _native()
     if native is not None:
         keep = np.empty(n, dtype=np.int64)
