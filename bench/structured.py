@@ -9,8 +9,8 @@ runs ``--repeat`` times, the two taking turns; the best of each is compared and 
 run's time is printed (the first biomask run also pays one-off loading, such as the name
 lists). A third contender in the same turns, "pyarrow alone", only reads the input and
 writes it back with biomask's Parquet writer settings, masking nothing: the floor of any
-Parquet-to-Parquet tool on this machine, and so the highest ratio a masking tool could
-print here. The second part masks 1M- and 5M-row inputs with biomask, each in a fresh
+Parquet-to-Parquet tool built on pyarrow (as biomask is) on this machine, and so the
+highest ratio such a tool could print here. The second part masks 1M- and 5M-row inputs with biomask, each in a fresh
 subprocess, and prints the peak RSS of each: memory must be bounded by the batch size,
 not the input size.
 """
@@ -181,7 +181,7 @@ def main() -> None:
         each = ", ".join(f"{x:.3f}" for x in cs)
         print(f"  reference: pyarrow alone, read + write, nothing masked {args.rows / c:>12,.0f}"
               f" rows/s  ({each} s)")  # fmt: skip
-        print(f"    the Parquet I/O floor here: no tool writing this output could beat"
+        print(f"    the Parquet I/O floor here: a tool on pyarrow's reader and writer cannot beat"
               f" {p / c:.0f}x presidio-structured; biomask takes {b / c:.1f}x the floor's time")  # fmt: skip
         sizes = [int(x) for x in args.rss.split(",") if x]
         if sizes:

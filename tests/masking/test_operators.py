@@ -212,7 +212,27 @@ def test_generalize() -> None:
             [1.5],
             r"policy>:\d+: columns.x: date_shift takes date, timestamp or date-string columns, not double",
         ),
-        ("{op: tokenize, domain: d}", [1], r"columns.x: tokenize takes string columns"),
+        (
+            "{op: tokenize, domain: d}",
+            [1.5],
+            r"columns.x: tokenize takes string or integer columns, not double \(use hash\)",
+        ),
+        (
+            "{op: tokenize, domain: d}",
+            pa.array([1], pa.int16()),
+            r"columns.x: tokenize takes integers of 32 bits or more: a int16 holds fewer values"
+            r" than FF1's minimum domain of 10\^6",
+        ),
+        (
+            "{op: tokenize, domain: d, format: luhn}",
+            [4111],
+            r"columns.x: format: luhn takes string columns, not int64",
+        ),
+        (
+            "{op: tokenize, domain: d, prefix: ID-}",
+            [4111],
+            r"columns.x: prefix takes string columns; an integer token keeps no prefix \(int64\)",
+        ),
         (
             "{op: generalize, truncate: year}",
             ["a"],

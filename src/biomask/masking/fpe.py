@@ -22,6 +22,7 @@ import pyarrow as pa
 from biomask.keys import Keyring
 from biomask.masking.checkdigits import icao_digits, luhn_digits
 from biomask.masking.ff1 import FF1, MIN_DOMAIN
+from biomask.masking.integers import permute_integers
 from biomask.masking.shape import (
     DIGIT,
     KEEP,
@@ -83,6 +84,18 @@ class ReversibleTokenizer:
     def decrypt(self, uniq: pa.Array, key_id: str) -> FpeResult:
         """Originals for distinct tokens, with the key that made them."""
         return self._run(uniq, key_id, decrypt=True)
+
+    def integers(
+        self, uniq: pa.Array, key_id: str | None = None, *, decrypt: bool = False
+    ) -> FpeResult:
+        """FF1 tokens (or, with ``decrypt``, originals) for distinct non-null integers.
+
+        Same Arrow type and sign (:mod:`biomask.masking.integers`); the tweak starts
+        with the domain, as for strings.
+        """
+        cipher = self._ciphers(key_id)[2]
+        values, bad = permute_integers(cipher, uniq, self.tweak, decrypt=decrypt)
+        return FpeResult(values, bad, "FF1 cycle walk did not end")
 
     def _run(self, uniq: pa.Array, key_id: str | None, *, decrypt: bool) -> FpeResult:
         ciphers = self._ciphers(key_id)

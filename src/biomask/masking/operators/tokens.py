@@ -13,9 +13,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from biomask.keys.primitives import DeterministicPrf, _native, ragged_stream
+from biomask.keys.primitives import DeterministicPrf, _native, hkdf, ragged_stream
 from biomask.masking.ff1 import FF1
 from biomask.masking.fpe import ReversibleTokenizer
+from biomask.masking.integers import MIN_BITS, permute_integers
 from biomask.masking.registry import (
     Binding,
     Operator,
@@ -95,7 +96,10 @@ class Tokenize(Operator[TokenizeOp]):
 
     def __init__(self, spec: TokenizeOp, binding: Binding) -> None:
         super().__init__(spec, binding)
-        self.prf = DeterministicPrf(binding.keyring.derive("tokenize", spec.domain))
+        handle = binding.keyring.derive("tokenize", spec.domain)
+        self.prf = DeterministicPrf(handle)
+        #: irreversible integer tokens: a permutation too (see _integer_tokens)
+        self._int_ff1 = FF1(hkdf(handle._secret(), "tokenize/integers", 32), 2)
         self.fpe = (
             ReversibleTokenizer(binding.keyring, spec.domain, spec.prefix, spec.format)
             if spec.reversible
@@ -111,11 +115,20 @@ class Tokenize(Operator[TokenizeOp]):
         return self.fpe is not None
 
     def check(self, dtype: pa.DataType) -> str | None:
-        return (
-            None
-            if is_string_type(dtype)
-            else "tokenize takes string columns (use hash for numbers)"
-        )
+        if is_string_type(dtype):
+            return None
+        if not pa.types.is_integer(dtype):
+            return f"tokenize takes string or integer columns, not {dtype} (use hash)"
+        if dtype.bit_width < MIN_BITS:
+            return (
+                f"tokenize takes integers of {MIN_BITS} bits or more: a {dtype} holds fewer "
+                "values than FF1's minimum domain of 10^6 (use hash, or cast the column)"
+            )
+        if self.spec.format != "shape":
+            return f"format: {self.spec.format} takes string columns, not {dtype}"
+        if self.spec.prefix not in ("auto", None):
+            return f"prefix takes string columns; an integer token keeps no prefix ({dtype})"
+        return None
 
     def tokens(self, uniq: pa.Array) -> pa.Array:
         """Tokens for distinct, non-null values (used by the text operator too)."""
@@ -130,30 +143,52 @@ class Tokenize(Operator[TokenizeOp]):
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
         enc = values.dictionary_encode()
         uniq = enc.dictionary
+        if pa.types.is_integer(values.type):
+            out, bad, reason = self._integer_tokens(uniq)
+        else:
+            out, bad, reason = self._string_tokens(uniq)
+            lost = len(uniq) - len(pc.unique(out))
+            if lost:
+                ctx.count("token_collisions", lost)
+        result = _finish(enc, out, bad, reason, ctx)
+        # An entity's date offsets are a function of its tokens' text: offer them per
+        # distinct value, so date_shift need not find the distinct tokens again.
+        nulled = pc.if_else(pa.array(bad), pa.scalar(None, out.type), out) if bad.any() else out
+        ctx.memo.put(("tokens", self.binding.column), (enc.indices, nulled.cast(pa.string())))
+        return result.cast(values.type)
+
+    def _string_tokens(self, uniq: pa.Array) -> tuple[pa.Array, np.ndarray, str]:
         if self.fpe is not None:
             res = self.fpe.encrypt(uniq)
-            out, bad, reason = res.values, res.bad, res.reason
-        else:
-            out = self.tokens(uniq)
-            bad = np.zeros(len(uniq), dtype=bool)
-            reason = ""
-            if self.spec.format != "shape":
-                bad = ~_check_digit_valid(uniq, self.spec.format)
-                reason = f"not a valid {self.spec.format} number (wrong check digit or characters)"
-        lost = len(uniq) - len(pc.unique(out))
-        if lost:
-            ctx.count("token_collisions", lost)
-        result = _finish(enc, out, bad, reason, ctx)
-        # An entity's date offsets are a function of its tokens: offer them per distinct
-        # value, so date_shift need not find the distinct tokens again.
-        nulled = pc.if_else(pa.array(bad), pa.scalar(None, pa.string()), out) if bad.any() else out
-        ctx.memo.put(("tokens", self.binding.column), (enc.indices, nulled))
-        return result.cast(values.type)
+            return res.values, res.bad, res.reason
+        bad = np.zeros(len(uniq), dtype=bool)
+        if self.spec.format == "shape":
+            return self.tokens(uniq), bad, ""
+        bad = ~_check_digit_valid(uniq, self.spec.format)
+        reason = f"not a valid {self.spec.format} number (wrong check digit or characters)"
+        return self.tokens(uniq), bad, reason
+
+    def _integer_tokens(self, uniq: pa.Array) -> tuple[pa.Array, np.ndarray, str]:
+        """Integer tokens of the column's own type and sign.
+
+        Always a keyed permutation (:mod:`biomask.masking.integers`), never a PRF: serial
+        keys fill their range, and a PRF would merge about a third of them (so there are
+        no collisions to count). Irreversible tokens use a key of their own, which
+        ``unmask`` never uses.
+        """
+        if self.fpe is not None:
+            res = self.fpe.integers(uniq)
+            return res.values, res.bad, res.reason
+        out, bad = permute_integers(self._int_ff1, uniq, self.spec.domain.encode())
+        return out, bad, "FF1 cycle walk did not end"
 
     def reverse(self, values: pa.Array, ctx: OperatorContext, key_id: str) -> pa.Array:
         assert self.fpe is not None
         enc = values.dictionary_encode()
-        res = self.fpe.decrypt(enc.dictionary, key_id)
+        if pa.types.is_integer(values.type):
+            res = self.fpe.integers(enc.dictionary, key_id, decrypt=True)
+        else:
+            res = self.fpe.decrypt(enc.dictionary, key_id)
         return _finish(enc, res.values, res.bad, res.reason, ctx).cast(values.type)
 
 
@@ -164,7 +199,7 @@ def _finish(
     if bad.any():
         rows = pc.is_in(enc.indices, pa.array(np.flatnonzero(bad), enc.indices.type))
         ctx.quarantine(rows.fill_null(False), reason)
-        out = pc.if_else(pa.array(bad), pa.scalar(None, pa.string()), out)
+        out = pc.if_else(pa.array(bad), pa.scalar(None, out.type), out)
     return out.take(enc.indices)
 
 

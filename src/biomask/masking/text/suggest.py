@@ -215,7 +215,11 @@ def _numeric(name: str, arr: pa.Array, dtype: pa.DataType, n: int) -> ColumnDraf
         )
     distinct = len(pc.unique(arr.drop_null()))
     if pa.types.is_integer(dtype) and low.endswith("id") and distinct >= 0.9 * n:
-        return ColumnDraft(name, {"op": "hash"}, "numeric identifiers", "id")
+        if dtype.bit_width >= 32:  # integer tokens keep the type, so keys and joins hold
+            return ColumnDraft(name, {"op": "tokenize"}, "numeric identifiers", "id")
+        return ColumnDraft(
+            name, {"op": "hash"}, "numeric identifiers (too narrow for tokens)", "id"
+        )
     return ColumnDraft(name, {"op": "keep"}, f"{dtype} measurement", "other")
 
 
