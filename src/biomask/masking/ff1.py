@@ -183,6 +183,47 @@ class FF1:
         """Invert :meth:`encrypt` (SP 800-38G Algorithm 8); same parameters."""
         return self._crypt(numerals, tweak, decrypt=True)
 
+    def encrypt_bits(self, values: np.ndarray, n: int, tweak: bytes = b"") -> np.ndarray:
+        """Radix 2: encrypt the ``n``-bit strings of ``values`` (most significant bit first).
+
+        The same permutation as :meth:`encrypt` on the rows of bits, read back as integers,
+        without building the numerals: FF1's halves of a bit string are the value's high
+        and low bits. For integer tokens (:mod:`biomask.masking.integers`).
+
+        Parameters
+        ----------
+        values:
+            uint64 array, every value below ``2**n``.
+        n:
+            Bits per value, 20 to 64 (FF1's 10^6 minimum domain needs 20).
+        """
+        return self._crypt_bits(values, n, tweak, decrypt=False)
+
+    def decrypt_bits(self, values: np.ndarray, n: int, tweak: bytes = b"") -> np.ndarray:
+        """Invert :meth:`encrypt_bits`; same parameters."""
+        return self._crypt_bits(values, n, tweak, decrypt=True)
+
+    def _crypt_bits(self, values: np.ndarray, n: int, tweak: bytes, *, decrypt: bool) -> np.ndarray:
+        if self.radix != 2:
+            raise ValueError("encrypt_bits needs a radix-2 FF1")
+        if not 1 <= n <= 64:
+            raise ValueError("encrypt_bits takes 1 to 64 bits per value")
+        check_domain(2, n)
+        x = np.asarray(values, dtype=np.uint64)
+        if n < 64 and len(x) and int(x.max()) >> n:
+            raise ValueError(f"values must be below 2**{n}")
+        plan = self._plan(n, bytes(tweak))
+        if not plan.fast:  # a long tweak: the numeral path (same permutation)
+            return _from_bits(self._crypt(_to_bits(x, n), bytes(tweak), decrypt=decrypt))
+        aes = Cipher(algorithms.AES(self._key), modes.ECB()).encryptor()
+        v = np.uint64(plan.v)
+        out = np.empty_like(x)
+        for start in range(0, len(x), _CHUNK):
+            part = x[start : start + _CHUNK]
+            a, bb = self._rounds(aes, plan, part >> v, part & np.uint64(plan.mod_v - 1), decrypt)
+            out[start : start + _CHUNK] = (a << v) | bb
+        return out
+
     # -- planning -------------------------------------------------------------------------
     def _plan(self, n: int, tweak: bytes) -> _Plan:
         cached = self._plans.get((n, tweak))
@@ -256,10 +297,19 @@ class FF1:
 
     def _fast(self, aes: CipherContext, plan: _Plan, x: np.ndarray, decrypt: bool) -> np.ndarray:
         """All rounds on uint64 halves (``radix**v < 2**56``, so ``b <= 7``, ``d <= 12``)."""
-        rows = x.shape[0]
-        radix, u, d = self.radix, plan.u, plan.d
-        a = _num(x[:, :u], radix)
-        bb = _num(x[:, u:], radix)
+        radix, u = self.radix, plan.u
+        a, bb = self._rounds(aes, plan, _num(x[:, :u], radix), _num(x[:, u:], radix), decrypt)
+        res = np.empty(x.shape, dtype=x.dtype)
+        _str(a, radix, res[:, :u])
+        _str(bb, radix, res[:, u:])
+        return res
+
+    def _rounds(
+        self, aes: CipherContext, plan: _Plan, a: np.ndarray, bb: np.ndarray, decrypt: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ten Feistel rounds on NUM(A), NUM(B) as uint64 (the fast path's core)."""
+        rows = len(a)
+        d = plan.d
         blocks = np.empty((rows, 2), dtype=">u8")
         raw = np.empty(rows * 16 + 16, dtype=np.uint8)  # update_into wants len + 15
         r = raw[: rows * 16].view(">u8").reshape(rows, 2)
@@ -291,10 +341,7 @@ class FF1:
                 c = a + y
                 np.remainder(c, mod, out=c)
                 a, bb = bb, c
-        res = np.empty(x.shape, dtype=x.dtype)
-        _str(a, radix, res[:, :u])
-        _str(bb, radix, res[:, u:])
-        return res
+        return a, bb
 
     def _exact(self, aes: CipherContext, plan: _Plan, x: np.ndarray, decrypt: bool) -> np.ndarray:
         """All rounds with Python-integer halves: any length, any radix (long values)."""
@@ -339,6 +386,19 @@ class FF1:
 
 
 # -- numeral helpers ----------------------------------------------------------------------
+def _to_bits(values: np.ndarray, n: int) -> np.ndarray:
+    """The ``n``-bit numerals of each uint64, most significant first, shape ``(rows, n)``."""
+    octets = values.astype(">u8").view(np.uint8).reshape(-1, 8)
+    return np.unpackbits(octets, axis=1)[:, 64 - n :].astype(np.int64)
+
+
+def _from_bits(bits: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_to_bits`."""
+    full = np.zeros((len(bits), 64), dtype=np.uint8)
+    full[:, 64 - bits.shape[1] :] = bits
+    return np.packbits(full, axis=1).view(">u8").reshape(-1).astype(np.uint64)
+
+
 def _xor(p: bytes, q: bytes) -> bytes:
     return (int.from_bytes(p, "big") ^ int.from_bytes(q, "big")).to_bytes(16, "big")
 

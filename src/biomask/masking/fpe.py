@@ -90,11 +90,11 @@ class ReversibleTokenizer:
     ) -> FpeResult:
         """FF1 tokens (or, with ``decrypt``, originals) for distinct non-null integers.
 
-        Same Arrow type and sign (:mod:`biomask.masking.integers`); the tweak starts
-        with the domain, as for strings.
+        Same Arrow type and sign (:mod:`biomask.masking.integers`), under the domain's
+        FF1 key.
         """
         cipher = self._ciphers(key_id)[2]
-        values, bad = permute_integers(cipher, uniq, self.tweak, decrypt=decrypt)
+        values, bad = permute_integers(cipher, uniq, decrypt=decrypt)
         return FpeResult(values, bad, "FF1 cycle walk did not end")
 
     def _run(self, uniq: pa.Array, key_id: str | None, *, decrypt: bool) -> FpeResult:

@@ -73,48 +73,36 @@ def _assemble(neg: np.ndarray, mag: np.ndarray, dtype: pa.DataType) -> pa.Array:
     return pa.array(np.where(neg, ~signed, signed), pa.int64()).cast(dtype)
 
 
-def _bits(mag: np.ndarray, width: int) -> np.ndarray:
-    """Numerals (most significant bit first) of each magnitude, shape ``(n, width)``."""
-    octets = mag.astype(">u8").view(np.uint8).reshape(-1, 8)
-    return np.unpackbits(octets, axis=1)[:, 64 - width :].astype(np.int64)
-
-
-def _value(bits: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_bits`: the uint64 each row of numerals spells."""
-    full = np.zeros((len(bits), 64), dtype=np.uint8)
-    full[:, 64 - bits.shape[1] :] = bits
-    return np.packbits(full, axis=1).view(">u8").reshape(-1).astype(np.uint64)
-
-
 def permute_integers(
-    cipher: FF1, uniq: pa.Array, tweak: bytes, *, decrypt: bool = False
+    cipher: FF1, uniq: pa.Array, *, decrypt: bool = False
 ) -> tuple[pa.Array, np.ndarray]:
     """Tokens (or, with ``decrypt``, originals) for distinct non-null integers.
 
-    ``cipher`` is a radix-2 FF1. Returns the values in ``uniq``'s type, and which values
-    could not be permuted (a cycle walk that did not end; in practice none).
+    ``cipher`` is a radix-2 FF1 whose key belongs to the domain; the tweak only tells
+    non-negative from negative values (``i+``, ``i-``), short enough for FF1's fast path.
+    Returns the values in ``uniq``'s type, and which values could not be permuted (a
+    cycle walk that did not end; in practice none).
     """
     neg, mag = _magnitudes(uniq)
     out = np.zeros(len(mag), dtype=np.uint64)
     bad = np.zeros(len(mag), dtype=bool)
     tops = [lo for lo, _ in _BANDS[1:]] + [2**64]
-    for sign, side in ((False, b"+"), (True, b"-")):
+    crypt = cipher.decrypt_bits if decrypt else cipher.encrypt_bits
+    for sign, tweak in ((False, b"i+"), (True, b"i-")):
         for (lo, width), top in zip(_BANDS, tops, strict=True):
             rows = np.flatnonzero((neg == sign) & (mag >= np.uint64(lo)))
             if top < 2**64:
                 rows = rows[mag[rows] < np.uint64(top)]
             if not len(rows):
                 continue
-            bits = _bits(mag[rows], width)
+            vals = mag[rows]
             todo = np.ones(len(rows), dtype=bool)
             for _ in range(_MAX_WALK):
-                step = bits[todo]
-                tw = tweak + b"|int" + side
-                step = cipher.decrypt(step, tw) if decrypt else cipher.encrypt(step, tw)
-                bits[todo] = step
-                todo[todo] = _value(step) < np.uint64(lo)
+                step = crypt(vals[todo], width, tweak)
+                vals[todo] = step
+                todo[todo] = step < np.uint64(lo)
                 if not todo.any():
                     break
-            out[rows] = _value(bits)
+            out[rows] = vals
             bad[rows[todo]] = True
     return _assemble(neg, out, uniq.type), bad

@@ -179,7 +179,7 @@ class Tokenize(Operator[TokenizeOp]):
         if self.fpe is not None:
             res = self.fpe.integers(uniq)
             return res.values, res.bad, res.reason
-        out, bad = permute_integers(self._int_ff1, uniq, self.spec.domain.encode())
+        out, bad = permute_integers(self._int_ff1, uniq)
         return out, bad, "FF1 cycle walk did not end"
 
     def reverse(self, values: pa.Array, ctx: OperatorContext, key_id: str) -> pa.Array:
