@@ -127,5 +127,9 @@ def test_unmask_refuses_another_keyring_without_detail() -> None:
     ):
         Unmasker(POLICY, other).mask_batch(masked.output)
     stripped = masked.output.replace_schema_metadata(None)
-    with pytest.raises(KeyringError, match="carries no biomask key id"):
+    with pytest.raises(
+        KeyringError,
+        match=r"carries no biomask key id \(was it written by 'biomask mask' to Parquet, Arrow "
+        r"or PostgreSQL\? CSV and JSON Lines cannot carry it\); cannot tell which key reverses it",
+    ):
         Unmasker(POLICY, RING).mask_batch(stripped)

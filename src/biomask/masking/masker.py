@@ -353,7 +353,8 @@ class Unmasker(Masker):
         if ring_id is None or key_id is None:
             raise KeyringError(
                 "the input carries no biomask key id (was it written by 'biomask mask' to "
-                "Parquet or Arrow?); cannot tell which key reverses it"
+                "Parquet, Arrow or PostgreSQL? CSV and JSON Lines cannot carry it); cannot "
+                "tell which key reverses it"
             )
         if ring_id != self.keyring.keyring_id or key_id not in self.keyring.key_ids:
             raise KeyringError(
