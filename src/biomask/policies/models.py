@@ -99,7 +99,11 @@ class HashOp(_Spec):
 
 
 class TokenizeOp(_Spec):
-    """Format-shaped consistent token; irreversible PRF, or FF1 when ``reversible``."""
+    """Format-shaped consistent token; irreversible PRF, or FF1 when ``reversible``.
+
+    On integer columns (32 or 64 bits): an integer of the same type and sign, from a keyed
+    permutation (FF1 at radix 2), so distinct keys never merge.
+    """
 
     op: Literal["tokenize"]
     domain: str = Field(pattern=_DOMAIN)

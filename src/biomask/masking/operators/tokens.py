@@ -86,6 +86,9 @@ class Hash(Operator[HashOp]):
 class Tokenize(Operator[TokenizeOp]):
     """Format-shaped consistent tokens: a keyed PRF, or FF1 when ``reversible``.
 
+    Integer columns of 32 or 64 bits get integers of their own type and sign, always from
+    a keyed permutation (:mod:`biomask.masking.integers`).
+
     With ``format: icao_document`` or ``format: luhn`` the last character is a check digit:
     the input's must be valid (else the row is quarantined) and the token's is recomputed,
     so tokens pass the same check as the documents they replace.
