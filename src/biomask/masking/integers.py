@@ -50,6 +50,7 @@ __all__ = ["MIN_BITS", "permute_integers"]
 MIN_BITS = 32
 #: (lowest magnitude, FF1 numeral bits) of each band
 _BANDS = ((0, 31), (2**31, 32), (2**32, 63), (2**63, 64))
+_EDGES = np.array([lo for lo, _ in _BANDS[1:]], dtype=np.uint64)
 #: cycle-walking rounds; every walking band is at least half valid, so 400 rounds fail
 #: with a chance below 2**-400
 _MAX_WALK = 400
@@ -86,13 +87,11 @@ def permute_integers(
     neg, mag = _magnitudes(uniq)
     out = np.zeros(len(mag), dtype=np.uint64)
     bad = np.zeros(len(mag), dtype=bool)
-    tops = [lo for lo, _ in _BANDS[1:]] + [2**64]
+    band = np.searchsorted(_EDGES, mag, side="right")
     crypt = cipher.decrypt_bits if decrypt else cipher.encrypt_bits
     for sign, tweak in ((False, b"i+"), (True, b"i-")):
-        for (lo, width), top in zip(_BANDS, tops, strict=True):
-            rows = np.flatnonzero((neg == sign) & (mag >= np.uint64(lo)))
-            if top < 2**64:
-                rows = rows[mag[rows] < np.uint64(top)]
+        for k, (lo, width) in enumerate(_BANDS):
+            rows = np.flatnonzero((neg == sign) & (band == k))
             if not len(rows):
                 continue
             vals = mag[rows]

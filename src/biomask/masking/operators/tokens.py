@@ -165,10 +165,10 @@ class Tokenize(Operator[TokenizeOp]):
             res = self.fpe.encrypt(uniq)
             return res.values, res.bad, res.reason
         bad = np.zeros(len(uniq), dtype=bool)
-        if self.spec.format == "shape":
-            return self.tokens(uniq), bad, ""
-        bad = ~_check_digit_valid(uniq, self.spec.format)
-        reason = f"not a valid {self.spec.format} number (wrong check digit or characters)"
+        reason = ""
+        if self.spec.format != "shape":
+            bad = ~_check_digit_valid(uniq, self.spec.format)
+            reason = f"not a valid {self.spec.format} number (wrong check digit or characters)"
         return self.tokens(uniq), bad, reason
 
     def _integer_tokens(self, uniq: pa.Array) -> tuple[pa.Array, np.ndarray, str]:
