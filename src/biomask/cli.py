@@ -45,6 +45,35 @@ KeystoreOpt = Annotated[
 LineageOpt = Annotated[
     Path | None, typer.Option("--lineage", help="Lineage directory (default: <output>.lineage).")
 ]
+ReceiptsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--receipts",
+        help="Append the lineage receipt to this file (keep it outside the lineage directory).",
+    ),
+]
+MaxQuarantineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-quarantine",
+        help="Fail (nothing written) past this many quarantined rows: a count (50), a "
+        "percentage (1%) or a fraction (0.01). Default: 1%.",
+    ),
+]
+
+
+def _receipt(receipt: str | None, receipts: Path | None, to_stderr: bool = False) -> None:
+    """Print the lineage receipt; append it to ``receipts`` (outside the directory)."""
+    if receipt is None:
+        return
+    _out(to_stderr).print(f"  receipt: {receipt}")
+    if receipts is not None:
+        try:
+            fd = os.open(receipts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as fh:
+                fh.write(receipt + "\n")
+        except OSError as exc:
+            raise BiomaskError(f"cannot append the receipt to {receipts}: {exc.strerror}") from None
 
 
 def _out(to_stderr: bool = False) -> Console:
@@ -65,16 +94,20 @@ def keys_init(keyring: KeyringOpt) -> None:
 
 
 @keys_app.command("rotate")
-def keys_rotate(keyring: KeyringOpt, lineage: LineageOpt = None) -> None:
+def keys_rotate(
+    keyring: KeyringOpt, lineage: LineageOpt = None, receipts: ReceiptsOpt = None
+) -> None:
     """Add a new primary key; old keys stay for reading."""
     from biomask.keys import Keyring
     from biomask.lineage import record_event
 
     ring = Keyring.open(keyring)
     old = ring.primary_key_id
+    target = lineage or keyring.with_name(keyring.name + ".lineage")
+    _check_lineage(target, ring)  # a tampered log refuses the rotation before it happens
     new = ring.rotate()
-    record_event(
-        lineage or keyring.with_name(keyring.name + ".lineage"),
+    receipt = record_event(
+        target,
         ring,
         "key.rotate",
         {"keyring_id": ring.keyring_id, "old_key_id": old, "new_key_id": new},
@@ -82,6 +115,7 @@ def keys_rotate(keyring: KeyringOpt, lineage: LineageOpt = None) -> None:
     _out().print(
         f"rotated keyring {keyring}: new primary key {new} (old key {old} kept for reading)"
     )
+    _receipt(str(receipt), receipts)
 
 
 @keys_app.command("export-public")
@@ -92,12 +126,14 @@ def keys_export_public(
     """Print (or write) the lineage signing public key for auditors."""
     from biomask.keys import Keyring
 
-    pem = Keyring.open(keyring).public_key_pem()
+    ring = Keyring.open(keyring)
+    pem = ring.public_key_pem()
     if out is None:
         sys.stdout.write(pem.decode())
+        _out(to_stderr=True).print(f"fingerprint {ring.signing_key_fingerprint}")
     else:
         out.write_bytes(pem)
-        _out().print(f"wrote public key to {out}")
+        _out().print(f"wrote public key to {out} (fingerprint {ring.signing_key_fingerprint})")
 
 
 # -- policy -------------------------------------------------------------------------------
@@ -161,10 +197,9 @@ def mask_cmd(
     ] = False,
     append: Annotated[bool, typer.Option("--append", help="Append to an existing table.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 65_536,
-    max_quarantine: Annotated[
-        int | None, typer.Option("--max-quarantine", help="Fail if more rows are quarantined.")
-    ] = None,
+    max_quarantine: MaxQuarantineOpt = None,
     keystore: KeystoreOpt = None,
+    receipts: ReceiptsOpt = None,
     engine: Annotated[
         str, typer.Option("--engine", help="local, or ray (RAY_ADDRESS, else a local Ray).")
     ] = "local",
@@ -182,6 +217,7 @@ def mask_cmd(
             batch_size=batch_size, max_quarantine=max_quarantine, keystore=keystore,
         )  # fmt: skip
         print_summary(summary)
+        _receipt(summary.receipt, receipts)
         return
     from biomask.keys import Keyring
     from biomask.pipeline import run_mask
@@ -205,6 +241,7 @@ def mask_cmd(
             keystore=keystore,
         )
     print_summary(summary, to_stderr=to_stderr)
+    _receipt(summary.receipt, receipts, to_stderr)
 
 
 @app.command("unmask")
@@ -218,7 +255,9 @@ def unmask_cmd(
         bool, typer.Option("--overwrite", help="Replace an existing output.")
     ] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 65_536,
+    max_quarantine: MaxQuarantineOpt = None,
     keystore: KeystoreOpt = None,
+    receipts: ReceiptsOpt = None,
 ) -> None:
     """Reverse the reversible columns (FF1 tokens, templates); recorded as an access event."""
     from biomask.keys import Keyring
@@ -237,10 +276,12 @@ def unmask_cmd(
             lineage_dir=lineage,
             overwrite=overwrite,
             batch_size=batch_size,
+            max_quarantine=max_quarantine,
             progress=progress,
             keystore=keystore,
         )
     print_summary(summary, to_stderr=to_stderr, title="unmasked")
+    _receipt(summary.receipt, receipts, to_stderr)
 
 
 def print_summary(summary: Any, *, to_stderr: bool = False, title: str = "masked") -> None:
@@ -309,6 +350,7 @@ def erase_cmd(
     entity: Annotated[str, typer.Option("--entity", help="Entity name in the policy.")] = "subject",
     keystore: KeystoreOpt = None,
     lineage: LineageOpt = None,
+    receipts: ReceiptsOpt = None,
 ) -> None:
     """Destroy one subject's template key: every copy of their templates becomes unreadable."""
     from biomask.keys import Keyring
@@ -318,21 +360,27 @@ def erase_cmd(
     ring = Keyring.open(keyring)
     uri = keystore or default_keystore_uri(ring.path, ring.keyring_id)
     store = open_keystore(uri)
+    target = lineage or keyring.with_name(keyring.name + ".lineage")
+    _check_lineage(target, ring)
     n = 1 if store.erase(f"e:{entity}:{subject}") else 0
     if n == 0:
         raise BiomaskError(f"no template key for {entity} token {subject} in {store.uri}")
-    record_event(
-        lineage or keyring.with_name(keyring.name + ".lineage"),
+    receipt = record_event(
+        target,
         ring,
         "erase",
         {"entity": entity, "subject_token": subject, "keystore": store.uri, "keys_deleted": n},
     )
     _out().print(f"erased the template key of {entity} {subject}: its templates are unreadable")
+    _receipt(str(receipt), receipts)
 
 
 @app.command("rekey")
 def rekey_cmd(
-    keyring: KeyringOpt, keystore: KeystoreOpt = None, lineage: LineageOpt = None
+    keyring: KeyringOpt,
+    keystore: KeystoreOpt = None,
+    lineage: LineageOpt = None,
+    receipts: ReceiptsOpt = None,
 ) -> None:
     """Re-wrap every stored template key under the primary key (templates untouched)."""
     from biomask.keys import Keyring
@@ -342,14 +390,25 @@ def rekey_cmd(
 
     ring = Keyring.open(keyring)
     store = open_keystore(keystore or default_keystore_uri(ring.path, ring.keyring_id))
+    target = lineage or keyring.with_name(keyring.name + ".lineage")
+    _check_lineage(target, ring)
     n = rewrap(store, ring)
-    record_event(
-        lineage or keyring.with_name(keyring.name + ".lineage"),
+    receipt = record_event(
+        target,
         ring,
         "key.rekey",
         {"keyring_id": ring.keyring_id, "new_key_id": ring.primary_key_id, "rewrapped": n},
     )
     _out().print(f"re-wrapped {n} template keys under key {ring.primary_key_id}")
+    _receipt(str(receipt), receipts)
+
+
+def _check_lineage(directory: Path, ring: Any) -> None:
+    """Refuse a key operation whose lineage directory would refuse its event afterwards."""
+    from biomask.lineage.head import check_head
+
+    if directory.is_dir():
+        check_head(directory, ring)
 
 
 # -- audit --------------------------------------------------------------------------------
@@ -357,17 +416,66 @@ def rekey_cmd(
 def audit_verify(
     directory: Annotated[Path, typer.Argument(help="Lineage directory.")],
     public_key: Annotated[
-        Path | None, typer.Option("--public-key", help="Auditor's copy of the public key (PEM).")
+        Path | None,
+        typer.Option("--public-key", help="The signer's public key (PEM), obtained out of band."),
+    ] = None,
+    trust_embedded_key: Annotated[
+        bool,
+        typer.Option(
+            "--trust-embedded-key",
+            help="Use public_key.pem from the directory: proves integrity only, not origin.",
+        ),
+    ] = False,
+    receipt: Annotated[
+        str | None,
+        typer.Option(
+            "--receipt",
+            help="A receipt string, or a file whose last receipt line is used: fails when "
+            "the directory is older than, or diverged from, it.",
+        ),
+    ] = None,
+    keyring: Annotated[
+        Path | None,
+        typer.Option("--keyring", help="The writer's keyring: check the audit entries' MACs."),
     ] = None,
 ) -> None:
     """Re-hash files, replay the audit chain and check the signature, offline."""
+    from rich.table import Table
+
     from biomask.lineage import verify
 
-    report = verify(directory, public_key=public_key)
+    ring = None
+    if keyring is not None:
+        from biomask.keys import Keyring
+
+        ring = Keyring.open(keyring)
+    if receipt is not None and Path(receipt).is_file():
+        try:
+            receipt = Path(receipt).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise BiomaskError(f"cannot read receipt file {receipt}: {exc}") from None
+    report = verify(
+        directory,
+        public_key=public_key,
+        trust_embedded_key=trust_embedded_key,
+        receipt=receipt,
+        keyring=ring,
+    )
     console = _out()
-    for line in report.checks:
-        console.print(f"  ok  {line}")
-    console.print(f"{directory}: verified")
+    table = Table(title=f"biomask audit verify {directory}", title_justify="left")
+    table.add_column("check", no_wrap=True)
+    table.add_column("result", overflow="fold")
+    table.add_column("", no_wrap=True)
+    for name, result in report.checks:
+        table.add_row(name, result, "ok")
+    console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}")
+    if receipt is None:
+        console.print("note: no --receipt given: a copy of an older signed state would verify too")
+    console.print(f"receipt: {report.receipt}")
+    what = "verified" if report.key_source == "given" else "integrity verified (origin unproven)"
+    console.print(f"{directory}: {what}")
 
 
 @audit_app.command("export")

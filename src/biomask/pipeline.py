@@ -7,15 +7,23 @@ sinks or writes lineage. Order of a run:
    (unlisted column, wrong type) stops the run before anything is written;
 2. start the lineage record (OpenLineage START, audit entry);
 3. stream batches source -> Masker -> sink (+ quarantine sink), observing evidence;
-4. commit every sink atomically, then write COMPLETE, the manifest and its signature.
+2. open every output sink (an existing output without ``overwrite``, ``append`` to a
+   file, an unknown URI: refused here, before the lineage directory is touched);
+3. start the lineage record: lock the directory, check its signed head, write START;
+4. stream batches source -> Masker -> sink (+ quarantine sink), observing evidence;
+5. check the quarantine limit (default: 1% of the rows), commit every sink atomically,
+   then write COMPLETE, the run's manifest and the signed head.
 
-On any failure every sink is aborted (nothing appears under the final names) and a FAIL
-event is recorded; the error is re-raised for the caller to report.
+On any failure after step 3 every sink is aborted (nothing appears under the final names)
+and the failure is recorded as this run's own entry; earlier runs' lineage is untouched.
+The error is re-raised for the caller to report.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import time
 import uuid
 from collections import deque
@@ -38,16 +46,96 @@ from biomask.connectors import (
     table_sink_uri,
 )
 from biomask.connectors.overlap import ReadAhead, WriteBehind
-from biomask.errors import BiomaskError, QuarantineLimitError
+from biomask.errors import BiomaskError, OutputExistsError, QuarantineLimitError
 from biomask.keys import Keyring
 from biomask.lineage import LineageRecorder
 from biomask.lineage.record import ColumnRecord, RunRecord
 from biomask.masking import Masker
 from biomask.policies import Policy
 
-__all__ = ["RunSummary", "default_lineage_dir", "run_mask", "run_unmask"]
+__all__ = [
+    "DEFAULT_MAX_QUARANTINE",
+    "QuarantineLimit",
+    "RunSummary",
+    "default_lineage_dir",
+    "run_mask",
+    "run_unmask",
+]
 
 ProgressFn = Callable[[str, int], None]
+
+DEFAULT_MAX_QUARANTINE = "1%"
+"""Quarantine limit of a run that sets none: a run losing more than 1% of its rows fails."""
+
+
+@dataclass(frozen=True)
+class QuarantineLimit:
+    """How many rows a run may quarantine: a count, or a fraction of the rows read.
+
+    Built with :meth:`parse` from ``5`` (rows), ``"5"``, ``"2.5%"`` or ``0.025`` (a fraction
+    below 1). A count is checked after every batch (the run stops early); a fraction once
+    every row was read, before anything is committed.
+    """
+
+    count: int | None = None
+    fraction: float | None = None
+
+    @classmethod
+    def parse(cls, value: QuarantineLimit | int | float | str | None) -> QuarantineLimit:
+        if value is None:
+            value = DEFAULT_MAX_QUARANTINE
+        if isinstance(value, QuarantineLimit):
+            return value
+        if isinstance(value, bool):
+            raise BiomaskError("--max-quarantine takes a row count or a fraction, not a bool")
+        if isinstance(value, int):
+            if value < 0:
+                raise BiomaskError(f"--max-quarantine {value}: a count cannot be negative")
+            return cls(count=value)
+        text = str(value).strip()
+        try:
+            if text.endswith("%"):
+                frac = float(text[:-1]) / 100
+            elif isinstance(value, float) or "." in text or "e" in text.lower():
+                frac = float(text)
+            else:
+                return cls.parse(int(text))
+        except ValueError:
+            raise BiomaskError(
+                f"--max-quarantine {text[:20]!r}: give a row count (50), a percentage (1%) "
+                "or a fraction below 1 (0.01)"
+            ) from None
+        if not 0 <= frac < 1 or frac != frac:
+            raise BiomaskError(
+                f"--max-quarantine {text[:20]}: a fraction must be at least 0 and below 1 "
+                "(use a row count for more)"
+            )
+        return cls(fraction=frac)
+
+    def allowed(self, rows_in: int) -> float:
+        """Rows that may be quarantined out of ``rows_in``."""
+        if self.count is not None:
+            return float(self.count)
+        return (self.fraction or 0.0) * rows_in
+
+    def __str__(self) -> str:
+        if self.count is not None:
+            return f"{self.count} rows"
+        return f"{(self.fraction or 0.0) * 100:g}% of the rows"
+
+    def check(self, quarantined: int, rows_in: int, *, final: bool) -> None:
+        """Raise :class:`QuarantineLimitError` when ``quarantined`` is past the limit.
+
+        Counts are checked on every call; fractions only when ``final`` (all rows read).
+        """
+        if self.count is None and not final:
+            return
+        if quarantined > self.allowed(rows_in):
+            raise QuarantineLimitError(
+                f"{quarantined} of {rows_in} rows quarantined, more than --max-quarantine "
+                f"({self}); nothing was written (the reasons are in the run's lineage; "
+                "raise the limit only after reading them)"
+            )
 
 
 @dataclass
@@ -65,6 +153,8 @@ class RunSummary:
     operator_counts: dict[str, int]
     stats: dict[str, int] = field(default_factory=dict)
     key_ids: list[str] = field(default_factory=list)
+    #: the lineage directory's receipt after this run (keep it outside the directory)
+    receipt: str | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -89,7 +179,7 @@ def run_mask(
     overwrite: bool = False,
     append: bool = False,
     batch_size: int = 65_536,
-    max_quarantine: int | None = None,
+    max_quarantine: QuarantineLimit | int | float | str | None = None,
     progress: ProgressFn | None = None,
     command: str = "mask",
     masker_factory: Callable[[Policy, Keyring, str, dict[str, Any]], Masker] | None = None,
@@ -100,7 +190,8 @@ def run_mask(
     Parameters
     ----------
     max_quarantine:
-        Fail the run (nothing committed) when more rows than this are quarantined.
+        Fail the run (nothing committed) when more rows than this are quarantined: a row
+        count, or a fraction (``"1%"``, ``0.01``); default 1% of the rows read.
     progress:
         Called with (table, rows done so far) after each batch.
     masker_factory:
@@ -109,6 +200,7 @@ def run_mask(
         Where wrapped template data keys live (default: ``<keyring>.keystore.sqlite``).
     """
     started = time.perf_counter()
+    limit = QuarantineLimit.parse(max_quarantine)
     specs = policy.table_specs()
     if policy.is_multi_table:
         sources: dict[str, Source] = open_tables(input_uri, list(specs), batch_size=batch_size)
@@ -153,20 +245,19 @@ def run_mask(
                 )
             )
             record.operator_counts[op.name] = record.operator_counts.get(op.name, 0) + 1
-    recorder = LineageRecorder(lineage, keyring, record, policy=policy)
-    recorder.start()
     readers: dict[str, ReadAhead] = {}
-
-    evidence = _Evidence(recorder)
     sinks: list[Sink] = []
     q_sinks: dict[str, Sink] = {}
     outputs: list[str] = []
     q_uris: list[str] = []
     stats: dict[str, int] = {}
+    out_sinks: dict[str, Sink] = {}
+    # Outputs are opened before the lineage directory is touched: an existing output, an
+    # append to a file or an unknown URI refuses the run with the lineage as it was.
     try:
-        out_sinks: dict[str, Sink] = {}
         for t in sources:
             uri = table_sink_uri(output_uri, t, input_uri) if policy.is_multi_table else output_uri
+            _refuse_existing_quarantine(uri, overwrite)
             # encoded and compressed on its own thread while the next batch is masked
             sink: Sink = WriteBehind(
                 open_sink(
@@ -181,6 +272,16 @@ def run_mask(
             out_sinks[t] = sink
             sinks.append(sink)
             outputs.append(display_uri(uri))
+        recorder = LineageRecorder(lineage, keyring, record, policy=policy)
+        recorder.start()
+    except BaseException:
+        for s in sinks:
+            with contextlib.suppress(Exception):
+                s.abort()
+        raise
+
+    evidence = _Evidence(recorder)
+    try:
         for t, source in sources.items():
             masker = maskers[t]
             done = 0
@@ -209,16 +310,13 @@ def run_mask(
                     for reason in res.quarantine.column(res.quarantine.num_columns - 1).to_pylist():
                         key = _reason_kind(str(reason))
                         record.quarantine_reasons[key] = record.quarantine_reasons.get(key, 0) + 1
-                    if max_quarantine is not None and record.rows_quarantined > max_quarantine:
-                        raise QuarantineLimitError(
-                            f"{record.rows_quarantined} rows quarantined, more than "
-                            f"--max-quarantine {max_quarantine}; nothing was written"
-                        )
+                    limit.check(record.rows_quarantined, record.rows_in, final=False)
                 for k, v in res.stats.items():
                     stats[k] = stats.get(k, 0) + v
                 done += batch.num_rows
                 if progress is not None:
                     progress(t, done)
+        limit.check(record.rows_quarantined, record.rows_in, final=True)
         # The residual-PII scan and the other end-of-run evidence run on the evidence
         # thread while the last batches are encoded; both finish before anything commits.
         evidence.conclude()
@@ -239,8 +337,10 @@ def run_mask(
         record.ended_at = _now()
         recorder.fail(exc)
         raise
-    record.outputs = [s.ref() for s in out_sinks.values()]
-    record.quarantine = [s.ref() for s in q_sinks.values()]
+    # the policy table each output belongs to: the key of its column lineage
+    record.outputs = [dataclasses.replace(s.ref(), table=t) for t, s in out_sinks.items()]
+    record.quarantine = [dataclasses.replace(s.ref(), table=t) for t, s in q_sinks.items()]
+    make_private(record.quarantine)
     record.token_collisions = stats.get("token_collisions", 0)
     record.text_detections = {
         k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("text:")
@@ -259,7 +359,30 @@ def run_mask(
         operator_counts=dict(record.operator_counts),
         stats=stats,
         key_ids=key_ids,
+        receipt=str(recorder.receipt) if recorder.receipt is not None else None,
     )
+
+
+def _refuse_existing_quarantine(uri: str, overwrite: bool) -> None:
+    """An existing quarantine output refuses the run before it starts, as its output does."""
+    if overwrite or uri in ("-", "") or "://" in uri:
+        return
+    q = Path(quarantine_uri(uri))
+    if q.exists():
+        raise OutputExistsError(
+            f"quarantine output {q} exists: pass --overwrite to replace it, or remove it"
+        )
+
+
+def make_private(refs: list[Any]) -> None:
+    """Quarantined rows are unmasked where masking failed: files 0600, directories 0700."""
+    for ref in refs:
+        for f in ref.files:
+            with contextlib.suppress(OSError):
+                os.chmod(f, 0o600)
+                parent = Path(f).parent
+                if parent.name.endswith(".quarantine") or parent.name == ".quarantine":
+                    os.chmod(parent, 0o700)
 
 
 class _Evidence:

@@ -123,7 +123,9 @@ def test_fail_event_has_error_message_and_frames_only(make_run: MakeRun) -> None
     assert all(line.startswith("  at ") and line.count(":") >= 2 for line in lines[1:])
     assert any(line.endswith(":_boom") for line in lines)
     assert "raise" not in facet["stackTrace"]  # no source text
-    manifest = json.loads((run.directory / "manifest.json").read_text())
+    head = json.loads((run.directory / "manifest.json").read_text())
+    assert head["status"] == "failed" and head["current_run"] is None
+    manifest = json.loads((run.directory / head["runs"][-1]["manifest"]).read_text())
     assert manifest["status"] == "failed" and manifest["run"]["error"] == str(err)
 
 

@@ -39,7 +39,17 @@ def test_untouched_directory_verifies(make_run: MakeRun) -> None:
     report = verify(run.directory, public_key=run.keyring.public_key_pem())
     assert report.ok and report.key_source == "given" and report.status == "completed"
     assert report.files_checked == 2 and report.audit_entries == 2
-    assert any("out of band" in c for c in report.checks)
+    assert report.outputs == [run.output_path.resolve()]
+    assert [name for name, _ in report.checks] == [
+        "manifest.json",
+        "signing key",
+        "manifest.sig",
+        "audit.jsonl",
+        "lineage files",
+        "data files",
+        "last run",
+    ]
+    assert report.notes == []
     # raw and PEM-file keys work too
     assert verify(run.directory, public_key=run.keyring.public_key_raw()).ok
     pem = run.directory.parent / "signer.pem"
@@ -47,10 +57,17 @@ def test_untouched_directory_verifies(make_run: MakeRun) -> None:
     assert verify(run.directory, public_key=pem).ok
 
 
-def test_directory_key_is_flagged_as_weak(make_run: MakeRun) -> None:
-    report = verify(make_run().directory)
+def test_no_key_is_refused_and_the_embedded_key_is_flagged_as_weak(make_run: MakeRun) -> None:
+    run = make_run()
+    with pytest.raises(VerificationError) as info:
+        verify(run.directory)
+    assert str(info.value) == (
+        "no trusted public key: pass --public-key PEM (the signer's key, obtained out of "
+        "band) or --trust-embedded-key (integrity only, not origin)"
+    )
+    report = verify(run.directory, trust_embedded_key=True)
     assert report.key_source == "directory"
-    assert any(c.startswith("WARNING") and "forger" in c for c in report.checks)
+    assert any("integrity only, not origin" in n and "forger" in n for n in report.notes)
 
 
 def test_changed_output_file(make_run: MakeRun) -> None:
@@ -147,8 +164,7 @@ def test_changed_manifest(make_run: MakeRun) -> None:
     run = make_run()
     path = run.directory / "manifest.json"
     doc = json.loads(path.read_bytes())
-    doc["counts"]["rows_quarantined"] = 0
-    doc["counts"]["rows_out"] += 1
+    doc["status"] = "completed!"
     path.write_bytes(canonical(doc))
     with pytest.raises(VerificationError, match=r"manifest\.json was changed after signing"):
         verify(run.directory, public_key=run.keyring.public_key_pem())
@@ -157,32 +173,38 @@ def test_changed_manifest(make_run: MakeRun) -> None:
 def test_wrong_public_key(make_run: MakeRun) -> None:
     run = make_run()
     other = Keyring.ephemeral()
-    with pytest.raises(VerificationError, match="signed with a different key"):
+    with pytest.raises(VerificationError, match=r"names signing key \w+ \(sha256:.*not the key"):
         verify(run.directory, public_key=other.public_key_pem())
 
 
 def test_forger_with_own_key_fails_against_out_of_band_key(make_run: MakeRun) -> None:
     run = make_run()
     run.output_path.write_bytes(b"forged output")
-    path = run.directory / "manifest.json"
-    doc = json.loads(path.read_bytes())
-    for ds in doc["datasets"]:
+    from biomask.lineage._util import file_digest, sha256_hex
+
+    (run_manifest_path,) = (run.directory / "runs").glob("*/manifest.json")
+    rdoc = json.loads(run_manifest_path.read_bytes())
+    for ds in rdoc["datasets"]:
         for f in ds["files"]:
             if f["path"].endswith("out.parquet"):
                 f["size"] = len(b"forged output")
-                from biomask.lineage._util import file_digest
-
                 f["sha256"] = file_digest(run.output_path)[0]
-    data = canonical(doc)
+    rdata = canonical(rdoc)
+    run_manifest_path.write_bytes(rdata)
+    path = run.directory / "manifest.json"
+    doc = json.loads(path.read_bytes())
     forger = Keyring.ephemeral()
+    doc["runs"][0].update(sha256=sha256_hex(rdata), size=len(rdata))
+    doc["signing_key_fingerprint"] = forger.signing_key_fingerprint
+    data = canonical(doc)
     path.write_bytes(data)
     (run.directory / "manifest.sig").write_bytes(
         base64.b64encode(forger.signing_key().sign(data)) + b"\n"
     )
     (run.directory / "public_key.pem").write_bytes(forger.public_key_pem())
-    weak = verify(run.directory)  # the directory's own key proves nothing...
+    weak = verify(run.directory, trust_embedded_key=True)  # the directory's key proves nothing
     assert weak.key_source == "directory"
-    with pytest.raises(VerificationError, match=r"signature|does not verify"):
+    with pytest.raises(VerificationError, match=r"names signing key .* not the key given"):
         verify(run.directory, public_key=run.keyring.public_key_pem())  # ...this does
 
 
@@ -216,10 +238,18 @@ def test_killed_run_still_verifies_as_started(make_run: MakeRun, tmp_path: Path)
     # simulate a second run killed after start(): START + audit + 'started' manifest only
     from biomask.lineage import LineageRecorder
 
-    rec = LineageRecorder(run.directory, run.keyring, run.record)
+    import dataclasses
+    import uuid
+
+    second = dataclasses.replace(run.record, run_id=str(uuid.uuid4()))
+    rec = LineageRecorder(run.directory, run.keyring, second)
     rec.start()
     report = verify(run.directory, public_key=run.keyring.public_key_pem())
     assert report.status == "started" and report.audit_entries == 3
+    # the killed run is the last one; the completed one still vouches for the output
+    assert report.current_run == run.record.run_id and report.run_id == second.run_id
+    assert report.outputs == [run.output_path.resolve()]
+    rec._lock.release()
 
 
 def test_record_event_on_run_directory(make_run: MakeRun) -> None:
@@ -239,16 +269,17 @@ def test_record_event_on_fresh_directory(tmp_path: Path, keyring: Keyring) -> No
     report = verify(d, public_key=keyring.public_key_pem())
     assert report.status == "events" and report.audit_entries == 2 and report.files_checked == 0
     manifest = json.loads((d / "manifest.json").read_text())
-    assert set(manifest) == {"format", "version", "status", "keyring_id", "signing_key_id", "audit"}
+    assert manifest["runs"] == [] and manifest["current_run"] is None
+    assert manifest["audit"]["count"] == 2
 
 
 def test_record_event_refuses_tampered_or_foreign(make_run: MakeRun) -> None:
     run = make_run()
-    with pytest.raises(LineageError, match="does not verify with this keyring"):
+    with pytest.raises(LineageError, match="signed by another key"):
         record_event(run.directory, Keyring.ephemeral(), "erase", {"subject": "S"})
     lines = _lines(_audit(run))
     _audit(run).write_bytes(b"".join(lines[:-1]))
-    with pytest.raises(LineageError, match="does not match the signed chain head"):
+    with pytest.raises(LineageError, match="1 entries, the signed manifest says 2"):
         record_event(run.directory, run.keyring, "erase", {"subject": "S"})
 
 

@@ -72,8 +72,17 @@ def run_demo(
     summary = run_mask(policy, ring, str(out / "input"), str(out / "masked"))
     if show is not None:
         show(summary)
-    report = verify(summary.lineage_dir)
-    console.print(f"  lineage verified: {len(report.checks)} checks passed")
+    public_pem = out / "demo.public.pem"
+    public_pem.write_bytes(ring.public_key_pem())
+    report = verify(summary.lineage_dir, public_key=public_pem, receipt=summary.receipt)
+    console.print(
+        f"  lineage verified with {public_pem} and the run's receipt: "
+        f"{len(report.checks)} checks passed"
+    )
+    console.print(
+        f"  check it yourself: biomask audit verify {summary.lineage_dir} "
+        f"--public-key {public_pem} --receipt {report.receipt}"
+    )
     dossier = summary.lineage_dir / "dossier.html"
     if dossier.exists():
         console.print(f"  EU AI Act dossier: {dossier}")

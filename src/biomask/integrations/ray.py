@@ -30,6 +30,7 @@ uses its own run data key. A CI test compares the two engines.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -513,7 +514,7 @@ def run_mask_ray(
     lineage_dir: str | Path | None = None,
     overwrite: bool = False,
     batch_size: int = 65_536,
-    max_quarantine: int | None = None,
+    max_quarantine: Any = None,
     keystore: str | None = None,
     concurrency: int | None = None,
 ) -> RunSummary:
@@ -538,7 +539,8 @@ def run_mask_ray(
         Most rows per worker call; smaller blocks are used when needed to keep every
         worker busy.
     max_quarantine:
-        Fail the run (nothing committed) when more rows than this are quarantined.
+        Fail the run (nothing committed) when more rows than this are quarantined: a row
+        count or a fraction (``"1%"``, ``0.01``); default 1% of the rows, as locally.
     concurrency:
         Masking actors (default: the cluster's CPUs).
 
@@ -556,9 +558,16 @@ def run_mask_ray(
     from biomask.lineage.record import ColumnRecord, RunRecord
     from biomask.masking import Masker
     from biomask.masking.api import resolve_policy
-    from biomask.pipeline import RunSummary, default_lineage_dir
+    from biomask.pipeline import (
+        QuarantineLimit,
+        RunSummary,
+        _refuse_existing_quarantine,
+        default_lineage_dir,
+        make_private,
+    )
 
     started = time.perf_counter()
+    limit = QuarantineLimit.parse(max_quarantine)
     pol = resolve_policy(policy)
     ring = keyring if isinstance(keyring, Keyring) else Keyring.open(keyring)
     if ring.path is None:
@@ -602,22 +611,32 @@ def run_mask_ray(
                 )
             )  # fmt: skip
             record.operator_counts[op.name] = record.operator_counts.get(op.name, 0) + 1
-    recorder = LineageRecorder(lineage, ring, record, policy=pol)
-    recorder.start()
-
     out_sinks: dict[str, ParquetDirSink] = {}
     q_sinks: dict[str, ParquetDirSink] = {}
     stats: dict[str, int] = {}
+    # outputs first: a refused output leaves the lineage directory as it was
+    try:
+        for t in sources:
+            _refuse_existing_quarantine(out_uris[t], overwrite)
+            meta = {k.decode(): v.decode() for k, v in (out_schemas[t].metadata or {}).items()}
+            # a directory sink whatever the name: workers write its part files
+            out_sinks[t] = ParquetDirSink(
+                Path(out_uris[t]), out_schemas[t], overwrite=overwrite, metadata=meta,
+                uri=out_uris[t],
+            )  # fmt: skip
+        recorder = LineageRecorder(lineage, ring, record, policy=pol)
+        recorder.start()
+    except BaseException:
+        for s in out_sinks.values():
+            try:
+                s.abort()
+            except Exception:  # abort must not hide the real error
+                log.debug("abort failed", exc_info=True)
+        raise
     try:
         with (rctx := _RayContext(ray)):
             for t in sources:
-                meta = {k.decode(): v.decode() for k, v in (out_schemas[t].metadata or {}).items()}
-                # a directory sink whatever the name: workers write its part files
-                sink = ParquetDirSink(
-                    Path(out_uris[t]), out_schemas[t], overwrite=overwrite, metadata=meta,
-                    uri=out_uris[t],
-                )  # fmt: skip
-                out_sinks[t] = sink
+                sink = out_sinks[t]
                 # the sink's temporary directory (renamed on commit) is where workers write
                 staging = Path(sink._tmp).resolve()
                 spec = _WorkerSpec(pol, keyring_path, t, lex, keystore)
@@ -641,11 +660,7 @@ def run_mask_ray(
                         f"row count mismatch on Ray: {record.rows_in} in, {record.rows_out} "
                         f"out, {record.rows_quarantined} quarantined; nothing was written"
                     )
-                if max_quarantine is not None and record.rows_quarantined > max_quarantine:
-                    raise QuarantineLimitError(
-                        f"{record.rows_quarantined} rows quarantined, more than "
-                        f"--max-quarantine {max_quarantine}; nothing was written"
-                    )
+                limit.check(record.rows_quarantined, record.rows_in, final=False)
                 q_parts = sorted((staging / _QUARANTINE_DIR).glob("*.parquet"))
                 if q_parts:
                     q_uri = quarantine_uri(out_uris[t])
@@ -658,6 +673,7 @@ def run_mask_ray(
                     for p in q_parts:
                         os.replace(p, Path(q._tmp) / p.name)
                     (staging / _QUARANTINE_DIR).rmdir()
+        limit.check(record.rows_quarantined, record.rows_in, final=True)
         for s in [*out_sinks.values(), *q_sinks.values()]:
             s.commit()
     except BaseException as exc:
@@ -672,8 +688,10 @@ def run_mask_ray(
         if err is not exc:
             raise err from None
         raise
-    record.outputs = [s.ref() for s in out_sinks.values()]
-    record.quarantine = [s.ref() for s in q_sinks.values()]
+    # the policy table each output belongs to: the key of its column lineage
+    record.outputs = [dataclasses.replace(s.ref(), table=t) for t, s in out_sinks.items()]
+    record.quarantine = [dataclasses.replace(s.ref(), table=t) for t, s in q_sinks.items()]
+    make_private(record.quarantine)
     record.token_collisions = stats.get("token_collisions", 0)
     record.text_detections = {
         k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("text:")
@@ -685,6 +703,7 @@ def run_mask_ray(
         lineage_dir=lineage, outputs=[display_uri(u) for u in out_uris.values()],
         quarantine=[display_uri(quarantine_uri(out_uris[t])) for t in q_sinks],
         operator_counts=dict(record.operator_counts), stats=stats, key_ids=key_ids,
+        receipt=str(recorder.receipt) if recorder.receipt is not None else None,
     )  # fmt: skip
 
 

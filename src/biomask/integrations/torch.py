@@ -10,7 +10,6 @@ training data.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -37,26 +36,40 @@ __all__ = ["MaskedTemplateDataset", "decrypting_collate_fn", "verified_files"]
 
 
 def verified_files(
-    data: Path, lineage_dir: Path, public_key: bytes | Path | None = None
+    data: Path,
+    lineage_dir: Path,
+    public_key: bytes | Path | None = None,
+    keyring_path: str | os.PathLike[str] | None = None,
 ) -> list[Path]:
-    """The data files, after checking each is an output the signed manifest lists.
+    """The data files, after checking each is a current output of the signed lineage.
+
+    The lineage is verified with ``public_key`` or, without one, with the public key of the
+    keyring the feed decrypts with (opened from ``keyring_path``, which also checks the
+    audit entries' MACs): never with the key the directory carries. A file is accepted
+    when it is an output of the last completed run that wrote its dataset, so a later
+    failed run (over its quarantine limit, say) leaves the good outputs usable.
 
     Raises
     ------
     VerificationError
         The lineage does not verify (changed file, edited log, wrong key), or a file under
-        ``data`` is not among the manifest's outputs (added after masking).
+        ``data`` is not among the verified outputs (added after masking).
     """
     from biomask.lineage import verify
 
-    verify(lineage_dir, public_key=public_key)
-    manifest = json.loads((lineage_dir / "manifest.json").read_text(encoding="utf-8"))
-    listed = {
-        (lineage_dir / f["path"]).resolve()
-        for ds in manifest.get("datasets", [])
-        if ds.get("role") == "output"
-        for f in ds.get("files", [])
-    }
+    ring = None
+    if public_key is None:
+        if keyring_path is None:
+            raise VerificationError(
+                "the training feed needs a trusted public key or the keyring to verify "
+                f"{lineage_dir} with"
+            )
+        from biomask.keys import Keyring
+
+        ring = Keyring.open(keyring_path)
+        public_key = ring.public_key_pem()
+    report = verify(lineage_dir, public_key=public_key, keyring=ring)
+    listed = set(report.outputs)
     files = sorted(data.rglob("*.parquet")) if data.is_dir() else [data]
     for f in files:
         if f.resolve() not in listed:
@@ -87,7 +100,8 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
     lineage_dir:
         The run's lineage directory (default ``<data>.lineage``).
     public_key:
-        The auditor's copy of the signing key; without it the directory's own key is used.
+        The auditor's copy of the signing key; without it the keyring's own public key
+        (never the key stored in the lineage directory).
     decrypt:
         False yields the ciphertexts as they are stored, as a ``[B, length]`` uint8 tensor
         when every row has the same length (else flat, with ``<column>_offsets``): the same
@@ -121,7 +135,7 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
         lineage = (
             Path(lineage_dir) if lineage_dir else self.data.with_name(self.data.name + ".lineage")
         )
-        self.files = verified_files(self.data, lineage, public_key)
+        self.files = verified_files(self.data, lineage, public_key, self.keyring_path)
         #: every (file, row group), dealt out to DataLoader workers: sharding by file left
         #: all but one worker idle on a one-file output
         self.row_groups = [
@@ -228,7 +242,7 @@ def decrypting_collate_fn(
     pol = resolve_policy(policy)
     path = Path(data)
     lineage = Path(lineage_dir) if lineage_dir else path.with_name(path.name + ".lineage")
-    files = verified_files(path, lineage, public_key)
+    files = verified_files(path, lineage, public_key, keyring_path)
     meta = pq.read_schema(files[0]).metadata
 
     class _Decrypting(ArrowBatchCollateFn):

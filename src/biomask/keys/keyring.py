@@ -1,30 +1,48 @@
 """The keyring: master keys wrapped under a passphrase, key ids, rotation, derived keys.
 
-File format (JSON, version 1)::
+File format (JSON, version 2)::
 
     {
-      "format": "biomask-keyring", "version": 1, "keyring_id": "<16 hex>",
-      "kdf": {"name": "scrypt", "salt": "<b64>", "n": 32768, "r": 8, "p": 1},
+      "format": "biomask-keyring", "version": 2, "keyring_id": "<16 hex>",
+      "kdf": {"name": "scrypt", "salt": "<b64>", "n": 131072, "r": 8, "p": 1},
       "primary": "<8 hex key id>",
       "keys": [{"id": "<8 hex>", "created": "<ISO 8601>", "wrapped": "<b64 nonce|ct>"}],
-      "signing": {"id": "<8 hex>", "wrapped": "<b64>", "public": "<b64 raw Ed25519>"}
+      "signing": {"id": "<8 hex>", "wrapped": "<b64>", "public": "<b64 raw Ed25519>"},
+      "mac": "<hex HMAC-SHA256 over the canonical JSON of every other field>"
     }
 
 Each master key (32 random bytes) and the Ed25519 lineage signing key are wrapped with
-AES-256-GCM under a key-encryption key derived from ``BIOMASK_PASSPHRASE`` with scrypt; the
-associated data binds each wrapped key to the keyring id and its key id, so wrapped keys
-cannot be swapped between entries or keyrings. Rotation adds a new primary and keeps the
-old keys for reading. Domain keys are derived with HKDF-SHA256 from a master key and the
-purpose and domain name, so a leaked domain key exposes no other domain.
+AES-256-GCM under a key-encryption key derived from ``BIOMASK_PASSPHRASE`` with scrypt
+(N = 2^17, r = 8: 128 MiB per guess); the associated data binds each wrapped key to the
+file version, the keyring id and its key id, so wrapped keys cannot be swapped between
+entries or keyrings, nor a version 2 file be passed off as version 1. The ``mac`` covers
+the whole document except itself (RFC 8785 canonical JSON), so the primary key id, the
+key list, the dates and any field a later version adds cannot be changed without the
+passphrase: rolling ``primary`` back to an old key is refused.
+
+Version 1 files (scrypt N = 2^15, no ``mac``) still open; ``keys rotate`` rewrites them
+as version 2. KDF parameters read from a file are bounded (:data:`KDF_BOUNDS`), so a file
+cannot make opening it take minutes or gigabytes. ``create`` and ``rotate`` hold a lock
+file (``.<name>.lock`` beside the keyring), and ``rotate`` refuses when the file changed
+since it was opened: two rotations never silently drop one another's key.
+
+Rotation adds a new primary and keeps the old keys for reading. Domain keys are derived
+with HKDF-SHA256 from a master key and the purpose and domain name, so a leaked domain key
+exposes no other domain.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
+import fcntl
+import hashlib
+import hmac
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,16 +51,24 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from rfc8785 import dumps as _canonical
 
 from biomask.errors import KeyringError
 from biomask.keys.handles import KeyHandle
 from biomask.keys.primitives import hkdf
 
-__all__ = ["PASSPHRASE_ENV", "Keyring"]
+__all__ = ["KDF_BOUNDS", "PASSPHRASE_ENV", "Keyring"]
 
 PASSPHRASE_ENV = "BIOMASK_PASSPHRASE"
 _FORMAT = "biomask-keyring"
-_SCRYPT_N = 2**15
+_VERSION = 2
+_SCRYPT_N = 2**17
+"""scrypt cost of new keyrings: N = 2^17, r = 8 (128 MiB, about 0.4 s per guess)."""
+
+KDF_BOUNDS: dict[str, tuple[int, int]] = {"n": (2**14, 2**18), "r": (1, 16), "p": (1, 4)}
+"""Accepted scrypt parameters of a keyring file (inclusive). The lower bound keeps guessing
+costly; the upper one keeps opening a file under about a second and 256 MiB, whatever the
+file says."""
 
 
 def _b64(b: bytes) -> str:
@@ -101,6 +127,10 @@ class Keyring:
         self.path = path
         self._kdf = kdf
         self._kek = kek
+        #: SHA-256 of the file as opened: ``rotate`` refuses if another writer changed it
+        self._opened_digest: str | None = None
+        #: the passphrase, held only for a version 1 / weak-KDF file until ``rotate``
+        self._upgrade_pw: str | None = None
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -124,14 +154,14 @@ class Keyring:
         """Create a new keyring file; refuses to overwrite an existing one."""
         p = Path(path)
         pw = _passphrase(passphrase, p, "create")
-        if p.exists():
-            raise KeyringError(f"keyring {p} already exists; refusing to overwrite it")
-        ring = cls.ephemeral()
-        salt = secrets.token_bytes(16)
-        ring._kdf = {"name": "scrypt", "salt": _b64(salt), "n": _SCRYPT_N, "r": 8, "p": 1}
-        ring._kek = _derive_kek(pw, ring._kdf)
-        ring.path = p
-        ring.save(new=True)
+        with _locked(p):
+            if p.exists():
+                raise KeyringError(f"keyring {p} already exists; refusing to overwrite it")
+            ring = cls.ephemeral()
+            ring._kdf = _new_kdf()
+            ring._kek = _derive_kek(pw, ring._kdf, p)
+            ring.path = p
+            ring.save(new=True)
         return ring
 
     @classmethod
@@ -144,8 +174,10 @@ class Keyring:
             )
         pw = _passphrase(passphrase, p, "open")
         try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-            if doc.get("format") != _FORMAT or doc.get("version") != 1:
+            raw = p.read_bytes()
+            doc = json.loads(raw)
+            version = doc.get("version")
+            if doc.get("format") != _FORMAT or version not in (1, _VERSION):
                 raise ValueError("format")
             kdf = dict(doc["kdf"])
             ring_id = str(doc["keyring_id"])
@@ -154,22 +186,33 @@ class Keyring:
             signing = dict(doc["signing"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise KeyringError(f"{p} is not a biomask keyring (unreadable or corrupt)") from exc
-        kek = _derive_kek(pw, kdf)
+        kek = _derive_kek(pw, kdf, p)
+        prefix = _aad_prefix(int(version))
         masters: dict[str, bytes] = {}
         created: dict[str, str] = {}
         try:
             for e in entries:
                 kid = str(e["id"])
-                masters[kid] = _unwrap(kek, _unb64(e["wrapped"]), f"{ring_id}/{kid}")
+                masters[kid] = _unwrap(kek, _unb64(e["wrapped"]), f"{prefix}{ring_id}/{kid}")
                 created[kid] = str(e.get("created", ""))
-            seed = _unwrap(kek, _unb64(signing["wrapped"]), f"{ring_id}/sign/{signing['id']}")
+            seed = _unwrap(
+                kek, _unb64(signing["wrapped"]), f"{prefix}{ring_id}/sign/{signing['id']}"
+            )
         except InvalidTag:
             raise KeyringError(f"wrong passphrase for keyring {p}") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise KeyringError(f"{p} is not a biomask keyring (unreadable or corrupt)") from exc
+        if version == _VERSION:
+            body = {k: v for k, v in doc.items() if k != "mac"}
+            want = _header_mac(kek, body)
+            if not isinstance(doc.get("mac"), str) or not hmac.compare_digest(want, doc["mac"]):
+                raise KeyringError(
+                    f"{p} was changed without the passphrase: its header MAC does not match "
+                    "(primary key, key list, dates or another field edited or rolled back)"
+                )
         if primary not in masters:
             raise KeyringError(f"{p} is corrupt: its primary key id is not among its keys")
-        return cls(
+        ring = cls(
             keyring_id=ring_id,
             masters=masters,
             created=created,
@@ -180,15 +223,22 @@ class Keyring:
             kdf=kdf,
             kek=kek,
         )
+        ring._opened_digest = hashlib.sha256(raw).hexdigest()
+        if version != _VERSION or int(kdf["n"]) < _SCRYPT_N:
+            # an old file: ``rotate`` rewrites it with the current KDF, which needs the
+            # passphrase once more (kept only on such a keyring, only until it is upgraded)
+            ring._upgrade_pw = pw
+        return ring
 
     def save(self, *, new: bool = False) -> None:
         """Write the keyring file atomically (temporary file, fsync, rename), mode 0600."""
         if self.path is None or self._kek is None or self._kdf is None:
             raise KeyringError("an ephemeral keyring has no file to save to")
         kek = self._kek
-        doc = {
+        prefix = _aad_prefix(_VERSION)
+        doc: dict[str, Any] = {
             "format": _FORMAT,
-            "version": 1,
+            "version": _VERSION,
             "keyring_id": self._keyring_id,
             "kdf": self._kdf,
             "primary": self._primary,
@@ -196,18 +246,23 @@ class Keyring:
                 {
                     "id": kid,
                     "created": self._created.get(kid, ""),
-                    "wrapped": _b64(_wrap(kek, secret, f"{self._keyring_id}/{kid}")),
+                    "wrapped": _b64(_wrap(kek, secret, f"{prefix}{self._keyring_id}/{kid}")),
                 }
                 for kid, secret in self._masters.items()
             ],
             "signing": {
                 "id": self._signing_id,
                 "wrapped": _b64(
-                    _wrap(kek, self._signing_seed, f"{self._keyring_id}/sign/{self._signing_id}")
+                    _wrap(
+                        kek,
+                        self._signing_seed,
+                        f"{prefix}{self._keyring_id}/sign/{self._signing_id}",
+                    )
                 ),
                 "public": _b64(self.public_key_raw()),
             },
         }
+        doc["mac"] = _header_mac(kek, doc)
         data = json.dumps(doc, indent=2).encode() + b"\n"
         tmp = self.path.with_name(f".{self.path.name}.tmp-{secrets.token_hex(4)}")
         try:
@@ -224,6 +279,7 @@ class Keyring:
         finally:
             if tmp.exists():
                 tmp.unlink()
+        self._opened_digest = hashlib.sha256(data).hexdigest()
 
     # -- keys ---------------------------------------------------------------------------
     @property
@@ -243,12 +299,31 @@ class Keyring:
 
     def rotate(self) -> str:
         """Add a new primary key (old keys stay for reading) and save; returns the new id."""
+        if self.path is None:
+            return self._add_primary()
+        with _locked(self.path):
+            try:
+                now = hashlib.sha256(self.path.read_bytes()).hexdigest()
+            except OSError as exc:
+                raise KeyringError(f"cannot read keyring {self.path}: {exc.strerror}") from None
+            if self._opened_digest is not None and now != self._opened_digest:
+                raise KeyringError(
+                    f"keyring {self.path} changed since it was opened (another rotation?); "
+                    "open it again and retry"
+                )
+            if self._upgrade_pw is not None:  # version 1 or a weak KDF: rewrite with today's
+                self._kdf = _new_kdf()
+                self._kek = _derive_kek(self._upgrade_pw, self._kdf, self.path)
+                self._upgrade_pw = None
+            kid = self._add_primary()
+            self.save()
+        return kid
+
+    def _add_primary(self) -> str:
         kid = _new_key_id(set(self._masters))
         self._masters[kid] = secrets.token_bytes(32)
         self._created[kid] = _now()
         self._primary = kid
-        if self.path is not None:
-            self.save()
         return kid
 
     def derive(self, purpose: str, domain: str = "", key_id: str | None = None) -> KeyHandle:
@@ -285,6 +360,28 @@ class Keyring:
         """The public half, for auditors (``biomask keys export-public``)."""
         return self.signing_key().public_key()
 
+    @property
+    def signing_key_fingerprint(self) -> str:
+        """``sha256:<hex>`` of the raw public signing key: what a verifier compares.
+
+        Unlike :attr:`signing_key_id` (a random label), it is computed from the key itself,
+        so an auditor holding only the PEM can check that a manifest names *this* key.
+        """
+        return fingerprint(self.public_key_raw())
+
+    def chain_key(self) -> KeyHandle:
+        """The key of the lineage audit chain's MACs, derived from the signing key.
+
+        Derived from the signing key (which ``rotate`` keeps), not from a master key: the
+        chain outlives rotations. Whoever lacks the keyring cannot compute it, so cannot
+        rewrite the log and recompute its links.
+        """
+        return KeyHandle(
+            hkdf(self._signing_seed, "biomask/v1/lineage/audit-chain"),
+            self._signing_id,
+            "lineage/audit-chain",
+        )
+
     def public_key_raw(self) -> bytes:
         return self.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
@@ -313,12 +410,84 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
-def _derive_kek(passphrase: str, kdf: dict[str, Any]) -> bytes:
+def fingerprint(public_raw: bytes) -> str:
+    """``sha256:<hex>`` of a raw 32-byte Ed25519 public key."""
+    return "sha256:" + hashlib.sha256(public_raw).hexdigest()
+
+
+def _new_kdf() -> dict[str, Any]:
+    return {"name": "scrypt", "salt": _b64(secrets.token_bytes(16)), "n": _SCRYPT_N, "r": 8, "p": 1}
+
+
+def _aad_prefix(version: int) -> str:
+    # version 1 files bound wrapped keys to "<ring>/<kid>"; version 2 adds its version,
+    # so a version 2 file rewritten as version 1 (to drop its MAC) no longer unwraps
+    return "" if version == 1 else f"v{version}/"
+
+
+def _header_mac(kek: bytes, body: dict[str, Any]) -> str:
+    key = hkdf(kek, "biomask/v1/keyring/header-mac")
+    return hmac.new(key, _canonical(body), "sha256").hexdigest()
+
+
+def _derive_kek(passphrase: str, kdf: dict[str, Any], path: Path | None = None) -> bytes:
+    where = f"keyring {path}" if path is not None else "keyring"
     if kdf.get("name") != "scrypt":
-        raise KeyringError("unsupported keyring KDF")
-    return Scrypt(
-        salt=_unb64(kdf["salt"]), length=32, n=int(kdf["n"]), r=int(kdf["r"]), p=int(kdf["p"])
-    ).derive(passphrase.encode("utf-8"))
+        raise KeyringError(f"{where}: unsupported KDF {str(kdf.get('name'))[:20]!r} (scrypt)")
+    params: dict[str, int] = {}
+    for name, (lo, hi) in KDF_BOUNDS.items():
+        v = kdf.get(name)
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise KeyringError(
+                f"{where}: scrypt parameter {name}={str(v)[:20]} is outside {lo}..{hi}"
+            )
+        params[name] = v
+    if params["n"] & (params["n"] - 1):
+        raise KeyringError(f"{where}: scrypt parameter n={params['n']} is not a power of two")
+    try:
+        salt = _unb64(str(kdf["salt"]))
+    except (KeyError, ValueError) as exc:
+        raise KeyringError(f"{where}: the KDF salt is not base64") from exc
+    if not 16 <= len(salt) <= 64:
+        raise KeyringError(f"{where}: the KDF salt must be 16 to 64 bytes")
+    return Scrypt(salt=salt, length=32, n=params["n"], r=params["r"], p=params["p"]).derive(
+        passphrase.encode("utf-8")
+    )
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold ``.<name>.lock`` beside ``path`` (fcntl): one creator or rotator at a time.
+
+    A second writer waits up to ten seconds, then is refused with one line; the lock file
+    stays (mode 0600, empty) so that no two writers ever race to create it.
+    """
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise KeyringError(f"cannot lock keyring {path}: {exc.strerror}") from None
+    try:
+        _flock(fd, timeout=10.0, what=f"keyring {path}")
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _flock(fd: int, *, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise KeyringError(
+                    f"{what} is locked by another writer; retry when it is done"
+                ) from None
+            time.sleep(0.05)
 
 
 def _wrap(kek: bytes, secret: bytes, aad: str) -> bytes:

@@ -229,3 +229,14 @@ def ragged_stream(
     idx = block_starts + (np.arange(total) - val_starts)
     out: np.ndarray = flat[idx]
     return out
+
+
+def mac_hex(key: KeyHandle, data: bytes) -> str:
+    """HMAC-SHA256 of ``data`` under ``key``, hex: the audit chain's keyed link.
+
+    A primitive rather than an inline ``hmac`` call so that raw key bytes stay inside
+    :mod:`biomask.keys` (see :class:`~biomask.keys.handles.KeyHandle`).
+    """
+    import hmac
+
+    return hmac.new(key._secret(), data, "sha256").hexdigest()

@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import rfc8785
 
@@ -23,7 +23,9 @@ __all__ = [
     "PRODUCER",
     "canonical",
     "file_digest",
+    "make_private_dir",
     "now_iso",
+    "open_private",
     "read_json",
     "resolve_stored",
     "sha256_hex",
@@ -97,7 +99,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     """
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
     try:
-        with tmp.open("wb") as fh:
+        with open_private(tmp) as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -107,6 +109,26 @@ def write_atomic(path: Path, data: bytes) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def open_private(path: Path, *, append: bool = False) -> BinaryIO:
+    """Open ``path`` for writing, created with mode 0600 (owner only).
+
+    Lineage names files, runs and key ids: an operator's business, not every local user's.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    return os.fdopen(fd, "ab" if append else "wb")
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with mode 0700; an existing one is kept as is."""
+    try:
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        for p in reversed(missing):  # parents created here are private too
+            p.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise LineageError(f"cannot create lineage directory {path}: {exc.strerror}") from None
 
 
 def read_json(path: Path) -> Any:

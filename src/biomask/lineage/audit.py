@@ -2,12 +2,20 @@
 
 Each line is one entry, serialized as RFC 8785 canonical JSON::
 
-    {"details": {...}, "kind": "mask", "prev": "<hex SHA-256>", "seq": 0, "time": "..."}
+    {"details": {...}, "kind": "mask", "mac": "<hex HMAC>", "prev": "<hex SHA-256>",
+     "seq": 0, "time": "..."}
 
-``prev`` is the SHA-256 of the previous line's canonical bytes (64 zeros for the first), so
-editing, inserting, deleting or reordering any entry breaks the chain at the next entry.
-The manifest carries the hash of the last entry (the *head*) and the entry count, signed:
-that catches a cut-off tail or an edit of the last entry, which the chain alone cannot.
+Two links per entry, for two readers:
+
+``prev``
+    the SHA-256 of the previous line's bytes (64 zeros for the first). Anyone can check it;
+    with the signed manifest's head (hash of the last line) and count, an auditor holding
+    only the *public* key detects an edited, inserted, deleted, reordered or cut entry.
+``mac``
+    HMAC-SHA256 of the entry without its ``mac``, under a key derived from the keyring's
+    signing key (:meth:`~biomask.keys.Keyring.chain_key`). Whoever lacks the keyring
+    cannot write an entry that a writer (every ``biomask`` run checks the whole log before
+    appending) or ``biomask audit verify --keyring`` accepts, even with the links recomputed.
 """
 
 from __future__ import annotations
@@ -19,13 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from biomask.errors import LineageError, VerificationError
-from biomask.lineage._util import canonical, now_iso, sha256_hex
+from biomask.keys.handles import KeyHandle
+from biomask.keys.primitives import mac_hex
+from biomask.lineage._util import canonical, now_iso, open_private, sha256_hex
 
 __all__ = [
     "AUDIT_FILE",
     "GENESIS",
     "ChainState",
     "append_entry",
+    "prefix_head",
     "read_chain",
     "replay_chain",
 ]
@@ -74,14 +85,22 @@ def _identity(path: Path) -> tuple[int, ...] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+_FIELDS = {"seq", "prev", "time", "kind", "details", "mac"}
+
+
+def _entry_mac(key: KeyHandle, entry: dict[str, Any]) -> str:
+    return mac_hex(key, canonical({k: v for k, v in entry.items() if k != "mac"}))
+
+
 def replay_chain(
-    directory: Path, *, reuse: bool = False
+    directory: Path, *, reuse: bool = False, key: KeyHandle | None = None
 ) -> tuple[ChainState, list[dict[str, Any]]]:
     """Re-read ``audit.jsonl`` and check every link; return the state and the entries.
 
-    With ``reuse``, a chain this process already checked (or extended) and that no one
-    changed since is not checked again (see :data:`_VERIFIED`); writers use that, the
-    verifier does not.
+    With ``key`` (the keyring's :meth:`~biomask.keys.Keyring.chain_key`) every entry's MAC
+    is checked too; without it only the public ``prev`` links are. With ``reuse`` (and a
+    key), a chain this process already checked (or extended) and that no one changed since
+    is not checked again (see :data:`_VERIFIED`); writers use that, the verifier does not.
 
     Raises
     ------
@@ -93,7 +112,7 @@ def replay_chain(
     if not path.exists():
         return ChainState(0, GENESIS), []
     ident = _identity(path)
-    known = _VERIFIED.get(path.resolve()) if reuse else None
+    known = _VERIFIED.get(path.resolve()) if reuse and key is not None else None
     if known is not None and ident is not None and known[0] == ident:
         return known[1], [dict(e) for e in known[2]]
     try:
@@ -109,7 +128,12 @@ def replay_chain(
             entry = json.loads(line)
         except ValueError:
             raise VerificationError(f"{AUDIT_FILE} line {n}: not valid JSON") from None
-        if not isinstance(entry, dict) or set(entry) != {"seq", "prev", "time", "kind", "details"}:
+        if isinstance(entry, dict) and set(entry) == _FIELDS - {"mac"}:
+            raise VerificationError(
+                f"{AUDIT_FILE} line {n}: an unkeyed entry (lineage format 1, written by an "
+                "older biomask): verify it with that version; start a new lineage directory"
+            )
+        if not isinstance(entry, dict) or set(entry) != _FIELDS:
             raise VerificationError(f"{AUDIT_FILE} line {n}: not an audit entry")
         if canonical(entry) != line:
             raise VerificationError(
@@ -125,16 +149,38 @@ def replay_chain(
                 f"{AUDIT_FILE} line {n}: 'prev' does not match the hash of line {n - 1} "
                 "(an entry was edited, inserted, deleted or reordered)"
             )
+        if key is not None and entry["mac"] != _entry_mac(key, entry):
+            raise VerificationError(
+                f"{AUDIT_FILE} line {n}: its MAC does not match (the entry was written or "
+                "rewritten without this keyring)"
+            )
         prev = sha256_hex(line)
         entries.append(entry)
     state = ChainState(len(entries), prev)
-    if ident is not None and ident == _identity(path):  # unchanged while it was read
+    if key is not None and ident is not None and ident == _identity(path):
         _VERIFIED[path.resolve()] = (ident, state, [dict(e) for e in entries])
     return state, entries
 
 
-def read_chain(directory: Path) -> ChainState:
-    """The current chain state, checked (a writer never extends a broken chain).
+def prefix_head(directory: Path, count: int) -> str | None:
+    """Hash of line ``count`` (the head after ``count`` entries), or None if shorter.
+
+    What a receipt is checked against: the log a receipt saw must be a prefix of today's.
+    """
+    if count == 0:
+        return GENESIS
+    try:
+        with (directory / AUDIT_FILE).open("rb") as fh:
+            for n, line in enumerate(fh, start=1):
+                if n == count:
+                    return sha256_hex(line.rstrip(b"\n"))
+    except OSError:
+        return None
+    return None
+
+
+def read_chain(directory: Path, key: KeyHandle) -> ChainState:
+    """The current chain state, links and MACs checked (a writer never extends a broken chain).
 
     Raises
     ------
@@ -142,14 +188,14 @@ def read_chain(directory: Path) -> ChainState:
         If the existing log does not replay: appending to it would bless the tampering.
     """
     try:
-        state, _ = replay_chain(directory, reuse=True)
+        state, _ = replay_chain(directory, reuse=True, key=key)
     except VerificationError as exc:
         raise LineageError(f"refusing to extend a broken audit log: {exc}") from None
     return state
 
 
-def append_entry(directory: Path, kind: str, details: dict[str, Any]) -> ChainState:
-    """Append one entry to the chain (fsync'd) and return the new state.
+def append_entry(directory: Path, kind: str, details: dict[str, Any], key: KeyHandle) -> ChainState:
+    """Append one keyed entry to the chain (fsync'd) and return the new state.
 
     Parameters
     ----------
@@ -158,7 +204,7 @@ def append_entry(directory: Path, kind: str, details: dict[str, Any]) -> ChainSt
     details:
         Flat strings and integers only: ids, counts, hashes; never a data value or key.
     """
-    state = read_chain(directory)
+    state = read_chain(directory, key)
     path = directory / AUDIT_FILE
     known = _VERIFIED.get(path.resolve()) if path.exists() else None
     before = _identity(path)
@@ -169,9 +215,10 @@ def append_entry(directory: Path, kind: str, details: dict[str, Any]) -> ChainSt
         "kind": str(kind),
         "details": _check_details(details),
     }
+    entry["mac"] = _entry_mac(key, entry)
     line = canonical(entry)
     try:
-        with path.open("ab") as fh:
+        with open_private(path, append=True) as fh:
             fh.write(line + b"\n")
             fh.flush()
             os.fsync(fh.fileno())

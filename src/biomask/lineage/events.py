@@ -234,7 +234,18 @@ def build_event(
 
 
 def emit(directory: Path, event: RunEvent) -> None:
-    """Append ``event`` to ``openlineage.jsonl`` with the client's FileTransport."""
+    """Append ``event`` to ``openlineage.jsonl`` with the client's FileTransport.
+
+    The file is created first with mode 0600 (the transport would create it 0644).
+    """
+    from biomask.lineage._util import open_private
+
+    path = directory / OPENLINEAGE_FILE
+    if not path.exists():
+        try:
+            open_private(path, append=True).close()
+        except OSError as exc:
+            raise LineageError(f"cannot create {path}: {exc.strerror}") from None
     transport = FileTransport(
         FileConfig(log_file_path=str(directory / OPENLINEAGE_FILE), append=True)
     )

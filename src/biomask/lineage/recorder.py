@@ -1,16 +1,23 @@
 """The lineage recorder the pipeline drives, and standalone audit events.
 
-A run's lineage directory ends up holding::
+A lineage directory holds, for every run recorded in it::
 
-    openlineage.jsonl   START and COMPLETE|FAIL RunEvents (same runId)
-    audit.jsonl         hash-chained audit entries (this run's, and earlier ones)
-    manifest.json       canonical JSON, signed: file hashes, counts, key ids, chain head
-    manifest.sig        Ed25519 signature (base64) over manifest.json's bytes
-    public_key.pem      the signing key's public half (convenience; not a trust anchor)
-    dossier.json|.html  EU AI Act evidence (see :mod:`biomask.lineage.dossier`)
+    openlineage.jsonl        START and COMPLETE|FAIL RunEvents, appended
+    audit.jsonl              keyed hash-chained audit entries, appended
+    runs/<run id>/manifest.json   the run's own manifest: file hashes, counts, key ids
+    runs/<run id>/dossier.json|.html   its EU AI Act evidence
+    dossier.json|.html       a copy of the last *completed* run's dossier
+    manifest.json            the signed head (:mod:`biomask.lineage.head`): chain head and
+                             count, every run manifest's digest, the artifacts' digests
+    manifest.sig             Ed25519 signature (base64) over manifest.json's bytes
+    public_key.pem           the signing key's public half (convenience; not a trust anchor)
 
-A signed manifest is written at START too (status ``started``): a run that is killed
-before COMPLETE still leaves a directory that verifies and says the run never finished.
+The directory is append-only: a run writes only its own ``runs/<id>/`` and appends to the
+two logs; it holds the directory's lock from :meth:`LineageRecorder.start` to the end and
+checks the signed head before its first write. A failed run records its failure as its
+own entry: the last completed run (``current_run``) and its outputs stay valid. The head
+is signed at START too: a run killed before COMPLETE leaves a directory that verifies and
+says the run never finished.
 """
 
 from __future__ import annotations
@@ -23,12 +30,13 @@ from typing import Any
 import pyarrow as pa
 
 from biomask.connectors.base import DatasetRef
-from biomask.errors import BiomaskError, LineageError, VerificationError
+from biomask.errors import BiomaskError, LineageError
 from biomask.keys import Keyring
 from biomask.lineage import audit
 from biomask.lineage._util import (
     canonical,
     file_digest,
+    make_private_dir,
     now_iso,
     sha256_hex,
     stored_path,
@@ -42,19 +50,32 @@ from biomask.lineage.dossier import (
 )
 from biomask.lineage.events import OPENLINEAGE_FILE, build_event, emit, ol_run_id
 from biomask.lineage.evidence import EvidenceCollector
-from biomask.lineage.manifest import (
-    MANIFEST_FORMAT,
-    read_manifest,
-    verify_signature,
-    write_signed_manifest,
+from biomask.lineage.head import (
+    RUNS_DIR,
+    DirectoryLock,
+    HeadState,
+    Receipt,
+    check_head,
+    head_document,
+    receipt_of,
 )
+from biomask.lineage.manifest import MANIFEST_FORMAT, write_signed_manifest
 from biomask.lineage.record import RunRecord
 from biomask.policies import Policy
 
-__all__ = ["LineageRecorder", "record_event", "safe_error_message", "stack_locations"]
+__all__ = [
+    "RUN_VERSION",
+    "LineageRecorder",
+    "record_event",
+    "safe_error_message",
+    "stack_locations",
+]
 
 ARTIFACTS = (OPENLINEAGE_FILE, DOSSIER_JSON, DOSSIER_HTML)
-"""Lineage files whose hashes the manifest signs (audit.jsonl is covered by its chain)."""
+"""Top-level lineage files whose hashes the head signs (audit.jsonl: by its chain head)."""
+
+RUN_VERSION = 2
+"""Format version of a run manifest (``runs/<id>/manifest.json``)."""
 
 
 def safe_error_message(error: BaseException) -> str:
@@ -111,13 +132,17 @@ class LineageRecorder:
     Parameters
     ----------
     directory:
-        The lineage directory (created if needed; earlier runs' audit chain is extended).
+        The lineage directory (created if needed; earlier runs' entries are kept as they
+        are, after checking them against the signed head).
     keyring:
-        Signs the manifest; only key *ids* are written.
+        Signs the head and keys the audit chain; only key *ids* are written.
     record:
         The run record the pipeline fills before calling :meth:`complete` / :meth:`fail`.
     policy:
         Names the quasi-identifier and masked columns for the evidence collectors.
+    lock_timeout:
+        Seconds to wait for another writer's lock (default: ``BIOMASK_LINEAGE_LOCK_WAIT``,
+        else 0: refuse at once).
     """
 
     def __init__(
@@ -127,6 +152,7 @@ class LineageRecorder:
         record: RunRecord,
         *,
         policy: Policy | None = None,
+        lock_timeout: float | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.keyring = keyring
@@ -135,6 +161,10 @@ class LineageRecorder:
         self.evidence = EvidenceCollector(policy, scan=record.command != "unmask")
         self._started = False
         self._finished = False
+        self._lock = DirectoryLock(self.directory, lock_timeout)
+        self._head = HeadState()
+        #: the receipt of the directory after this run's last write
+        self.receipt: Receipt | None = None
         #: (device, inode) -> (size, mtime_ns, sha256) of files hashed before the end
         self._known: dict[tuple[int, int], tuple[int, int, str]] = {}
         #: the evidence, when :meth:`conclude_evidence` computed it before the end
@@ -143,27 +173,42 @@ class LineageRecorder:
     def __repr__(self) -> str:
         return f"LineageRecorder({self.directory}, run={self.record.run_id})"
 
+    @property
+    def run_dir(self) -> Path:
+        """``runs/<run id>/``: the only directory this run writes files into."""
+        return self.directory / RUNS_DIR / ol_run_id(self.record.run_id)
+
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Create the directory; write START, an audit entry and a ``started`` manifest."""
+        """Lock the directory, check its signed head, then write START and a run manifest.
+
+        Raises
+        ------
+        LineageError
+            Another run holds the lock, or the directory does not match its signed head
+            (edited, cut or extended log, removed manifest, another signing key): nothing
+            has been written.
+        """
         if self._started:
             raise LineageError("lineage recorder already started")
+        make_private_dir(self.directory)
+        self._lock.acquire()
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise LineageError(
-                f"cannot create lineage directory {self.directory}: {exc.strerror}"
-            ) from None
-        r = self.record
-        if r.keyring_id is None:
-            r.keyring_id = self.keyring.keyring_id
-        if r.signing_key_id is None:
-            r.signing_key_id = self.keyring.signing_key_id
-        audit.read_chain(self.directory)  # refuse a broken chain before writing anything
-        emit(self.directory, build_event("START", r, event_time=r.started_at))
-        self._audit("start")
-        self._started = True
-        self._write_manifest("started", files=self._hash_datasets(inputs_only=True))
+            self._head = check_head(self.directory, self.keyring)
+            r = self.record
+            if r.keyring_id is None:
+                r.keyring_id = self.keyring.keyring_id
+            if r.signing_key_id is None:
+                r.signing_key_id = self.keyring.signing_key_id
+            make_private_dir(self.run_dir)
+            emit(self.directory, build_event("START", r, event_time=r.started_at))
+            self._started = True
+            manifest = self._write_run_manifest("started", self._hash_datasets(inputs_only=True))
+            chain = self._audit("start")
+            self._write_head("started", manifest, chain)
+        except BaseException:
+            self._lock.release()
+            raise
 
     def prehash(self, path: Path) -> None:
         """Hash a finished file now rather than at the end of the run.
@@ -208,12 +253,13 @@ class LineageRecorder:
         self.evidence.observe_output(table, batch)
 
     def complete(self) -> None:
-        """Hash the files; write COMPLETE, audit entry, dossier, signed manifest."""
+        """Hash the files; write COMPLETE, audit entry, dossier, run manifest, signed head."""
         self._finish("completed")
 
     def fail(self, error: BaseException) -> None:
-        """Write FAIL (errorMessage + frame locations), audit entry, dossier, manifest.
+        """Record the failure as this run's own entry (FAIL event, audit entry, manifest).
 
+        Earlier runs' files and the last completed run's status are left as they are.
         Never raises on top of the run's own error unless lineage itself cannot be written.
         """
         self._finish("failed", error)
@@ -225,6 +271,12 @@ class LineageRecorder:
         if self._finished:
             raise LineageError("lineage recorder already finished")
         self._finished = True
+        try:
+            self._finish_locked(status, error)
+        finally:
+            self._lock.release()
+
+    def _finish_locked(self, status: str, error: BaseException | None) -> None:
         r = self.record
         if r.ended_at is None:
             r.ended_at = now_iso()
@@ -251,7 +303,7 @@ class LineageRecorder:
         if err is not None:
             extra["error"] = err[0]
         chain = self._audit("complete" if error is None else "fail", extra)
-        _, entries = audit.replay_chain(self.directory, reuse=True)
+        _, entries = audit.replay_chain(self.directory, reuse=True, key=self.keyring.chain_key())
         dossier = build_dossier(
             r,
             status=status,
@@ -260,9 +312,15 @@ class LineageRecorder:
             audit_entries=entries,
             policy=self.policy,
         )
-        write_atomic(self.directory / DOSSIER_JSON, canonical(dossier))
-        write_atomic(self.directory / DOSSIER_HTML, render_html(dossier).encode("utf-8"))
-        self._write_manifest(status, files=files, chain=chain)
+        dossier_json = canonical(dossier)
+        dossier_html = render_html(dossier).encode("utf-8")
+        write_atomic(self.run_dir / DOSSIER_JSON, dossier_json)
+        write_atomic(self.run_dir / DOSSIER_HTML, dossier_html)
+        manifest = self._write_run_manifest(status, files)
+        if error is None:  # the top-level dossier shows the last completed run only
+            write_atomic(self.directory / DOSSIER_JSON, dossier_json)
+            write_atomic(self.directory / DOSSIER_HTML, dossier_html)
+        self._write_head(status, manifest, chain)
 
     def _audit(self, phase: str, extra: dict[str, str | int] | None = None) -> audit.ChainState:
         r = self.record
@@ -277,7 +335,9 @@ class LineageRecorder:
             "signing_key_id": r.signing_key_id or "",
         }
         details.update(extra or {})
-        return audit.append_entry(self.directory, _audit_kind(r.command), details)
+        return audit.append_entry(
+            self.directory, _audit_kind(r.command), details, self.keyring.chain_key()
+        )
 
     def _hash_datasets(self, *, inputs_only: bool) -> list[dict[str, Any]]:
         r = self.record
@@ -308,28 +368,23 @@ class LineageRecorder:
                 )
         return out
 
-    def _artifacts(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for name in ARTIFACTS:
-            p = self.directory / name
+    def _write_run_manifest(self, status: str, files: list[dict[str, Any]]) -> dict[str, Any]:
+        """Write ``runs/<id>/manifest.json``; return its head entry (path, digest, size)."""
+        r = self.record
+        artifacts: dict[str, dict[str, Any]] = {}
+        for name in (DOSSIER_JSON, DOSSIER_HTML):
+            p = self.run_dir / name
             if p.is_file():
                 digest, size = file_digest(p)
-                out[name] = {"sha256": digest, "size": size}
-        return out
-
-    def _write_manifest(
-        self,
-        status: str,
-        *,
-        files: list[dict[str, Any]],
-        chain: audit.ChainState | None = None,
-    ) -> None:
-        r = self.record
-        if chain is None:
-            chain = audit.read_chain(self.directory)
+                artifacts[name] = {
+                    "path": stored_path(p, self.directory),
+                    "sha256": digest,
+                    "size": size,
+                }
         manifest: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
-            "version": 1,
+            "version": RUN_VERSION,
+            "kind": "run",
             "status": status,
             "run": {
                 "run_id": ol_run_id(r.run_id),
@@ -353,59 +408,68 @@ class LineageRecorder:
                 "text_detections": dict(sorted(r.text_detections.items())),
                 "token_collisions": r.token_collisions,
             },
-            "artifacts": self._artifacts(),
-            "audit": {"file": audit.AUDIT_FILE, "head": chain.head, "count": chain.count},
+            "artifacts": artifacts,
         }
-        write_signed_manifest(self.directory, self.keyring, manifest)
+        data = canonical(manifest)
+        path = self.run_dir / "manifest.json"
+        write_atomic(path, data)
+        return {
+            "run_id": ol_run_id(r.run_id),
+            "command": r.command,
+            "status": status,
+            "manifest": stored_path(path, self.directory),
+            "sha256": sha256_hex(data),
+            "size": len(data),
+        }
+
+    def _write_head(self, status: str, entry: dict[str, Any], chain: audit.ChainState) -> None:
+        h = self._head
+        h.runs = [x for x in h.runs if x.get("run_id") != entry["run_id"]] + [entry]
+        h.status = status
+        h.last_run = entry["run_id"]
+        if status == "completed":
+            h.current_run = entry["run_id"]
+        write_signed_manifest(
+            self.directory,
+            self.keyring,
+            head_document(self.directory, self.keyring, h, chain, ARTIFACTS),
+        )
+        self.receipt = receipt_of(self.directory)
 
 
 def record_event(
-    directory: Path, keyring: Keyring, kind: str, details: dict[str, str | int]
-) -> None:
+    directory: Path,
+    keyring: Keyring,
+    kind: str,
+    details: dict[str, str | int],
+    *,
+    lock_timeout: float | None = None,
+) -> Receipt:
     """Append a standalone audit event (key rotation, erase, rekey) and re-sign the head.
 
-    In a run's lineage directory the manifest keeps its file hashes and only its chain
-    head and count change. Before re-signing, the existing manifest must verify with this
-    keyring's signing key and match the chain: re-signing a tampered directory would make
-    the tampering verify. A directory without a manifest gets one holding just the chain.
+    Holds the directory's lock and checks the signed head first, as a run does
+    (:func:`~biomask.lineage.head.check_head`): re-signing a tampered directory would make
+    the tampering verify. The runs and their manifests are left as they are; only the
+    chain head and count change. A fresh directory gets a head holding just the chain.
 
     Parameters
     ----------
     kind:
-        e.g. ``key_rotation``, ``erase`` (details carry the subject *token* only), ``rekey``.
+        e.g. ``key.rotate``, ``erase`` (details carry the subject *token* only), ``key.rekey``.
     details:
         Flat strings and integers: ids, tokens, counts; never a data value or key.
+
+    Returns
+    -------
+    Receipt
+        The directory's receipt after the event.
     """
     directory = Path(directory)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LineageError(f"cannot create lineage directory {directory}: {exc.strerror}") from None
-    manifest: dict[str, Any]
-    if (directory / "manifest.json").exists():
-        try:
-            data, manifest = read_manifest(directory)
-            verify_signature(directory, data, keyring.public_key())
-        except VerificationError as exc:
-            raise LineageError(
-                f"refusing to re-sign {directory}: its manifest does not verify with this "
-                f"keyring's signing key ({exc})"
-            ) from None
-        state = audit.read_chain(directory)
-        head = manifest.get("audit", {})
-        if head.get("head") != state.head or head.get("count") != state.count:
-            raise LineageError(
-                f"refusing to re-sign {directory}: {audit.AUDIT_FILE} does not match the "
-                "signed chain head (the log was changed); run 'biomask audit verify'"
-            )
-    else:
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "version": 1,
-            "status": "events",
-            "keyring_id": keyring.keyring_id,
-            "signing_key_id": keyring.signing_key_id,
-        }
-    chain = audit.append_entry(directory, kind, dict(details))
-    manifest["audit"] = {"file": audit.AUDIT_FILE, "head": chain.head, "count": chain.count}
-    write_signed_manifest(directory, keyring, manifest)
+    make_private_dir(directory)
+    with DirectoryLock(directory, lock_timeout):
+        state = check_head(directory, keyring)
+        chain = audit.append_entry(directory, kind, dict(details), keyring.chain_key())
+        write_signed_manifest(
+            directory, keyring, head_document(directory, keyring, state, chain, ARTIFACTS)
+        )
+        return receipt_of(directory)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import pyarrow as pa
 
@@ -38,6 +38,7 @@ def mask(
     *,
     table: str | None = ...,
     max_quarantine: int = ...,
+    with_quarantine: Literal[False] = ...,
 ) -> pl.DataFrame: ...
 @overload
 def mask(
@@ -47,7 +48,18 @@ def mask(
     *,
     table: str | None = ...,
     max_quarantine: int = ...,
+    with_quarantine: Literal[False] = ...,
 ) -> pa.Table: ...
+@overload
+def mask(
+    data: Any,
+    policy: PolicyLike,
+    keyring: Keyring,
+    *,
+    table: str | None = ...,
+    max_quarantine: int = ...,
+    with_quarantine: Literal[True],
+) -> tuple[Any, pa.Table]: ...
 
 
 def mask(
@@ -57,6 +69,7 @@ def mask(
     *,
     table: str | None = None,
     max_quarantine: int = 0,
+    with_quarantine: bool = False,
 ) -> Any:
     """Mask a pyarrow Table or Polars DataFrame and return the same kind of object.
 
@@ -74,14 +87,31 @@ def mask(
     table:
         Which table of a multi-table policy the data belongs to.
     max_quarantine:
-        How many rows may fail to mask before this raises; failed rows are left out of the
-        result (use the command line or :func:`biomask.pipeline.run_mask` to keep them).
+        How many rows may fail to mask before this raises (default 0: any failed row
+        raises). A limit above 0 needs ``with_quarantine=True``: rows are never dropped
+        without the caller receiving them.
+    with_quarantine:
+        Return ``(masked, quarantine)``: the quarantine is a ``pyarrow.Table`` of the rows
+        that failed, masked wherever possible, with a ``_biomask_reason`` column.
+
+    Returns
+    -------
+    The masked data (same kind as ``data``), or ``(masked, quarantine)``.
 
     Raises
     ------
     QuarantineLimitError
         More rows than ``max_quarantine`` could not be masked (e.g. unparseable dates).
+    BiomaskError
+        ``max_quarantine`` above 0 without ``with_quarantine=True``.
+    PolicyError
+        A rule failed on every value of a batch (a policy problem); names the rule's line.
     """
+    if max_quarantine > 0 and not with_quarantine:
+        raise BiomaskError(
+            f"mask(max_quarantine={max_quarantine}) would drop failed rows silently: pass "
+            "with_quarantine=True to receive them as (masked, quarantine)"
+        )
     pol = resolve_policy(policy)
     is_polars = type(data).__module__.startswith("polars")
     if is_polars:
@@ -106,23 +136,28 @@ def mask(
         services["sources"] = {name: _TableSource(tbl)}
         prepare()
     outs: list[pa.RecordBatch] = []
+    quarantined: list[pa.RecordBatch] = []
     failed = 0
     for batch in tbl.to_batches():
         res = masker.mask_batch(batch)
         outs.append(res.output)
         if res.quarantine is not None:
             failed += res.quarantine.num_rows
+            quarantined.append(res.quarantine)
     if failed > max_quarantine:
         raise QuarantineLimitError(
             f"{failed} of {tbl.num_rows} rows could not be masked (e.g. unparseable values); "
             "run 'biomask mask' to see them in the quarantine output with their reasons"
         )
-    result = pa.Table.from_batches(outs, schema=schema)
+    result: Any = pa.Table.from_batches(outs, schema=schema)
     if is_polars:
         import polars as pl
 
-        return pl.from_arrow(result)
-    return result
+        result = pl.from_arrow(result)
+    if not with_quarantine:
+        return result
+    q_schema = masker._bind(tbl.schema)[1]
+    return result, pa.Table.from_batches(quarantined, schema=q_schema)
 
 
 class _TableSource:

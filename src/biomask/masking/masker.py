@@ -314,6 +314,8 @@ class Masker:
         results.update(self._run(batch, later, ctxs))
         stats: dict[str, int] = {}
         for name in todo:
+            self._check_rule(name, batch, ctxs[name].bad & ~flagged, flagged, ctxs[name].reasons)
+        for name in todo:
             ctx = ctxs[name]
             for i in np.flatnonzero(ctx.bad & ~bad):
                 reasons[int(i)] = ctx.reasons.get(int(i), f"{name}: unmaskable")
@@ -335,6 +337,44 @@ class Masker:
         reason_col = pa.array([reasons.get(int(i), "unmaskable") for i in bad_rows], pa.string())
         quarantine = pa.RecordBatch.from_arrays([*q.columns, reason_col], schema=q_schema)
         return MaskedBatch(masked.take(good_idx), quarantine, stats)
+
+    #: a rule failing on every value of at least this many rows of one batch is a policy
+    #: problem (wrong format, a reversible rule on a tiny domain), not bad data
+    RULE_FAILURE_MIN_ROWS = 2
+
+    def _check_rule(
+        self,
+        name: str,
+        batch: pa.RecordBatch,
+        own_bad: np.ndarray,
+        flagged: np.ndarray,
+        reasons: dict[int, str],
+    ) -> None:
+        """Stop the run when ``name``'s rule failed on every value it was given.
+
+        Quarantine is for the odd bad value; a rule that fails on all of a batch's values
+        would quarantine the whole table, one batch after another. The error names the
+        rule's line in the policy file (values are never quoted: reasons hold none).
+        """
+        n_bad = int(own_bad.sum())
+        if n_bad < self.RULE_FAILURE_MIN_ROWS or name not in batch.schema.names:
+            return
+        valid = pc.is_valid(batch.column(name)).to_numpy(zero_copy_only=False)
+        if n_bad != int((valid & ~flagged).sum()):
+            return
+        first = reasons.get(int(np.flatnonzero(own_bad)[0]), f"{name}: unmaskable")
+        loc = (
+            ("tables", self.table, "columns", name)
+            if self.policy.tables is not None
+            else ("columns", name)
+        )
+        raise PolicyError(
+            f"the rule failed on every value of a batch ({n_bad} rows; first reason: "
+            f"{first}): a policy problem, not bad data; fix the rule (nothing was written)",
+            path=self.policy.source,
+            line=self.policy.line_of(*loc),
+            field=".".join(loc),
+        )
 
 
 class Unmasker(Masker):
