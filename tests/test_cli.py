@@ -256,7 +256,8 @@ def test_demo_mask_unmask_roundtrip(
     assert back["full_name"].to_pylist() == masked["full_name"].to_pylist()  # irreversible stays
     audit = [json.loads(x) for x in Path("back.lineage/audit.jsonl").read_text().splitlines()]
     assert any(e["kind"] == "access" for e in audit)
-    assert main(["audit", "verify", "back.lineage"]) == 0
+    assert main(["keys", "export-public", "--keyring", "k.json", "--out", "k.pem"]) == 0
+    assert main(["audit", "verify", "back.lineage", "--public-key", "k.pem"]) == 0
     capsys.readouterr()
     # another keyring is refused, saying nothing but the public ids
     assert main(["keys", "init", "--keyring", "other.json"]) == 0

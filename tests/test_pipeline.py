@@ -22,6 +22,7 @@ from biomask.keys import Keyring
 from biomask.lineage import verify
 from biomask.pipeline import run_mask
 from biomask.policies import parse_policy
+from tests.lineage.conftest import run_manifest, tree_bytes
 
 POLICY = """\
 version: 1
@@ -58,7 +59,11 @@ def test_rows_are_conserved_and_counted(tmp_path: Path) -> None:
     people_csv(tmp_path / "in.csv", 1000, bad_every=7)
     ring = Keyring.ephemeral()
     summary = run_mask(
-        parse_policy(POLICY), ring, str(tmp_path / "in.csv"), str(tmp_path / "out.csv")
+        parse_policy(POLICY),
+        ring,
+        str(tmp_path / "in.csv"),
+        str(tmp_path / "out.csv"),
+        max_quarantine="15%",
     )
     assert summary.rows_in == 1000
     assert summary.rows_out + summary.rows_quarantined == 1000
@@ -69,16 +74,17 @@ def test_rows_are_conserved_and_counted(tmp_path: Path) -> None:
     # the quarantine copy is masked where possible: no original id or e-mail in it
     text = (tmp_path / "out.quarantine.csv").read_text()
     assert "SUBJ-00000007" not in text and "person.7@example.org" not in text
-    manifest = json.loads((tmp_path / "out.csv.lineage" / "manifest.json").read_text())
+    manifest = run_manifest(tmp_path / "out.csv.lineage")
     assert manifest["counts"]["rows_in"] == 1000
     assert manifest["counts"]["rows_quarantined"] == summary.rows_quarantined
-    verify(tmp_path / "out.csv.lineage")
+    verify(tmp_path / "out.csv.lineage", public_key=ring.public_key_pem())
 
 
 def test_max_quarantine_fails_and_writes_nothing(tmp_path: Path) -> None:
     people_csv(tmp_path / "in.csv", 200, bad_every=3)
     with pytest.raises(
-        QuarantineLimitError, match="more than --max-quarantine 5; nothing was written"
+        QuarantineLimitError,
+        match=r"^67 of 200 rows quarantined, more than --max-quarantine \(5 rows\); nothing",
     ):
         run_mask(
             parse_policy(POLICY),
@@ -111,13 +117,13 @@ def test_multi_table_run_one_lineage_record_and_no_leak(tmp_path: Path) -> None:
         "captures.parquet",
     }
     # sentinel: no original identifier, name, e-mail or phone in any lineage file
-    blobs = b"".join(p.read_bytes() for p in lineage.iterdir() if p.is_file())
+    blobs = b"".join(tree_bytes(lineage).values())
     for col in ("subject_id", "full_name", "email", "phone", "passport_number"):
         for v in data.subjects.column(col).to_pylist()[:50]:
             assert v.encode() not in blobs, col
     for secret in ring._masters.values():
         assert secret.hex().encode() not in blobs
-    verify(lineage)
+    verify(lineage, public_key=ring.public_key_pem())
 
 
 def _long_run(tmp_path: Path, rows: int, batch_size: int) -> tuple[Path, dict[str, str], list[str]]:

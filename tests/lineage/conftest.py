@@ -196,3 +196,18 @@ def make_run(tmp_path: Path, policy: Policy, keyring: Keyring) -> MakeRun:
 def read_events(directory: Path) -> list[dict[str, Any]]:
     lines = (directory / "openlineage.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
+
+
+def run_manifest(directory: Path, index: int = -1) -> dict[str, Any]:
+    """A run's own manifest (``runs/<id>/manifest.json``), the last run's by default."""
+    head = json.loads((directory / "manifest.json").read_text())
+    return dict(json.loads((directory / head["runs"][index]["manifest"]).read_text()))
+
+
+def tree_bytes(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` with its bytes: 'byte-identical' made checkable."""
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
