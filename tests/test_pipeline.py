@@ -17,11 +17,11 @@ import pytest
 
 from biomask.demo import generate
 from biomask.demo.run import demo_policy_text
-from biomask.errors import QuarantineLimitError
+from biomask.errors import BiomaskError, PolicyError, QuarantineLimitError
 from biomask.keys import Keyring
 from biomask.lineage import verify
-from biomask.pipeline import run_mask
-from biomask.policies import parse_policy
+from biomask.pipeline import QuarantineLimit, run_mask
+from biomask.policies import load_policy, parse_policy
 from tests.lineage.conftest import run_manifest, tree_bytes
 
 POLICY = """\
@@ -186,3 +186,125 @@ def test_sigint_stops_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 130
     assert err.strip() == "biomask: interrupted; nothing was written under the final names"
     assert not (work / "out.parquet").exists()
+
+
+# -- refused runs, quarantine limits (issue: evidence that cannot be rewritten) ----------------
+
+
+def _good_run(tmp_path: Path) -> tuple[Keyring, Path]:
+    people_csv(tmp_path / "in.csv", 200)
+    ring = Keyring.ephemeral()
+    run_mask(
+        parse_policy(POLICY),
+        ring,
+        str(tmp_path / "in.csv"),
+        str(tmp_path / "out.parquet"),
+        lineage_dir=tmp_path / "L",
+    )
+    return ring, tmp_path / "L"
+
+
+@pytest.mark.parametrize(
+    ("output", "kw", "message"),
+    [
+        ("out.parquet", {}, "exists"),
+        ("out.parquet", {"append": True}, "cannot append to out.parquet"),
+        ("new.parquet", {"append": True}, "appending is supported for postgresql outputs only"),
+        ("s3://bucket/out.parquet", {}, "unsupported URI 's3://bucket/out.parquet'"),
+        ("out.xlsx", {}, "unsupported URI 'out.xlsx'"),
+    ],
+)
+def test_a_run_refused_before_it_starts_leaves_the_lineage_byte_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str, kw: dict[str, bool], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ring, lineage = _good_run(tmp_path)
+    before = tree_bytes(lineage)
+    out_before = (tmp_path / "out.parquet").read_bytes()
+    with pytest.raises(BiomaskError, match=message):
+        run_mask(parse_policy(POLICY), ring, "in.csv", output, lineage_dir=lineage, **kw)
+    assert tree_bytes(lineage) == before
+    assert (tmp_path / "out.parquet").read_bytes() == out_before
+    assert verify(lineage, public_key=ring.public_key_pem()).status == "completed"
+
+
+def test_a_run_over_its_quarantine_limit_records_its_failure_and_keeps_the_good_run(
+    tmp_path: Path,
+) -> None:
+    ring, lineage = _good_run(tmp_path)
+    good = verify(lineage, public_key=ring.public_key_pem())
+    before = tree_bytes(lineage)
+    out_before = (tmp_path / "out.parquet").read_bytes()
+    people_csv(tmp_path / "bad.csv", 200, bad_every=50)  # 4 of 200 bad: 2% > the default 1%
+    with pytest.raises(QuarantineLimitError, match=r"^4 of 200 rows quarantined, more than"):
+        run_mask(
+            parse_policy(POLICY),
+            ring,
+            str(tmp_path / "bad.csv"),
+            str(tmp_path / "out.parquet"),
+            lineage_dir=lineage,
+            overwrite=True,
+        )
+    assert (tmp_path / "out.parquet").read_bytes() == out_before  # nothing committed
+    assert not list(tmp_path.glob("out.quarantine*"))
+    after = tree_bytes(lineage)
+    for name, data in before.items():  # every earlier byte is still there
+        if name in ("audit.jsonl", "openlineage.jsonl"):
+            assert after[name].startswith(data) and len(after[name]) > len(data)
+        elif name not in ("manifest.json", "manifest.sig"):  # the head is re-signed
+            assert after[name] == data, name
+    report = verify(lineage, public_key=ring.public_key_pem(), receipt=good.receipt)
+    assert report.status == "failed" and report.current_run == good.current_run
+    assert report.outputs == [(tmp_path / "out.parquet").resolve()]
+    failed = run_manifest(lineage)
+    assert failed["status"] == "failed" and "more than --max-quarantine" in failed["run"]["error"]
+    pytest.importorskip("torch")
+    from biomask.integrations.torch import verified_files
+
+    pem = tmp_path / "signer.pem"
+    pem.write_bytes(ring.public_key_pem())
+    assert verified_files(tmp_path / "out.parquet", lineage, pem) == [tmp_path / "out.parquet"]
+
+
+def test_the_default_limit_is_one_percent_and_counts_or_fractions_are_accepted(
+    tmp_path: Path,
+) -> None:
+    people_csv(tmp_path / "in.csv", 300, bad_every=100)  # 3 of 300 = 1%: allowed
+    ring = Keyring.ephemeral()
+    s = run_mask(parse_policy(POLICY), ring, str(tmp_path / "in.csv"), str(tmp_path / "a.csv"))
+    assert s.rows_quarantined == 3
+    for limit, ok in [(2, False), (3, True), ("0.5%", False), (0.01, True), ("0", False)]:
+        out = tmp_path / f"o{limit}.csv"
+        if ok:
+            run_mask(parse_policy(POLICY), ring, str(tmp_path / "in.csv"), str(out),
+                     max_quarantine=limit)  # fmt: skip
+        else:
+            with pytest.raises(QuarantineLimitError):
+                run_mask(parse_policy(POLICY), ring, str(tmp_path / "in.csv"), str(out),
+                         max_quarantine=limit)  # fmt: skip
+            assert not out.exists()
+    for bad in ("1.5", "-3", "lots", "150%"):
+        with pytest.raises(BiomaskError, match="--max-quarantine"):
+            QuarantineLimit.parse(bad)
+
+
+def test_a_rule_failing_on_every_value_stops_the_run_with_its_line(tmp_path: Path) -> None:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(POLICY)
+    # another writer's date format: every value fails the rule's "%Y-%m-%d"
+    rows = [f'{{"subject_id": "S{i}", "email": "p{i}@x.org", "dob": "1990.05.{10 + i}"}}'
+            for i in range(5)]  # fmt: skip
+    (tmp_path / "in.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(PolicyError) as info:
+        run_mask(
+            load_policy(policy_file),
+            Keyring.ephemeral(),
+            str(tmp_path / "in.jsonl"),
+            str(tmp_path / "out.csv"),
+            max_quarantine=50,  # even a generous limit: this is not a data problem
+        )
+    msg = str(info.value)
+    assert msg.startswith(f"{policy_file}:8: columns.dob: the rule failed on every value of a")
+    assert "(5 rows; first reason: dob: not a date in format %Y-%m-%d)" in msg
+    assert "1990" not in msg and "\n" not in msg  # no value quoted
+    assert not (tmp_path / "out.csv").exists()

@@ -52,6 +52,14 @@ ReceiptsOpt = Annotated[
         help="Append the lineage receipt to this file (keep it outside the lineage directory).",
     ),
 ]
+ExpectReceiptOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--receipt",
+        help="A receipt (or a file of them; the last is used) from an earlier run: refuse "
+        "the run unless the lineage directory is that state or grew from it.",
+    ),
+]
 MaxQuarantineOpt = Annotated[
     str | None,
     typer.Option(
@@ -60,6 +68,16 @@ MaxQuarantineOpt = Annotated[
         "percentage (1%) or a fraction (0.01). Default: 1%.",
     ),
 ]
+
+
+def _read_receipt(value: str | None) -> str | None:
+    """A receipt given as a string, or read from a file (its last receipt line is used)."""
+    if value is None or not Path(value).is_file():
+        return value
+    try:
+        return Path(value).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BiomaskError(f"cannot read receipt file {value}: {exc}") from None
 
 
 def _receipt(receipt: str | None, receipts: Path | None, to_stderr: bool = False) -> None:
@@ -200,6 +218,7 @@ def mask_cmd(
     max_quarantine: MaxQuarantineOpt = None,
     keystore: KeystoreOpt = None,
     receipts: ReceiptsOpt = None,
+    receipt: ExpectReceiptOpt = None,
     engine: Annotated[
         str, typer.Option("--engine", help="local, or ray (RAY_ADDRESS, else a local Ray).")
     ] = "local",
@@ -215,6 +234,7 @@ def mask_cmd(
         summary = run_mask_ray(
             policy, keyring, input, output, lineage_dir=lineage, overwrite=overwrite,
             batch_size=batch_size, max_quarantine=max_quarantine, keystore=keystore,
+            receipt=_read_receipt(receipt),
         )  # fmt: skip
         print_summary(summary)
         _receipt(summary.receipt, receipts)
@@ -239,6 +259,7 @@ def mask_cmd(
             max_quarantine=max_quarantine,
             progress=progress,
             keystore=keystore,
+            receipt=_read_receipt(receipt),
         )
     print_summary(summary, to_stderr=to_stderr)
     _receipt(summary.receipt, receipts, to_stderr)
@@ -258,6 +279,7 @@ def unmask_cmd(
     max_quarantine: MaxQuarantineOpt = None,
     keystore: KeystoreOpt = None,
     receipts: ReceiptsOpt = None,
+    receipt: ExpectReceiptOpt = None,
 ) -> None:
     """Reverse the reversible columns (FF1 tokens, templates); recorded as an access event."""
     from biomask.keys import Keyring
@@ -279,6 +301,7 @@ def unmask_cmd(
             max_quarantine=max_quarantine,
             progress=progress,
             keystore=keystore,
+            receipt=_read_receipt(receipt),
         )
     print_summary(summary, to_stderr=to_stderr, title="unmasked")
     _receipt(summary.receipt, receipts, to_stderr)
@@ -449,11 +472,7 @@ def audit_verify(
         from biomask.keys import Keyring
 
         ring = Keyring.open(keyring)
-    if receipt is not None and Path(receipt).is_file():
-        try:
-            receipt = Path(receipt).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BiomaskError(f"cannot read receipt file {receipt}: {exc}") from None
+    receipt = _read_receipt(receipt)
     report = verify(
         directory,
         public_key=public_key,

@@ -184,6 +184,7 @@ def run_mask(
     command: str = "mask",
     masker_factory: Callable[[Policy, Keyring, str, dict[str, Any]], Masker] | None = None,
     keystore: str | None = None,
+    receipt: str | None = None,
 ) -> RunSummary:
     """Mask ``input_uri`` into ``output_uri`` under ``policy``; see the module docstring.
 
@@ -198,6 +199,9 @@ def run_mask(
         Builds the per-table masker; ``unmask`` passes its own.
     keystore:
         Where wrapped template data keys live (default: ``<keyring>.keystore.sqlite``).
+    receipt:
+        A receipt of the lineage directory kept from an earlier run: the run is refused
+        unless the directory is that state or grew from it (no rollback).
     """
     started = time.perf_counter()
     limit = QuarantineLimit.parse(max_quarantine)
@@ -272,7 +276,7 @@ def run_mask(
             out_sinks[t] = sink
             sinks.append(sink)
             outputs.append(display_uri(uri))
-        recorder = LineageRecorder(lineage, keyring, record, policy=policy)
+        recorder = LineageRecorder(lineage, keyring, record, policy=policy, receipt=receipt)
         recorder.start()
     except BaseException:
         for s in sinks:

@@ -517,6 +517,7 @@ def run_mask_ray(
     max_quarantine: Any = None,
     keystore: str | None = None,
     concurrency: int | None = None,
+    receipt: str | None = None,
 ) -> RunSummary:
     """``biomask mask --engine ray``: mask Parquet input on Ray into a Parquet directory.
 
@@ -543,6 +544,8 @@ def run_mask_ray(
         count or a fraction (``"1%"``, ``0.01``); default 1% of the rows, as locally.
     concurrency:
         Masking actors (default: the cluster's CPUs).
+    receipt:
+        A receipt of the lineage directory from an earlier run (see ``run_mask``).
 
     Returns
     -------
@@ -624,7 +627,7 @@ def run_mask_ray(
                 Path(out_uris[t]), out_schemas[t], overwrite=overwrite, metadata=meta,
                 uri=out_uris[t],
             )  # fmt: skip
-        recorder = LineageRecorder(lineage, ring, record, policy=pol)
+        recorder = LineageRecorder(lineage, ring, record, policy=pol, receipt=receipt)
         recorder.start()
     except BaseException:
         for s in out_sinks.values():

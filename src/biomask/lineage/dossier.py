@@ -813,7 +813,10 @@ def to_prov(dossier: dict[str, Any]) -> str:
             inputs.setdefault(d["table"], []).append(ent)
         else:
             doc.wasGeneratedBy(ent, activity)
-            sources = inputs.get(d["table"]) or [e for v in inputs.values() for e in v]
+            # each output (and quarantine) derives from its own table's input only; a
+            # dataset without a table name is linked only when the run had one input
+            every = [e for v in inputs.values() for e in v]
+            sources = inputs.get(d["table"]) or (every if len(every) == 1 else [])
             for src in sources:
                 doc.wasDerivedFrom(ent, src, activity)
     return str(doc.serialize(format="json", indent=2))

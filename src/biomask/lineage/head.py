@@ -133,7 +133,9 @@ def _refuse(directory: Path, problem: str) -> LineageError:
     return LineageError(f"refusing to extend lineage {directory}: {problem}; nothing was written")
 
 
-def check_head(directory: Path, keyring: Keyring) -> HeadState:
+def check_head(
+    directory: Path, keyring: Keyring, receipt: Receipt | str | None = None
+) -> HeadState:
     """Verify the directory's signed head with ``keyring`` before anything is appended.
 
     A directory without lineage files is fresh. Otherwise the head must be a version 2
@@ -141,11 +143,21 @@ def check_head(directory: Path, keyring: Keyring) -> HeadState:
     audit log, the OpenLineage events, the top-level dossier and every run manifest must
     be exactly what it signed (the log's MACs checked with this keyring's chain key).
 
+    With ``receipt`` (one this writer kept from an earlier run), the directory must also
+    be that state or one grown from it: a directory rolled back to an older signed copy
+    is refused too.
+
     Raises
     ------
     LineageError
         One line naming the first problem; the caller has written nothing yet.
     """
+    want: Receipt | None = None
+    if receipt is not None:
+        try:
+            want = receipt if isinstance(receipt, Receipt) else Receipt.parse(receipt)
+        except VerificationError as exc:
+            raise LineageError(f"--receipt: {exc}") from None
     present = [n for n in _LINEAGE_NAMES if (directory / n).exists()]
     if not (directory / MANIFEST_FILE).exists():
         if present:
@@ -153,6 +165,12 @@ def check_head(directory: Path, keyring: Keyring) -> HeadState:
                 directory,
                 f"{', '.join(present)} present but {MANIFEST_FILE} is missing (the signed "
                 "manifest was removed)",
+            )
+        if want is not None and want.count > 0:
+            raise _refuse(
+                directory,
+                f"the directory is older than the receipt: no signed entries, the receipt "
+                f"saw {want.count} (it was emptied or replaced)",
             )
         return HeadState()
     try:
@@ -174,6 +192,8 @@ def check_head(directory: Path, keyring: Keyring) -> HeadState:
         state, _ = audit.replay_chain(directory, reuse=True, key=keyring.chain_key())
         check_chain_matches(head, state)
         check_signed_files(directory, head)
+        if want is not None:
+            check_receipt(directory, want, state, data)
     except VerificationError as exc:
         raise _refuse(directory, str(exc)) from None
     return HeadState(

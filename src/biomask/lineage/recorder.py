@@ -143,6 +143,9 @@ class LineageRecorder:
     lock_timeout:
         Seconds to wait for another writer's lock (default: ``BIOMASK_LINEAGE_LOCK_WAIT``,
         else 0: refuse at once).
+    receipt:
+        A receipt kept from an earlier run: the directory must be that state or a later
+        one grown from it (catches a rollback to an older signed copy).
     """
 
     def __init__(
@@ -153,6 +156,7 @@ class LineageRecorder:
         *,
         policy: Policy | None = None,
         lock_timeout: float | None = None,
+        receipt: Receipt | str | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.keyring = keyring
@@ -163,6 +167,7 @@ class LineageRecorder:
         self._finished = False
         self._lock = DirectoryLock(self.directory, lock_timeout)
         self._head = HeadState()
+        self._expect = receipt
         #: the receipt of the directory after this run's last write
         self.receipt: Receipt | None = None
         #: (device, inode) -> (size, mtime_ns, sha256) of files hashed before the end
@@ -194,7 +199,7 @@ class LineageRecorder:
         make_private_dir(self.directory)
         self._lock.acquire()
         try:
-            self._head = check_head(self.directory, self.keyring)
+            self._head = check_head(self.directory, self.keyring, self._expect)
             r = self.record
             if r.keyring_id is None:
                 r.keyring_id = self.keyring.keyring_id
