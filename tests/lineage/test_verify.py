@@ -236,10 +236,10 @@ def test_verify_works_with_network_blocked(
 def test_killed_run_still_verifies_as_started(make_run: MakeRun, tmp_path: Path) -> None:
     run = make_run()
     # simulate a second run killed after start(): START + audit + 'started' manifest only
-    from biomask.lineage import LineageRecorder
-
     import dataclasses
     import uuid
+
+    from biomask.lineage import LineageRecorder
 
     second = dataclasses.replace(run.record, run_id=str(uuid.uuid4()))
     rec = LineageRecorder(run.directory, run.keyring, second)
