@@ -1,11 +1,13 @@
 """Mask on Ray: the same policy and keyring, distributed, with the local engine's output.
 
 Tokens need no shared state (they are keyed functions of value and domain), so each Ray
-worker opens the keyring itself (its path, plus ``BIOMASK_PASSPHRASE``: inherited from the
-driver's environment by a local Ray that the run started, handed over in the actors'
-``runtime_env`` otherwise; a :class:`~biomask.keys.Keyring` refuses to be pickled) and
-builds its Masker once. Everything a worker receives is the policy, paths and URIs: no key bytes
-ever enter Ray's object store.
+worker builds its Masker once from a *key handle* (:meth:`~biomask.keys.Keyring.worker_handle`):
+the master keys sealed under a fresh random key, passed as the actors' argument, and that
+random key (the token), passed separately in their environment (``BIOMASK_WORKER_TOKEN``:
+set before a local Ray that the run starts, in the actors' ``runtime_env`` otherwise).
+Workers never see the passphrase (a local Ray is started without ``BIOMASK_PASSPHRASE`` in
+its environment) nor the lineage signing key; neither half alone holds a key, and a
+:class:`~biomask.keys.Keyring` still refuses to be pickled.
 
 Two entry points:
 
@@ -88,12 +90,17 @@ def _ray() -> Any:
 # -- workers -------------------------------------------------------------------------------
 
 
+WORKER_TOKEN_ENV = "BIOMASK_WORKER_TOKEN"
+"""Environment variable carrying the token that opens a worker's sealed key handle."""
+
+
 @dataclass(frozen=True)
 class _WorkerSpec:
-    """All a masking worker needs; picklable and free of secrets (paths, not keys)."""
+    """All a masking worker needs; picklable, and its sealed keys open only with the token."""
 
     policy: Policy
     keyring_path: str
+    sealed_keys: bytes
     table: str | None
     lexicon_from: dict[str, str] = field(default_factory=dict)
     keystore: str | None = None
@@ -116,7 +123,12 @@ class _MaskBatches:
             # the text operator's known-value pre-pass reads the same input as the local
             # engine's, so names in notes get the same pseudonyms on every worker
             services["sources"] = {t: open_source(u) for t, u in spec.lexicon_from.items()}
-        ring = Keyring.open(spec.keyring_path)
+        token = os.environ.get(WORKER_TOKEN_ENV)
+        if not token:
+            raise BiomaskError(
+                f"this Ray worker has no {WORKER_TOKEN_ENV}: it cannot open its key handle"
+            )
+        ring = Keyring.from_worker_handle(spec.sealed_keys, token, spec.keyring_path)
         # one actor per core: column threads inside it would only fight its neighbours
         self.masker = Masker(spec.policy, ring, table=spec.table, services=services, threads=1)
         prepare = services.get("prepare")
@@ -158,10 +170,9 @@ class _MaskBatches:
         return out.empty_table()
 
 
-def _worker_env() -> dict[str, str]:
-    """Environment for the actors on a cluster: the keyring's passphrase."""
-    passphrase = os.environ.get(PASSPHRASE_ENV)
-    return {PASSPHRASE_ENV: passphrase} if passphrase else {}
+def _worker_env(token: str) -> dict[str, str]:
+    """Environment for the actors on a cluster: the key handle's token, never the passphrase."""
+    return {WORKER_TOKEN_ENV: token}
 
 
 def _default_workers(ray: Any) -> int:
@@ -184,10 +195,10 @@ def mask_dataset(
 ) -> Any:
     """Mask a ``ray.data.Dataset`` of one policy table on a pool of Ray actors.
 
-    The passphrase is read from ``BIOMASK_PASSPHRASE`` here, checked by opening the keyring
-    once in the driver (a wrong passphrase fails now, not inside an actor), and handed to
-    the actors through their ``runtime_env``; the keyring path must be readable on every
-    node.
+    The keyring is opened here, in the driver, with ``BIOMASK_PASSPHRASE`` (a wrong
+    passphrase fails now, not inside an actor). The actors get a sealed key handle as their
+    argument and its token in their ``runtime_env``, never the passphrase (see the module
+    docstring).
 
     Parameters
     ----------
@@ -228,13 +239,13 @@ def mask_dataset(
     if on_quarantine not in ("mark", "fail"):
         raise BiomaskError(f"on_quarantine must be 'mark' or 'fail', not {on_quarantine!r}")
     pol = resolve_policy(policy)
-    Keyring.open(keyring_path)  # fail fast: wrong passphrase, missing file
+    sealed, token = Keyring.open(keyring_path).worker_handle()  # fails fast: passphrase
     if isinstance(lexicon_from, str):
         tables = list(pol.table_specs())
         lex = {table or tables[0]: lexicon_from}
     else:
         lex = dict(lexicon_from or {})
-    spec = _WorkerSpec(pol, str(Path(keyring_path).resolve()), table, lex, keystore)
+    spec = _WorkerSpec(pol, str(Path(keyring_path).resolve()), sealed, table, lex, keystore)
     return ds.map_batches(
         _MaskBatches,
         fn_constructor_args=(spec, on_quarantine),
@@ -242,7 +253,7 @@ def mask_dataset(
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=concurrency or _default_workers(ray)),
         num_cpus=_ACTOR_CPUS,
-        runtime_env={"env_vars": _worker_env()},
+        runtime_env={"env_vars": _worker_env(token)},
         zero_copy_batch=True,
     )
 
@@ -365,11 +376,12 @@ def _units(files: Sequence[Path], target: int) -> list[tuple[str, int, int, int]
 class _RayContext:
     """Connect to ``RAY_ADDRESS`` or start a quiet local Ray; shut down only what we started."""
 
-    def __init__(self, ray: Any) -> None:
+    def __init__(self, ray: Any, token: str | None = None) -> None:
         self.ray = ray
+        self.token = token
         self.started = False
-        #: a Ray started here on this machine: its workers inherit this process's
-        #: environment (the passphrase), so actors need no runtime_env of their own
+        #: a Ray started here on this machine: its workers inherit the environment it was
+        #: started with (the key handle's token), so actors need no runtime_env of their own
         self.local = False
 
     def __enter__(self) -> _RayContext:
@@ -380,14 +392,26 @@ class _RayContext:
         if not ray.is_initialized():
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # no token file under HOME
             address = os.environ.get("RAY_ADDRESS") or None
-            ray.init(
-                address=address,
-                num_cpus=None if address else os.cpu_count(),
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.ERROR,
-                configure_logging=True,
-            )
+            # a local Ray's processes copy this environment: the token, not the passphrase
+            saved = {k: os.environ.get(k) for k in (PASSPHRASE_ENV, WORKER_TOKEN_ENV)}
+            os.environ.pop(PASSPHRASE_ENV, None)
+            if self.token is not None:
+                os.environ[WORKER_TOKEN_ENV] = self.token
+            try:
+                ray.init(
+                    address=address,
+                    num_cpus=None if address else os.cpu_count(),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                    configure_logging=True,
+                )
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
             self.started = True
             self.local = address is None
         return self
@@ -637,16 +661,17 @@ def run_mask_ray(
                 log.debug("abort failed", exc_info=True)
         raise
     try:
-        with (rctx := _RayContext(ray)):
+        sealed, token = ring.worker_handle()
+        with (rctx := _RayContext(ray, token)):
             for t in sources:
                 sink = out_sinks[t]
                 # the sink's temporary directory (renamed on commit) is where workers write
                 staging = Path(sink._tmp).resolve()
-                spec = _WorkerSpec(pol, keyring_path, t, lex, keystore)
+                spec = _WorkerSpec(pol, keyring_path, sealed, t, lex, keystore)
                 evidence = _Evidence(recorder, t, sources[t], sink.schema, staging, batch_size)
                 for r in _run_table(
                     ray, files[t], spec, sink.schema, staging, batch_size, concurrency,
-                    inherit_env=rctx.local,
+                    token, inherit_env=rctx.local,
                 ):  # fmt: skip
                     evidence.add(r)
                     for f in r["files"]:  # hashed now, while the actors still work
@@ -718,6 +743,7 @@ def _run_table(
     staging: Path,
     batch_size: int,
     concurrency: int | None,
+    token: str,
     *,
     inherit_env: bool = False,
 ) -> Iterator[dict[str, Any]]:
@@ -727,9 +753,10 @@ def _run_table(
     and the driver's only work is scheduling (on 2 cores the streaming executor, its read
     and write tasks and the object store copies took a fifth of the machine).
 
-    ``inherit_env``: the local Ray started for this run already has this process's
-    environment, so the actors get no ``runtime_env``. One would make Ray start new
-    worker processes for them instead of taking the ones it started with ``ray.init``.
+    ``inherit_env``: the local Ray started for this run already has the token in its
+    environment (see :class:`_RayContext`), so the actors get no ``runtime_env``. One
+    would make Ray start new worker processes for them instead of taking the ones it
+    started with ``ray.init``.
     """
     from ray.util import ActorPool
 
@@ -744,7 +771,7 @@ def _run_table(
     rows = max(1, min(batch_size, max(u[3] for u in units)))
     options: dict[str, Any] = {"num_cpus": _ACTOR_CPUS, "max_restarts": 0}
     if not inherit_env:
-        options["runtime_env"] = {"env_vars": _worker_env()}
+        options["runtime_env"] = {"env_vars": _worker_env(token)}
     actor = ray.remote(**options)(_UnitWorker)
     actors = [actor.remote(spec) for _ in range(min(workers, len(units)))]
     out_dir, q_dir = str(staging), str(staging / _QUARANTINE_DIR)

@@ -354,7 +354,15 @@ class Keyring:
 
     def signing_key(self) -> Ed25519PrivateKey:
         """The Ed25519 key that signs lineage manifests."""
-        return Ed25519PrivateKey.from_private_bytes(self._signing_seed)
+        return Ed25519PrivateKey.from_private_bytes(self._seed())
+
+    def _seed(self) -> bytes:
+        if not self._signing_seed:
+            raise KeyringError(
+                "this is a worker's key handle: it masks, but cannot sign lineage or open "
+                "the keyring file"
+            )
+        return self._signing_seed
 
     def public_key(self) -> Ed25519PublicKey:
         """The public half, for auditors (``biomask keys export-public``)."""
@@ -377,9 +385,59 @@ class Keyring:
         rewrite the log and recompute its links.
         """
         return KeyHandle(
-            hkdf(self._signing_seed, "biomask/v1/lineage/audit-chain"),
+            hkdf(self._seed(), "biomask/v1/lineage/audit-chain"),
             self._signing_id,
             "lineage/audit-chain",
+        )
+
+    # -- worker handles -------------------------------------------------------------------
+    def worker_handle(self) -> tuple[bytes, str]:
+        """Seal this keyring's master keys for distributed workers: ``(sealed, token)``.
+
+        ``sealed`` (AES-256-GCM under a fresh random key) travels with the work (Ray actor
+        arguments); ``token`` (that random key, base64) travels separately, in the
+        workers' environment. Together they give a worker the master keys it needs to mask,
+        and nothing more: not the passphrase, not the lineage signing key, not any key
+        added by a later rotation. :meth:`from_worker_handle` opens it.
+        """
+        doc = {
+            "keyring_id": self._keyring_id,
+            "primary": self._primary,
+            "keys": {kid: _b64(k) for kid, k in self._masters.items()},
+            "created": self._created,
+        }
+        key = AESGCM.generate_key(bit_length=256)
+        sealed = _wrap(key, json.dumps(doc).encode(), f"worker/{self._keyring_id}")
+        return self._keyring_id.encode() + b"." + sealed, _b64(key)
+
+    @classmethod
+    def from_worker_handle(
+        cls, sealed: bytes, token: str, path: str | os.PathLike[str] | None = None
+    ) -> Keyring:
+        """The keyring a worker masks with, from :meth:`worker_handle`'s two halves.
+
+        ``path`` is the keyring file's path, used only to locate its default key store;
+        the file is not opened. The result cannot sign lineage or be saved.
+        """
+        try:
+            ring_id, blob = sealed.split(b".", 1)
+            doc = json.loads(_unwrap(_unb64(token), blob, f"worker/{ring_id.decode()}"))
+            masters = {str(k): _unb64(v) for k, v in doc["keys"].items()}
+            primary = str(doc["primary"])
+        except (InvalidTag, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            raise KeyringError(
+                "the worker's key handle does not open with its token (a token from another run?)"
+            ) from None
+        return cls(
+            keyring_id=ring_id.decode(),
+            masters=masters,
+            created={str(k): str(v) for k, v in dict(doc.get("created") or {}).items()},
+            primary=primary,
+            signing_id="",
+            signing_seed=b"",
+            path=Path(path) if path is not None else None,
+            kdf=None,
+            kek=None,
         )
 
     def public_key_raw(self) -> bytes:
