@@ -231,7 +231,7 @@ def run_mask(
         keyring_id=keyring.keyring_id,
         key_ids=key_ids,
         signing_key_id=keyring.signing_key_id,
-        inputs=[s.ref() for s in sources.values()],
+        inputs=[dataclasses.replace(s.ref(), table=t) for t, s in sources.items()],
     )
     for t, m in maskers.items():
         for name, op in m.operators.items():

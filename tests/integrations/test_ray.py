@@ -27,6 +27,8 @@ from biomask.integrations.ray import mask_dataset  # noqa: E402
 from biomask.keys import Keyring  # noqa: E402
 from biomask.masking import REASON_COLUMN, Unmasker  # noqa: E402
 from biomask.policies import load_policy  # noqa: E402
+from tests.lineage.conftest import read_events, run_manifest  # noqa: E402
+from tests.lineage.test_openlineage import validate_event  # noqa: E402
 
 POLICY = """\
 version: 1
@@ -126,9 +128,21 @@ def test_ray_engine_equals_local_engine(
     assert q_local.drop_columns(["template"]).equals(q_ray.drop_columns(["template"]))
 
     # one lineage run, verified, with the same counts and evidence as the local run
-    assert main(["audit", "verify", "viaray.lineage"]) == 0
-    m_local = json.loads(Path("local.lineage/manifest.json").read_text())
-    m_ray = json.loads(Path("viaray.lineage/manifest.json").read_text())
+    assert main(["keys", "export-public", "--keyring", "k.json", "--out", "k.pem"]) == 0
+    assert main(["audit", "verify", "viaray.lineage", "--public-key", "k.pem"]) == 0
+    m_local = run_manifest(Path("local.lineage"))
+    m_ray = run_manifest(Path("viaray.lineage"))
+    # the Ray run's events carry column lineage for its output, and validate
+    events = read_events(Path("viaray.lineage"))
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE"]
+    for e in events:
+        validate_event(e)
+    (out,) = [o for o in events[-1]["outputs"] if o["name"].endswith("viaray")]
+    fields = out["facets"]["columnLineage"]["fields"]
+    assert sorted(fields) == sorted(local.column_names)
+    (src,) = fields["subject_id"]["inputFields"]
+    assert src["name"] == str(Path("in").resolve()) and src["field"] == "subject_id"
+    assert "tokenize" in src["transformations"][0]["description"]
     assert m_ray["counts"] == m_local["counts"]
     assert m_ray["counts"]["rows_in"] == caps.num_rows
     assert m_ray["counts"]["rows_quarantined"] == 1
@@ -164,7 +178,8 @@ def test_mask_dataset_marks_or_fails_on_quarantine(
     reason = out.column(REASON_COLUMN)
     assert pc.sum(pc.is_valid(reason)).as_py() == 1
     good = out.filter(pc.is_null(reason)).drop_columns([REASON_COLUMN, "template"])
-    expect = mask(caps, policy, ring, max_quarantine=1).drop_columns(["template"])
+    expect, _ = mask(caps, policy, ring, max_quarantine=1, with_quarantine=True)
+    expect = expect.drop_columns(["template"])
     assert good.sort_by("capture_id").equals(expect.sort_by("capture_id"))
 
     # Ray wraps the worker's QuarantineLimitError in its own UserCodeException and keeps
@@ -179,3 +194,31 @@ def load_policy_text(tmp_path: Path) -> object:
     )
     (tmp_path / "p.yaml").write_text(text)
     return load_policy(tmp_path / "p.yaml")
+
+
+def test_workers_get_a_key_handle_and_token_never_the_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What reaches Ray: a sealed handle as the actors' argument, its token in runtime_env."""
+    monkeypatch.setenv("BIOMASK_PASSPHRASE", "a passphrase no worker may see")
+    policy = load_policy_text(tmp_path)
+    ring = Keyring.create(tmp_path / "k.json")
+
+    class Recorder:
+        def map_batches(self, fn: object, **kw: object) -> dict[str, object]:
+            return kw
+
+    kw = mask_dataset(Recorder(), policy, tmp_path / "k.json", concurrency=1)
+    env = kw["runtime_env"]["env_vars"]  # type: ignore[index]
+    assert list(env) == ["BIOMASK_WORKER_TOKEN"]
+    (spec, _) = kw["fn_constructor_args"]  # type: ignore[misc]
+    import pickle
+
+    blob = pickle.dumps(spec)
+    assert b"a passphrase no worker may see" not in blob
+    assert b"a passphrase no worker may see" not in json.dumps(env).encode()
+    for secret in ring._masters.values():
+        assert secret not in blob and secret.hex().encode() not in blob
+    worker = Keyring.from_worker_handle(spec.sealed_keys, env["BIOMASK_WORKER_TOKEN"])
+    assert worker.key_ids == ring.key_ids
+    assert worker.derive("tokenize", "subject") == ring.derive("tokenize", "subject")

@@ -625,7 +625,8 @@ def run_mask_ray(
     record = RunRecord(
         run_id=str(uuid.uuid4()), command="mask", job=pol.dataset, policy_path=pol.source,
         policy_sha256=pol.sha256, keyring_id=ring.keyring_id, key_ids=key_ids,
-        signing_key_id=ring.signing_key_id, inputs=[s.ref() for s in sources.values()],
+        signing_key_id=ring.signing_key_id,
+        inputs=[dataclasses.replace(s.ref(), table=t) for t, s in sources.items()],
     )  # fmt: skip
     record.extra["engine"] = "ray"
     for t, m in maskers.items():
