@@ -308,3 +308,20 @@ def test_a_rule_failing_on_every_value_stops_the_run_with_its_line(tmp_path: Pat
     assert "(5 rows; first reason: dob: not a date in format %Y-%m-%d)" in msg
     assert "1990" not in msg and "\n" not in msg  # no value quoted
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_lineage_and_quarantine_files_are_private(tmp_path: Path) -> None:
+    people_csv(tmp_path / "in.csv", 100, bad_every=50)
+    run_mask(
+        parse_policy(POLICY),
+        Keyring.ephemeral(),
+        str(tmp_path / "in.csv"),
+        str(tmp_path / "sub" / "out.csv"),
+        max_quarantine=2,
+    )
+    lineage = tmp_path / "sub" / "out.csv.lineage"
+    paths = [lineage, *lineage.rglob("*")]
+    assert len(paths) > 10
+    for p in paths:
+        assert (p.stat().st_mode & 0o777) == (0o700 if p.is_dir() else 0o600), p
+    assert (tmp_path / "sub" / "out.quarantine.csv").stat().st_mode & 0o777 == 0o600

@@ -93,3 +93,10 @@ def test_postgres_two_concurrent_maskers_one_key_per_subject(tmp_path: Path) -> 
     finally:
         with psycopg.connect(PG, autocommit=True) as c:
             c.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def test_a_new_sqlite_store_is_created_private(tmp_path: Path) -> None:
+    store = SqliteKeyStore(str(tmp_path / "ks.sqlite"))
+    assert store is not None
+    for p in tmp_path.iterdir():  # the database and its WAL companions
+        assert (p.stat().st_mode & 0o777) == 0o600, p

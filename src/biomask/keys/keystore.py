@@ -23,6 +23,8 @@ exactly one key per subject: whoever inserts first wins, the others read the win
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -102,6 +104,10 @@ class SqliteKeyStore:
                         _MEMORY[path] = conn
                 self._conn = conn
             else:
+                # created 0600 before SQLite opens it (its -wal and -shm files copy the
+                # mode): wrapped keys are no business of other local users
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 self._conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
                 self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA secure_delete=ON")
