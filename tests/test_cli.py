@@ -300,3 +300,112 @@ def test_csv_integer_ids_mask_and_unmask(work: Path, capsys: pytest.CaptureFixtu
     assert masked.schema.field("member_id").type == pa.int64()
     assert len(set(masked["member_id"].to_pylist()) & set(range(1, 301))) < 3
     assert back["member_id"].to_pylist() == list(range(1, 301))
+
+
+# -- audit verify: fail closed, a table of checks, receipts -----------------------------------
+
+
+def _pem(work: Path) -> str:
+    assert main(["keys", "export-public", "--keyring", "keys.json", "--out", "signer.pem"]) == 0
+    return "signer.pem"
+
+
+def test_verify_needs_a_trusted_key(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(mask_args()) == 0
+    capsys.readouterr()
+    assert main(["audit", "verify", "out.parquet.lineage"]) == 1
+    assert one_error_line(capsys) == (
+        "no trusted public key: pass --public-key PEM (the signer's key, obtained out of "
+        "band) or --trust-embedded-key (integrity only, not origin)"
+    )
+    assert main(["audit", "verify", "out.parquet.lineage", "--trust-embedded-key"]) == 0
+    out = capsys.readouterr().out
+    assert "integrity only, not origin" in out
+    assert out.rstrip().endswith("out.parquet.lineage: integrity verified (origin unproven)")
+
+
+def test_verify_prints_a_table_of_checks_and_a_receipt(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*mask_args(), "--receipts", "receipts.txt"]) == 0
+    printed = capsys.readouterr().out
+    (receipt,) = Path("receipts.txt").read_text().splitlines()
+    assert f"  receipt: {receipt}" in printed and receipt.startswith("biomask-receipt:v1:2:")
+    assert (Path("receipts.txt").stat().st_mode & 0o777) == 0o600
+    pem = _pem(work)
+    capsys.readouterr()
+    args = ["audit", "verify", "out.parquet.lineage", "--public-key", pem]
+    assert main([*args, "--receipt", "receipts.txt", "--keyring", "keys.json"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING" not in out and "ok  " not in out
+    rows = [ln for ln in out.splitlines() if ln.startswith("│")]
+    names = [r.split("│")[1].strip() for r in rows if r.split("│")[1].strip()]
+    assert names == [
+        "manifest.json",
+        "signing key",
+        "manifest.sig",
+        "audit.jsonl",
+        "lineage files",
+        "data files",
+        "receipt",
+        "last run",
+    ]
+    assert all(r.rstrip().endswith("ok │") for r in rows if r.split("│")[1].strip())
+    assert "links and MACs" in out
+    assert out.rstrip().endswith("out.parquet.lineage: verified")
+
+
+def test_verify_with_a_foreign_key_or_a_later_receipt_fails(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*mask_args(), "--lineage", "L"]) == 0
+    import shutil
+
+    shutil.copytree("L", "L.before")
+    assert main([*mask_args(**{"--output": "two.parquet"}), "--lineage", "L"]) == 0
+    later = capsys.readouterr().out.split("  receipt: ")[-1].strip()
+    pem = _pem(work)
+    shutil.rmtree("L")
+    shutil.copytree("L.before", "L")  # rolled back
+    capsys.readouterr()
+    assert main(["audit", "verify", "L", "--public-key", pem, "--receipt", later]) == 1
+    assert one_error_line(capsys) == (
+        "the directory is older than the receipt: 2 audit entries, the receipt saw 4 (it "
+        "was rolled back to an earlier copy)"
+    )
+    assert main(["keys", "init", "--keyring", "other.json"]) == 0
+    assert main(["keys", "export-public", "--keyring", "other.json", "--out", "o.pem"]) == 0
+    capsys.readouterr()
+    assert main(["audit", "verify", "L", "--public-key", "o.pem"]) == 1
+    assert one_error_line(capsys).startswith("the manifest names signing key ")
+    # and the next run, told the receipt, refuses the rolled-back directory
+    assert main([*mask_args(**{"--output": "three.parquet"}), "--lineage", "L",
+                 "--receipt", later]) == 1  # fmt: skip
+    assert "older than the receipt" in one_error_line(capsys)
+    assert not Path("three.parquet").exists()
+
+
+def test_a_run_over_the_default_quarantine_limit_fails_and_writes_nothing(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [
+        '{"subject_id": "S%d", "email": "p%d@x.org", "dob": "%s", "score": 1}'
+        % (i, i, "31.02.1990" if i == 0 else "1990-01-12")
+        for i in range(50)
+    ]
+    Path("in.jsonl").write_text("\n".join(rows) + "\n")
+    (work / "policy.yaml").write_text(
+        POLICY.replace("entity: subject}", 'entity: subject, format: "%Y-%m-%d"}')
+    )
+    assert main(mask_args(**{"--input": "in.jsonl"})) == 1
+    assert one_error_line(capsys) == (
+        "1 of 50 rows quarantined, more than --max-quarantine (1% of the rows); nothing was "
+        "written (the reasons are in the run's lineage; raise the limit only after reading "
+        "them)"
+    )
+    assert not Path("out.parquet").exists() and not list(work.glob("out.quarantine*"))
+    assert main(mask_args(**{"--input": "in.jsonl", "--max-quarantine": "2%"})) == 0
+    assert Path("out.parquet").exists() and Path("out.quarantine.parquet").exists()
+    capsys.readouterr()
+    assert main(mask_args(**{"--input": "in.jsonl", "--max-quarantine": "half"})) == 1
+    assert one_error_line(capsys).startswith("--max-quarantine 'half': give a row count")
