@@ -389,8 +389,14 @@ def test_a_run_over_the_default_quarantine_limit_fails_and_writes_nothing(
     work: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rows = [
-        '{"subject_id": "S%d", "email": "p%d@x.org", "dob": "%s", "score": 1}'
-        % (i, i, "31.02.1990" if i == 0 else "1990-01-12")
+        json.dumps(
+            {
+                "subject_id": f"S{i}",
+                "email": f"p{i}@x.org",
+                "dob": "31.02.1990" if i == 0 else "1990-01-12",
+                "score": 1,
+            }
+        )
         for i in range(50)
     ]
     Path("in.jsonl").write_text("\n".join(rows) + "\n")
@@ -409,3 +415,18 @@ def test_a_run_over_the_default_quarantine_limit_fails_and_writes_nothing(
     capsys.readouterr()
     assert main(mask_args(**{"--input": "in.jsonl", "--max-quarantine": "half"})) == 1
     assert one_error_line(capsys).startswith("--max-quarantine 'half': give a row count")
+
+
+def test_rotate_refuses_a_tampered_lineage_before_rotating(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "rotate", "--keyring", "keys.json", "--receipts", "r.txt"]) == 0
+    assert "  receipt: biomask-receipt:v1:1:" in capsys.readouterr().out
+    log = Path("keys.json.lineage/audit.jsonl")
+    log.write_bytes(log.read_bytes().replace(b'"key.rotate"', b'"key.rotat3"'))
+    keyring_before = Path("keys.json").read_bytes()
+    assert main(["keys", "rotate", "--keyring", "keys.json"]) == 1
+    assert one_error_line(capsys).startswith(
+        "refusing to extend lineage keys.json.lineage: audit.jsonl line 1: its MAC does not match"
+    )
+    assert Path("keys.json").read_bytes() == keyring_before  # no key was added
