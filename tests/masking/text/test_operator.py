@@ -378,7 +378,8 @@ def test_run_mask_links_notes_to_the_subjects_table(
                 assert fake in out and name not in out
                 hits += 1
     assert hits > 10
-    manifest = (summary.lineage_dir / "manifest.json").read_text()
+    (run_manifest,) = summary.lineage_dir.glob("runs/*/manifest.json")
+    manifest = run_manifest.read_text()
     assert "PERSON" in manifest and not any(n in manifest for n in pseudo)
 
 
