@@ -111,6 +111,21 @@ def _is_string(t: pa.DataType) -> bool:
     return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
 
 
+def _is_integer(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return _is_integer(t.value_type)
+    return bool(pa.types.is_integer(t))
+
+
+def _as_text(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Integers as their decimal strings: a key's value the way it is scanned."""
+    return pc.cast(_decoded(col), pa.string())
+
+
+#: integer input columns probed: identifier rules (their raw values must not survive)
+_ID_OPS = frozenset({"tokenize", "hash"})
+
+
 def _decoded(arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     if pa.types.is_dictionary(arr.type):
         return arr.cast(arr.type.value_type)
@@ -710,7 +725,9 @@ class EvidenceCollector:
             if r is None or not r.masks or r.op in _NOT_PROBES:
                 continue
             col = batch.column(name)
-            if not _is_string(col.type):
+            if _is_integer(col.type) and r.op in _ID_OPS:
+                col = _as_text(col)  # an integer key: found again if a kept key holds it
+            elif not _is_string(col.type):
                 continue
             hint = self._hints.setdefault(f"in:{table}.{name}", [0, 0])
             probes = self._digests(_values(col, hint), candidates=False)
@@ -747,14 +764,19 @@ class EvidenceCollector:
         self._check_in_place(table, batch, rules)
         for name in batch.schema.names:
             col = batch.column(name)
-            if not _is_string(col.type):
+            r = rules.get(name)
+            number = _is_integer(col.type)
+            if number and (r is None or r.op == "keep" or r.op in _ID_OPS):
+                # a kept integer column can be a raw key (a foreign key drafted as a
+                # measurement); integer tokens are scanned so a match can be explained
+                col = _as_text(col)
+            elif not _is_string(col.type):
                 continue
             hint = self._hints.setdefault(f"out:{table}.{name}", [0, 0])
-            r = rules.get(name)
             # Only free or passed-through text can hide a value inside a longer string; a
             # token column is checked whole (and row by row, in place). A column with no
             # value long enough has no candidate either (none is longer than its value).
-            free = r is None or r.op in _FREE_TEXT_OPS
+            free = not number and (r is None or r.op in _FREE_TEXT_OPS)
             whole = self._digests(_values(col, hint), candidates=free)
             if not whole.size:
                 continue

@@ -145,7 +145,7 @@ def test_draft_keeps_every_join_and_leaves_no_raw_identifier(
         assert _join_rows(after, ref, key) == n, f"{ref} -> {key} lost rows"
 
     raw: set[object] = set()
-    for ref, key in joins:
+    for _ref, key in joins:
         raw |= set(before[key[0]].column(key[1]).to_pylist())
     for t, table in after.items():
         for name in table.column_names:

@@ -453,14 +453,12 @@ def _link_keys(tables: dict[str, pa.Table], drafts: dict[str, _Table]) -> None:
         narrow = any(cols[i].family == "int" and cols[i].bits < 32 for i in members)
         op = "hash" if narrow else "tokenize"
         for i in members:
-            c = cols[i]
-            c.draft.rule = {"op": op, "domain": dom}
-            c.draft.kind = "id"
-            c.draft.reason = why.get(i) or (
-                f"key of {c.table} ({len(c.values)} distinct in the sample), referred to by "
-                + ", ".join(
-                    f"{cols[m].table}.{cols[m].draft.name}" for m in members if m in why
-                )
+            m = cols[i]
+            m.draft.rule = {"op": op, "domain": dom}
+            m.draft.kind = "id"
+            m.draft.reason = why.get(i) or (
+                f"key of {m.table} ({len(m.values)} distinct in the sample), referred to by "
+                + ", ".join(f"{cols[j].table}.{cols[j].draft.name}" for j in members if j in why)
             )
 
 
