@@ -43,7 +43,12 @@ KeystoreOpt = Annotated[
     ),
 ]
 LineageOpt = Annotated[
-    Path | None, typer.Option("--lineage", help="Lineage directory (default: <output>.lineage).")
+    Path | None,
+    typer.Option(
+        "--lineage",
+        help="Lineage directory (default: <output>.lineage beside a file or directory "
+        "output; required for '-' and postgresql:// outputs).",
+    ),
 ]
 
 
@@ -253,6 +258,8 @@ def print_summary(summary: Any, *, to_stderr: bool = False, title: str = "masked
         f"({summary.rows_per_second:,.0f} rows/s)"
     )
     console.print(f"  columns by operator: {ops}")
+    for d in getattr(summary, "created", []):
+        console.print(f"  created directory: {d} (it did not exist)")
     for o in summary.outputs:
         console.print(f"  output: {o}")
     for q in summary.quarantine:

@@ -38,6 +38,7 @@ from biomask.connectors import (
     table_sink_uri,
 )
 from biomask.connectors.overlap import ReadAhead, WriteBehind
+from biomask.connectors.registry import data_suffix, is_postgres_uri
 from biomask.errors import BiomaskError, QuarantineLimitError
 from biomask.keys import Keyring
 from biomask.lineage import LineageRecorder
@@ -45,7 +46,7 @@ from biomask.lineage.record import ColumnRecord, RunRecord
 from biomask.masking import Masker
 from biomask.policies import Policy
 
-__all__ = ["RunSummary", "default_lineage_dir", "run_mask", "run_unmask"]
+__all__ = ["RunSummary", "check_output", "default_lineage_dir", "run_mask", "run_unmask"]
 
 ProgressFn = Callable[[str, int], None]
 
@@ -65,6 +66,8 @@ class RunSummary:
     operator_counts: dict[str, int]
     stats: dict[str, int] = field(default_factory=dict)
     key_ids: list[str] = field(default_factory=list)
+    #: output directories that did not exist and were created for this run
+    created: list[str] = field(default_factory=list)
 
     @property
     def rows_per_second(self) -> float:
@@ -72,11 +75,62 @@ class RunSummary:
 
 
 def default_lineage_dir(output_uri: str, dataset: str) -> Path:
-    """``<output>.lineage`` beside a file or directory output, so no run goes unrecorded."""
-    if output_uri in ("-", "") or "://" in output_uri:
-        return Path(f"{dataset}.lineage")
+    """``<output>.lineage`` beside a file or directory output, so no run goes unrecorded.
+
+    Raises
+    ------
+    BiomaskError
+        The output is standard output or a database: there is nothing to put the
+        lineage beside, and a directory named after the dataset in whatever the working
+        directory happened to be is where nobody looks; the run needs ``--lineage DIR``.
+    """
+    if output_uri in ("-", "") or ("://" in output_uri and not output_uri.startswith("file://")):
+        where = "standard output" if output_uri in ("-", "") else display_uri(output_uri)
+        beside = "a pipe" if output_uri in ("-", "") else "a database table"
+        raise BiomaskError(
+            f"a run that writes to {where} needs --lineage DIR: its signed record cannot "
+            f"go beside {beside} (e.g. --lineage {dataset}.lineage)"
+        )
+    if output_uri.startswith("file://"):
+        from urllib.parse import urlsplit
+
+        output_uri = urlsplit(output_uri).path
     p = Path(output_uri)
     return p.with_name(p.name.rstrip("/") + ".lineage")
+
+
+def check_output(policy: Policy, output_uri: str) -> None:
+    """Refuse an output that contradicts the policy before anything is written.
+
+    A multi-table policy writes one output per table, into a directory or a database; an
+    output named like one data file (``masked.parquet``) would silently become a directory
+    of that name.
+    """
+    if not policy.is_multi_table:
+        return
+    suffix = data_suffix(output_uri)
+    if suffix is not None or output_uri == "-":
+        names = ", ".join(policy.table_specs())
+        what = "standard output" if output_uri == "-" else f"{output_uri} (a {suffix} file)"
+        raise BiomaskError(
+            f"the policy names {len(policy.table_specs())} tables ({names}): --output must be "
+            f"a directory (one file per table) or a postgresql:// URI, not {what}"
+        )
+
+
+def _created_dirs(uris: list[str]) -> list[str]:
+    """The outermost missing directory above each file output: what the run will create."""
+    out: list[str] = []
+    for uri in uris:
+        if uri == "-" or is_postgres_uri(uri) or "://" in uri:
+            continue
+        parent = Path(uri.rstrip("/")).parent
+        top = None
+        while not parent.exists() and parent != parent.parent:
+            top, parent = parent, parent.parent
+        if top is not None and str(top) not in out:
+            out.append(str(top))
+    return out
 
 
 def run_mask(
@@ -109,7 +163,14 @@ def run_mask(
         Where wrapped template data keys live (default: ``<keyring>.keystore.sqlite``).
     """
     started = time.perf_counter()
+    check_output(policy, output_uri)
+    lineage = Path(lineage_dir) if lineage_dir else default_lineage_dir(output_uri, policy.dataset)
     specs = policy.table_specs()
+    out_uris = {
+        t: table_sink_uri(output_uri, t, input_uri) if policy.is_multi_table else output_uri
+        for t in specs
+    }
+    created = _created_dirs(list(out_uris.values()))  # before lineage makes any of them
     if policy.is_multi_table:
         sources: dict[str, Source] = open_tables(input_uri, list(specs), batch_size=batch_size)
     else:
@@ -124,7 +185,6 @@ def run_mask(
     if callable(prepare) and command != "unmask":  # unmask reverses nothing that needs it
         prepare()
 
-    lineage = Path(lineage_dir) if lineage_dir else default_lineage_dir(output_uri, policy.dataset)
     key_ids = sorted({k for m in maskers.values() for k in m.key_ids})
     record = RunRecord(
         run_id=str(uuid.uuid4()),
@@ -166,7 +226,7 @@ def run_mask(
     try:
         out_sinks: dict[str, Sink] = {}
         for t in sources:
-            uri = table_sink_uri(output_uri, t, input_uri) if policy.is_multi_table else output_uri
+            uri = out_uris[t]
             # encoded and compressed on its own thread while the next batch is masked
             sink: Sink = WriteBehind(
                 open_sink(
@@ -194,12 +254,7 @@ def run_mask(
                 if res.quarantine is not None and res.quarantine.num_rows:
                     q = q_sinks.get(t)
                     if q is None:
-                        base = (
-                            table_sink_uri(output_uri, t, input_uri)
-                            if policy.is_multi_table
-                            else output_uri
-                        )
-                        q_uri = quarantine_uri(base)
+                        q_uri = quarantine_uri(out_uris[t], lineage_dir=lineage)
                         q = open_sink(q_uri, res.quarantine.schema, overwrite=overwrite)
                         q_sinks[t] = q
                         sinks.append(q)
@@ -259,6 +314,7 @@ def run_mask(
         operator_counts=dict(record.operator_counts),
         stats=stats,
         key_ids=key_ids,
+        created=created,
     )
 
 

@@ -385,7 +385,10 @@ def test_uri_helpers() -> None:
     assert quarantine_uri("out/masked.csv") == "out/masked.quarantine.csv"
     assert quarantine_uri("out/") == "out.quarantine/"
     assert quarantine_uri("out") == "out.quarantine"
-    assert quarantine_uri("-") == "stdout.quarantine.jsonl"
+    assert quarantine_uri("-", lineage_dir="runs/x.lineage") == "runs/x.quarantine.jsonl"
+    assert quarantine_uri("-", lineage_dir="runs/lin") == "runs/lin.quarantine.jsonl"
+    with pytest.raises(ConnectorError, match="beside its lineage"):
+        quarantine_uri("-")
     assert (
         quarantine_uri("postgresql://u:pw@h:5432/db?table=s.t")
         == "postgresql://u:pw@h:5432/db?table=s.t_quarantine"
