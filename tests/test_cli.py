@@ -363,3 +363,26 @@ def test_summary_says_which_output_directory_was_created(
     assert "  created directory: new (it did not exist)\n" in capsys.readouterr().out
     assert main(mask_args(**{"--output": "new/deeper/again.parquet"})) == 0
     assert "created directory" not in capsys.readouterr().out
+
+
+def test_progress_is_one_bar_per_table_with_a_total(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal: a bar per table, the previous one closed when the next starts."""
+    from biomask import cli
+
+    monkeypatch.delenv("BIOMASK_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bars = cli._progress()
+    with bars as update:
+        assert update is not None
+        update("subjects", 0, 100)
+        update("subjects", 100, 100)
+        update("captures", 0, None)
+        update("captures", 40, None)
+        tasks = {t.description: t for t in bars._bar.tasks}
+        assert tasks["subjects"].finished and tasks["subjects"].percentage == 100
+        assert tasks["captures"].total is None and tasks["captures"].fields["rows"] == "40 rows"
+        update("captures", 50, None)
+        assert bars._current == "captures"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    with cli._progress() as quiet:  # a pipe: no bar at all
+        assert quiet is None

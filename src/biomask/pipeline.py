@@ -48,7 +48,8 @@ from biomask.policies import Policy
 
 __all__ = ["RunSummary", "check_output", "default_lineage_dir", "run_mask", "run_unmask"]
 
-ProgressFn = Callable[[str, int], None]
+#: (table, rows done so far, rows in the table when known) -> None
+ProgressFn = Callable[[str, int, int | None], None]
 
 
 @dataclass
@@ -156,7 +157,9 @@ def run_mask(
     max_quarantine:
         Fail the run (nothing committed) when more rows than this are quarantined.
     progress:
-        Called with (table, rows done so far) after each batch.
+        Called with (table, rows done so far, the table's row count when the source knows
+        it: Parquet footers, PostgreSQL statistics) when a table starts and after each of
+        its batches.
     masker_factory:
         Builds the per-table masker; ``unmask`` passes its own.
     keystore:
@@ -244,6 +247,10 @@ def run_mask(
         for t, source in sources.items():
             masker = maskers[t]
             done = 0
+            estimate = getattr(source, "row_estimate", None)
+            total = estimate() if callable(estimate) else None
+            if progress is not None:
+                progress(t, 0, total)
             reader = readers.get(t) or readers.setdefault(t, ReadAhead(source.batches()))
             for batch in reader:  # the next batch decodes on the reader's thread meanwhile
                 res = masker.mask_batch(batch)
@@ -273,7 +280,7 @@ def run_mask(
                     stats[k] = stats.get(k, 0) + v
                 done += batch.num_rows
                 if progress is not None:
-                    progress(t, done)
+                    progress(t, done, total)
         # The residual-PII scan and the other end-of-run evidence run on the evidence
         # thread while the last batches are encoded; both finish before anything commits.
         evidence.conclude()
