@@ -574,7 +574,8 @@ def test_a_kept_integer_key_is_counted_as_hits() -> None:
     """The issue's export: volunteers.volunteer_id tokenized, sessions.volunteer_id kept raw.
 
     Every raw id that survives in the kept foreign key is a hit; an unrelated integer
-    column kept beside it (small counts) is not, and the tokens themselves are not probes.
+    column kept beside it is not, even where its values fall inside the range of ids (it
+    is not named like an identifier), and the tokens themselves are not probes.
     """
     policy = policy_from_dict(
         {
@@ -595,6 +596,7 @@ def test_a_kept_integer_key_is_counted_as_hits() -> None:
         {
             "volunteer_id": ids.take(pa.array([i % 150 for i in range(600)])),
             "visits": pa.array([i % 7 for i in range(600)], pa.int64()),
+            "height_mm": ids.take(pa.array([(i * 7) % 200 for i in range(600)])),
         }
     )
     c.observe_input("sessions", sessions)
@@ -625,6 +627,8 @@ def test_a_kept_integer_key_is_counted_as_hits() -> None:
     c.observe_input("volunteers", pa.record_batch({"volunteer_id": ids}))
     c.observe_output("volunteers", pa.record_batch({"volunteer_id": tokens}))
     c.observe_input("sessions", sessions.select(["volunteer_id"]))
+    assert c._key_like("volunteer_id") and c._key_like("SubjectID") and c._key_like("ref_no")
+    assert not c._key_like("valid") and not c._key_like("paid") and not c._key_like("height")
     c.observe_output(
         "sessions",
         pa.record_batch({"volunteer_id": tokens.take(pa.array([i % 150 for i in range(600)]))}),

@@ -48,6 +48,7 @@ with rows.
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
@@ -124,6 +125,10 @@ def _as_text(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
 
 #: integer input columns probed: identifier rules (their raw values must not survive)
 _ID_OPS = frozenset({"tokenize", "hash"})
+#: names that say "identifier" (``volunteer_id``, ``SubjectID``, ``ref_no``): a kept
+#: integer column so named can be a raw key; other kept integers (a height, a count) are
+#: not scanned, or every one that falls inside a range of ids would be a false hit
+_ID_NAME = re.compile(r"(?i:(?:^|_)(?:id|ids|no|nr|num|number|serial|key|ref))$|[a-z]Id$|ID$")
 
 
 def _decoded(arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -487,6 +492,7 @@ class EvidenceCollector:
     _rules_cache: dict[str, dict[str, _Rule]] = field(default_factory=dict)
     _scratch: _Scratch = field(default_factory=_Scratch, repr=False)
     _hints: dict[str, list[int]] = field(default_factory=dict)
+    _id_names: frozenset[str] | None = None
 
     def __repr__(self) -> str:  # never show the key
         return "EvidenceCollector()"
@@ -766,7 +772,10 @@ class EvidenceCollector:
             col = batch.column(name)
             r = rules.get(name)
             number = _is_integer(col.type)
-            if number and (r is None or r.op == "keep" or r.op in _ID_OPS):
+            if number and (
+                (r is not None and r.op in _ID_OPS)
+                or ((r is None or r.op == "keep") and self._key_like(name))
+            ):
                 # a kept integer column can be a raw key (a foreign key drafted as a
                 # measurement); integer tokens are scanned so a match can be explained
                 col = _as_text(col)
@@ -781,6 +790,17 @@ class EvidenceCollector:
             if not whole.size:
                 continue
             self._store(self._outputs, f"{table}.{name}", whole)
+
+    def _key_like(self, name: str) -> bool:
+        """Whether a kept integer column can be a raw key: an identifier's name, or the
+        name of a column some table of the policy tokenizes or hashes."""
+        if self._id_names is None:
+            names: set[str] = set()
+            if self.policy is not None:
+                for spec in self.policy.table_specs().values():
+                    names |= {n for n, r in spec.columns.items() if r.op in _ID_OPS}
+            self._id_names = frozenset(names)
+        return name in self._id_names or _ID_NAME.search(name) is not None
 
     def _check_in_place(self, table: str, batch: pa.RecordBatch, rules: dict[str, _Rule]) -> None:
         """Count values that a masking rule left unchanged in their row.
