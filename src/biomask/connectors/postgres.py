@@ -355,10 +355,9 @@ class PostgresSource:
         return f"PostgresSource({self.ref().uri!r})"
 
 
-def open_pg_tables(
-    uri: str, names: Sequence[str], *, batch_size: int = 65_536
-) -> dict[str, Source]:
-    """One :class:`PostgresSource` per policy table, in the URI's ``?schema=`` schema."""
+def list_pg_tables(uri: str) -> list[str]:
+    """Tables (and views) in the URI's ``?schema=`` schema (default ``public``), sorted:
+    what ``policy suggest`` drafts for when the URI names no table."""
     base = PgTarget(uri)
     conn = base.connect()
     try:
@@ -369,12 +368,27 @@ def open_pg_tables(
             "('r', 'v', 'm', 'p', 'f') ORDER BY 1",
             (base.schema,),
         )
-        have = [r[0] for r in cur.fetchall()]
+        have = [str(r[0]) for r in cur.fetchall()]
         cur.close()
+    except ConnectorError:
+        raise
+    except Exception as exc:
+        raise ConnectorError(
+            f"cannot list the tables of {base.display}: {base.reason(exc)}"
+        ) from None
     finally:
         with contextlib.suppress(Exception):
             conn.rollback()
         conn.close()
+    return have
+
+
+def open_pg_tables(
+    uri: str, names: Sequence[str], *, batch_size: int = 65_536
+) -> dict[str, Source]:
+    """One :class:`PostgresSource` per policy table, in the URI's ``?schema=`` schema."""
+    base = PgTarget(uri)
+    have = list_pg_tables(uri)
     out: dict[str, Source] = {}
     for name in names:
         if name not in have:

@@ -15,12 +15,14 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from biomask.connectors import open_source
+from biomask.connectors import open_sink, open_source
 from biomask.demo import DemoData
+from biomask.errors import BiomaskError
 from biomask.keys import Keyring
 from biomask.masking.text.suggest import suggest_policy
 from biomask.pipeline import run_mask
 from biomask.policies import parse_policy
+from tests.connectors.conftest import PgSchema, pg  # noqa: F401  (the real-server fixture)
 
 #: (table, column) -> (table, column) it refers to, per export
 Joins = list[tuple[tuple[str, str], tuple[str, str]]]
@@ -175,3 +177,43 @@ def test_unnamed_integer_key_is_review_redacted_when_nothing_refers_to_it(tmp_pa
     assert rules["badge"].op == "redact"
     assert "REVIEW: 100 distinct integers" in text
     assert rules["n"].op == "keep"  # two values: a measurement, not an id
+
+
+def test_a_database_export_is_drafted_as_one_multi_table_policy(
+    pg: PgSchema,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """``?schema=`` with no table: every table of the schema, keys linked as for files."""
+    src = tmp_path / "files"
+    src.mkdir()
+    ((ref, key),) = _two_table_int(src)
+    for f in src.iterdir():
+        table = pq.read_table(f)
+        sink = open_sink(pg.uri(f.stem), table.schema)
+        for batch in table.to_batches():
+            sink.write(batch)
+        sink.commit()
+    uri = f"{pg.base}?schema={pg.schema}"
+    draft = suggest_policy(uri, scan_text=False)
+    policy = parse_policy(draft)
+    assert policy.dataset == pg.schema and sorted(policy.table_specs()) == [
+        "sessions",
+        "volunteers",
+    ]
+    specs = policy.table_specs()
+    assert specs["sessions"].columns["volunteer_id"] == specs["volunteers"].columns["volunteer_id"]
+    out = tmp_path / "masked"
+    run_mask(policy, Keyring.ephemeral(), uri, str(out), lineage_dir=tmp_path / "lineage")
+    before, after = _tables(src), _tables(out)
+    assert _join_rows(after, ref, key) == _join_rows(before, ref, key) == 600
+    raw = set(before["volunteers"].column("volunteer_id").to_pylist())
+    kept = after["sessions"].column("volunteer_id").to_pylist()
+    assert not any(
+        a == b for a, b in zip(before["sessions"]["volunteer_id"].to_pylist(), kept, strict=True)
+    )
+    assert len(raw & set(kept)) < len(raw)  # tokens, not the raw keys
+
+
+def test_an_empty_database_schema_is_one_clear_error(pg: PgSchema) -> None:  # noqa: F811
+    with pytest.raises(BiomaskError, match=r"^no tables to sample in postgresql://"):
+        suggest_policy(f"{pg.base}?schema={pg.schema}", scan_text=False)

@@ -288,7 +288,19 @@ def _text_scanner(model: str, language: str) -> Any:
 
 def _tables_of(uri: str, sample: int) -> dict[str, pa.Table]:
     from biomask.connectors import open_source, open_tables
+    from biomask.connectors.registry import is_postgres_uri
 
+    if is_postgres_uri(uri) and "table=" not in uri and "query=" not in uri:
+        # a database export: every table of the ?schema= schema, linked like a directory's
+        from biomask.connectors.postgres import list_pg_tables
+
+        names = list_pg_tables(uri)
+        if not names:
+            from biomask.connectors import display_uri
+
+            raise BiomaskError(f"no tables to sample in {display_uri(uri)} (see ?schema=)")
+        sources = open_tables(uri, names, batch_size=min(sample, 65_536))
+        return {t: _sample(s, sample) for t, s in sources.items()}
     path = Path(uri)
     if "://" not in uri and path.is_dir():
         from biomask.connectors.files import detect_format
@@ -614,6 +626,13 @@ def suggest_policy(
         raise BiomaskError(f"--sample must be at least 1, not {sample}")
     tables = _tables_of(uri, sample)
     base = Path(uri.rstrip("/")).stem if "://" not in uri and uri != "-" else "dataset"
+    from biomask.connectors.registry import is_postgres_uri
+
+    if is_postgres_uri(uri) and "table=" not in uri and "query=" not in uri:
+        from biomask.connectors.postgres import PgTarget
+
+        target = PgTarget(uri)  # a database export is named after its schema (or database)
+        base = target.schema if target.schema != "public" else target.db
     dataset = regex.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-") or "dataset"
     drafts, entity_col = draft_policy(
         tables, dataset=dataset, model=model, language=language, scan_text=scan_text
