@@ -10,10 +10,14 @@ They watch the batches going into and out of the Masker and keep only what may b
   Any other masked QI column gets no distribution at all.
 * **k-anonymity**: counts of each combination of the (recorded) QI columns after masking;
   k is the smallest group. Only counts leave the collector, never the combinations.
-* **Residual-PII scan**: every distinct input value of a masked string column is hashed
+* **Residual-PII scan**: every distinct input value of a masked string column (and of an
+  integer key: a column ``tokenize`` or ``hash`` masks, as its decimal string) is hashed
   to 64 bits under a random per-run key that lives only in memory; every output string
   value, each of its whitespace- and punctuation-separated tokens and its 2-3 token
-  n-grams are hashed the same way. After the run the two sets are compared. A match is a
+  n-grams are hashed the same way, and so are integer token columns and kept integer
+  columns that can be a raw key (named like an identifier or like a tokenized column: a
+  foreign key left ``keep`` while its key is tokenized). After the run the two sets are
+  compared. A match is a
   *hit* (residual PII: e.g. a real name left inside free text) unless it is explained as a
   *coincidence*: it lies in a column of tokens or pseudonyms the masker generated, or it
   is itself a token or pseudonym this run issued in the input column's domain (e.g. in free
