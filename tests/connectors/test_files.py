@@ -514,8 +514,8 @@ def test_jsonl_keeps_dates_and_zoned_timestamps(tmp_path: Path) -> None:
     source = open_source(str(src), batch_size=2)
     schema = source.schema
     assert schema.field("dob").type == pa.date32()
-    assert schema.field("ts").type == pa.timestamp("s", tz="UTC")
-    assert schema.field("n").type == pa.timestamp("s")
+    assert schema.field("ts").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("n").type == pa.timestamp("us")
     rows = [r for b in source.batches() for r in b.to_pylist()]
     assert rows[0]["dob"] == dt.date(1980, 10, 9)
     assert rows[0]["ts"] == dt.datetime(2020, 1, 1, 10, tzinfo=dt.UTC)
@@ -545,4 +545,25 @@ def test_jsonl_keeps_dates_and_zoned_timestamps(tmp_path: Path) -> None:
     }
     back = open_source(str(out))
     assert back.schema.field("d").type == pa.date32()
-    assert back.schema.field("t").type == pa.timestamp("s", tz="UTC")
+    assert back.schema.field("t").type == pa.timestamp("us", tz="UTC")
+    # fractions of a second (which pyarrow alone leaves as text) read back as timestamps
+    frac = pa.record_batch(
+        {
+            "n": pa.array(
+                [dt.datetime(2020, 1, 1, 12, 0, 0, 250_000), dt.datetime(2020, 1, 1, 12)],
+                pa.timestamp("us"),
+            ),
+            "t": pa.array(
+                [dt.datetime(2020, 1, 1, 12, 0, 0, 5_000, tzinfo=dt.UTC), None],
+                pa.timestamp("us", tz="UTC"),
+            ),
+        }
+    )
+    sink = open_sink(str(tmp_path / "frac.jsonl"), frac.schema)
+    sink.write(frac)
+    sink.commit()
+    back = open_source(str(tmp_path / "frac.jsonl"))
+    assert back.schema.field("n").type == pa.timestamp("us")
+    assert back.schema.field("t").type == pa.timestamp("us", tz="UTC")
+    got = next(iter(back.batches()))
+    assert got.select(["n", "t"]).equals(frac)

@@ -628,11 +628,27 @@ class _JsonlReader:
         (a date comes back as ``1980-10-09 00:00:00``, ``12:00+02:00`` as ``10:00``
         without a zone). The first chunk's such fields are read again as strings and
         typed by what they hold: all ``YYYY-MM-DD`` -> ``date32``; all with a zone ->
-        ``timestamp[us, tz=UTC]``; none with one -> ``timestamp`` (``us`` when a value
-        has a fraction, else ``s``). A field mixing zoned and zone-less values stays a
-        string rather than lose its zones.
+        ``timestamp[us, tz=UTC]``; none with one -> ``timestamp[us]`` (``ns`` when a
+        value has more than six fractional digits). A field mixing zoned and zone-less
+        values stays a
+        string rather than lose its zones. A string field whose values are all ISO
+        timestamps (pyarrow leaves one text when a value has a fraction of a second, so
+        biomask's own ``timestamp[us]`` output would not read back as one) is typed the
+        same way.
         """
+        for f in table.schema:
+            if pa.types.is_string(f.type):
+                texts = [v for v in table.column(f.name).to_pylist() if v is not None]
+                if texts and all(_ISO_TIMESTAMP.match(v) for v in texts):
+                    target = _temporal_type(table.column(f.name))
+                    with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        col = table.column(f.name).cast(target)
+                        idx = table.schema.get_field_index(f.name)
+                        table = table.set_column(idx, pa.field(f.name, target), col)
+                        if not pa.types.is_string(target):
+                            self._temporal[f.name] = target
         names = [f.name for f in table.schema if pa.types.is_timestamp(f.type)]
+        names = [n for n in names if n not in self._temporal]
         if not names:
             return table
         buf = b"\n".join(lines) + b"\n"
@@ -807,6 +823,12 @@ class _JsonlReader:
 
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _ZONE = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
+_FRACTION = re.compile(r"\d{2}:\d{2}:\d{2}\.(\d+)")
+#: an ISO timestamp, fraction and zone optional (pyarrow's JSON reader leaves a field of
+#: them text when one has a fraction of a second)
+_ISO_TIMESTAMP = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:?\d{2})?$"
+)
 
 
 def _temporal_type(values: pa.ChunkedArray) -> pa.DataType:
@@ -815,7 +837,10 @@ def _temporal_type(values: pa.ChunkedArray) -> pa.DataType:
     if texts and all(_ISO_DATE.match(v) for v in texts):
         return pa.date32()
     zoned = [bool(_ZONE.search(v)) for v in texts]
-    unit = "us" if any("." in v for v in texts) else "s"
+    digits = max((len(m.group(1)) for v in texts if (m := _FRACTION.search(v))), default=0)
+    # microseconds unless a value has more digits: a later chunk may carry a fraction the
+    # first lines did not, and it must fit the type the first lines fixed
+    unit = "us" if digits <= 6 else "ns"
     if all(zoned) and texts:
         return pa.timestamp(unit, tz="UTC")
     if any(zoned):
