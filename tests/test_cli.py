@@ -430,3 +430,90 @@ def test_rotate_refuses_a_tampered_lineage_before_rotating(
         "refusing to extend lineage keys.json.lineage: audit.jsonl line 1: its MAC does not match"
     )
     assert Path("keys.json").read_bytes() == keyring_before  # no key was added
+
+
+def test_stdout_and_database_runs_need_a_lineage_dir(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = sorted(p.name for p in work.iterdir())
+    assert main(mask_args(**{"--output": "-"})) == 1
+    assert one_error_line(capsys) == (
+        "a run that writes to standard output needs --lineage DIR: its signed record "
+        "cannot go beside a pipe (e.g. --lineage people.lineage)"
+    )
+    assert main(mask_args(**{"--output": "postgresql://u:secret@db:5432/x?table=t"})) == 1
+    msg = one_error_line(capsys)
+    assert "needs --lineage DIR" in msg and "secret" not in msg and "a database table" in msg
+    assert sorted(p.name for p in work.iterdir()) == before  # refused before writing
+
+
+def test_stdout_quarantine_goes_beside_the_lineage(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (work / "people.csv").write_text(
+        "subject_id,dob\nSUBJ-00000001,1980-10-09\nSUBJ-00000002,not a date\n"
+    )
+    (work / "p.yaml").write_text(
+        "version: 1\ndataset: people\nentities:\n  subject: {column: subject_id}\ncolumns:\n"
+        "  subject_id: {op: tokenize, domain: subject}\n"
+        '  dob: {op: date_shift, entity: subject, format: "%Y-%m-%d"}\n'
+    )
+    args = mask_args(**{"--policy": "p.yaml", "--input": "people.csv", "--output": "-"})
+    assert main([*args, "--lineage", "runs/people.lineage", "--max-quarantine", "1"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1  # the one good row, as JSON Lines
+    assert "quarantine: runs/people.quarantine.jsonl" in captured.err
+    (row,) = [
+        json.loads(x) for x in (work / "runs/people.quarantine.jsonl").read_text().split("\n") if x
+    ]
+    assert row["_biomask_reason"].startswith("dob")
+    assert not (work / "stdout.quarantine.jsonl").exists()
+
+
+def test_multi_table_policy_refuses_a_single_file_output(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (work / "multi.yaml").write_text(
+        "version: 1\ndataset: d\ntables:\n  a: {columns: {x: {op: keep}}}\n"
+        "  b: {columns: {x: {op: keep}}}\n"
+    )
+    args = mask_args(**{"--policy": "multi.yaml", "--input": ".", "--output": "masked.parquet"})
+    assert main(args) == 1
+    assert one_error_line(capsys) == (
+        "the policy names 2 tables (a, b): --output must be a directory (one file per table) "
+        "or a postgresql:// URI, not masked.parquet (a .parquet file)"
+    )
+    assert not (work / "masked.parquet").exists()
+    assert not (work / "masked.parquet.lineage").exists()
+
+
+def test_summary_says_which_output_directory_was_created(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(mask_args(**{"--output": "new/deeper/out.parquet"})) == 0
+    assert "  created directory: new (it did not exist)\n" in capsys.readouterr().out
+    assert main(mask_args(**{"--output": "new/deeper/again.parquet"})) == 0
+    assert "created directory" not in capsys.readouterr().out
+
+
+def test_progress_is_one_bar_per_table_with_a_total(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal: a bar per table, the previous one closed when the next starts."""
+    from biomask import cli
+
+    monkeypatch.delenv("BIOMASK_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    bars = cli._progress()
+    with bars as update:
+        assert update is not None
+        update("subjects", 0, 100)
+        update("subjects", 100, 100)
+        update("captures", 0, None)
+        update("captures", 40, None)
+        tasks = {t.description: t for t in bars._bar.tasks}
+        assert tasks["subjects"].finished and tasks["subjects"].percentage == 100
+        assert tasks["captures"].total is None and tasks["captures"].fields["rows"] == "40 rows"
+        update("captures", 50, None)
+        assert bars._current == "captures"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    with cli._progress() as quiet:  # a pipe: no bar at all
+        assert quiet is None

@@ -325,3 +325,27 @@ def test_lineage_and_quarantine_files_are_private(tmp_path: Path) -> None:
     for p in paths:
         assert (p.stat().st_mode & 0o777) == (0o700 if p.is_dir() else 0o600), p
     assert (tmp_path / "sub" / "out.quarantine.csv").stat().st_mode & 0o777 == 0o600
+
+
+def test_progress_names_each_table_with_its_row_count(tmp_path: Path) -> None:
+    """Parquet footers give each table's total before its first batch; CSV has none."""
+    data = generate(60, seed=3, with_notes=False)
+    (tmp_path / "in").mkdir()
+    pq.write_table(data.subjects, tmp_path / "in" / "subjects.parquet")
+    pacsv.write_csv(data.subjects.select(["subject_id"]), tmp_path / "people.csv")
+    policy = parse_policy(
+        "version: 1\ndataset: d\nunlisted: drop\ntables:\n"
+        "  subjects: {columns: {subject_id: {op: tokenize, domain: subject}}}\n"
+    )
+    calls: list[tuple[str, int, int | None]] = []
+    run_mask(policy, Keyring.ephemeral(), str(tmp_path / "in"), str(tmp_path / "out"),
+             batch_size=25, progress=lambda t, d, n: calls.append((t, d, n)))  # fmt: skip
+    assert calls == [("subjects", 0, 60), ("subjects", 25, 60), ("subjects", 50, 60),
+                     ("subjects", 60, 60)]  # fmt: skip
+    calls.clear()
+    one = parse_policy(
+        "version: 1\ndataset: p\ncolumns: {subject_id: {op: tokenize, domain: subject}}\n"
+    )
+    run_mask(one, Keyring.ephemeral(), str(tmp_path / "people.csv"), str(tmp_path / "p.csv"),
+             progress=lambda t, d, n: calls.append((t, d, n)))  # fmt: skip
+    assert calls == [("p", 0, None), ("p", 60, None)]

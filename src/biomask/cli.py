@@ -43,7 +43,12 @@ KeystoreOpt = Annotated[
     ),
 ]
 LineageOpt = Annotated[
-    Path | None, typer.Option("--lineage", help="Lineage directory (default: <output>.lineage).")
+    Path | None,
+    typer.Option(
+        "--lineage",
+        help="Lineage directory (default: <output>.lineage beside a file or directory "
+        "output; required for '-' and postgresql:// outputs).",
+    ),
 ]
 ReceiptsOpt = Annotated[
     Path | None,
@@ -317,6 +322,8 @@ def print_summary(summary: Any, *, to_stderr: bool = False, title: str = "masked
         f"({summary.rows_per_second:,.0f} rows/s)"
     )
     console.print(f"  columns by operator: {ops}")
+    for d in getattr(summary, "created", []):
+        console.print(f"  created directory: {d} (it did not exist)")
     for o in summary.outputs:
         console.print(f"  output: {o}")
     for q in summary.quarantine:
@@ -331,34 +338,60 @@ def print_summary(summary: Any, *, to_stderr: bool = False, title: str = "masked
 
 
 class _progress:
-    """A rich progress bar on a terminal; nothing in a pipe."""
+    """One rich progress bar per table on a terminal; nothing in a pipe.
 
-    def __init__(self, to_stderr: bool) -> None:
+    The table being masked is named on its bar; a table whose row count the source
+    knows (Parquet footers, PostgreSQL statistics) gets a percentage and an ETA, others
+    a row count. A finished table's bar stays, ticked, until the run ends.
+    """
+
+    def __init__(self, to_stderr: bool = True) -> None:
         self.enabled = sys.stderr.isatty() and not os.environ.get("BIOMASK_NO_PROGRESS")
         self._bar: Any = None
         self._tasks: dict[str, Any] = {}
+        self._current: str | None = None
 
     def __enter__(self) -> Any:
         if not self.enabled:
             return None
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            SpinnerColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._bar = Progress(
-            SpinnerColumn(),
+            SpinnerColumn(finished_text="[green]done"),
             TextColumn("[bold]{task.description}"),
-            TextColumn("{task.completed:,} rows"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rows]}"),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
             console=Console(stderr=True),
             transient=True,
         )
         self._bar.__enter__()
+        return self.update
 
-        def update(table: str, done: int) -> None:
-            if table not in self._tasks:
-                self._tasks[table] = self._bar.add_task(table, total=None)
-            self._bar.update(self._tasks[table], completed=done)
-
-        return update
+    def update(self, table: str, done: int, total: int | None = None) -> None:
+        """Move ``table``'s bar (adding it, and closing the previous one, when it starts)."""
+        bar = self._bar
+        if table not in self._tasks:
+            if self._current is not None:  # the previous table is done
+                prev = self._tasks[self._current]
+                bar.update(prev, total=bar.tasks[prev].completed)
+            self._tasks[table] = bar.add_task(table, total=total, rows="")
+            self._current = table
+        if total is not None and done > total:  # statistics are estimates
+            total = done
+        rows = f"{done:,}/{total:,} rows" if total is not None else f"{done:,} rows"
+        bar.update(self._tasks[table], completed=done, total=total, rows=rows)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
@@ -521,7 +554,8 @@ def demo_cmd(
     """Generate synthetic enrolment data and mask it end to end (no server needed)."""
     from biomask.demo.run import run_demo
 
-    run_demo(rows=rows, out=out, console=_out(), show=print_summary)
+    with _progress() as progress:
+        run_demo(rows=rows, out=out, console=_out(), show=print_summary, progress=progress)
 
 
 # -- entry point --------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from biomask.connectors import (
     table_sink_uri,
 )
 from biomask.connectors.overlap import ReadAhead, WriteBehind
+from biomask.connectors.registry import data_suffix, is_postgres_uri
 from biomask.errors import BiomaskError, OutputExistsError, QuarantineLimitError
 from biomask.keys import Keyring
 from biomask.lineage import LineageRecorder
@@ -57,12 +58,14 @@ __all__ = [
     "DEFAULT_MAX_QUARANTINE",
     "QuarantineLimit",
     "RunSummary",
+    "check_output",
     "default_lineage_dir",
     "run_mask",
     "run_unmask",
 ]
 
-ProgressFn = Callable[[str, int], None]
+#: (table, rows done so far, rows in the table when known) -> None
+ProgressFn = Callable[[str, int, int | None], None]
 
 DEFAULT_MAX_QUARANTINE = "1%"
 """Quarantine limit of a run that sets none: a run losing more than 1% of its rows fails."""
@@ -155,6 +158,8 @@ class RunSummary:
     key_ids: list[str] = field(default_factory=list)
     #: the lineage directory's receipt after this run (keep it outside the directory)
     receipt: str | None = None
+    #: output directories that did not exist and were created for this run
+    created: list[str] = field(default_factory=list)
 
     @property
     def rows_per_second(self) -> float:
@@ -162,11 +167,62 @@ class RunSummary:
 
 
 def default_lineage_dir(output_uri: str, dataset: str) -> Path:
-    """``<output>.lineage`` beside a file or directory output, so no run goes unrecorded."""
-    if output_uri in ("-", "") or "://" in output_uri:
-        return Path(f"{dataset}.lineage")
+    """``<output>.lineage`` beside a file or directory output, so no run goes unrecorded.
+
+    Raises
+    ------
+    BiomaskError
+        The output is standard output or a database: there is nothing to put the
+        lineage beside, and a directory named after the dataset in whatever the working
+        directory happened to be is where nobody looks; the run needs ``--lineage DIR``.
+    """
+    if output_uri in ("-", "") or ("://" in output_uri and not output_uri.startswith("file://")):
+        where = "standard output" if output_uri in ("-", "") else display_uri(output_uri)
+        beside = "a pipe" if output_uri in ("-", "") else "a database table"
+        raise BiomaskError(
+            f"a run that writes to {where} needs --lineage DIR: its signed record cannot "
+            f"go beside {beside} (e.g. --lineage {dataset}.lineage)"
+        )
+    if output_uri.startswith("file://"):
+        from urllib.parse import urlsplit
+
+        output_uri = urlsplit(output_uri).path
     p = Path(output_uri)
     return p.with_name(p.name.rstrip("/") + ".lineage")
+
+
+def check_output(policy: Policy, output_uri: str) -> None:
+    """Refuse an output that contradicts the policy before anything is written.
+
+    A multi-table policy writes one output per table, into a directory or a database; an
+    output named like one data file (``masked.parquet``) would silently become a directory
+    of that name.
+    """
+    if not policy.is_multi_table:
+        return
+    suffix = data_suffix(output_uri)
+    if suffix is not None or output_uri == "-":
+        names = ", ".join(policy.table_specs())
+        what = "standard output" if output_uri == "-" else f"{output_uri} (a {suffix} file)"
+        raise BiomaskError(
+            f"the policy names {len(policy.table_specs())} tables ({names}): --output must be "
+            f"a directory (one file per table) or a postgresql:// URI, not {what}"
+        )
+
+
+def _created_dirs(uris: list[str]) -> list[str]:
+    """The outermost missing directory above each file output: what the run will create."""
+    out: list[str] = []
+    for uri in uris:
+        if uri == "-" or is_postgres_uri(uri) or "://" in uri:
+            continue
+        parent = Path(uri.rstrip("/")).parent
+        top = None
+        while not parent.exists() and parent != parent.parent:
+            top, parent = parent, parent.parent
+        if top is not None and str(top) not in out:
+            out.append(str(top))
+    return out
 
 
 def run_mask(
@@ -194,7 +250,9 @@ def run_mask(
         Fail the run (nothing committed) when more rows than this are quarantined: a row
         count, or a fraction (``"1%"``, ``0.01``); default 1% of the rows read.
     progress:
-        Called with (table, rows done so far) after each batch.
+        Called with (table, rows done so far, the table's row count when the source knows
+        it: Parquet footers, PostgreSQL statistics) when a table starts and after each of
+        its batches.
     masker_factory:
         Builds the per-table masker; ``unmask`` passes its own.
     keystore:
@@ -205,7 +263,14 @@ def run_mask(
     """
     started = time.perf_counter()
     limit = QuarantineLimit.parse(max_quarantine)
+    check_output(policy, output_uri)
+    lineage = Path(lineage_dir) if lineage_dir else default_lineage_dir(output_uri, policy.dataset)
     specs = policy.table_specs()
+    out_uris = {
+        t: table_sink_uri(output_uri, t, input_uri) if policy.is_multi_table else output_uri
+        for t in specs
+    }
+    created = _created_dirs(list(out_uris.values()))  # before lineage makes any of them
     if policy.is_multi_table:
         sources: dict[str, Source] = open_tables(input_uri, list(specs), batch_size=batch_size)
     else:
@@ -220,7 +285,6 @@ def run_mask(
     if callable(prepare) and command != "unmask":  # unmask reverses nothing that needs it
         prepare()
 
-    lineage = Path(lineage_dir) if lineage_dir else default_lineage_dir(output_uri, policy.dataset)
     key_ids = sorted({k for m in maskers.values() for k in m.key_ids})
     record = RunRecord(
         run_id=str(uuid.uuid4()),
@@ -260,7 +324,7 @@ def run_mask(
     # append to a file or an unknown URI refuses the run with the lineage as it was.
     try:
         for t in sources:
-            uri = table_sink_uri(output_uri, t, input_uri) if policy.is_multi_table else output_uri
+            uri = out_uris[t]
             _refuse_existing_quarantine(uri, overwrite)
             # encoded and compressed on its own thread while the next batch is masked
             sink: Sink = WriteBehind(
@@ -289,6 +353,10 @@ def run_mask(
         for t, source in sources.items():
             masker = maskers[t]
             done = 0
+            estimate = getattr(source, "row_estimate", None)
+            total = estimate() if callable(estimate) else None
+            if progress is not None:
+                progress(t, 0, total)
             reader = readers.get(t) or readers.setdefault(t, ReadAhead(source.batches()))
             for batch in reader:  # the next batch decodes on the reader's thread meanwhile
                 res = masker.mask_batch(batch)
@@ -299,12 +367,7 @@ def run_mask(
                 if res.quarantine is not None and res.quarantine.num_rows:
                     q = q_sinks.get(t)
                     if q is None:
-                        base = (
-                            table_sink_uri(output_uri, t, input_uri)
-                            if policy.is_multi_table
-                            else output_uri
-                        )
-                        q_uri = quarantine_uri(base)
+                        q_uri = quarantine_uri(out_uris[t], lineage_dir=lineage)
                         q = open_sink(q_uri, res.quarantine.schema, overwrite=overwrite)
                         q_sinks[t] = q
                         sinks.append(q)
@@ -319,7 +382,7 @@ def run_mask(
                     stats[k] = stats.get(k, 0) + v
                 done += batch.num_rows
                 if progress is not None:
-                    progress(t, done)
+                    progress(t, done, total)
         limit.check(record.rows_quarantined, record.rows_in, final=True)
         # The residual-PII scan and the other end-of-run evidence run on the evidence
         # thread while the last batches are encoded; both finish before anything commits.
@@ -364,6 +427,7 @@ def run_mask(
         stats=stats,
         key_ids=key_ids,
         receipt=str(recorder.receipt) if recorder.receipt is not None else None,
+        created=created,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -384,7 +385,10 @@ def test_uri_helpers() -> None:
     assert quarantine_uri("out/masked.csv") == "out/masked.quarantine.csv"
     assert quarantine_uri("out/") == "out.quarantine/"
     assert quarantine_uri("out") == "out.quarantine"
-    assert quarantine_uri("-") == "stdout.quarantine.jsonl"
+    assert quarantine_uri("-", lineage_dir="runs/x.lineage") == "runs/x.quarantine.jsonl"
+    assert quarantine_uri("-", lineage_dir="runs/lin") == "runs/lin.quarantine.jsonl"
+    with pytest.raises(ConnectorError, match="beside its lineage"):
+        quarantine_uri("-")
     assert (
         quarantine_uri("postgresql://u:pw@h:5432/db?table=s.t")
         == "postgresql://u:pw@h:5432/db?table=s.t_quarantine"
@@ -495,3 +499,71 @@ def test_distinct_string_columns_get_no_dictionary_or_statistics(tmp_path: Path)
     empty = open_sink(str(tmp_path / "empty.parquet"), table.schema)
     empty.commit()
     assert pq.read_table(tmp_path / "empty.parquet").schema.equals(table.schema)
+
+
+def test_jsonl_keeps_dates_and_zoned_timestamps(tmp_path: Path) -> None:
+    """A date stays a date and a zoned timestamp keeps its instant, in and out."""
+    import datetime as dt
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(
+        '{"dob":"1980-10-09","ts":"2020-01-01T12:00:00+02:00","n":"2020-01-01T12:00:00"}\n'
+        '{"dob":"1981-01-31","ts":"2020-01-01T12:00:00Z","n":"2020-01-01T12:00:01"}\n'
+        '{"dob":"31/01/1981","ts":"2020-01-01T12:00:00Z","n":"2020-01-01T12:00:01"}\n'
+    )
+    source = open_source(str(src), batch_size=2)
+    schema = source.schema
+    assert schema.field("dob").type == pa.date32()
+    assert schema.field("ts").type == pa.timestamp("us", tz="UTC")
+    assert schema.field("n").type == pa.timestamp("us")
+    rows = [r for b in source.batches() for r in b.to_pylist()]
+    assert rows[0]["dob"] == dt.date(1980, 10, 9)
+    assert rows[0]["ts"] == dt.datetime(2020, 1, 1, 10, tzinfo=dt.UTC)
+    # a later line that is not a date is a rejected row with the reason, not a crash
+    assert rows[2]["dob"] is None
+    assert rows[2]["__biomask_reject__"] == (
+        "line 3: field 'dob' is not an ISO date (YYYY-MM-DD) like in the first lines"
+    )
+
+    out = tmp_path / "out.jsonl"
+    batch = pa.record_batch(
+        {
+            "d": pa.array([dt.date(1980, 10, 9)]),
+            "d64": pa.array([dt.datetime(1980, 10, 9)], pa.date64()),
+            "t": pa.array([dt.datetime(2020, 1, 1, 12)], pa.timestamp("s", tz="Europe/Paris")),
+            "n": pa.array([dt.datetime(2020, 1, 1, 12)], pa.timestamp("s")),
+        }
+    )
+    sink = open_sink(str(out), batch.schema)
+    sink.write(batch)
+    sink.commit()
+    assert json.loads(out.read_text()) == {
+        "d": "1980-10-09",
+        "d64": "1980-10-09",
+        "t": "2020-01-01T13:00:00+01:00",
+        "n": "2020-01-01T12:00:00",
+    }
+    back = open_source(str(out))
+    assert back.schema.field("d").type == pa.date32()
+    assert back.schema.field("t").type == pa.timestamp("us", tz="UTC")
+    # fractions of a second (which pyarrow alone leaves as text) read back as timestamps
+    frac = pa.record_batch(
+        {
+            "n": pa.array(
+                [dt.datetime(2020, 1, 1, 12, 0, 0, 250_000), dt.datetime(2020, 1, 1, 12)],
+                pa.timestamp("us"),
+            ),
+            "t": pa.array(
+                [dt.datetime(2020, 1, 1, 12, 0, 0, 5_000, tzinfo=dt.UTC), None],
+                pa.timestamp("us", tz="UTC"),
+            ),
+        }
+    )
+    sink = open_sink(str(tmp_path / "frac.jsonl"), frac.schema)
+    sink.write(frac)
+    sink.commit()
+    back = open_source(str(tmp_path / "frac.jsonl"))
+    assert back.schema.field("n").type == pa.timestamp("us")
+    assert back.schema.field("t").type == pa.timestamp("us", tz="UTC")
+    got = next(iter(back.batches()))
+    assert got.select(["n", "t"]).equals(frac)

@@ -295,3 +295,15 @@ def test_integer_keys_stay_integer_and_still_join(pg: PgSchema, tmp_path: Path) 
         f"SELECT count(*) FROM {pg.schema}.subjects_masked WHERE id BETWEEN 1 AND 500"
     )
     assert kept[0] < 5  # the keys were replaced, not kept (a token may land in range)
+
+
+def test_row_estimate_comes_from_the_statistics(pg: PgSchema) -> None:
+    """A table's row count for a progress bar: PostgreSQL's statistics, none for a query."""
+    table = enrolment_table(700)
+    sink = open_sink(pg.uri("est"), table.schema)
+    sink.write(table.to_batches()[0])
+    sink.commit()
+    pg.execute(f"ANALYZE {pg.schema}.est")
+    assert open_source(pg.uri("est")).row_estimate() == 700
+    query = f"{pg.base}?query=SELECT+*+FROM+{pg.schema}.est"
+    assert open_source(query).row_estimate() is None

@@ -14,7 +14,7 @@ torch = pytest.importorskip(
 
 from biomask.cli import main  # noqa: E402
 from biomask.demo import generate  # noqa: E402
-from biomask.errors import VerificationError  # noqa: E402
+from biomask.errors import BiomaskError, VerificationError  # noqa: E402
 from biomask.integrations.torch import MaskedTemplateDataset  # noqa: E402
 
 POLICY = """\
@@ -160,3 +160,103 @@ def test_workers_share_the_row_groups_of_a_single_file(
     fed = np.concatenate(shares)
     key = lambda a: np.lexsort(a.T[:4])  # noqa: E731 - order rows the same way
     assert np.array_equal(fed[key(fed)], templates[key(templates)])  # each row exactly once
+
+
+def _mask_one(tmp: Path, table: object, rule: str) -> tuple[Path, Path]:
+    """Mask a small table with templates of some type; returns (masked file, keyring)."""
+    import pyarrow as pa
+
+    assert isinstance(table, pa.Table)
+    tmp.mkdir()
+    pq.write_table(table, tmp / "in.parquet")
+    policy = tmp / "policy.yaml"
+    policy.write_text(
+        "version: 1\ndataset: t\nentities:\n  subject: {column: subject_id}\ncolumns:\n"
+        f"  subject_id: {{op: tokenize, domain: subject}}\n  emb: {rule}\n"
+    )
+    keyring = tmp / "k.json"
+    if not keyring.exists():
+        assert main(["keys", "init", "--keyring", str(keyring)]) == 0
+    args = ["mask", "--policy", str(policy), "--input", str(tmp / "in.parquet")]
+    args += ["--output", str(tmp / "out.parquet"), "--keyring", str(keyring)]
+    assert main(args) == 0
+    return tmp / "out.parquet", policy
+
+
+@pytest.fixture()
+def quiet(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("BIOMASK_PASSPHRASE", "pw")
+    monkeypatch.setenv("BIOMASK_NO_PROGRESS", "1")
+    return tmp_path
+
+
+def _all(ds: MaskedTemplateDataset) -> list[dict[str, object]]:
+    return list(ds)
+
+
+def test_feed_takes_binary_templates(quiet: Path) -> None:
+    """``binary`` is a type encrypt takes: the feed reads its bytes as binary_dtype."""
+    import pyarrow as pa
+
+    emb = np.arange(40 * 8, dtype=np.float32).reshape(40, 8)
+    table = pa.table(
+        {
+            "subject_id": [f"S-{i:06d}" for i in range(40)],
+            "emb": pa.array([r.tobytes() for r in emb], pa.binary()),
+        }
+    )
+    out, policy = _mask_one(quiet / "bin", table, "{op: encrypt, entity: subject}")
+    ring = quiet / "bin" / "k.json"
+    ds = MaskedTemplateDataset(out, policy, ring, template_column="emb", batch_size=16)
+    got = torch.cat([b["emb"] for b in _all(ds)])
+    assert got.dtype == torch.float32 and tuple(got.shape) == (40, 8)
+    np.testing.assert_array_equal(got.numpy(), emb)
+    # opaque bytes: uint8 kept as they are, in a shape of the caller's choosing
+    ds = MaskedTemplateDataset(
+        out, policy, ring, template_column="emb", binary_dtype="uint8", dtype=None,
+        shape=(4, 8),
+    )  # fmt: skip
+    (batch,) = _all(ds)
+    assert batch["emb"].dtype == torch.uint8 and tuple(batch["emb"].shape) == (40, 4, 8)
+    assert batch["emb"].numpy().tobytes() == emb.tobytes()
+
+
+def test_feed_takes_lists_of_float_and_ragged_ones(quiet: Path) -> None:
+    import pyarrow as pa
+
+    rows = [np.full(4 + i % 3, i, dtype=np.float64) for i in range(30)]
+    table = pa.table(
+        {
+            "subject_id": [f"S-{i:06d}" for i in range(30)],
+            "emb": pa.array([r.tolist() for r in rows], pa.list_(pa.float64())),
+        }
+    )
+    out, policy = _mask_one(quiet / "ragged", table, "{op: encrypt, entity: subject}")
+    (batch,) = _all(MaskedTemplateDataset(out, policy, quiet / "ragged" / "k.json",
+                                          template_column="emb"))  # fmt: skip
+    offs = batch["emb_offsets"].numpy()
+    assert batch["emb"].dtype == torch.float32 and offs[0] == 0 and len(offs) == 31
+    for i, r in enumerate(rows):
+        np.testing.assert_array_equal(batch["emb"].numpy()[offs[i] : offs[i + 1]], r)
+
+    same = pa.table(
+        {
+            "subject_id": [f"S-{i:06d}" for i in range(30)],
+            "emb": pa.array([[float(i)] * 6 for i in range(30)], pa.list_(pa.float32())),
+        }
+    )
+    out, policy = _mask_one(quiet / "lists", same, "{op: encrypt, entity: subject, dim: 6}")
+    (batch,) = _all(MaskedTemplateDataset(out, policy, quiet / "lists" / "k.json",
+                                          template_column="emb"))  # fmt: skip
+    assert tuple(batch["emb"].shape) == (30, 6) and "emb_offsets" not in batch
+    assert batch["emb"][7].tolist() == [7.0] * 6
+
+
+def test_missing_template_column_is_one_clear_error(
+    masked: tuple[Path, Path, np.ndarray],
+) -> None:
+    out, keyring, _ = masked
+    with pytest.raises(BiomaskError, match=r"no template column 'face'.*pass template_column="):
+        MaskedTemplateDataset(out, "policy.yaml", keyring, template_column="face")
+    with pytest.raises(BiomaskError, match=r"no column 'age' \(it has capture_id, subject_id"):
+        MaskedTemplateDataset(out, "policy.yaml", keyring, columns=("subject_id", "age"))

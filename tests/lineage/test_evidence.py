@@ -568,3 +568,69 @@ def test_distinct_is_arrows_unique(vals: list[str]) -> None:
     with _path(True):
         got = ev._distinct(arr)
     assert got.to_pylist() == pc.unique(arr).to_pylist()
+
+
+def test_a_kept_integer_key_is_counted_as_hits() -> None:
+    """The issue's export: volunteers.volunteer_id tokenized, sessions.volunteer_id kept raw.
+
+    Every raw id that survives in the kept foreign key is a hit; an unrelated integer
+    column kept beside it is not, even where its values fall inside the range of ids (it
+    is not named like an identifier), and the tokens themselves are not probes.
+    """
+    policy = policy_from_dict(
+        {
+            "version": 1,
+            "dataset": "two",
+            "tables": {
+                "volunteers": {"columns": {"volunteer_id": {"op": "tokenize", "domain": "v"}}},
+                "sessions": {"columns": {"volunteer_id": {"op": "keep"}, "visits": {"op": "keep"}}},
+            },
+        }
+    )
+    ids = pa.array(range(1_000_000, 1_000_200), pa.int64())
+    tokens = pa.array(range(5_000_000, 5_000_200), pa.int64())  # what tokenize gave
+    c = EvidenceCollector(policy)
+    c.observe_input("volunteers", pa.record_batch({"volunteer_id": ids}))
+    c.observe_output("volunteers", pa.record_batch({"volunteer_id": tokens}))
+    sessions = pa.record_batch(
+        {
+            "volunteer_id": ids.take(pa.array([i % 150 for i in range(600)])),
+            "visits": pa.array([i % 7 for i in range(600)], pa.int64()),
+            "height_mm": ids.take(pa.array([(i * 7) % 200 for i in range(600)])),
+        }
+    )
+    c.observe_input("sessions", sessions)
+    c.observe_output("sessions", sessions)
+    r = c.finish()["residual_pii"]
+    assert r["hits"] == 150
+    assert r["findings"] == [
+        {
+            "output_column": "sessions.volunteer_id",
+            "input_column": "volunteers.volunteer_id",
+            "hits": 150,
+            "coincidences": 0,
+        }
+    ]
+    # masked as the draft now does (same domain on both sides): nothing left
+    c = EvidenceCollector(
+        policy_from_dict(
+            {
+                "version": 1,
+                "dataset": "two",
+                "tables": {
+                    t: {"columns": {"volunteer_id": {"op": "tokenize", "domain": "v"}}}
+                    for t in ("volunteers", "sessions")
+                },
+            }
+        )
+    )
+    c.observe_input("volunteers", pa.record_batch({"volunteer_id": ids}))
+    c.observe_output("volunteers", pa.record_batch({"volunteer_id": tokens}))
+    c.observe_input("sessions", sessions.select(["volunteer_id"]))
+    assert c._key_like("volunteer_id") and c._key_like("SubjectID") and c._key_like("ref_no")
+    assert not c._key_like("valid") and not c._key_like("paid") and not c._key_like("height")
+    c.observe_output(
+        "sessions",
+        pa.record_batch({"volunteer_id": tokens.take(pa.array([i % 150 for i in range(600)]))}),
+    )
+    assert c.finish()["residual_pii"]["hits"] == 0

@@ -561,6 +561,13 @@ class _JsonlReader:
         self.line_no = 0
         self.first_label = first or label
         self._schema = schema  # without REJECT_COLUMN
+        #: fields read as JSON strings and converted (dates, timestamps): pyarrow's JSON
+        #: reader takes "1980-10-09" for a timestamp and drops a "+02:00" zone
+        self._temporal: dict[str, pa.DataType] = {
+            f.name: f.type
+            for f in (schema or [])
+            if pa.types.is_date(f.type) or pa.types.is_timestamp(f.type)
+        }
         self._pending: pa.RecordBatch | None = None
         if self._schema is None:
             start = stream.tell() if _seekable(stream) else None
@@ -606,10 +613,98 @@ class _JsonlReader:
             table = self._parse(lines, strict=True, numbers=numbers)
         assert table is not None
         if self._schema is None:
+            table = self._infer_temporal(lines, table)
             self._schema = table.schema
+        elif self._temporal:
+            table = self._convert(table, numbers, reasons)
         batch = _to_batch(table, self._schema)
         rows = len(lines) if batch.num_columns == 0 else None
         return _flag_text(batch, 0, "line", numbers=numbers, reasons=reasons, num_rows=rows)
+
+    def _infer_temporal(self, lines: list[bytes], table: pa.Table) -> pa.Table:
+        """Dates stay dates, zoned timestamps keep their instant (as UTC), from the text.
+
+        pyarrow infers every ISO date or timestamp string as a zone-less ``timestamp[s]``
+        (a date comes back as ``1980-10-09 00:00:00``, ``12:00+02:00`` as ``10:00``
+        without a zone). The first chunk's such fields are read again as strings and
+        typed by what they hold: all ``YYYY-MM-DD`` -> ``date32``; all with a zone ->
+        ``timestamp[us, tz=UTC]``; none with one -> ``timestamp[us]`` (``ns`` when a
+        value has more than six fractional digits). A field mixing zoned and zone-less
+        values stays a
+        string rather than lose its zones. A string field whose values are all ISO
+        timestamps (pyarrow leaves one text when a value has a fraction of a second, so
+        biomask's own ``timestamp[us]`` output would not read back as one) is typed the
+        same way.
+        """
+        for f in table.schema:
+            if pa.types.is_string(f.type):
+                texts = [v for v in table.column(f.name).to_pylist() if v is not None]
+                if texts and all(_ISO_TIMESTAMP.match(v) for v in texts):
+                    target = _temporal_type(table.column(f.name))
+                    with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        col = table.column(f.name).cast(target)
+                        idx = table.schema.get_field_index(f.name)
+                        table = table.set_column(idx, pa.field(f.name, target), col)
+                        if not pa.types.is_string(target):
+                            self._temporal[f.name] = target
+        names = [f.name for f in table.schema if pa.types.is_timestamp(f.type)]
+        names = [n for n in names if n not in self._temporal]
+        if not names:
+            return table
+        buf = b"\n".join(lines) + b"\n"
+        try:
+            text = pajson.read_json(
+                io.BytesIO(buf),
+                read_options=pajson.ReadOptions(block_size=max(len(buf) + 1, 1 << 20)),
+                parse_options=pajson.ParseOptions(
+                    explicit_schema=pa.schema([pa.field(n, pa.string()) for n in names])
+                ),
+            )
+        except pa.ArrowInvalid:
+            return table  # the lines parsed as timestamps; keep what the reader made
+        for name in names:
+            values = text.column(name)
+            target = _temporal_type(values)
+            idx = table.schema.get_field_index(name)
+            try:
+                col = values.cast(target)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+            table = table.set_column(idx, pa.field(name, target), col)
+            if not pa.types.is_string(target):
+                self._temporal[name] = target
+        return table
+
+    def _convert(self, table: pa.Table, numbers: list[int], reasons: dict[int, str]) -> pa.Table:
+        """Type the temporal fields of a later chunk (read as strings) like the first.
+
+        A value that does not parse as the first lines' type makes its row a rejected row
+        (null there, with the reason), as an invalid line does; the value is not shown.
+        """
+        for name, target in self._temporal.items():
+            if name not in table.column_names:
+                continue
+            values = table.column(name)
+            if not pa.types.is_string(values.type):
+                continue
+            try:
+                col = values.cast(target)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                out: list[Any] = []
+                for i, v in enumerate(values.to_pylist()):
+                    try:
+                        out.append(None if v is None else pa.scalar(v).cast(target).as_py())
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                        out.append(None)
+                        reasons.setdefault(
+                            i, f"line {numbers[i]}: field '{name}' is not {_kind(target)} "
+                            "like in the first lines",
+                        )  # fmt: skip
+                col = pa.chunked_array([pa.array(out, target)])
+            table = table.set_column(
+                table.schema.get_field_index(name), pa.field(name, target), col
+            )
+        return table
 
     def _widen_nulls(self, start: int) -> None:
         """Give fields that were null in every first line the type of their first value.
@@ -666,9 +761,11 @@ class _JsonlReader:
         buf = b"\n".join(lines) + b"\n"
         opts = pajson.ReadOptions(block_size=max(len(buf) + 1, 1 << 20), use_threads=True)
         if self._schema is not None:
-            parse = pajson.ParseOptions(
-                explicit_schema=self._schema, unexpected_field_behavior="error"
-            )
+            read_as = pa.schema(
+                [pa.field(f.name, pa.string()) if f.name in self._temporal else f
+                 for f in self._schema]
+            )  # fmt: skip
+            parse = pajson.ParseOptions(explicit_schema=read_as, unexpected_field_behavior="error")
         else:
             parse = pajson.ParseOptions()
         try:
@@ -722,6 +819,41 @@ class _JsonlReader:
             else:
                 out.append(text.encode("utf-8"))
         return out, reasons
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ZONE = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
+_FRACTION = re.compile(r"\d{2}:\d{2}:\d{2}\.(\d+)")
+#: an ISO timestamp, fraction and zone optional (pyarrow's JSON reader leaves a field of
+#: them text when one has a fraction of a second)
+_ISO_TIMESTAMP = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:?\d{2})?$"
+)
+
+
+def _temporal_type(values: pa.ChunkedArray) -> pa.DataType:
+    """The type JSON strings of dates or timestamps are kept as (see ``_infer_temporal``)."""
+    texts = [v for v in values.to_pylist() if v is not None]
+    if texts and all(_ISO_DATE.match(v) for v in texts):
+        return pa.date32()
+    zoned = [bool(_ZONE.search(v)) for v in texts]
+    digits = max((len(m.group(1)) for v in texts if (m := _FRACTION.search(v))), default=0)
+    # microseconds unless a value has more digits: a later chunk may carry a fraction the
+    # first lines did not, and it must fit the type the first lines fixed
+    unit = "us" if digits <= 6 else "ns"
+    if all(zoned) and texts:
+        return pa.timestamp(unit, tz="UTC")
+    if any(zoned):
+        return pa.string()
+    return pa.timestamp(unit)
+
+
+def _kind(t: pa.DataType) -> str:
+    if pa.types.is_date(t):
+        return "an ISO date (YYYY-MM-DD)"
+    if getattr(t, "tz", None):
+        return "an ISO timestamp with a zone"
+    return "an ISO timestamp without a zone"
 
 
 def _first_unexpected(lines: list[bytes], schema: pa.Schema | None) -> tuple[int, str] | None:
@@ -944,6 +1076,16 @@ class FileSource:
             arrays.append(batch.column(REJECT_COLUMN))
         return pa.RecordBatch.from_arrays(arrays, schema=self._schema)
 
+    def row_estimate(self) -> int | None:
+        """Rows in the input by the Parquet footers (exact), for a progress bar's total;
+        None for CSV, JSON Lines and Arrow files, whose row counts need a full read."""
+        if self.format != "parquet":
+            return None
+        try:
+            return int(sum(pq.ParquetFile(f).metadata.num_rows for f in self.files))
+        except (OSError, pa.ArrowException):
+            return None  # reading will say what is wrong with the file
+
     def ref(self) -> DatasetRef:
         """Lineage name: namespace ``file``, absolute path; the data files to hash."""
         return DatasetRef(
@@ -1014,6 +1156,9 @@ def _with_metadata(schema: pa.Schema, metadata: dict[str, str] | None) -> pa.Sch
 def _text_safe(batch: pa.RecordBatch, fmt: str) -> pa.RecordBatch:
     """Make a batch writable as text: binary -> base64, dictionaries decoded.
 
+    For JSON Lines, dates stay ISO dates and zone-less timestamps are ISO timestamps
+    (``2020-01-01T12:00:00``); zoned ones are written with their offset by the writer.
+
     CSV and JSON have no bytes type; base64 is the conventional, lossless spelling.
     Nested types are refused for CSV (no faithful spelling) with a pointer to a format
     that holds them.
@@ -1039,6 +1184,11 @@ def _text_safe(batch: pa.RecordBatch, fmt: str) -> pa.RecordBatch:
                 pa.string(),
             )
             typ = pa.string()
+        elif fmt == "jsonl" and pa.types.is_date64(typ):
+            col, typ = col.cast(pa.date32()), pa.date32()  # a date, not "1980-10-09 00:00:00"
+        elif fmt == "jsonl" and pa.types.is_timestamp(typ) and typ.tz is None:
+            # ISO 8601 ("T"; fractions as the unit has them); zoned ones get their offset
+            col, typ = pc.strftime(col, format="%Y-%m-%dT%H:%M:%S"), pa.string()
         elif fmt == "csv" and (pa.types.is_nested(typ)):
             raise ConnectorError(
                 f"column '{field.name}' has type {typ}, which CSV cannot hold; write "

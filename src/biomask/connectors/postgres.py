@@ -249,6 +249,7 @@ class PostgresSource:
         self.batch_size = batch_size
         self.table = table
         self.partition_by: list[str] = []
+        self._estimate: int | None = None
         t = self.target
         if t.table is None and t.query is None:
             raise ConnectorError(f"{t.display}: name what to read with ?table=NAME or ?query=")
@@ -259,13 +260,16 @@ class PostgresSource:
             meta: dict[str, str] = {}
             if t.table is not None:
                 cur.execute(
-                    "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-                    "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2",
+                    "SELECT c.oid, c.reltuples::bigint FROM pg_catalog.pg_class c JOIN "
+                    "pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = $1 AND c.relname = $2",
                     (t.schema, t.table),
                 )
                 row = cur.fetchone()
                 if row is None:
                     raise ConnectorError(f"input {t.display_with()} not found")
+                # the planner's statistics (-1: never analyzed): a progress bar's total
+                self._estimate = int(row[1]) if row[1] is not None and row[1] > 0 else None
                 cur.execute("SELECT pg_catalog.obj_description($1::oid, 'pg_class')", (row[0],))
                 comment = (cur.fetchone() or (None,))[0]
                 if isinstance(comment, str) and comment.startswith(_COMMENT_PREFIX):
@@ -301,6 +305,12 @@ class PostgresSource:
     def schema(self) -> pa.Schema:
         """Arrow schema of the rows (driver extension types replaced by storage types)."""
         return self._schema
+
+    def row_estimate(self) -> int | None:
+        """Rows in the table by PostgreSQL's statistics (``pg_class.reltuples``), for a
+        progress bar; None for a query or a table never analyzed. An estimate: the bar
+        may reach its end early or late."""
+        return self._estimate
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """Stream the rows, re-chunked to ``batch_size`` rows per batch."""
@@ -345,10 +355,9 @@ class PostgresSource:
         return f"PostgresSource({self.ref().uri!r})"
 
 
-def open_pg_tables(
-    uri: str, names: Sequence[str], *, batch_size: int = 65_536
-) -> dict[str, Source]:
-    """One :class:`PostgresSource` per policy table, in the URI's ``?schema=`` schema."""
+def list_pg_tables(uri: str) -> list[str]:
+    """Tables (and views) in the URI's ``?schema=`` schema (default ``public``), sorted:
+    what ``policy suggest`` drafts for when the URI names no table."""
     base = PgTarget(uri)
     conn = base.connect()
     try:
@@ -359,12 +368,27 @@ def open_pg_tables(
             "('r', 'v', 'm', 'p', 'f') ORDER BY 1",
             (base.schema,),
         )
-        have = [r[0] for r in cur.fetchall()]
+        have = [str(r[0]) for r in cur.fetchall()]
         cur.close()
+    except ConnectorError:
+        raise
+    except Exception as exc:
+        raise ConnectorError(
+            f"cannot list the tables of {base.display}: {base.reason(exc)}"
+        ) from None
     finally:
         with contextlib.suppress(Exception):
             conn.rollback()
         conn.close()
+    return have
+
+
+def open_pg_tables(
+    uri: str, names: Sequence[str], *, batch_size: int = 65_536
+) -> dict[str, Source]:
+    """One :class:`PostgresSource` per policy table, in the URI's ``?schema=`` schema."""
+    base = PgTarget(uri)
+    have = list_pg_tables(uri)
     out: dict[str, Source] = {}
     for name in names:
         if name not in have:

@@ -28,6 +28,7 @@ from biomask.connectors.files import (
 from biomask.errors import ConnectorError
 
 __all__ = [
+    "data_suffix",
     "display_uri",
     "is_postgres_uri",
     "open_sink",
@@ -291,15 +292,42 @@ def table_sink_uri(uri: str, name: str, like: str) -> str:
     return f"{base}/{name}{suffix}"
 
 
-def quarantine_uri(output_uri: str) -> str:
+def data_suffix(uri: str) -> str | None:
+    """The data-file suffix a local output names (``.parquet``...), else None.
+
+    None for ``-``, database URIs, directories and names without a known suffix: what a
+    multi-table run can write into (one file per table).
+    """
+    if uri == "-" or is_postgres_uri(uri):
+        return None
+    try:
+        path = _path_of(uri)
+    except ConnectorError:
+        return None
+    if uri.endswith(("/", os.sep)) or path.is_dir() or detect_format(path) is None:
+        return None
+    return path.suffix
+
+
+def quarantine_uri(output_uri: str, *, lineage_dir: str | Path | None = None) -> str:
     """Where quarantined rows of ``output_uri`` go: ``<output>.quarantine``, same format.
 
     ``out.parquet`` -> ``out.quarantine.parquet``; ``out/`` -> ``out.quarantine/``;
-    PostgreSQL table ``t`` -> ``t_quarantine``; ``-`` (stdout) ->
-    ``stdout.quarantine.jsonl`` in the working directory (a pipe has no sibling).
+    PostgreSQL table ``t`` -> ``t_quarantine``; ``-`` (stdout) -> beside the run's
+    lineage directory (a pipe has no sibling, and the lineage is where a user of a
+    stdout run looks): ``runs/x.lineage`` -> ``runs/x.quarantine.jsonl``.
+
+    Raises
+    ------
+    ConnectorError
+        ``-`` without ``lineage_dir``.
     """
     if output_uri == "-":
-        return "stdout.quarantine.jsonl"
+        if lineage_dir is None:
+            raise ConnectorError("quarantine of a standard-output run goes beside its lineage")
+        lin = Path(lineage_dir)
+        stem = lin.name[: -len(".lineage")] if lin.name.endswith(".lineage") else lin.name
+        return str(lin.with_name(f"{stem or 'stdout'}.quarantine.jsonl"))
     if is_postgres_uri(output_uri):
         from biomask.connectors.postgres import quarantine_pg_uri
 

@@ -21,6 +21,9 @@ from biomask.keys import Keyring
 __all__ = ["POLICY_RESOURCE", "demo_policy_text", "run_demo"]
 
 POLICY_RESOURCE = "enrolment-policy.yaml"
+#: rows per batch in the demo's run: small enough that the captures bar moves (the
+#: default 65,536 would mask the demo's few thousand captures in one silent batch)
+DEMO_BATCH_ROWS = 1024
 
 
 def demo_policy_text() -> str:
@@ -29,9 +32,19 @@ def demo_policy_text() -> str:
 
 
 def run_demo(
-    *, rows: int, out: Path, console: Console, show: Callable[[Any], None] | None = None
+    *,
+    rows: int,
+    out: Path,
+    console: Console,
+    show: Callable[[Any], None] | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
 ) -> Path:
-    """Generate, mask and verify; returns the lineage directory."""
+    """Generate, mask and verify; returns the lineage directory.
+
+    Each step is announced before it starts (generating and masking take most of a
+    minute at the default size: a silent terminal looks hung); ``progress`` gets the
+    masking run's per-table progress (the command line's bars, on a terminal only).
+    """
     from biomask.demo import generate
     from biomask.lineage import verify
     from biomask.pipeline import run_mask
@@ -49,6 +62,10 @@ def run_demo(
     (out / "input").mkdir(parents=True)
     (out / ".biomask-demo").write_text("made by biomask demo; safe to delete\n")
 
+    console.print(
+        f"[bold]biomask demo[/]: 1/3 generating {rows:,} synthetic subjects, their captures "
+        "and operator notes"
+    )
     data = generate(rows)
     pq.write_table(data.subjects, out / "input" / "subjects.parquet")
     pq.write_table(data.captures, out / "input" / "captures.parquet")
@@ -62,16 +79,21 @@ def run_demo(
     ring = Keyring.create(keyring_path, passphrase)
     (out / "demo.passphrase").write_text(passphrase + "\n")
     console.print(
-        f"[bold]biomask demo[/]: {rows:,} subjects, {data.captures.num_rows:,} captures "
-        f"written to {out / 'input'}"
+        f"  {rows:,} subjects, {data.captures.num_rows:,} captures written to {out / 'input'}"
     )
     console.print(
         f"  using a throw-away demo keyring {keyring_path} (passphrase in "
         f"{out / 'demo.passphrase'}); real runs use 'biomask keys init' and BIOMASK_PASSPHRASE"
     )
-    summary = run_mask(policy, ring, str(out / "input"), str(out / "masked"))
+    console.print(
+        f"[bold]biomask demo[/]: 2/3 masking both tables with {policy_path} (names, e-mails, "
+        "phones and passports in the notes are found and replaced)"
+    )
+    summary = run_mask(policy, ring, str(out / "input"), str(out / "masked"), progress=progress)
     if show is not None:
         show(summary)
+        console.print(f"  receipt: {summary.receipt}")
+    console.print("[bold]biomask demo[/]: 3/3 verifying the signed lineage")
     public_pem = out / "demo.public.pem"
     public_pem.write_bytes(ring.public_key_pem())
     report = verify(summary.lineage_dir, public_key=public_pem, receipt=summary.receipt)

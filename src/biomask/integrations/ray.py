@@ -588,7 +588,9 @@ def run_mask_ray(
     from biomask.pipeline import (
         QuarantineLimit,
         RunSummary,
+        _created_dirs,
         _refuse_existing_quarantine,
+        check_output,
         default_lineage_dir,
         make_private,
     )
@@ -602,6 +604,7 @@ def run_mask_ray(
     keyring_path = str(Path(ring.path).resolve())
     if output_uri == "-" or "://" in output_uri:
         raise ConnectorError("--engine ray writes Parquet directories: give --output a path")
+    check_output(pol, output_uri)
     specs = pol.table_specs()
     if pol.is_multi_table:
         sources = open_tables(input_uri, list(specs), batch_size=batch_size)
@@ -621,6 +624,7 @@ def run_mask_ray(
     lex = {t: str(Path(getattr(s, "path", input_uri)).resolve()) for t, s in sources.items()}
 
     lineage = Path(lineage_dir) if lineage_dir else default_lineage_dir(output_uri, pol.dataset)
+    created = _created_dirs(list(out_uris.values()))
     key_ids = sorted({k for m in maskers.values() for k in m.key_ids})
     record = RunRecord(
         run_id=str(uuid.uuid4()), command="mask", job=pol.dataset, policy_path=pol.source,
@@ -733,6 +737,7 @@ def run_mask_ray(
         quarantine=[display_uri(quarantine_uri(out_uris[t])) for t in q_sinks],
         operator_counts=dict(record.operator_counts), stats=stats, key_ids=key_ids,
         receipt=str(recorder.receipt) if recorder.receipt is not None else None,
+        created=created,
     )  # fmt: skip
 
 

@@ -22,7 +22,7 @@ import pyarrow.compute
 import pyarrow.parquet as pq
 
 from biomask.connectors.overlap import read_ahead
-from biomask.errors import MissingDependencyError, VerificationError
+from biomask.errors import BiomaskError, MissingDependencyError, VerificationError
 
 try:
     import torch
@@ -96,7 +96,21 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
     table:
         The policy table the data belongs to (multi-table policies).
     template_column, columns:
-        The encrypted column, and the (token) columns to yield alongside.
+        The encrypted column, and the (token) columns to yield alongside. Both are checked
+        against the files' schema before anything is read: a missing one is one clear
+        error naming the file and the columns it has.
+    binary_dtype:
+        What the bytes of a ``binary`` template hold (a NumPy dtype name: ``"float32"``
+        for an embedding stored as bytes, ``"uint8"`` for an opaque template). Ignored for
+        list columns, whose element type is in the schema.
+    dtype:
+        The tensor's dtype as a NumPy dtype name (default ``"float32"``, what models
+        take); ``None`` keeps the stored element type.
+    shape:
+        The shape of one template (e.g. ``(16, 32)``); the tensor is ``[B, *shape]``.
+        Without it, templates of one length give ``[B, length]`` and templates of
+        different lengths (a ``list`` or ``binary`` column may hold them) give the
+        values flat with ``<column>_offsets`` (``[B + 1]``, int64) marking each row.
     lineage_dir:
         The run's lineage directory (default ``<data>.lineage``).
     public_key:
@@ -121,6 +135,9 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
         lineage_dir: str | os.PathLike[str] | None = None,
         public_key: bytes | Path | None = None,
         decrypt: bool = True,
+        binary_dtype: str = "float32",
+        dtype: str | None = "float32",
+        shape: Sequence[int] | None = None,
     ) -> None:
         from biomask.masking.api import resolve_policy
 
@@ -132,10 +149,12 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
         self.columns = list(columns)
         self.batch_size = batch_size
         self.decrypt = decrypt
+        self.layout = _Layout(template_column, binary_dtype, dtype, shape)
         lineage = (
             Path(lineage_dir) if lineage_dir else self.data.with_name(self.data.name + ".lineage")
         )
         self.files = verified_files(self.data, lineage, public_key, self.keyring_path)
+        _check_columns(self.files[0], pq.read_schema(self.files[0]), template_column, self.columns)
         #: every (file, row group), dealt out to DataLoader workers: sharding by file left
         #: all but one worker idle on a one-file output
         self.row_groups = [
@@ -175,17 +194,8 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
         if self.decrypt:
             res = unmasker.mask_batch(batch)
             batch = res.output  # erased subjects' rows went to quarantine: not fed
-            col = batch.column(self.template_column)
-            dim = col.type.list_size if pa.types.is_fixed_size_list(col.type) else None
-            flat = col.flatten()
-            if flat.null_count == 0 and pa.types.is_floating(flat.type):
-                # the decrypted buffer is fresh and ours: hand it to torch without a copy
-                values = _view(flat.buffers()[1], flat.type.to_pandas_dtype(), flat.offset,
-                               len(flat))  # fmt: skip
-            else:
-                values = flat.to_numpy(zero_copy_only=False, writable=True)
-            values = values.astype(np.float32, copy=False)
-            out[self.template_column] = torch.from_numpy(values.reshape(len(batch), dim or -1))
+            batch = _valid_templates(batch, self.template_column)
+            out.update(self.layout.tensors(batch.column(self.template_column)))
         else:
             from biomask.masking.operators.encrypt import _binary_parts
 
@@ -206,6 +216,121 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
         return out
 
 
+_FEEDABLE = "binary, fixed_size_list or list of float (what encrypt takes)"
+
+
+def _check_columns(file: Path, schema: pa.Schema, template: str, columns: Sequence[str]) -> None:
+    """One clear error for a template or token column the masked files do not have."""
+    missing = [c for c in [template, *columns] if c not in schema.names]
+    if not missing:
+        return
+    what = "template column" if template in missing else "column"
+    candidates = [
+        f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
+    ]
+    hint = (
+        f"; encrypted columns there: {', '.join(candidates)} (pass template_column=)"
+        if template in missing and candidates
+        else ""
+    )
+    raise BiomaskError(
+        f"{file}: no {what} {', '.join(repr(m) for m in missing)} (it has "
+        f"{', '.join(schema.names)}){hint}"
+    )
+
+
+def _valid_templates(batch: pa.RecordBatch, column: str) -> pa.RecordBatch:
+    """Rows with a template: a null one (none in the input) has nothing to train on."""
+    col = batch.column(column)
+    return batch.filter(col.is_valid()) if col.null_count else batch
+
+
+class _Layout:
+    """Decrypted template column -> tensors, for every type ``encrypt`` takes."""
+
+    def __init__(
+        self,
+        column: str,
+        binary_dtype: str,
+        dtype: str | None,
+        shape: Sequence[int] | None,
+    ) -> None:
+        self.column = column
+        try:
+            self.binary_dtype = np.dtype(binary_dtype)
+            self.dtype = np.dtype(dtype) if dtype is not None else None
+        except TypeError as exc:
+            raise BiomaskError(f"unknown dtype for the training feed: {exc}") from exc
+        self.shape = tuple(shape) if shape is not None else None
+
+    def tensors(self, col: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
+        """``{column: [B, ...] tensor}``, plus ``<column>_offsets`` for ragged templates."""
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        typ = col.type
+        if pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ) or pa.types.is_large_list(typ):
+            if not (pa.types.is_floating(typ.value_type) or pa.types.is_integer(typ.value_type)):
+                raise BiomaskError(
+                    f"template column '{self.column}' holds {typ}; the feed takes {_FEEDABLE}"
+                )
+            flat = col.flatten()
+            if flat.null_count == 0 and pa.types.is_floating(flat.type):
+                # the decrypted buffer is fresh and ours: hand it to torch without a copy
+                values = _view(flat.buffers()[1], flat.type.to_pandas_dtype(), flat.offset,
+                               len(flat))  # fmt: skip
+            else:
+                values = flat.to_numpy(zero_copy_only=False, writable=True)
+            if pa.types.is_fixed_size_list(typ):
+                offs = np.arange(len(col) + 1, dtype=np.int64) * typ.list_size
+            else:
+                raw = np.frombuffer(
+                    col.buffers()[1],
+                    np.int64 if pa.types.is_large_list(typ) else np.int32,
+                )[col.offset : col.offset + len(col) + 1]
+                offs = raw.astype(np.int64) - int(raw[0])
+        elif pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
+            from biomask.masking.operators.encrypt import _binary_parts
+
+            whole, byte_offs = _binary_parts(col)
+            size = self.binary_dtype.itemsize
+            lengths = np.diff(byte_offs)
+            if len(lengths) and (lengths % size).any():
+                raise BiomaskError(
+                    f"template column '{self.column}' holds byte strings whose lengths are "
+                    f"not a multiple of {size} ({self.binary_dtype}): pass binary_dtype= "
+                    "with the type the bytes hold (uint8 for opaque templates)"
+                )
+            data = whole[int(byte_offs[0]) : int(byte_offs[-1])]
+            values = data.view(self.binary_dtype) if len(data) else data.astype(self.binary_dtype)
+            if not values.flags.writeable:
+                values = values.copy()
+            offs = (byte_offs - byte_offs[0]) // size
+        else:
+            raise BiomaskError(
+                f"template column '{self.column}' has type {typ}; the feed takes {_FEEDABLE}"
+            )
+        if self.dtype is not None:
+            values = values.astype(self.dtype, copy=False)
+        n = len(col)
+        lengths = np.diff(offs)
+        same = not len(lengths) or bool((lengths == lengths[0]).all())
+        if self.shape is not None:
+            per = int(np.prod(self.shape))
+            if not same or (len(lengths) and int(lengths[0]) != per):
+                raise BiomaskError(
+                    f"template column '{self.column}': a template of shape {self.shape} has "
+                    f"{per} values; this batch has templates of "
+                    f"{sorted({int(x) for x in lengths})[:5]} values"
+                )
+            return {self.column: torch.from_numpy(values.reshape(n, *self.shape))}
+        if same:
+            return {self.column: torch.from_numpy(values.reshape(n, -1))}
+        return {
+            self.column: torch.from_numpy(values),
+            self.column + "_offsets": torch.from_numpy(offs.astype(np.int64)),
+        }
+
+
 def _view(buf: pa.Buffer | None, dtype: Any, offset: int, count: int) -> np.ndarray:
     """``count`` items of ``buf`` from item ``offset`` as a writable array (copied if not)."""
     if buf is None:
@@ -224,6 +349,9 @@ def decrypting_collate_fn(
     columns: Sequence[str] = ("subject_id",),
     lineage_dir: str | os.PathLike[str] | None = None,
     public_key: bytes | Path | None = None,
+    binary_dtype: str = "float32",
+    dtype: str | None = "float32",
+    shape: Sequence[int] | None = None,
 ) -> Any:
     """A Ray Data collate function that decrypts templates in the training process.
 
@@ -233,7 +361,9 @@ def decrypting_collate_fn(
     data's signed lineage is verified first, as for :class:`MaskedTemplateDataset`, and
     the key ids come from the verified files' metadata (Ray drops it from batches). The
     returned object is thread-safe (Ray calls it from several threads): each thread gets
-    its own unmasker.
+    its own unmasker. ``template_column``, ``binary_dtype``, ``dtype`` and ``shape`` are
+    those of :class:`MaskedTemplateDataset`; ragged templates are refused here (a Ray
+    batch is one tensor per column): pass ``shape``, or use the dataset.
     """
     from ray.data.collate_fn import ArrowBatchCollateFn
 
@@ -243,7 +373,10 @@ def decrypting_collate_fn(
     path = Path(data)
     lineage = Path(lineage_dir) if lineage_dir else path.with_name(path.name + ".lineage")
     files = verified_files(path, lineage, public_key, keyring_path)
-    meta = pq.read_schema(files[0]).metadata
+    schema = pq.read_schema(files[0])
+    _check_columns(files[0], schema, template_column, list(columns))
+    meta = schema.metadata
+    layout = _Layout(template_column, binary_dtype, dtype, shape)
 
     class _Decrypting(ArrowBatchCollateFn):
         def __init__(self) -> None:
@@ -263,13 +396,17 @@ def decrypting_collate_fn(
             out: dict[str, Any] = {}
             for rb in batch.combine_chunks().to_batches() or []:
                 res = self._unmasker().mask_batch(rb.replace_schema_metadata(meta))
-                col = res.output.column(template_column)
-                dim = col.type.list_size
-                flat = col.flatten().to_numpy(zero_copy_only=False, writable=True)
-                t = torch.from_numpy(flat.astype(np.float32, copy=False).reshape(-1, dim))
-                out.setdefault(template_column, []).append(t)
+                decrypted = _valid_templates(res.output, template_column)
+                tensors = layout.tensors(decrypted.column(template_column))
+                if template_column + "_offsets" in tensors:
+                    raise BiomaskError(
+                        f"template column '{template_column}' holds templates of different "
+                        "lengths: pass shape= (or use MaskedTemplateDataset, which yields "
+                        "them with offsets)"
+                    )
+                out.setdefault(template_column, []).append(tensors[template_column])
                 for c in columns:
-                    out.setdefault(c, []).extend(res.output.column(c).to_pylist())
+                    out.setdefault(c, []).extend(decrypted.column(c).to_pylist())
             if template_column in out:
                 out[template_column] = torch.cat(out[template_column])
             return out

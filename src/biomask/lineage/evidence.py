@@ -10,10 +10,14 @@ They watch the batches going into and out of the Masker and keep only what may b
   Any other masked QI column gets no distribution at all.
 * **k-anonymity**: counts of each combination of the (recorded) QI columns after masking;
   k is the smallest group. Only counts leave the collector, never the combinations.
-* **Residual-PII scan**: every distinct input value of a masked string column is hashed
+* **Residual-PII scan**: every distinct input value of a masked string column (and of an
+  integer key: a column ``tokenize`` or ``hash`` masks, as its decimal string) is hashed
   to 64 bits under a random per-run key that lives only in memory; every output string
   value, each of its whitespace- and punctuation-separated tokens and its 2-3 token
-  n-grams are hashed the same way. After the run the two sets are compared. A match is a
+  n-grams are hashed the same way, and so are integer token columns and kept integer
+  columns that can be a raw key (named like an identifier or like a tokenized column: a
+  foreign key left ``keep`` while its key is tokenized). After the run the two sets are
+  compared. A match is a
   *hit* (residual PII: e.g. a real name left inside free text) unless it is explained as a
   *coincidence*: it lies in a column of tokens or pseudonyms the masker generated, or it
   is itself a token or pseudonym this run issued in the input column's domain (e.g. in free
@@ -48,6 +52,7 @@ with rows.
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
@@ -109,6 +114,25 @@ def _is_string(t: pa.DataType) -> bool:
     if pa.types.is_dictionary(t):
         return _is_string(t.value_type)
     return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
+
+
+def _is_integer(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return _is_integer(t.value_type)
+    return bool(pa.types.is_integer(t))
+
+
+def _as_text(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Integers as their decimal strings: a key's value the way it is scanned."""
+    return pc.cast(_decoded(col), pa.string())
+
+
+#: integer input columns probed: identifier rules (their raw values must not survive)
+_ID_OPS = frozenset({"tokenize", "hash"})
+#: names that say "identifier" (``volunteer_id``, ``SubjectID``, ``ref_no``): a kept
+#: integer column so named can be a raw key; other kept integers (a height, a count) are
+#: not scanned, or every one that falls inside a range of ids would be a false hit
+_ID_NAME = re.compile(r"(?i:(?:^|_)(?:id|ids|no|nr|num|number|serial|key|ref))$|[a-z]Id$|ID$")
 
 
 def _decoded(arr: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -472,6 +496,7 @@ class EvidenceCollector:
     _rules_cache: dict[str, dict[str, _Rule]] = field(default_factory=dict)
     _scratch: _Scratch = field(default_factory=_Scratch, repr=False)
     _hints: dict[str, list[int]] = field(default_factory=dict)
+    _id_names: frozenset[str] | None = None
 
     def __repr__(self) -> str:  # never show the key
         return "EvidenceCollector()"
@@ -710,7 +735,9 @@ class EvidenceCollector:
             if r is None or not r.masks or r.op in _NOT_PROBES:
                 continue
             col = batch.column(name)
-            if not _is_string(col.type):
+            if _is_integer(col.type) and r.op in _ID_OPS:
+                col = _as_text(col)  # an integer key: found again if a kept key holds it
+            elif not _is_string(col.type):
                 continue
             hint = self._hints.setdefault(f"in:{table}.{name}", [0, 0])
             probes = self._digests(_values(col, hint), candidates=False)
@@ -747,18 +774,37 @@ class EvidenceCollector:
         self._check_in_place(table, batch, rules)
         for name in batch.schema.names:
             col = batch.column(name)
-            if not _is_string(col.type):
+            r = rules.get(name)
+            number = _is_integer(col.type)
+            if number and (
+                (r is not None and r.op in _ID_OPS)
+                or ((r is None or r.op == "keep") and self._key_like(name))
+            ):
+                # a kept integer column can be a raw key (a foreign key drafted as a
+                # measurement); integer tokens are scanned so a match can be explained
+                col = _as_text(col)
+            elif not _is_string(col.type):
                 continue
             hint = self._hints.setdefault(f"out:{table}.{name}", [0, 0])
-            r = rules.get(name)
             # Only free or passed-through text can hide a value inside a longer string; a
             # token column is checked whole (and row by row, in place). A column with no
             # value long enough has no candidate either (none is longer than its value).
-            free = r is None or r.op in _FREE_TEXT_OPS
+            free = not number and (r is None or r.op in _FREE_TEXT_OPS)
             whole = self._digests(_values(col, hint), candidates=free)
             if not whole.size:
                 continue
             self._store(self._outputs, f"{table}.{name}", whole)
+
+    def _key_like(self, name: str) -> bool:
+        """Whether a kept integer column can be a raw key: an identifier's name, or the
+        name of a column some table of the policy tokenizes or hashes."""
+        if self._id_names is None:
+            names: set[str] = set()
+            if self.policy is not None:
+                for spec in self.policy.table_specs().values():
+                    names |= {n for n, r in spec.columns.items() if r.op in _ID_OPS}
+            self._id_names = frozenset(names)
+        return name in self._id_names or _ID_NAME.search(name) is not None
 
     def _check_in_place(self, table: str, batch: pa.RecordBatch, rules: dict[str, _Rule]) -> None:
         """Count values that a masking rule left unchanged in their row.

@@ -109,8 +109,10 @@ def test_unsure_columns_are_redacted_with_a_review_comment(tmp_path: Path) -> No
     text = suggest_policy(str(path), sample=60, scan_text=False)
     rules = _rules(text)
     assert rules["ref"] == {"op": "redact"} and rules["empty"] == {"op": "redact"}
-    assert rules["city"] == {"op": "redact"} and rules["score"] == {"op": "keep"}
-    assert text.count("REVIEW") >= 3
+    assert rules["city"] == {"op": "redact"}
+    # 60 distinct integers in 60 rows (CSV reads 0.0 back as 0): maybe an id, never kept
+    assert rules["score"] == {"op": "redact"} and "REVIEW: 60 distinct integers" in text
+    assert text.count("REVIEW") >= 4
 
 
 def test_missing_input_is_one_clear_error(

@@ -9,6 +9,11 @@ vocabulary; Presidio on free text) and its *name*, and writes a commented YAML d
 * identifiers -> ``tokenize`` (an identifier column shared by several tables gets one
   domain, so joins survive; the first one becomes the ``subject`` entity that date shifts
   and template encryption bind to);
+* keys and foreign keys -> one domain: a column whose sampled distinct values are
+  contained in another table's unique identifier column (matched by name, or by values
+  alone when the match cannot be a coincidence), integers and strings alike, gets the
+  same rule and domain as that key, so every join keeps its rows; an identifier-like
+  column (ids, serials, integers with many distinct values) is never drafted ``keep``;
 * names, e-mails, phones, document numbers -> ``pseudonym``, ``email``, ``phone``,
   ``tokenize`` with the domains a ``text`` rule links to;
 * free text -> ``text`` with those links; low-cardinality categories -> ``keep`` marked
@@ -54,6 +59,12 @@ _TEXT_HINTS = ("note", "comment", "remark", "description", "text", "memo", "mess
 _LOCATION_HINTS = ("address", "street", "city", "town", "zip", "postcode", "postal")
 _GEO_HINTS = ("lat", "lon", "lng", "latitude", "longitude", "gps")
 _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: column names that say "identifier" (``subject_id``, ``SubjectID``, ``ref_no``, ...)
+_ID_NAME = re.compile(r"(?:^|_)(?:id|ids|no|nr|num|number|serial|key|ref|uuid|guid)$|[a-z]Id$|ID$")
+#: kinds whose columns can be a key or point at one (not names, e-mails, dates, text, ...)
+_KEYISH = frozenset({"id", "id?", "code", "unknown", "other", "category", "document"})
+#: integers: distinct values (in the sample) from which an unnamed unique column is an id
+_MANY = 20
 
 
 @dataclass
@@ -151,13 +162,7 @@ def profile_column(
             "reversible: true, format: icao_document",
             "document",
         )
-    phone = _frac(values, looks_like_phone)
-    if phone >= 0.8 and mean_len >= 7:
-        return ColumnDraft(name, {"op": "phone"}, f"{phone:.0%} phone numbers", "phone")
-    ident = _frac(values, lambda v: _ID_RE.fullmatch(v.strip()) is not None)
-    if ident >= 0.9 and (unique >= 0.5 or name.lower().endswith("id")):
-        shape = Counter(regex.sub(r"\d", "#", v)[:16] for v in values).most_common(1)[0][0]
-        return ColumnDraft(name, {"op": "tokenize"}, f"identifiers like {shape!r}", "id")
+    # before phones: 2024-03-15 has a phone number's digits and separators
     for fmt in _DATE_FORMATS:
         try:
             parsed = pc.strptime(pa.array(values[:200]), format=fmt, unit="s", error_is_null=True)
@@ -165,6 +170,13 @@ def profile_column(
             continue
         if parsed.null_count <= len(parsed) * 0.1:
             return ColumnDraft(name, {"op": "date_shift", "format": fmt}, f"dates ({fmt})", "date")
+    phone = _frac(values, looks_like_phone)
+    if phone >= 0.8 and mean_len >= 7:
+        return ColumnDraft(name, {"op": "phone"}, f"{phone:.0%} phone numbers", "phone")
+    ident = _frac(values, lambda v: _ID_RE.fullmatch(v.strip()) is not None)
+    if ident >= 0.9:  # repeated or not: a foreign key repeats its key's values
+        shape = Counter(regex.sub(r"\d", "#", v)[:16] for v in values).most_common(1)[0][0]
+        return ColumnDraft(name, {"op": "tokenize"}, f"identifiers like {shape!r}", "id")
     if mean_words >= 5 or mean_len >= 40 or (_has(name, _TEXT_HINTS) and mean_words >= 2):
         found = pii_in_text(values) if pii_in_text is not None else None
         reason = "free text" + (f"; in the sample: {found}" if found else "")
@@ -185,7 +197,12 @@ def profile_column(
         return ColumnDraft(
             name, {"op": "hash"}, f"codes with digits ({distinct} distinct in the sample)", "code"
         )
-    if distinct <= 50 and (unique <= 0.2 or distinct <= 5) and mean_len <= 32:
+    if (
+        distinct <= 50
+        and (unique <= 0.2 or distinct <= 5)
+        and mean_len <= 32
+        and not _ID_NAME.search(name)
+    ):
         return ColumnDraft(
             name,
             {"op": "keep", "quasi_identifier": True},
@@ -214,13 +231,26 @@ def _numeric(name: str, arr: pa.Array, dtype: pa.DataType, n: int) -> ColumnDraf
             name, {"op": "generalize", "decimals": 1}, "coordinate: ~11 km precision", "geo"
         )
     distinct = len(pc.unique(arr.drop_null()))
-    if pa.types.is_integer(dtype) and low.endswith("id") and distinct >= 0.9 * n:
-        if dtype.bit_width >= 32:  # integer tokens keep the type, so keys and joins hold
-            return ColumnDraft(name, {"op": "tokenize"}, "numeric identifiers", "id")
+    if pa.types.is_integer(dtype) and (
+        _ID_NAME.search(name) or (low.endswith("id") and distinct >= 0.9 * n)
+    ):
+        # named as an identifier: a key, or a foreign key (which repeats its key's values)
+        return _integer_id(name, dtype, "numeric identifiers")
+    if pa.types.is_integer(dtype) and distinct >= _MANY and distinct >= 0.9 * n:
         return ColumnDraft(
-            name, {"op": "hash"}, "numeric identifiers (too narrow for tokens)", "id"
+            name,
+            {"op": "redact"},
+            f"REVIEW: {distinct} distinct integers in {n} rows, an identifier? tokenize it "
+            "(with the domain of the tables that refer to it), or keep it if it measures",
+            "id?",
         )
     return ColumnDraft(name, {"op": "keep"}, f"{dtype} measurement", "other")
+
+
+def _integer_id(name: str, dtype: pa.DataType, reason: str) -> ColumnDraft:
+    if dtype.bit_width >= 32:  # integer tokens keep the type, so keys and joins hold
+        return ColumnDraft(name, {"op": "tokenize"}, reason, "id")
+    return ColumnDraft(name, {"op": "hash"}, f"{reason} (too narrow for tokens)", "id")
 
 
 def _sample(source: Any, rows: int) -> pa.Table:
@@ -258,7 +288,19 @@ def _text_scanner(model: str, language: str) -> Any:
 
 def _tables_of(uri: str, sample: int) -> dict[str, pa.Table]:
     from biomask.connectors import open_source, open_tables
+    from biomask.connectors.registry import is_postgres_uri
 
+    if is_postgres_uri(uri) and "table=" not in uri and "query=" not in uri:
+        # a database export: every table of the ?schema= schema, linked like a directory's
+        from biomask.connectors.postgres import list_pg_tables
+
+        names = list_pg_tables(uri)
+        if not names:
+            from biomask.connectors import display_uri
+
+            raise BiomaskError(f"no tables to sample in {display_uri(uri)} (see ?schema=)")
+        sources = open_tables(uri, names, batch_size=min(sample, 65_536))
+        return {t: _sample(s, sample) for t, s in sources.items()}
     path = Path(uri)
     if "://" not in uri and path.is_dir():
         from biomask.connectors.files import detect_format
@@ -276,6 +318,160 @@ def _tables_of(uri: str, sample: int) -> dict[str, pa.Table]:
     source = open_source(uri, batch_size=min(sample, 65_536))
     name = path.stem if "://" not in uri and uri != "-" else "dataset"
     return {name or "dataset": _sample(source, sample)}
+
+
+@dataclass
+class _Col:
+    """One sampled column that could be a key or refer to one."""
+
+    table: str
+    draft: ColumnDraft
+    family: str  # "int" or "str": only like joins like
+    values: set[Any]
+    unique: bool
+    bits: int  # integer width (0 for strings)
+    span: tuple[int, int] | None = None
+
+
+def _keyish(table: str, draft: ColumnDraft, arr: pa.Array) -> _Col | None:
+    if draft.kind not in _KEYISH:
+        return None
+    dtype = arr.type.value_type if pa.types.is_dictionary(arr.type) else arr.type
+    vals = arr.drop_null()
+    if pa.types.is_dictionary(vals.type):
+        vals = vals.cast(dtype)
+    if pa.types.is_integer(dtype):
+        family, bits = "int", dtype.bit_width
+    elif pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        family, bits = "str", 0
+    else:
+        return None
+    if len(vals) == 0:
+        return None
+    uniq = pc.unique(vals)
+    values = set(uniq.to_pylist())
+    span = None
+    if family == "int":
+        mm = pc.min_max(uniq).as_py()
+        span = (int(mm["min"]), int(mm["max"]))
+    return _Col(table, draft, family, values, len(uniq) == len(vals) and len(vals) > 1, bits, span)
+
+
+def _singulars(table: str) -> set[str]:
+    low = table.lower()
+    out = {low}
+    if low.endswith("ies"):
+        out.add(low[:-3] + "y")
+    elif low.endswith("ses"):
+        out.add(low[:-2])
+    elif low.endswith("s"):
+        out.add(low[:-1])
+    return out
+
+
+def _names_match(ref: _Col, key: _Col) -> bool:
+    """``captures.subject_id`` -> ``subjects.subject_id``, ``sessions.volunteer_id`` ->
+    ``volunteers.id``, ``visits.patient`` -> ``patients.id`` and the like."""
+    r, k = ref.draft.name.lower(), key.draft.name.lower()
+    if r == k and _ID_NAME.search(k):
+        return True
+    for s in _singulars(key.table):
+        if r in (s, f"{s}_{k}", f"{s}{k}") or (k in ("id", "key", "ref") and r == f"{s}_id"):
+            return True
+    return False
+
+
+def _refers(ref: _Col, key: _Col) -> float | None:
+    """How much of ``ref`` is found in ``key`` when ``ref`` can be a foreign key to it.
+
+    By name (see :func:`_names_match`) half of the sampled values must be found: the
+    samples are the first rows of each table, so a referenced key may lie beyond the
+    key's sample. By values alone every sampled value must be found, among at least
+    :data:`_MANY` distinct integers spanning half the key's range (so a small count or a
+    measurement that happens to fall inside a range of ids is not taken for a key), or
+    among at least 3 distinct strings.
+    """
+    if ref.family != key.family or not key.unique or ref is key:
+        return None
+    found = len(ref.values & key.values) / len(ref.values)
+    if _names_match(ref, key):
+        return found if found >= 0.5 else None
+    if found < 1.0:
+        return None
+    if ref.family == "str":
+        return found if len(ref.values) >= 3 else None
+    assert ref.span is not None and key.span is not None
+    wide = (ref.span[1] - ref.span[0]) >= 0.5 * (key.span[1] - key.span[0])
+    return found if len(ref.values) >= _MANY and wide else None
+
+
+def _link_keys(tables: dict[str, pa.Table], drafts: dict[str, _Table]) -> None:
+    """Give every key and the columns that refer to it one rule and one domain.
+
+    A key is a column that is unique in its table's sample (integers or strings); a
+    column of another table whose distinct values are contained in it refers to it (see
+    :func:`_refers`). Each group of linked columns gets ``tokenize`` (``hash`` when an
+    integer member is narrower than 32 bits, too few values for FF1) under one domain,
+    named after the key; its members stop being ``keep``, ``hash`` of their own domain,
+    or a ``REVIEW`` redaction.
+    """
+    cols: list[_Col] = []
+    for tname, t in drafts.items():
+        table = tables[tname]
+        for c in t.columns:
+            col = _keyish(tname, c, table.column(c.name).combine_chunks())
+            if col is not None:
+                cols.append(col)
+    parent: dict[int, int] = {}
+
+    def root(i: int) -> int:
+        while parent.get(i, i) != i:
+            i = parent[i]
+        return i
+
+    why: dict[int, str] = {}
+    for i, ref in enumerate(cols):
+        best: tuple[float, int] | None = None
+        for j, key in enumerate(cols):
+            if key.table == ref.table:
+                continue
+            found = _refers(ref, key)
+            if found is not None and (best is None or found > best[0]):
+                best = (found, j)
+        if best is not None:
+            found, j = best
+            parent[root(i)] = root(j)
+            key = cols[j]
+            why[i] = f"refers to {key.table}.{key.draft.name} ({found:.0%} of sampled values found)"
+    groups: dict[int, list[int]] = {}
+    for i in range(len(cols)):
+        groups.setdefault(root(i), []).append(i)
+    used: set[str] = set()
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        keys = [cols[i] for i in members if i not in why] or [cols[members[0]]]
+        key = keys[0]
+        base = key.draft.name.lower()
+        name = (
+            sorted(_singulars(key.table), key=len)[0]
+            if base in ("id", "key", "ref", "uuid", "code")
+            else _domain(key.draft.name, ("_id", "_number", "_no", "_serial", "_ref", "_key"))
+        )
+        dom = name
+        while dom in used:
+            dom = f"{dom}_{key.table}"
+        used.add(dom)
+        narrow = any(cols[i].family == "int" and cols[i].bits < 32 for i in members)
+        op = "hash" if narrow else "tokenize"
+        for i in members:
+            m = cols[i]
+            m.draft.rule = {"op": op, "domain": dom}
+            m.draft.kind = "id"
+            m.draft.reason = why.get(i) or (
+                f"key of {m.table} ({len(m.values)} distinct in the sample), referred to by "
+                + ", ".join(f"{cols[j].table}.{cols[j].draft.name}" for j in members if j in why)
+            )
 
 
 def draft_policy(
@@ -299,6 +495,7 @@ def draft_policy(
             arr = table.column(col).combine_chunks()
             t.columns.append(profile_column(col, arr, vocabulary, scanner))
         drafts[tname] = t
+    _link_keys(tables, drafts)
     # the entity: an identifier column, preferably one every table has
     id_cols = [c.name for t in drafts.values() for c in t.columns if c.kind == "id"]
     counts = Counter(id_cols)
@@ -313,7 +510,9 @@ def draft_policy(
         has_entity = entity_col is not None and any(c.name == entity_col for c in t.columns)
         for c in t.columns:
             op = c.rule["op"]
-            if op in ("tokenize", "hash", "pseudonym", "email", "phone"):
+            if op in ("tokenize", "hash", "pseudonym", "email", "phone") and "domain" in c.rule:
+                domains[c.rule["domain"]] = op  # a key's domain, set by _link_keys
+            elif op in ("tokenize", "hash", "pseudonym", "email", "phone"):
                 dom = kinds_domain.get(c.kind) or _domain(c.name)
                 while domains.get(dom, op) != op:
                     dom = f"{dom}_{op}"
@@ -427,6 +626,13 @@ def suggest_policy(
         raise BiomaskError(f"--sample must be at least 1, not {sample}")
     tables = _tables_of(uri, sample)
     base = Path(uri.rstrip("/")).stem if "://" not in uri and uri != "-" else "dataset"
+    from biomask.connectors.registry import is_postgres_uri
+
+    if is_postgres_uri(uri) and "table=" not in uri and "query=" not in uri:
+        from biomask.connectors.postgres import PgTarget
+
+        target = PgTarget(uri)  # a database export is named after its schema (or database)
+        base = target.schema if target.schema != "public" else target.db
     dataset = regex.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-") or "dataset"
     drafts, entity_col = draft_policy(
         tables, dataset=dataset, model=model, language=language, scan_text=scan_text
