@@ -199,7 +199,7 @@ def _cross_check(policy: Policy, source: str, lines: dict[tuple[str, ...], int])
             )
         domains.setdefault(dom, (signature, base))
     for base, op in rules:
-        entity = op.entity if isinstance(op, DateShiftOp | EncryptOp) else None
+        entity = op.entity if isinstance(op, DateShiftOp | EncryptOp | TextOp) else None
         if entity is not None and entity not in policy.entities:
             known = ", ".join(policy.entities) or "none declared"
             raise fail(f"unknown entity '{entity}' (entities: {known})", (*base, "entity"))
@@ -211,6 +211,27 @@ def _cross_check(policy: Policy, source: str, lines: dict[tuple[str, ...], int])
                         f"(domains: {', '.join(sorted(domains)) or 'none'})",
                         (*base, "entities", etype),
                     )
+    # one offset range per entity: a rule may repeat the entity's range, never change it
+    ranges: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for base, op in rules:
+        if not isinstance(op, DateShiftOp) or op.max_days is None:
+            continue
+        declared = policy.entities[op.entity].max_days
+        if declared is not None and op.max_days != declared:
+            raise fail(
+                f"max_days {op.max_days} differs from entity '{op.entity}''s range "
+                f"(entities.{op.entity}.max_days: {declared}); every date of an entity moves "
+                "by one offset: remove max_days here or change the entity's",
+                (*base, "max_days"),
+            )
+        first = ranges.setdefault(op.entity, (op.max_days, base))
+        if first[0] != op.max_days:
+            raise fail(
+                f"max_days {op.max_days} differs from {first[0]} at {'.'.join(first[1])}; "
+                f"every date of entity '{op.entity}' moves by one offset: set "
+                f"entities.{op.entity}.max_days once and remove it from the rules",
+                (*base, "max_days"),
+            )
     for ename, ent in policy.entities.items():
         found = [t for t, spec in tables.items() if ent.column in spec.columns]
         if not found:

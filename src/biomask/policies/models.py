@@ -184,7 +184,16 @@ class DateShiftOp(_Spec):
 
     op: Literal["date_shift"]
     entity: str
-    max_days: int = Field(365, ge=1, le=36500)
+    max_days: int | None = Field(
+        None,
+        ge=1,
+        le=36500,
+        description=(
+            "the entity's offset range; belongs on the entity (entities.NAME.max_days). "
+            "Accepted here when it equals the entity's, or when every rule of the entity "
+            "that sets it agrees (then it is the entity's range)"
+        ),
+    )
     format: str | None = Field(
         None, description="strptime format of a string column; detected when omitted"
     )
@@ -218,6 +227,32 @@ class TextOp(_Spec):
         "tag", description="what replaces detected PII of types with no domain: <TYPE> or ***"
     )
     score_threshold: float = Field(0.35, ge=0.0, le=1.0)
+    entity: str | None = Field(
+        None,
+        description=(
+            "entity whose offset shifts the dates found in a row's text (default: the one "
+            "entity whose key column this table lists, if exactly one)"
+        ),
+    )
+    dates: Literal["redact", "keep"] = Field(
+        "redact",
+        description=(
+            "dates in rows with no entity offset (and no shift_by value): replaced with "
+            "<DATE> (or *** under unlinked: redact), or kept"
+        ),
+    )
+    shift_by: str | None = Field(
+        None,
+        description="integer column of this table: days to shift dates by in rows with no entity",
+    )
+    date_order: Literal["DMY", "MDY"] = Field(
+        "DMY", description="how ambiguous numeric dates (03/04/2020) are read"
+    )
+    max_text_bytes: int = Field(
+        1 << 20,
+        ge=1,
+        description="a larger cell goes to quarantine (masking it would be slow and unsure)",
+    )
 
 
 class EncryptOp(_Spec):
@@ -272,10 +307,22 @@ OPERATOR_NAMES = (
 
 
 class EntitySpec(BaseModel):
-    """A real-world entity (e.g. a subject) keyed by a column; date shifts bind to it."""
+    """A real-world entity (e.g. a subject) keyed by a column; date shifts bind to it.
+
+    ``max_days`` is the entity's offset range: every date of the entity (date_shift
+    columns in any table, dates found in its rows' free text) moves by one offset in
+    ``[-max_days, max_days]``, which depends only on the entity's key, the keyring and
+    this range, so it is the same in every run, table and file.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     column: str
+    max_days: int | None = Field(
+        None,
+        ge=1,
+        le=36500,
+        description="offset range in days (default: the entity's date_shift rules', else 365)",
+    )
 
 
 class NlpSettings(BaseModel):
@@ -345,3 +392,20 @@ class Policy(BaseModel):
     @property
     def is_multi_table(self) -> bool:
         return self.tables is not None
+
+    def entity_max_days(self, entity: str) -> int:
+        """The entity's offset range in days: ``entities.NAME.max_days``, else the one
+        value its date_shift rules give (older policies put it there; the loader refuses
+        rules that disagree), else 365.
+
+        One range per entity, never per rule or per run, is what gives a subject one
+        offset in every table and every run with the same keyring.
+        """
+        spec = self.entities.get(entity)
+        if spec is not None and spec.max_days is not None:
+            return spec.max_days
+        for tspec in self.table_specs().values():
+            for op in tspec.columns.values():
+                if isinstance(op, DateShiftOp) and op.entity == entity and op.max_days:
+                    return op.max_days
+        return 365

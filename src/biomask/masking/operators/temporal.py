@@ -33,17 +33,12 @@ _UNIT_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_4
 
 
 def entity_max_days(binding: Binding, entity: str) -> int:
-    """The entity's offset range: the largest ``max_days`` among its date_shift rules.
+    """The entity's offset range (:meth:`Policy.entity_max_days`).
 
-    One range per entity (not per column) is what keeps intervals between an entity's
-    date columns exact.
+    One range per entity (not per column, table or run) is what keeps intervals between
+    an entity's dates exact, also between tables masked in different runs.
     """
-    best = 0
-    for spec in binding.policy.table_specs().values():
-        for op in spec.columns.values():
-            if isinstance(op, DateShiftOp) and op.entity == entity:
-                best = max(best, op.max_days)
-    return best or 365
+    return binding.policy.entity_max_days(entity)
 
 
 @register

@@ -31,6 +31,9 @@ looked for; a detected type with no linked domain becomes ``<TYPE>`` or ``***``
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import regex
 
 from biomask.errors import PolicyError
@@ -51,6 +55,7 @@ from biomask.masking.operators.names import (
     normalize_name,
     split_name,
 )
+from biomask.masking.operators.temporal import DateShift
 from biomask.masking.registry import (
     Binding,
     Operator,
@@ -69,9 +74,11 @@ from biomask.masking.text.engine import (
     detect,
     segments,
 )
+from biomask.masking.text.dates import DateMatch, find_dates
 from biomask.masking.text.lexicon import LexHit, Lexicon, role_of
 from biomask.masking.text.words import ROLE_NOUNS, Vocabulary, load_vocabulary, needs_ner
 from biomask.policies.models import (
+    DateShiftOp,
     EmailOp,
     PhoneOp,
     Policy,
@@ -96,8 +103,11 @@ _TITLE_BEFORE = regex.compile(
 _SPACE_GAP = regex.compile(r"[ \t]{1,3}")
 _COMMA_GAP = regex.compile(r",[ \t]{1,2}")
 
-# priority of a candidate's origin when spans overlap: known values beat everything
-_P_LEXICON, _P_DETECTED, _P_DERIVED = 2, 1, 0
+# priority of a candidate's origin when spans overlap: dates (a precise pattern, and a
+# date must never be read as a phone number), then known values, then the rest
+_P_DATE, _P_LEXICON, _P_DETECTED, _P_DERIVED = 3, 2, 1, 0
+#: a note is reported on (progress on a terminal) when a batch holds this much text
+_PROGRESS_BYTES = 4 << 20
 
 
 class _Cand(NamedTuple):
@@ -270,6 +280,8 @@ class TextOperator(Operator[TextOp]):
     """
 
     name = "text"
+    #: dates in a row's text shift by the row's entity offset: masked after entity columns
+    needs_entities = True
 
     def __init__(self, spec: TextOp, binding: Binding) -> None:
         super().__init__(spec, binding)
@@ -337,6 +349,42 @@ class TextOperator(Operator[TextOp]):
         self.lexicon: Lexicon = services[_LEXICON]
         self.workers = default_workers()
         self.pool_min = POOL_MIN
+        self.date_entity, self.date_shift = self._bind_dates(spec, binding, field)
+        self._dates: list[dict[int, DateMatch]] = []
+
+    def _bind_dates(
+        self, spec: TextOp, binding: Binding, field: str
+    ) -> tuple[str | None, DateShift | None]:
+        """The entity whose offset moves this column's dates, and its date_shift operator.
+
+        An explicit ``entity`` wins; otherwise the one entity whose key column this table
+        lists (none when there are zero or several: then ``shift_by`` or ``dates`` decide).
+        The operator is built from the entity alone, so its offsets are the ones every
+        ``date_shift`` column of that entity gets.
+        """
+        policy = binding.policy
+        columns = policy.table_specs()[binding.table].columns
+        if spec.shift_by is not None and spec.shift_by not in columns:
+            line = (
+                policy.line_of("tables", binding.table, "columns", binding.column, "shift_by")
+                if policy.is_multi_table
+                else policy.line_of("columns", binding.column, "shift_by")
+            )
+            raise PolicyError(
+                f"shift_by names column '{spec.shift_by}', which table '{binding.table}' "
+                "does not list (it must be an integer column of days in the same table)",
+                path=policy.source,
+                line=line,
+                field=f"{field}.shift_by",
+            )
+        entity = spec.entity
+        if entity is None:
+            here = [e for e, es in policy.entities.items() if es.column in columns]
+            entity = here[0] if len(here) == 1 else None
+        if entity is None:
+            return None, None
+        op = DateShiftOp(op="date_shift", entity=entity)
+        return entity, DateShift(op, binding)
 
     @property
     def vocabulary(self) -> Vocabulary:
@@ -365,8 +413,20 @@ class TextOperator(Operator[TextOp]):
         if len(values) == 0 or values.null_count == len(values):
             return values
         enc = values.dictionary_encode()
+        limit = self.spec.max_text_bytes
+        sizes = pc.binary_length(enc.dictionary.cast(pa.string())).to_numpy(zero_copy_only=False)
+        too_big = sizes > limit
+        if too_big.any():
+            # a cell this large is not a note: masking it would take minutes and be as
+            # unsure as any text that long; the row goes to quarantine, never through
+            rows = pc.is_in(enc.indices, pa.array(np.flatnonzero(too_big))).fill_null(False)
+            ctx.quarantine(
+                rows, f"text cell larger than max_text_bytes ({limit:,} bytes); not masked"
+            )
         notes = enc.dictionary.to_pylist()
-        masked, found = self.mask_texts(notes)
+        for i in np.flatnonzero(too_big):
+            notes[int(i)] = ""
+        templates, found = self._templates(notes, self.find(notes))
         idx = enc.indices.drop_null().to_numpy(zero_copy_only=False)
         uses = np.bincount(idx, minlength=len(notes))
         totals: Counter[str] = Counter()
@@ -375,14 +435,95 @@ class TextOperator(Operator[TextOp]):
                 totals[etype] += n * k
         for etype in sorted(totals):
             ctx.count(f"text:{etype}", totals[etype])
-        out = pa.array(masked, pa.string()).take(enc.indices)
+        plain = [t if isinstance(t, str) else None for t in templates]
+        out = pa.array(plain, pa.string()).take(enc.indices)
+        dated = np.array([not isinstance(t, str) for t in templates], dtype=bool)
+        if dated.any():
+            out = self._shift_dates(out, enc.indices, templates, dated, ctx)
         return out.cast(values.type)
+
+    def _row_days(self, ctx: OperatorContext) -> list[int | None]:
+        """Days to shift each row's dates by: the entity's offset, else ``shift_by``'s
+        value, else None (the rule's ``dates`` setting applies)."""
+        n = ctx.batch.num_rows
+        days: list[int | None] = [None] * n
+        if self.date_shift is not None and self.date_entity is not None:
+            tokens = ctx.entity_tokens.get(self.date_entity)
+            if tokens is not None:
+                ds = self.date_shift
+                column = self.binding.policy.entities[self.date_entity].column
+                got = ctx.memo.get(
+                    ("date_shift", self.date_entity, ds.max_days),
+                    lambda: ds.offsets(tokens, ctx.memo.peek(("tokens", column))),
+                )
+                days = got.to_pylist()
+        col = self.spec.shift_by
+        if col is not None:
+            if col not in ctx.batch.schema.names:  # pragma: no cover - checked on binding
+                raise PolicyError(f"shift_by column '{col}' is not in the input")
+            by = ctx.batch.column(col)
+            if not pa.types.is_integer(by.type):
+                raise PolicyError(
+                    f"shift_by column '{col}' is {by.type}, not an integer column of days",
+                    path=self.binding.policy.source,
+                    field=f"columns.{self.binding.column}.shift_by",
+                )
+            extra = by.to_pylist()
+            days = [d if d is not None else extra[i] for i, d in enumerate(days)]
+        return days
+
+    def _shift_dates(
+        self,
+        out: pa.Array,
+        indices: pa.Array,
+        templates: list[str | list[str | DateMatch]],
+        dated: np.ndarray,
+        ctx: OperatorContext,
+    ) -> pa.Array:
+        """Fill in the dates of the rows whose text has any, with each row's offset.
+
+        Only those rows are visited, and each distinct (text, offset) pair is written once.
+        """
+        idx = indices.fill_null(0).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(dated[idx] & np.asarray(indices.is_valid(), dtype=bool))
+        days = self._row_days(ctx)
+        done: dict[tuple[int, int | None], str] = {}
+        repl: list[str] = []
+        for r in rows.tolist():
+            key = (int(idx[r]), days[r])
+            text = done.get(key)
+            if text is None:
+                template = templates[key[0]]
+                assert not isinstance(template, str)
+                text = done[key] = self._render(template, key[1])
+            repl.append(text)
+        mask = np.zeros(len(out), dtype=bool)
+        mask[rows] = True
+        return pc.replace_with_mask(out, pa.array(mask), pa.array(repl, pa.string()))
+
+    def _render(self, template: list[str | DateMatch], days: int | None) -> str:
+        """A text with dates: shifted by ``days``, else kept or redacted (``dates``)."""
+        out: list[str] = []
+        for piece in template:
+            if isinstance(piece, str):
+                out.append(piece)
+            elif days is not None:
+                out.append(piece.shifted(days))
+            elif self.spec.dates == "keep":
+                out.append(piece.written)
+            else:
+                out.append("***" if self.spec.unlinked == "redact" else "<DATE>")
+        return "".join(out)
 
     # -- the work, on Python strings ---------------------------------------------------
     def mask_texts(self, notes: list[str]) -> tuple[list[str], list[Counter[str]]]:
-        """Mask distinct texts; returns them masked and, per text, detections by type."""
-        spans = self.find(notes)
-        return self._replace(notes, spans)
+        """Mask distinct texts; returns them masked and, per text, detections by type.
+
+        With no row to take an offset from, dates follow the rule's ``dates`` setting.
+        """
+        templates, found = self._templates(notes, self.find(notes))
+        out = [t if isinstance(t, str) else self._render(t, None) for t in templates]
+        return out, found
 
     def find(self, notes: list[str]) -> list[list[_Cand]]:
         """The final, non-overlapping PII spans of each text."""
@@ -422,8 +563,13 @@ class TextOperator(Operator[TextOp]):
             ner=ner,
         )
         out: list[list[_Cand]] = []
+        self._dates = []
+        order = self.spec.date_order
         for note, row in zip(notes, layout, strict=True):
             cands: list[_Cand] = []
+            dates = {d.start: d for d in find_dates(note, order)}
+            self._dates.append(dates)
+            cands.extend(_Cand(d.start, d.end, "DATE", 1.0, _P_DATE) for d in dates.values())
             for off, sid in row:
                 for d in detected[sid]:
                     c = _Cand(off + d.start, off + d.end, d.entity_type, d.score, _P_DETECTED)
@@ -500,9 +646,11 @@ class TextOperator(Operator[TextOp]):
         return sorted(chosen + extra) if extra else chosen
 
     # -- replacement -------------------------------------------------------------------
-    def _replace(
+    def _templates(
         self, notes: list[str], spans: list[list[_Cand]]
-    ) -> tuple[list[str], list[Counter[str]]]:
+    ) -> tuple[list[str | list[str | DateMatch]], list[Counter[str]]]:
+        """Each text masked: a string, or (when it holds dates, which depend on the row's
+        offset) a list of masked text pieces and :class:`DateMatch` es."""
         # pieces per note: (start, end, key into the replacement tables)
         pieces: list[list[tuple[int, int, Callable[[], str]]]] = []
         name_parts: dict[str, list[tuple[str, str]]] = {}
@@ -510,12 +658,18 @@ class TextOperator(Operator[TextOp]):
         found: list[Counter[str]] = []
         resolved: dict[tuple[str, int], str] = {}
         self._lookup_names(notes, spans)
-        for note, cs in zip(notes, spans, strict=True):
+        date_slots: dict[tuple[int, int], DateMatch] = {}
+        for k_note, (note, cs) in enumerate(zip(notes, spans, strict=True)):
             row: list[tuple[int, int, Callable[[], str]]] = []
             count: Counter[str] = Counter()
             cs = _merge_persons(note, cs, self._family_first)
             roles_here = self._note_roles(note, cs)
             for c in cs:
+                if c.entity_type == "DATE":
+                    date_slots[(k_note, c.start)] = self._dates[k_note][c.start]
+                    row.append((c.start, c.end, _const("")))
+                    count["DATE"] += 1
+                    continue
                 domain = self.links.get(c.entity_type)
                 link = self.linked.get(domain) if domain else None
                 if link is None:
@@ -554,19 +708,26 @@ class TextOperator(Operator[TextOp]):
             etype = self._type_of_domain.get(domain, "PII")
             for k, tok in enumerate(link.tokens(list(table))):
                 resolved[(domain, k)] = tok if tok is not None else f"<{etype}>"
-        out: list[str] = []
-        for note, row in zip(notes, pieces, strict=True):
+        out: list[str | list[str | DateMatch]] = []
+        for k_note, (note, row) in enumerate(zip(notes, pieces, strict=True)):
             if not row:
                 out.append(note)
                 continue
-            buf: list[str] = []
+            buf: list[str | DateMatch] = []
             last = 0
             for a, b, get in sorted(row, key=lambda p: p[0]):
                 buf.append(note[last:a])
-                buf.append(get())
+                slot = date_slots.get((k_note, a))
+                if slot is not None:
+                    buf.append(slot)
+                else:
+                    buf.append(get())
                 last = b
             buf.append(note[last:])
-            out.append("".join(buf))
+            if any(isinstance(p, DateMatch) for p in buf):
+                out.append(buf)
+            else:
+                out.append("".join(p for p in buf if isinstance(p, str)))
         return out, found
 
     def _lookup_names(self, notes: list[str], spans: list[list[_Cand]]) -> None:
