@@ -44,10 +44,10 @@ import regex
 
 from biomask.errors import PolicyError
 from biomask.masking.text.words import (
-    SENTENCE_START,
     WORDS,
     load_vocabulary,
     model_dir,
+    sentence_start,
     trim_ordinary,
 )
 
@@ -56,6 +56,7 @@ __all__ = [
     "NER_ENTITIES",
     "PATTERN_ENTITIES",
     "SUPPORTED_ENTITIES",
+    "WEAK_PERSON",
     "Detection",
     "TextEngine",
     "check_model",
@@ -114,6 +115,9 @@ _IGNORED_LABELS = [
     "TIME",
     "WORK_OF_ART",
 ]
+#: A NER name that is one ordinary word opening a sentence: not a name by itself, only a
+#: confirmation of a known name there (see :meth:`TextEngine.analyze`).
+WEAK_PERSON = "PERSON?"
 #: Texts per unit of work (one ``nlp.pipe`` call, one pool task).
 CHUNK = 256
 #: Below this many texts a batch is detected in process even when a pool is allowed.
@@ -334,7 +338,12 @@ class TextEngine:
         )
 
     def analyze(
-        self, texts: Sequence[str], entities: Sequence[str], threshold: float, ner: bool = True
+        self,
+        texts: Sequence[str],
+        entities: Sequence[str],
+        threshold: float,
+        ner: bool = True,
+        weak: bool = False,
     ) -> list[list[Detection]]:
         """Detect ``entities`` in each text: one ``nlp.pipe`` pass, then the recognizers.
 
@@ -344,6 +353,10 @@ class TextEngine:
             Run the NER model (False: tokenizer and pattern recognizers only, for texts
             where the caller knows NER cannot add anything; see
             :func:`~biomask.masking.text.words.needs_ner`).
+        weak:
+            Keep the NER names that one ordinary word at a sentence start makes unsure
+            ("Hope called back") as :data:`WEAK_PERSON` instead of dropping them: the text
+            operator uses them only to confirm a known name that is also a word.
 
         Returns
         -------
@@ -367,11 +380,11 @@ class TextEngine:
                 nlp_artifacts=artifacts,
                 score_threshold=threshold,
             )
-            dets = [self._refine_ner(text, r) for r in results]
+            dets = [self._refine_ner(text, r, weak) for r in results]
             out.append(sorted(d for d in dets if d is not None))
         return out
 
-    def _refine_ner(self, text: str, result: Any) -> Detection | None:
+    def _refine_ner(self, text: str, result: Any, weak: bool = False) -> Detection | None:
         """Drop or cut NER PERSON spans that are not (only) names.
 
         The small model mistakes a capital at the start of a sentence for a name's
@@ -393,9 +406,11 @@ class TextEngine:
             single_ordinary = (
                 len(words) == 1
                 and self.vocabulary.is_ordinary(words[0].group())
-                and SENTENCE_START.search(text, 0, result.start) is not None
+                and sentence_start(text, result.start)
             )
-            return None if single_ordinary else det
+            if single_ordinary:
+                return det._replace(entity_type=WEAK_PERSON) if weak else None
+            return det
         if all(self.vocabulary.is_ordinary(m.group()) for m in words):
             return None
         words = trim_ordinary(words, self.vocabulary)
@@ -491,11 +506,12 @@ class _Task:
     threshold: float
     ner: bool
     texts: tuple[str, ...]
+    weak: bool = False
 
 
 def _run_task(task: _Task) -> list[list[Detection]]:
     engine = get_engine(task.model, task.language)
-    return engine.analyze(task.texts, task.entities, task.threshold, task.ner)
+    return engine.analyze(task.texts, task.entities, task.threshold, task.ner, task.weak)
 
 
 def _warm(model: str, language: str) -> None:
@@ -549,6 +565,7 @@ def detect(
     workers: int = 1,
     pool_min: int = POOL_MIN,
     ner: Sequence[bool] | None = None,
+    weak: bool = False,
 ) -> list[list[Detection]]:
     """Detect entities in many texts, in chunks of :data:`CHUNK`, optionally in parallel.
 
@@ -561,6 +578,8 @@ def detect(
         are identical either way.
     ner:
         Per text, whether to run the NER model on it (default: all).
+    weak:
+        Return unsure NER names as :data:`WEAK_PERSON` (see :meth:`TextEngine.analyze`).
     """
     ents = tuple(sorted(entities))
     flags = [True] * len(texts) if ner is None else list(ner)
@@ -571,7 +590,7 @@ def detect(
         order.extend(idx)
         for k in range(0, len(idx), CHUNK):
             chunk = tuple(texts[i] for i in idx[k : k + CHUNK])
-            tasks.append(_Task(model, language, ents, threshold, flag, chunk))
+            tasks.append(_Task(model, language, ents, threshold, flag, chunk, weak))
     results: list[list[Detection]] = []
     done = False
     if workers > 1 and len(texts) >= pool_min and len(tasks) > 1 and not _POOL_BROKEN:

@@ -24,7 +24,7 @@ a pre-pass over millions of subjects costs seconds, not minutes.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -45,9 +45,19 @@ from biomask.masking.operators.names import (
     split_name,
 )
 from biomask.masking.operators.tokens import phone_digits
-from biomask.masking.text.words import unbalanced_close
+from biomask.masking.text.words import fold as fold_word
+from biomask.masking.text.words import sentence_start, unbalanced_close
 
-__all__ = ["INITIAL", "KINDS", "ROLE_FAMILY", "ROLE_GIVEN", "LexHit", "Lexicon", "role_of"]
+__all__ = [
+    "INITIAL",
+    "KINDS",
+    "ROLE_FAMILY",
+    "ROLE_GIVEN",
+    "LexHit",
+    "Lexicon",
+    "name_context",
+    "role_of",
+]
 
 #: What a linked domain's values look like, by the column operator that masks them.
 KINDS = ("name", "email", "phone", "token")
@@ -69,11 +79,16 @@ _PLAIN_NAME = r"^[\pL\pM]+( [\pL\pM]+)*$"
 
 
 class LexHit(NamedTuple):
-    """A known value found in a text: offsets and the domain it belongs to."""
+    """A known value found in a text: offsets and the domain it belongs to.
+
+    ``weak``: a known name that is also a common word, where nothing in the text says it
+    is a name ("Hope" opening a sentence); it counts only when a detector agrees.
+    """
 
     start: int
     end: int
     domain: str
+    weak: bool = False
 
 
 def role_of(bits: int) -> str | None:
@@ -184,6 +199,7 @@ class Lexicon:
     )
     _names: dict[str, _Table] = field(default_factory=dict, repr=False)
     _initials: dict[str, _Table] = field(default_factory=dict, repr=False)
+    _pairs: dict[str, _Table] = field(default_factory=dict, repr=False)
     _values: dict[str, _Table] = field(default_factory=dict, repr=False)
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -200,7 +216,8 @@ class Lexicon:
         return np.ascontiguousarray(seeds[:, :8]).view("<u8").reshape(-1)
 
     def __len__(self) -> int:
-        return sum(len(t) for d in (self._names, self._initials, self._values) for t in d.values())
+        tables = (self._names, self._initials, self._values)
+        return sum(len(t) for d in tables for t in d.values())
 
     # -- building --------------------------------------------------------------------------
     def add(
@@ -262,7 +279,39 @@ class Lexicon:
         self._add_names_slow(names, plain, part_words, role_bits, pairs_g, pairs_f)
         roles = self._names.setdefault(domain, _Table(merge="or"))
         initials = self._initials.setdefault(domain, _Table(merge="same"))
+        self._store_pairs(domain, pairs_g, pairs_f)
         self._store_names(part_words, role_bits, pairs_g, pairs_f, mapper, roles, initials)
+
+    def _pair_keys(self, a: pa.Array, b: pa.Array) -> np.ndarray:
+        """Hashes of unordered pairs of normalized name parts (any order matches)."""
+        lo = pc.if_else(pc.less_equal(a, b), a, b)
+        hi = pc.if_else(pc.less_equal(a, b), b, a)
+        return self._hash("p", pc.binary_join_element_wise(lo, hi, "\x00"))
+
+    def _store_pairs(self, domain: str, pairs_g: list[pa.Array], pairs_f: list[pa.Array]) -> None:
+        """(given, family) of every full name, so that "Hope Bell" is known as a person
+        whatever the case and order, while "hope" and "bell" alone stay words."""
+        g = pa.concat_arrays([a.cast(pa.string()) for a in pairs_g])
+        f = pa.concat_arrays([a.cast(pa.string()) for a in pairs_f])
+        if len(g) == 0:
+            return
+        genc, fenc = g.dictionary_encode(), f.dictionary_encode()
+        gn = pa.array([normalize_name(x) for x in genc.dictionary.to_pylist()], pa.string())
+        fn = pa.array([normalize_name(x) for x in fenc.dictionary.to_pylist()], pa.string())
+        keys = self._pair_keys(gn.take(genc.indices), fn.take(fenc.indices))
+        self._pairs.setdefault(domain, _Table()).add(keys)
+
+    def known_pairs(self, domain: str, pairs: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The pairs of written words that are the given and family name of one known
+        person (in either order)."""
+        distinct = sorted(set(pairs))
+        table = self._pairs.get(domain)
+        if table is None or not distinct:
+            return set()
+        a = pa.array([normalize_name(x) for x, _ in distinct], pa.string())
+        b = pa.array([normalize_name(y) for _, y in distinct], pa.string())
+        found, _ = table.lookup(self._pair_keys(a, b))
+        return {p for p, ok in zip(distinct, found.tolist(), strict=True) if ok}
 
     @staticmethod
     def _add_names_slow(
@@ -369,7 +418,9 @@ class Lexicon:
         """One (family, initial) lookup (see :meth:`initials`)."""
         return self.initials(domain, [(family, initial)])[(family, initial)]
 
-    def find(self, texts: Iterable[str]) -> list[list[LexHit]]:
+    def find(
+        self, texts: Iterable[str], wordlike: Callable[[str], bool] | None = None
+    ) -> list[list[LexHit]]:
         """Known values in each text: names, e-mails, phones and identifiers.
 
         Name words are looked up one by one and joined into spans when adjacent (a space,
@@ -377,6 +428,14 @@ class Lexicon:
         follows it. A single known word counts when it is capitalized or in capitals; a
         lower-case one only next to another known word ("isabel petrosyan"), because a
         lone lower-case word is more likely an ordinary word that is also someone's name.
+
+        ``wordlike`` says which names are above all words (Bell, Rose, Will): a span of
+        such words counts only in a name context (:func:`_name_context`): a known full
+        name (given and family of one person, any case and order), a capital the sentence
+        does not force, a title or initial before it, the "FAMILY, Given" form, the line
+        after a signature delimiter, or another known name part that is not a word.
+        Otherwise a capitalized one is returned ``weak`` (a detector must agree) and a
+        lower-case one not at all.
         Every distinct candidate of the batch is normalized and hashed once, in one PRF
         call per kind.
         """
@@ -415,12 +474,23 @@ class Lexicon:
             index = {w: i for i, w in enumerate(distinct)}
             norm = pa.array([normalize_name(w) for w in distinct], pa.string())
             hashes = self._hash("n", norm)
+            amb = [bool(wordlike(w)) for w in distinct] if wordlike is not None else None
             for d in name_domains:
                 _, bits = self._names[d].lookup(hashes)
                 known = bits.tolist()
-                for i, (text, row) in enumerate(zip(texts, words, strict=True)):
+                rows: list[list[LexHit]] = []
+                asked: set[tuple[str, str]] = set()
+                for text, row in zip(texts, words, strict=True):
                     roles = [known[index[w]] if w in index else 0 for *_, w in row]
-                    out[i].extend(_name_spans(text, row, roles, d))
+                    hits = _name_spans(text, row, roles, d)
+                    rows.append(hits)
+                    if amb is not None:
+                        asked.update(_adjacent_pairs(text, row, hits, index, amb))
+                pairs = self.known_pairs(d, asked) if asked else set()
+                for i, (text, row, hits) in enumerate(zip(texts, words, rows, strict=True)):
+                    if amb is not None:
+                        hits = [_judge(text, row, h, index, amb, pairs) for h in hits]
+                    out[i].extend(h for h in hits if h is not None)
         # 3. e-mails, phones, identifiers: one hash per distinct candidate
         for kind, domains in by_kind.items():
             distinct = sorted({s for row in cands[kind] for *_, s in row})
@@ -437,6 +507,81 @@ class Lexicon:
             for i, row in enumerate(cands[kind]):
                 out[i].extend(LexHit(a, b, owner[s]) for a, b, s in row if s in owner)
         return [sorted(hits) for hits in out]
+
+
+def _span_words(
+    row: list[tuple[int, int, str]], hit: LexHit
+) -> list[tuple[int, int, str]]:
+    return [w for w in row if hit.start <= w[0] and w[1] <= hit.end]
+
+
+def _adjacent_pairs(
+    text: str,
+    row: list[tuple[int, int, str]],
+    hits: list[LexHit],
+    index: dict[str, int],
+    amb: list[bool],
+) -> list[tuple[str, str]]:
+    """Pairs of neighbouring words in spans that hold a word-like name (to ask whether
+    they are one known person)."""
+    out: list[tuple[str, str]] = []
+    for h in hits:
+        ws = [w for *_, w in _span_words(row, h) if len(w) > 1]
+        if any(w in index and amb[index[w]] for w in ws):
+            out.extend(zip(ws, ws[1:], strict=False))
+    return out
+
+
+_COMMA_AFTER = regex.compile(r",[ \t]{1,2}\p{Lu}")
+_TITLED = regex.compile(
+    r"(?i)\b(?:" + "|".join(sorted((regex.escape(t) for t in TITLES), key=len, reverse=True))
+    + r")\.?[ \t]+$"
+)
+_CALENDAR = frozenset(
+    "january february march april may june july august september october november "
+    "december monday tuesday wednesday thursday friday saturday sunday".split()
+)
+
+
+def name_context(text: str, a: int, b: int, word: str) -> bool:
+    """Whether the text itself shows that ``word`` at ``a:b`` is a name (see
+    :meth:`Lexicon.find`); a month or weekday name needs more than its capital."""
+    if _TITLED.search(text, max(0, a - 12), a):
+        return True
+    if word.isupper() and len(word) > 1 and _COMMA_AFTER.match(text, b):
+        return True  # "BELL, Hope"
+    if text.startswith("--") and text.count("\n", 0, a) == 1:
+        return True  # the name line of a signature block (its own segment)
+    if word[:1].isupper() and not word.isupper() and fold_word(word) not in _CALENDAR:
+        return not sentence_start(text, a)
+    return False
+
+
+def _judge(
+    text: str,
+    row: list[tuple[int, int, str]],
+    hit: LexHit,
+    index: dict[str, int],
+    amb: list[bool],
+    pairs: set[tuple[str, str]],
+) -> LexHit | None:
+    """Keep, weaken or drop a name span that holds word-like names (see ``find``)."""
+    ws = [w for w in _span_words(row, hit) if len(w[2]) > 1]
+    flags = [w[2] in index and amb[index[w[2]]] for w in ws]
+    if not any(flags):
+        return hit
+    if any((x[2], y[2]) in pairs for x, y in zip(ws, ws[1:], strict=False)):
+        return hit  # a known person's full name, in any case and order
+    if hit.start < ws[0][0]:
+        return hit  # "H. Bell": an initial before it
+    for (a, b, w), amb_word in zip(ws, flags, strict=True):
+        if not amb_word and w[:1].isupper():
+            return hit  # next to a known name part that is not a word
+        if name_context(text, a, b, w):
+            return hit
+    if any(w[:1].isupper() for *_, w in ws):
+        return hit._replace(weak=True)
+    return None
 
 
 def _name_spans(

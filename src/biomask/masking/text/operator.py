@@ -69,13 +69,14 @@ from biomask.masking.text.engine import (
     NER_ENTITIES,
     POOL_MIN,
     SUPPORTED_ENTITIES,
+    WEAK_PERSON,
     check_model,
     default_workers,
     detect,
     segments,
 )
 from biomask.masking.text.dates import DateMatch, find_dates
-from biomask.masking.text.lexicon import LexHit, Lexicon, role_of
+from biomask.masking.text.lexicon import LexHit, Lexicon, name_context, role_of
 from biomask.masking.text.words import ROLE_NOUNS, Vocabulary, load_vocabulary, needs_ner
 from biomask.policies.models import (
     DateShiftOp,
@@ -540,15 +541,18 @@ class TextOperator(Operator[TextOp]):
         known: list[list[LexHit]] = (
             [
                 [h for h in hits if h.domain in self._type_of_domain]
-                for hits in self.lexicon.find(seg_texts)
+                for hits in self.lexicon.find(seg_texts, self.vocabulary.is_wordlike)
             ]
             if len(self.lexicon)
             else [[] for _ in seg_texts]
         )
         ner: list[bool] | None = None
         if self._ner_types == {"PERSON"}:
+            # a known name that is also a word, with nothing around it that says "name",
+            # needs the model's opinion ("Hope called back" vs "Hope is fading")
             ner = [
-                needs_ner(t, [(h.start, h.end) for h in hits], self.vocabulary)
+                any(h.weak for h in hits)
+                or needs_ner(t, [(h.start, h.end) for h in hits if not h.weak], self.vocabulary)
                 for t, hits in zip(seg_texts, known, strict=True)
             ]
         self.last_ner_share = (sum(ner) / len(ner)) if ner else 1.0
@@ -561,6 +565,7 @@ class TextOperator(Operator[TextOp]):
             workers=self.workers,
             pool_min=self.pool_min,
             ner=ner,
+            weak=True,
         )
         out: list[list[_Cand]] = []
         self._dates = []
@@ -571,7 +576,14 @@ class TextOperator(Operator[TextOp]):
             self._dates.append(dates)
             cands.extend(_Cand(d.start, d.end, "DATE", 1.0, _P_DATE) for d in dates.values())
             for off, sid in row:
+                persons = [
+                    (d.start, d.end)
+                    for d in detected[sid]
+                    if d.entity_type in ("PERSON", WEAK_PERSON)
+                ]
                 for d in detected[sid]:
+                    if d.entity_type == WEAK_PERSON:
+                        continue
                     c = _Cand(off + d.start, off + d.end, d.entity_type, d.score, _P_DETECTED)
                     if d.entity_type in NER_ENTITIES:
                         trimmed = _trim_ner(note, c)
@@ -580,6 +592,8 @@ class TextOperator(Operator[TextOp]):
                         c = trimmed
                     cands.append(c)
                 for h in known[sid]:
+                    if h.weak and not any(a < h.end and h.start < b for a, b in persons):
+                        continue
                     etype = self._type_of_domain[h.domain]
                     cands.append(_Cand(off + h.start, off + h.end, etype, 1.0, _P_LEXICON))
             out.append(self._resolve_note(note, cands))
@@ -635,6 +649,8 @@ class TextOperator(Operator[TextOp]):
             n = normalize_name(w)
             if n in TITLES or n in ROLE_NOUNS or (not w[0].isupper() and n not in lower):
                 continue
+            if self.vocabulary.is_wordlike(w) and not name_context(note, m.start(), m.end(), w):
+                continue  # "Hope Bell signed. The bell rang." keeps the bell
             if n in names:
                 extra.append(_Cand(m.start(), m.end(), "PERSON", 0.7, _P_DERIVED))
             elif not w[0].isupper():

@@ -39,12 +39,12 @@ from presidio_analyzer import LocalRecognizer, Pattern, PatternRecognizer, Recog
 
 from biomask.masking.text.words import (
     ROLE_NOUNS,
-    SENTENCE_START,
     STOP,
     WORDS,
     Vocabulary,
     fold,
     icao_check_digit,
+    sentence_start,
     trim_ordinary,
     unbalanced_close,
 )
@@ -390,7 +390,7 @@ class CapitalizedNameRecognizer(LocalRecognizer):
                     end, score = nxt.end(), 0.6
                     j += 1
                 elif self._unknown(run[0].group()):
-                    initial = SENTENCE_START.search(text, 0, run[0].start()) is not None
+                    initial = sentence_start(text, run[0].start())
                     score = 0.4 if initial else 0.5
             if score:
                 out.append(self._result(start, end, score))

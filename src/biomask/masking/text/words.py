@@ -23,6 +23,7 @@ __all__ = [
     "STOP",
     "WORDS",
     "Vocabulary",
+    "common_words",
     "fold",
     "icao_check_digit",
     "icao_valid",
@@ -30,6 +31,7 @@ __all__ = [
     "load_vocabulary",
     "looks_like_phone",
     "model_dir",
+    "sentence_start",
     "needs_ner",
     "trim_ordinary",
     "unbalanced_close",
@@ -41,21 +43,41 @@ ROLE_NOUNS = frozenset(
     {
         "agent",
         "applicant",
+        "assistant",
+        "caller",
         "candidate",
         "client",
         "clerk",
         "customer",
+        "donor",
+        "employee",
+        "guard",
+        "guest",
+        "inspector",
+        "interpreter",
+        "manager",
+        "member",
+        "nurse",
         "officer",
         "operator",
+        "participant",
         "passenger",
         "patient",
+        "receptionist",
+        "resident",
+        "respondent",
         "staff",
+        "student",
         "subject",
         "supervisor",
         "technician",
         "traveler",
         "traveller",
         "user",
+        "visitor",
+        "volunteer",
+        "witness",
+        "worker",
     }
 )
 #: Whole words only: "DGXBJ" in "DGXBJ9UJ2" is not a word; "O'Brien" and "Jean-Luc" are.
@@ -69,6 +91,24 @@ were what when which who will with you your
 STOP = frozenset(_STOP_WORDS.split())
 #: Matches (searched up to a position) when that position starts a sentence.
 SENTENCE_START = regex.compile(r"(?:^|[.!?:;\n(\"]\s*)$")
+_OPENERS = frozenset('.!?:;("\n')
+
+
+def sentence_start(text: str, pos: int) -> bool:
+    """Whether ``pos`` starts a sentence (where a capital proves nothing).
+
+    The same answer as ``SENTENCE_START.search(text, 0, pos)``, found by looking back
+    over the whitespace only: constant time per word, so a long text stays linear.
+    """
+    i = pos - 1
+    while i >= 0:
+        ch = text[i]
+        if ch == "\n":
+            return True
+        if not ch.isspace():
+            return ch in _OPENERS
+        i -= 1
+    return True
 
 _SUFFIXES = (
     ("ies", "y"),
@@ -89,18 +129,84 @@ def fold(word: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
+# contraction endings: "didn't", "I'd", "we'll", "they're", "I've", "I'm", "it's"
+_CONTRACTION = regex.compile(r"^(?P<base>[\p{L}]+?)(?:n't|'d|'ll|'re|'ve|'m|'s)$")
+_CONTRACTED = frozenset({"ca", "wo", "sha", "ai", "i", "y"})  # can't, won't, shan't, ain't
+
+
+@lru_cache(maxsize=4)
+def common_words(language: str, min_zipf: float = 3.0) -> frozenset[str]:
+    """Words used at least once per million words of ``language`` (Zipf frequency >= 3).
+
+    From ``wordfreq``'s lists, which ship inside its wheel (nothing is downloaded). A
+    name that is also such a word (Bell, Rose, Hope, Will) is replaced only where the
+    text shows it is a name; see :meth:`Vocabulary.is_common`. An unknown language gives
+    an empty set (the rules fall back to the lemma vocabulary).
+    """
+    try:
+        from wordfreq import top_n_list, zipf_frequency
+    except ImportError:  # pragma: no cover - a declared dependency
+        return frozenset()
+    try:
+        words = top_n_list(language, 100_000)
+    except Exception:  # an unsupported language code
+        return frozenset()
+    out: set[str] = set()
+    for w in words:  # sorted by frequency: stop at the threshold
+        if zipf_frequency(w, language) < min_zipf:
+            break
+        out.add(fold(w).replace("’", "'"))
+    return frozenset(out)
+
+
 class Vocabulary:
     """The ordinary words of a language, with a per-word answer cache.
 
     Built from the spaCy model's lemma tables (WordNet's lemmas for English) and stop
     words. Those tables also list frequent names ("martin", "grace"): membership says a
-    word *can* be ordinary, which is what deciding "probably a name" needs.
+    word *can* be ordinary, which is what deciding "probably a name" needs. ``common``
+    (a frequency list, :func:`common_words`) says a word is *used* as a word often enough
+    that seeing it proves nothing: "bell", "rose", "everybody", "didn't".
     """
 
-    def __init__(self, words: frozenset[str], stop: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        words: frozenset[str],
+        stop: frozenset[str] = frozenset(),
+        common: frozenset[str] = frozenset(),
+        frequent: frozenset[str] = frozenset(),
+    ) -> None:
         self.words = words | stop
         self.stop = stop
+        self.common = common
+        self.frequent = frequent
         self._cache: dict[str, bool] = {}
+        self._common_cache: dict[str, bool] = {}
+
+    def is_wordlike(self, word: str) -> bool:
+        """Whether a name is above all a word: a dictionary word used about 30 times
+        per million words, Zipf >= 4.5 (Bell, Rose, Young, Grant, Hope, May, Mark, Will, Page, Long).
+
+        Such a name, found alone, is replaced only in a name context (see the text
+        operator); "Serge" or "Derek" (rare as words) are names wherever they stand.
+        """
+        return fold(word) in self.frequent and self.is_ordinary(word)
+
+    def is_common(self, word: str) -> bool:
+        """Whether ``word`` is a frequent word of the language (any case, contractions)."""
+        got = self._common_cache.get(word)
+        if got is None:
+            w = fold(word).replace("’", "'")
+            got = w in self.common or _contraction(w, self.common | self.words)
+            if not got and w.endswith("'s"):
+                got = w[:-2] in self.common
+            if len(self._common_cache) < 200_000:
+                self._common_cache[word] = got
+        return got
+
+    def is_known(self, word: str) -> bool:
+        """Ordinary (lemma tables) or common (frequency list): no evidence of a name."""
+        return self.is_ordinary(word) or self.is_common(word)
 
     def __bool__(self) -> bool:
         return bool(self.words)
@@ -119,6 +225,8 @@ class Vocabulary:
 
     def _lookup(self, word: str) -> bool:
         w = fold(word).replace("’", "'")
+        if _contraction(w, self.words):
+            return True
         if w.endswith("'s"):
             w = w[:-2]
         if "-" in w:
@@ -130,6 +238,15 @@ class Vocabulary:
             if w.endswith(suffix) and stem >= 3 and w[:stem] + repl in self.words:
                 return True
         return False
+
+
+def _contraction(w: str, words: frozenset[str]) -> bool:
+    """Whether a folded word is a contraction of a known word ("didn't", "i'd", "we'll")."""
+    m = _CONTRACTION.match(w)
+    if m is None:
+        return False
+    base = m["base"]
+    return base in words or base in _CONTRACTED or (w.endswith("n't") and base + "n" in words)
 
 
 def is_dictionary_word(word: str, vocabulary: Vocabulary) -> bool:
@@ -217,7 +334,12 @@ def load_vocabulary(model: str, language: str) -> Vocabulary:
         stop.update(get_lang_class(language).Defaults.stop_words)
     except Exception:  # an unknown language code: the lemma tables alone
         pass
-    return Vocabulary(frozenset(w.lower() for w in words), frozenset(w.lower() for w in stop))
+    return Vocabulary(
+        frozenset(w.lower() for w in words),
+        frozenset(w.lower() for w in stop),
+        common_words(language),
+        common_words(language, 4.5),
+    )
 
 
 _CALENDAR_WORDS = """
@@ -252,7 +374,7 @@ def needs_ner(text: str, covered: list[tuple[int, int]], vocabulary: Vocabulary)
         if w[0].isupper():
             if (w.isupper() and len(w) <= 4) or fold(w) in _CALENDAR:
                 continue
-            if vocabulary.is_ordinary(w) and SENTENCE_START.search(text, 0, a) is not None:
+            if vocabulary.is_ordinary(w) and sentence_start(text, a):
                 continue
             return True
         if len(w) >= 3 and not vocabulary.is_ordinary(w):
