@@ -56,7 +56,6 @@ __all__ = [
     "NER_ENTITIES",
     "PATTERN_ENTITIES",
     "SUPPORTED_ENTITIES",
-    "WEAK_PERSON",
     "Detection",
     "TextEngine",
     "check_model",
@@ -73,7 +72,16 @@ log = logging.getLogger("biomask.text")
 NER_ENTITIES = frozenset({"PERSON", "LOCATION", "NRP", "ORGANIZATION"})
 #: Entity types found by pattern recognizers.
 PATTERN_ENTITIES = frozenset(
-    {"EMAIL_ADDRESS", "PHONE_NUMBER", "DOCUMENT_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS"}
+    {
+        "EMAIL_ADDRESS",
+        "PHONE_NUMBER",
+        "DOCUMENT_NUMBER",
+        "CREDIT_CARD",
+        "IBAN_CODE",
+        "IP_ADDRESS",
+        "US_SSN",
+        "UK_NINO",
+    }
 )
 SUPPORTED_ENTITIES = NER_ENTITIES | PATTERN_ENTITIES
 #: Types always looked for, whatever the rule links: a type with no linked domain is
@@ -88,6 +96,8 @@ ALWAYS_DETECTED = (
     "IP_ADDRESS",
     "PERSON",
     "PHONE_NUMBER",
+    "UK_NINO",
+    "US_SSN",
 )
 
 _LABEL_MAP = {
@@ -115,9 +125,6 @@ _IGNORED_LABELS = [
     "TIME",
     "WORK_OF_ART",
 ]
-#: A NER name that is one ordinary word opening a sentence: not a name by itself, only a
-#: confirmation of a known name there (see :meth:`TextEngine.analyze`).
-WEAK_PERSON = "PERSON?"
 #: Texts per unit of work (one ``nlp.pipe`` call, one pool task).
 CHUNK = 256
 #: Below this many texts a batch is detected in process even when a pool is allowed.
@@ -338,12 +345,7 @@ class TextEngine:
         )
 
     def analyze(
-        self,
-        texts: Sequence[str],
-        entities: Sequence[str],
-        threshold: float,
-        ner: bool = True,
-        weak: bool = False,
+        self, texts: Sequence[str], entities: Sequence[str], threshold: float, ner: bool = True
     ) -> list[list[Detection]]:
         """Detect ``entities`` in each text: one ``nlp.pipe`` pass, then the recognizers.
 
@@ -353,10 +355,6 @@ class TextEngine:
             Run the NER model (False: tokenizer and pattern recognizers only, for texts
             where the caller knows NER cannot add anything; see
             :func:`~biomask.masking.text.words.needs_ner`).
-        weak:
-            Keep the NER names that one ordinary word at a sentence start makes unsure
-            ("Hope called back") as :data:`WEAK_PERSON` instead of dropping them: the text
-            operator uses them only to confirm a known name that is also a word.
 
         Returns
         -------
@@ -380,11 +378,11 @@ class TextEngine:
                 nlp_artifacts=artifacts,
                 score_threshold=threshold,
             )
-            dets = [self._refine_ner(text, r, weak) for r in results]
+            dets = [self._refine_ner(text, r) for r in results]
             out.append(sorted(d for d in dets if d is not None))
         return out
 
-    def _refine_ner(self, text: str, result: Any, weak: bool = False) -> Detection | None:
+    def _refine_ner(self, text: str, result: Any) -> Detection | None:
         """Drop or cut NER PERSON spans that are not (only) names.
 
         The small model mistakes a capital at the start of a sentence for a name's
@@ -408,10 +406,8 @@ class TextEngine:
                 and self.vocabulary.is_ordinary(words[0].group())
                 and sentence_start(text, result.start)
             )
-            if single_ordinary:
-                return det._replace(entity_type=WEAK_PERSON) if weak else None
-            return det
-        if all(self.vocabulary.is_ordinary(m.group()) for m in words):
+            return None if single_ordinary else det
+        if all(self.vocabulary.is_known(m.group()) for m in words):
             return None
         words = trim_ordinary(words, self.vocabulary)
         return det._replace(start=words[0].start(), end=words[-1].end())
@@ -506,12 +502,11 @@ class _Task:
     threshold: float
     ner: bool
     texts: tuple[str, ...]
-    weak: bool = False
 
 
 def _run_task(task: _Task) -> list[list[Detection]]:
     engine = get_engine(task.model, task.language)
-    return engine.analyze(task.texts, task.entities, task.threshold, task.ner, task.weak)
+    return engine.analyze(task.texts, task.entities, task.threshold, task.ner)
 
 
 def _warm(model: str, language: str) -> None:
@@ -565,7 +560,6 @@ def detect(
     workers: int = 1,
     pool_min: int = POOL_MIN,
     ner: Sequence[bool] | None = None,
-    weak: bool = False,
 ) -> list[list[Detection]]:
     """Detect entities in many texts, in chunks of :data:`CHUNK`, optionally in parallel.
 
@@ -578,8 +572,6 @@ def detect(
         are identical either way.
     ner:
         Per text, whether to run the NER model on it (default: all).
-    weak:
-        Return unsure NER names as :data:`WEAK_PERSON` (see :meth:`TextEngine.analyze`).
     """
     ents = tuple(sorted(entities))
     flags = [True] * len(texts) if ner is None else list(ner)
@@ -590,7 +582,7 @@ def detect(
         order.extend(idx)
         for k in range(0, len(idx), CHUNK):
             chunk = tuple(texts[i] for i in idx[k : k + CHUNK])
-            tasks.append(_Task(model, language, ents, threshold, flag, chunk, weak))
+            tasks.append(_Task(model, language, ents, threshold, flag, chunk))
     results: list[list[Detection]] = []
     done = False
     if workers > 1 and len(texts) >= pool_min and len(tasks) > 1 and not _POOL_BROKEN:

@@ -69,7 +69,6 @@ from biomask.masking.text.engine import (
     NER_ENTITIES,
     POOL_MIN,
     SUPPORTED_ENTITIES,
-    WEAK_PERSON,
     check_model,
     default_workers,
     detect,
@@ -548,11 +547,8 @@ class TextOperator(Operator[TextOp]):
         )
         ner: list[bool] | None = None
         if self._ner_types == {"PERSON"}:
-            # a known name that is also a word, with nothing around it that says "name",
-            # needs the model's opinion ("Hope called back" vs "Hope is fading")
             ner = [
-                any(h.weak for h in hits)
-                or needs_ner(t, [(h.start, h.end) for h in hits if not h.weak], self.vocabulary)
+                needs_ner(t, [(h.start, h.end) for h in hits if not h.weak], self.vocabulary)
                 for t, hits in zip(seg_texts, known, strict=True)
             ]
         self.last_ner_share = (sum(ner) / len(ner)) if ner else 1.0
@@ -565,7 +561,6 @@ class TextOperator(Operator[TextOp]):
             workers=self.workers,
             pool_min=self.pool_min,
             ner=ner,
-            weak=True,
         )
         out: list[list[_Cand]] = []
         self._dates = []
@@ -576,14 +571,10 @@ class TextOperator(Operator[TextOp]):
             self._dates.append(dates)
             cands.extend(_Cand(d.start, d.end, "DATE", 1.0, _P_DATE) for d in dates.values())
             for off, sid in row:
-                persons = [
-                    (d.start, d.end)
-                    for d in detected[sid]
-                    if d.entity_type in ("PERSON", WEAK_PERSON)
-                ]
+                # a known name that is also a word, with nothing around it that says
+                # "name" (weak), counts only where a detector found a name too
+                persons = [(d.start, d.end) for d in detected[sid] if d.entity_type == "PERSON"]
                 for d in detected[sid]:
-                    if d.entity_type == WEAK_PERSON:
-                        continue
                     c = _Cand(off + d.start, off + d.end, d.entity_type, d.score, _P_DETECTED)
                     if d.entity_type in NER_ENTITIES:
                         trimmed = _trim_ner(note, c)

@@ -55,11 +55,15 @@ __all__ = [
     "IcaoDocumentRecognizer",
     "InitialNameRecognizer",
     "InternationalPhoneRecognizer",
+    "LuhnCardRecognizer",
+    "UkNinoRecognizer",
+    "UsSsnRecognizer",
     "OfflineEmailRecognizer",
     "SignatureNameRecognizer",
     "TitledNameRecognizer",
     "biomask_recognizers",
     "icao_check_digit",
+    "luhn_valid",
 ]
 
 _FLAGS = regex.MULTILINE
@@ -134,6 +138,9 @@ _PHONE_CONTEXT = regex.compile(
     r"(?i)\b(?:phone|tel|telephone|mobile|cell|call|called|calls|contact|number|reached|"
     r"reach|sms|text|whatsapp|fax|ring|landline)\b"
 )
+_EXTENSION = regex.compile(r"[ \t]?(?:x|ext\.?|extension)[ \t]?\d{1,6}$")
+# (921)913-5499, 921-913-5499, 926.346.8941, (921) 913 5499, 1-921-913-5499
+_NANP = regex.compile(r"(?:1[\-. ])?(?:\(\d{3}\)[ \-.]?|\d{3}[\-. ])\d{3}[\-. ]\d{4}")
 _DATE_LIKE = regex.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
 
 
@@ -148,7 +155,8 @@ class InternationalPhoneRecognizer(_RegexRecognizer):
 
     ENTITY = "PHONE_NUMBER"
     PATTERN = regex.compile(
-        r"(?<![\w+@./\-])(?P<v>(?:\+|00)?\(?\d{1,5}+\)?(?:[\ \-./]?\(?\d{1,5}+\)?){1,7}+)"
+        r"(?<![\w+@./\-])(?P<v>(?:\+|00)?\(?\d{1,5}+\)?(?:[\ \-./]?\(?\d{1,5}+\)?){1,7}+"
+        r"(?:[ \t]?(?:x|ext\.?|extension)[ \t]?\d{1,6})?)"
         r"(?![\w@]|[.\-]\d)",
         _FLAGS,
     )
@@ -159,6 +167,9 @@ class InternationalPhoneRecognizer(_RegexRecognizer):
 
     def score(self, text: str, start: int, end: int) -> float | None:
         value = text[start:end]
+        ext = _EXTENSION.search(value)
+        if ext is not None:  # "210-814-3552x249": the extension says "phone" by itself
+            value = value[: ext.start()]
         if "  " in value or value.count("(") != value.count(")"):
             return None
         digits = sum(c.isdigit() for c in value)
@@ -169,11 +180,95 @@ class InternationalPhoneRecognizer(_RegexRecognizer):
         first = value.lstrip("(")
         if first.startswith("0") and digits >= 9:
             return 0.6
-        if regex.fullmatch(r"\(\d{3}\) ?\d{3}-\d{4}|\d{3}-\d{3}-\d{4}", value):
-            return 0.6  # North American layout
+        if _NANP.fullmatch(value):
+            return 0.7 if ext is not None else 0.6  # North American layout
+        if ext is not None and digits >= 7:
+            return 0.6
         if not any(not c.isdigit() for c in value) and digits < 9:
             return None  # a bare short number: a count, an amount, a code
         return 0.75 if _has_context(text, start, end, _PHONE_CONTEXT) else 0.3
+
+
+# -- payment cards and national identifiers -------------------------------------------
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether a digit string passes the Luhn check (every payment card number does)."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+class LuhnCardRecognizer(_RegexRecognizer):
+    """Card numbers of every length (13-19 digits), grouped by spaces or dashes or not.
+
+    Presidio's card recognizer knows the classic brands' lengths and prefixes; JCB,
+    2-series Mastercard, UnionPay and Maestro numbers (15-19 digits, often unseparated)
+    slip through it. A number here starts with 2-6 (the issuer ranges of cards), uses one
+    separator throughout, and must pass the Luhn check: 1 in 10 random numbers would, so
+    a plain run of digits also needs 15 or more of them.
+    """
+
+    ENTITY = "CREDIT_CARD"
+    PATTERN = regex.compile(
+        r"(?<![\w\-+.])(?P<v>[2-6]\d{3}(?:(?P<sep>[ \-]?)\d{2,6}){2,4}+)(?![\w\-]|\.\d)",
+        _FLAGS,
+    )
+
+    def score(self, text: str, start: int, end: int) -> float | None:
+        value = text[start:end]
+        seps = {c for c in value if not c.isdigit()}
+        if len(seps) > 1:
+            return None
+        digits = "".join(c for c in value if c.isdigit())
+        if not 13 <= len(digits) <= 19 or not luhn_valid(digits):
+            return None
+        if not seps and len(digits) < 15:
+            return None
+        return 0.9
+
+
+_SSN_CONTEXT = regex.compile(r"(?i)\b(?:ssn|ssns|social security|social sec|ss#|ss no)\b")
+
+
+class UsSsnRecognizer(_RegexRecognizer):
+    """US social security numbers: ``123-45-6789`` (or with spaces) is unambiguous enough
+    alone when its area, group and serial are valid (no 000, 666 or 9xx area, no 00
+    group, no 0000 serial); nine plain digits need "SSN" or "social security" nearby."""
+
+    ENTITY = "US_SSN"
+    PATTERN = regex.compile(
+        r"(?<![\w\-+./])(?P<v>\d{3}(?P<sep>[\- ]?)\d{2}(?P=sep)\d{4})(?![\w\-]|[./]\d)", _FLAGS
+    )
+
+    def score(self, text: str, start: int, end: int) -> float | None:
+        value = text[start:end]
+        digits = "".join(c for c in value if c.isdigit())
+        area, group, serial = digits[:3], digits[3:5], digits[5:]
+        if area in ("000", "666") or area[0] == "9" or group == "00" or serial == "0000":
+            return None
+        if value.isdigit():
+            return 0.8 if _has_context(text, start, end, _SSN_CONTEXT) else None
+        return 0.85
+
+
+class UkNinoRecognizer(_RegexRecognizer):
+    """UK National Insurance numbers (``QQ 12 34 56 C``): two letters from the issued
+    prefixes, six digits, a suffix A-D; unambiguous without a context word."""
+
+    ENTITY = "UK_NINO"
+    PATTERN = regex.compile(
+        r"(?<![\w\-])(?P<v>(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
+        r"(?P<sep>[ ]?)\d{2}(?P=sep)\d{2}(?P=sep)\d{2}(?P=sep)[A-D])(?![\w\-])",
+        _FLAGS,
+    )
+
+    def score(self, text: str, start: int, end: int) -> float | None:
+        return 0.85
 
 
 # -- travel documents ----------------------------------------------------------------------
@@ -416,7 +511,12 @@ class CapitalizedNameRecognizer(LocalRecognizer):
             ):
                 j += 1
             run = trim_ordinary(words[i:j], self.vocabulary)
-            if 2 <= len(run) <= 3 and any(self._unknown(m.group()) for m in run):
+            # a frequent word or a contraction ("everybody", "didn't") is no name typed
+            # in lower case, whatever the lemma tables say
+            if 2 <= len(run) <= 3 and any(
+                self._unknown(m.group()) and not self.vocabulary.is_common(m.group())
+                for m in run
+            ):
                 out.append(self._result(run[0].start(), run[-1].end(), 0.4))
             i = max(j, i + 1)
         return out
@@ -432,6 +532,9 @@ def biomask_recognizers(
     """
     recognizers: list[LocalRecognizer] = [
         InternationalPhoneRecognizer(supported_language=language),
+        LuhnCardRecognizer(supported_language=language),
+        UsSsnRecognizer(supported_language=language),
+        UkNinoRecognizer(supported_language=language),
         IcaoDocumentRecognizer(supported_language=language),
         OfflineEmailRecognizer(supported_language=language),
         TitledNameRecognizer(supported_language=language),

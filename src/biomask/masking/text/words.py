@@ -101,12 +101,15 @@ def sentence_start(text: str, pos: int) -> bool:
     over the whitespace only: constant time per word, so a long text stays linear.
     """
     i = pos - 1
+    spaced = False
     while i >= 0:
         ch = text[i]
         if ch == "\n":
             return True
         if not ch.isspace():
-            return ch in _OPENERS
+            # "Note 29 - Young children": a dash between spaces opens a sentence too
+            return ch in _OPENERS or (spaced and ch in "-–—")
+        spaced = True
         i -= 1
     return True
 
