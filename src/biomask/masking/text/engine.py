@@ -33,7 +33,7 @@ import logging
 import multiprocessing
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -437,7 +437,11 @@ def get_engine(model: str, language: str) -> TextEngine:
 _SENTENCE_END = regex.compile(
     r"(?:(?<=[\p{Ll}]{3}[.!?])|(?<=[\d)\]][.!?]))[ \t]+(?=[\p{Lu}\d\"'(])|\n+(?!-- ?\n)"
 )
-_SIGNATURE = regex.compile(r"\n-- ?\n")
+# a signature block: the "-- " line and up to three short lines under it (name, e-mail,
+# phone); a long text may hold many (a thread of notes), each its own block
+_SIGNATURE = regex.compile(
+    r"\n-- ?\n(?:[^\n]{1,200}+(?=\n|$)(?:\n(?!-- ?(?:\n|$))[^\n]{1,200}+(?=\n|$)){0,2})?"
+)
 _MAX_SEGMENT = 20_000
 
 
@@ -447,21 +451,24 @@ def segments(text: str) -> list[tuple[int, int]]:
     Why: notes repeat boilerplate sentences ("All ten fingers captured."), and the NER
     model looks only a few words around each token, so detecting once per distinct
     *sentence* gives the same spans as per note at a fraction of the work. A signature
-    block (from a ``-- `` line to the end) stays one segment so that the name in it keeps
-    its context. Segments never split inside a name ("J. Smith") or "no. 123".
+    block (a ``-- `` line and up to three short lines under it) stays one segment so that
+    the name in it keeps its context. Segments never split inside a name ("J. Smith") or
+    "no. 123". Linear in the text's length, so a large cell costs what its sentences do.
     """
-    sig = _SIGNATURE.search(text)
-    body_end = sig.start() if sig else len(text)
     out: list[tuple[int, int]] = []
-    pos = 0
-    for m in _SENTENCE_END.finditer(text, 0, body_end):
-        if m.start() > pos:
-            out.append((pos, m.start()))
-        pos = m.end()
-    if body_end > pos:
-        out.append((pos, body_end))
-    if sig:
-        out.append((sig.start() + 1, len(text)))
+    body = 0
+    for sig in [*_SIGNATURE.finditer(text), None]:
+        body_end = sig.start() if sig is not None else len(text)
+        pos = body
+        for m in _SENTENCE_END.finditer(text, body, body_end):
+            if m.start() > pos:
+                out.append((pos, m.start()))
+            pos = m.end()
+        if body_end > pos:
+            out.append((pos, body_end))
+        if sig is not None:
+            out.append((sig.start() + 1, sig.end()))
+            body = sig.end()
     # a pathological segment (no punctuation for pages) is cut so spaCy's limits hold
     final: list[tuple[int, int]] = []
     for a, b in out:
@@ -560,6 +567,7 @@ def detect(
     workers: int = 1,
     pool_min: int = POOL_MIN,
     ner: Sequence[bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[list[Detection]]:
     """Detect entities in many texts, in chunks of :data:`CHUNK`, optionally in parallel.
 
@@ -572,6 +580,8 @@ def detect(
         are identical either way.
     ner:
         Per text, whether to run the NER model on it (default: all).
+    progress:
+        Called with (texts done, texts) after each chunk, for a progress display.
     """
     ents = tuple(sorted(entities))
     flags = [True] * len(texts) if ner is None else list(ner)
@@ -590,6 +600,8 @@ def detect(
         try:
             for part in _pool(model, language, workers).map(_run_task, tasks):
                 results.extend(part)
+                if progress is not None:
+                    progress(len(results), len(texts))
             done = True
         except BrokenProcessPool:
             # e.g. a script without an ``if __name__ == "__main__":`` guard, which spawned
@@ -604,6 +616,8 @@ def detect(
     if not done:
         for task in tasks:
             results.extend(_run_task(task))
+            if progress is not None:
+                progress(len(results), len(texts))
     out: list[list[Detection]] = [[] for _ in texts]
     for i, dets in zip(order, results, strict=True):
         out[i] = dets

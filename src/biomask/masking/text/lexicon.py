@@ -23,6 +23,7 @@ a pre-pass over millions of subjects costs seconds, not minutes.
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -450,14 +451,7 @@ class Lexicon:
         cands: dict[str, list[list[tuple[int, int, str]]]] = {k: [] for k in by_kind}
         for text in texts:
             if name_domains:
-                coded = [m.span() for m in _CODED.finditer(text)]
-                words.append(
-                    [
-                        (m.start(), m.end(), m.group())
-                        for m in _WORD.finditer(text)
-                        if not any(a <= m.start() < b for a, b in coded)
-                    ]
-                )
+                words.append(_name_words(text))
             for kind in by_kind:
                 pattern = {"email": _EMAIL, "phone": _PHONE, "token": _TOKEN}[kind]
                 row = []
@@ -509,10 +503,30 @@ class Lexicon:
         return [sorted(hits) for hits in out]
 
 
+def _name_words(text: str) -> list[tuple[int, int, str]]:
+    """Words of a text outside tokens with an '@' or a digit, in one linear pass."""
+    coded = iter(m.span() for m in _CODED.finditer(text))
+    span = next(coded, None)
+    out: list[tuple[int, int, str]] = []
+    for m in _WORD.finditer(text):
+        a = m.start()
+        while span is not None and span[1] <= a:
+            span = next(coded, None)
+        if span is not None and span[0] <= a:
+            continue
+        out.append((a, m.end(), m.group()))
+    return out
+
+
 def _span_words(
     row: list[tuple[int, int, str]], hit: LexHit
 ) -> list[tuple[int, int, str]]:
-    return [w for w in row if hit.start <= w[0] and w[1] <= hit.end]
+    i = bisect.bisect_left(row, (hit.start, -1, ""))
+    out: list[tuple[int, int, str]] = []
+    while i < len(row) and row[i][1] <= hit.end:
+        out.append(row[i])
+        i += 1
+    return out
 
 
 def _adjacent_pairs(

@@ -552,6 +552,7 @@ class TextOperator(Operator[TextOp]):
                 for t, hits in zip(seg_texts, known, strict=True)
             ]
         self.last_ner_share = (sum(ner) / len(ner)) if ner else 1.0
+        report = _Progress.start(self.binding.column, sum(len(n) for n in notes))
         detected = detect(
             seg_texts,
             model=self.model,
@@ -561,7 +562,10 @@ class TextOperator(Operator[TextOp]):
             workers=self.workers,
             pool_min=self.pool_min,
             ner=ner,
+            progress=report,
         )
+        if report is not None:
+            report.close()
         out: list[list[_Cand]] = []
         self._dates = []
         order = self.spec.date_order
@@ -845,6 +849,46 @@ class TextOperator(Operator[TextOp]):
                         fixed = got if note[a:b].isupper() else got.lower()
             out.append((a, b, role, fixed))
         return out
+
+
+class _Progress:
+    """One line on standard error, updated at most every two seconds, while a batch with
+    a lot of text (a large cell, or many notes) is analysed; nothing in a pipe."""
+
+    EVERY = 2.0
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+        self.began = self.last = time.monotonic()
+        self.shown = False
+
+    @classmethod
+    def start(cls, column: str, chars: int) -> _Progress | None:
+        if chars < _PROGRESS_BYTES or os.environ.get("BIOMASK_NO_PROGRESS"):
+            return None
+        try:
+            if not sys.stderr.isatty():
+                return None
+        except (AttributeError, ValueError):  # a closed or replaced stream
+            return None
+        return cls(column)
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.EVERY and done < total:
+            return
+        self.last = now
+        self.shown = True
+        sys.stderr.write(
+            f"\rbiomask: text {self.column}: {done:,}/{total:,} sentences "
+            f"({now - self.began:.0f} s)"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
 
 
 def _const(value: str) -> Callable[[], str]:
