@@ -136,3 +136,53 @@ def test_policy_from_dict_and_schema() -> None:
     json.dumps(schema)
     assert "columns" in schema["properties"]
     assert schema["$schema"].startswith("https://json-schema.org/")
+
+
+# -- one offset range per entity (issue #21) ---------------------------------------------
+
+RANGES = """\
+version: 1
+dataset: enrolment
+entities:
+  subject: {column: subject_id, max_days: 365}
+columns:
+  subject_id: {op: tokenize, domain: subject}
+  dob: {op: date_shift, entity: subject}
+  seen: {op: date_shift, entity: subject, max_days: 730}
+"""
+
+
+def test_a_rule_asking_for_another_range_than_its_entity_is_refused() -> None:
+    with pytest.raises(PolicyError) as err:
+        parse_policy(RANGES, source="policy.yaml")
+    assert str(err.value) == (
+        "policy.yaml:8: columns.seen.max_days: max_days 730 differs from entity 'subject''s "
+        "range (entities.subject.max_days: 365); every date of an entity moves by one "
+        "offset: remove max_days here or change the entity's"
+    )
+
+
+def test_rules_of_one_entity_that_disagree_are_refused() -> None:
+    text = RANGES.replace("max_days: 365", "").replace("{column: subject_id, }", "{column: subject_id}")
+    text = text.replace("dob: {op: date_shift, entity: subject}", "dob: {op: date_shift, entity: subject, max_days: 365}")
+    with pytest.raises(PolicyError) as err:
+        parse_policy(text, source="policy.yaml")
+    assert str(err.value).startswith(
+        "policy.yaml:8: columns.seen.max_days: max_days 730 differs from 365 at columns.dob; "
+    )
+    assert "set entities.subject.max_days once" in str(err.value)
+
+
+def test_the_entity_owns_the_range_and_old_rules_migrate() -> None:
+    same = parse_policy(RANGES.replace("max_days: 730", "max_days: 365"))
+    assert same.entity_max_days("subject") == 365
+    old = parse_policy(
+        RANGES.replace("{column: subject_id, max_days: 365}", "{column: subject_id}")
+    )
+    assert old.entity_max_days("subject") == 730  # the rules' one value becomes the entity's
+    bare = parse_policy(
+        RANGES.replace("{column: subject_id, max_days: 365}", "{column: subject_id}").replace(
+            ", max_days: 730", ""
+        )
+    )
+    assert bare.entity_max_days("subject") == 365

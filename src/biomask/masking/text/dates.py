@@ -217,6 +217,12 @@ def find_dates(text: str, order: str = "DMY") -> list[DateMatch]:
                 groups = {"d": "dn", "mon": "mon", "suf": "suf", "y": "y"}
                 y = int(m["y"]) if has_year else _REFERENCE_YEAR
                 got = _make(m, y, mon, int(m["d"]), has_year, groups)
+                if got is not None and kind == "day_month" and m["dot"] and not has_year:
+                    # "on 5 July." : the dot ends the sentence, not an abbreviation
+                    cut = m.end() - 1
+                    got = DateMatch(
+                        got.start, cut, got.written[:-1], got.date, has_year, got.parts
+                    )
             if got is not None:
                 found.append(got)
                 taken.append((got.start, got.end))
