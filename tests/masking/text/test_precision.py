@@ -47,3 +47,24 @@ def test_the_peoples_names_are_replaced(masked_corpus: tuple) -> None:
         if s.is_name and o != s.expect(pseudo)
     ]
     assert wrong == []
+
+
+def test_a_large_cell_has_the_precision_of_short_notes(masked_corpus: tuple) -> None:
+    corpus, out, pseudo = masked_corpus
+    ring = Keyring.ephemeral()
+    names, _ = corpus_precision.build()
+    people = pa.table(
+        {"full_name": names, "email": [f"p{i}@example.org" for i in range(len(names))]}
+    )
+    # about 1 MiB: the corpus over and over, one sentence a line
+    lines = [s.text for s in corpus] * 30
+    big = "\n".join(lines)
+    assert len(big.encode()) > 1_000_000
+    (got,), masked = _run_notes(
+        _one_person_policy(max_text_bytes=4 << 20), ring, people, [big]
+    )
+    mapping = {
+        tuple(n.split()): tuple(m.split())
+        for n, m in zip(names, masked["full_name"].to_pylist(), strict=True)
+    }
+    assert got == "\n".join([s.expect(mapping) for s in corpus] * 30)

@@ -103,6 +103,8 @@ _TITLE_BEFORE = regex.compile(
 _SPACE_GAP = regex.compile(r"[ \t]{1,3}")
 _COMMA_GAP = regex.compile(r",[ \t]{1,2}")
 
+#: words that may open a name span but are not the name
+_LEADERS = ROLE_NOUNS | TITLES | frozenset({"dear", "hi", "hello", "hey", "attn", "cc"})
 # priority of a candidate's origin when spans overlap: dates (a precise pattern, and a
 # date must never be read as a phone number), then known values, then the rest
 _P_DATE, _P_LEXICON, _P_DETECTED, _P_DERIVED = 3, 2, 1, 0
@@ -960,7 +962,9 @@ def _union_persons(note: str, persons: list[_Cand], vocabulary: Vocabulary) -> l
                 words.pop(0)
             while words and words[-1].start() >= ke and loose(words[-1]):
                 words.pop()
-        while len(words) > 1 and normalize_name(words[0].group()) in ROLE_NOUNS:
+        # "Dear Mr Szymanski" -> "Szymanski": greetings, role nouns and titles stay text
+        # (a title before the span still tells the name's role, see _person_parts)
+        while len(words) > 1 and normalize_name(words[0].group()) in _LEADERS:
             words.pop(0)
         if not words or (
             len(words) == 1 and normalize_name(words[0].group()) in ROLE_NOUNS | TITLES
