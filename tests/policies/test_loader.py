@@ -163,8 +163,13 @@ def test_a_rule_asking_for_another_range_than_its_entity_is_refused() -> None:
 
 
 def test_rules_of_one_entity_that_disagree_are_refused() -> None:
-    text = RANGES.replace("max_days: 365", "").replace("{column: subject_id, }", "{column: subject_id}")
-    text = text.replace("dob: {op: date_shift, entity: subject}", "dob: {op: date_shift, entity: subject, max_days: 365}")
+    text = RANGES.replace("max_days: 365", "").replace(
+        "{column: subject_id, }", "{column: subject_id}"
+    )
+    text = text.replace(
+        "dob: {op: date_shift, entity: subject}",
+        "dob: {op: date_shift, entity: subject, max_days: 365}",
+    )
     with pytest.raises(PolicyError) as err:
         parse_policy(text, source="policy.yaml")
     assert str(err.value).startswith(

@@ -20,15 +20,60 @@ import random
 import re
 from dataclasses import dataclass, field
 
-GIVEN = (
-    "Amara Kenji Soledad Tomasz Ngozi Lars Farida Mateo Aiko Dmitri Leilani Oksana Rashid "
-    "Ingrid Thandiwe Bogdan Yusuf Camila Eero Priyanka Kwame Svetlana Haruto Zeynep Bongani"
-).split()
-FAMILY = (
-    "Okonkwo Tanaka Villalobos Wisniewski Eze Lindqvist Haddad Ferreira Nakamura Volkov "
-    "Kahale Shevchenko Johansson Ndlovu Popescu Restrepo Virtanen Mbeki Gallardo Oyelaran "
-    "Szymanski Achterberg Rautio Khumalo Baptiste"
-).split()
+GIVEN = [
+    "Amara",
+    "Kenji",
+    "Soledad",
+    "Tomasz",
+    "Ngozi",
+    "Lars",
+    "Farida",
+    "Mateo",
+    "Aiko",
+    "Dmitri",
+    "Leilani",
+    "Oksana",
+    "Rashid",
+    "Ingrid",
+    "Thandiwe",
+    "Bogdan",
+    "Yusuf",
+    "Camila",
+    "Eero",
+    "Priyanka",
+    "Kwame",
+    "Svetlana",
+    "Haruto",
+    "Zeynep",
+    "Bongani",
+]
+FAMILY = [
+    "Okonkwo",
+    "Tanaka",
+    "Villalobos",
+    "Wisniewski",
+    "Eze",
+    "Lindqvist",
+    "Haddad",
+    "Ferreira",
+    "Nakamura",
+    "Volkov",
+    "Kahale",
+    "Shevchenko",
+    "Johansson",
+    "Ndlovu",
+    "Popescu",
+    "Restrepo",
+    "Virtanen",
+    "Mbeki",
+    "Gallardo",
+    "Oyelaran",
+    "Szymanski",
+    "Achterberg",
+    "Rautio",
+    "Khumalo",
+    "Baptiste",
+]
 TITLES = ("Mr", "Ms", "Dr", "Mrs")
 
 TEMPLATES = (
@@ -112,7 +157,11 @@ def _card(rng: random.Random) -> str:
     if style == "plain" or length not in (15, 16):
         return num
     sep = " " if style == "space" else "-"
-    groups = [num[:4], num[4:10], num[10:]] if length == 15 else [num[i : i + 4] for i in range(0, 16, 4)]
+    groups = (
+        [num[:4], num[4:10], num[10:]]
+        if length == 15
+        else [num[i : i + 4] for i in range(0, 16, 4)]
+    )
     return sep.join(groups)
 
 
@@ -158,9 +207,20 @@ def _iban(rng: random.Random) -> str:
     return " ".join(raw[i : i + 4] for i in range(0, len(raw), 4)) if rng.random() < 0.5 else raw
 
 
-_MONTHS = (
-    "January February March April May June July August September October November December"
-).split()
+_MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 
 
 def _date(rng: random.Random) -> str:

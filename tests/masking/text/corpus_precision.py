@@ -115,9 +115,7 @@ class Sentence:
 
 
 def _fill(template: str, g: str, f: str) -> str:
-    return template.format(
-        G=g, F=f, g=g[0], GU=g.upper(), FU=f.upper(), gl=g.lower(), fl=f.lower()
-    )
+    return template.format(G=g, F=f, g=g[0], GU=g.upper(), FU=f.upper(), gl=g.lower(), fl=f.lower())
 
 
 def build() -> tuple[list[str], list[Sentence]]:
@@ -133,8 +131,11 @@ def build() -> tuple[list[str], list[Sentence]]:
         for template in NAME_SENTENCES:
             text = _fill(template, g, f)
 
-            def expect(m: dict[tuple[str, str], tuple[str, str]], t: str = template,
-                       key: tuple[str, str] = (g, f)) -> str:
+            def expect(
+                m: dict[tuple[str, str], tuple[str, str]],
+                t: str = template,
+                key: tuple[str, str] = (g, f),
+            ) -> str:
                 pg, pf = m[key]
                 return _fill(t, pg, pf)
 

@@ -111,8 +111,10 @@ def _mask(extra: str, rows: dict[str, Any], policy: str = POLICY) -> Any:
 
 def test_note_dates_equal_the_masked_columns() -> None:
     dobs = [dt.date(1988, 2, 24), dt.date(1990, 12, 31), dt.date(2000, 2, 29)]
-    seen = [dt.datetime(2024, 2, 29, 10, 15), dt.datetime(2023, 12, 31, 9, 0)] + [
-        dt.datetime(2024, 1, 1, 8, 5)
+    seen = [
+        dt.datetime(2024, 2, 29, 10, 15),
+        dt.datetime(2023, 12, 31, 9, 0),
+        dt.datetime(2024, 1, 1, 8, 5),
     ]
     notes = [
         f"Subject (DOB {dobs[0]:%Y-%m-%d}) captured {seen[0]:%Y-%m-%dT%H:%M}.",
@@ -132,8 +134,7 @@ def test_note_dates_equal_the_masked_columns() -> None:
     assert res.stats["text:DATE"] == 6
     a, b, c = out
     assert a["notes"] == (
-        f"Subject (DOB {a['date_of_birth']:%Y-%m-%d}) captured "
-        f"{a['capture_ts']:%Y-%m-%dT%H:%M}."
+        f"Subject (DOB {a['date_of_birth']:%Y-%m-%d}) captured {a['capture_ts']:%Y-%m-%dT%H:%M}."
     )
     assert b["notes"] == (
         f"Born {b['date_of_birth'].day} {b['date_of_birth']:%B %Y}, seen "
@@ -141,8 +142,8 @@ def test_note_dates_equal_the_masked_columns() -> None:
     )
     d = c["date_of_birth"]
     assert c["notes"] == f"DOB {d:%B} {d.day}, {d.year}; capture {c['capture_ts']:%d %b %Y}."
-    # and they moved: the real dates are gone
-    assert all(str(x.year) not in r["notes"] or x != r["date_of_birth"] for x, r in zip(dobs, out))
+    # and they moved: the masked dates are not the real ones
+    assert all(x != r["date_of_birth"] for x, r in zip(dobs, out, strict=True))
 
 
 def test_rows_without_an_entity_redact_keep_or_shift_by() -> None:
@@ -153,9 +154,7 @@ def test_rows_without_an_entity_redact_keep_or_shift_by() -> None:
         "notes": ["Seen on 24/02/1988."],
     }
     assert _mask("", rows).output.column("notes").to_pylist() == ["Seen on <DATE>."]
-    assert _mask(", unlinked: redact", rows).output.column("notes").to_pylist() == [
-        "Seen on ***."
-    ]
+    assert _mask(", unlinked: redact", rows).output.column("notes").to_pylist() == ["Seen on ***."]
     assert _mask(", dates: keep", rows).output.column("notes").to_pylist() == [
         "Seen on 24/02/1988."
     ]
@@ -177,7 +176,9 @@ def test_rows_without_an_entity_redact_keep_or_shift_by() -> None:
 
 def test_shift_by_must_name_a_column_of_the_table() -> None:
     with pytest.raises(PolicyError) as err:
-        Masker(parse_policy(POLICY % ", shift_by: offset", source="policy.yaml"), Keyring.ephemeral())
+        Masker(
+            parse_policy(POLICY % ", shift_by: offset", source="policy.yaml"), Keyring.ephemeral()
+        )
     assert str(err.value) == (
         "policy.yaml:9: columns.notes.shift_by: shift_by names column 'offset', which table "
         "'d' does not list (it must be an integer column of days in the same table)"

@@ -32,10 +32,8 @@ def test_corpus_is_large_enough() -> None:
 
 
 def test_ordinary_words_are_left_alone(masked_corpus: tuple) -> None:
-    corpus, out, pseudo = masked_corpus
-    wrong = [
-        (s.text, o) for s, o in zip(corpus, out, strict=True) if not s.is_name and o != s.text
-    ]
+    corpus, out, _ = masked_corpus
+    wrong = [(s.text, o) for s, o in zip(corpus, out, strict=True) if not s.is_name and o != s.text]
     assert wrong == []
 
 
@@ -50,7 +48,7 @@ def test_the_peoples_names_are_replaced(masked_corpus: tuple) -> None:
 
 
 def test_a_large_cell_has_the_precision_of_short_notes(masked_corpus: tuple) -> None:
-    corpus, out, pseudo = masked_corpus
+    corpus, _, _ = masked_corpus
     ring = Keyring.ephemeral()
     names, _ = corpus_precision.build()
     people = pa.table(
@@ -60,9 +58,7 @@ def test_a_large_cell_has_the_precision_of_short_notes(masked_corpus: tuple) -> 
     lines = [s.text for s in corpus] * 30
     big = "\n".join(lines)
     assert len(big.encode()) > 1_000_000
-    (got,), masked = _run_notes(
-        _one_person_policy(max_text_bytes=4 << 20), ring, people, [big]
-    )
+    (got,), masked = _run_notes(_one_person_policy(max_text_bytes=4 << 20), ring, people, [big])
     mapping = {
         tuple(n.split()): tuple(m.split())
         for n, m in zip(names, masked["full_name"].to_pylist(), strict=True)

@@ -220,9 +220,7 @@ def find_dates(text: str, order: str = "DMY") -> list[DateMatch]:
                 if got is not None and kind == "day_month" and m["dot"] and not has_year:
                     # "on 5 July." : the dot ends the sentence, not an abbreviation
                     cut = m.end() - 1
-                    got = DateMatch(
-                        got.start, cut, got.written[:-1], got.date, has_year, got.parts
-                    )
+                    got = DateMatch(got.start, cut, got.written[:-1], got.date, has_year, got.parts)
             if got is not None:
                 found.append(got)
                 taken.append((got.start, got.end))

@@ -24,6 +24,7 @@ a pre-pass over millions of subjects costs seconds, not minutes.
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -482,9 +483,11 @@ class Lexicon:
                         asked.update(_adjacent_pairs(text, row, hits, index, amb))
                 pairs = self.known_pairs(d, asked) if asked else set()
                 for i, (text, row, hits) in enumerate(zip(texts, words, rows, strict=True)):
-                    if amb is not None:
-                        hits = [_judge(text, row, h, index, amb, pairs) for h in hits]
-                    out[i].extend(h for h in hits if h is not None)
+                    if amb is None:
+                        out[i].extend(hits)
+                        continue
+                    judged = (_judge(text, row, h, index, amb, pairs) for h in hits)
+                    out[i].extend(h for h in judged if h is not None)
         # 3. e-mails, phones, identifiers: one hash per distinct candidate
         for kind, domains in by_kind.items():
             distinct = sorted({s for row in cands[kind] for *_, s in row})
@@ -518,9 +521,7 @@ def _name_words(text: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def _span_words(
-    row: list[tuple[int, int, str]], hit: LexHit
-) -> list[tuple[int, int, str]]:
+def _span_words(row: list[tuple[int, int, str]], hit: LexHit) -> list[tuple[int, int, str]]:
     i = bisect.bisect_left(row, (hit.start, -1, ""))
     out: list[tuple[int, int, str]] = []
     while i < len(row) and row[i][1] <= hit.end:
@@ -542,18 +543,22 @@ def _adjacent_pairs(
     for h in hits:
         ws = [w for *_, w in _span_words(row, h) if len(w) > 1]
         if any(w in index and amb[index[w]] for w in ws):
-            out.extend(zip(ws, ws[1:], strict=False))
+            out.extend(itertools.pairwise(ws))
     return out
 
 
 _COMMA_AFTER = regex.compile(r",[ \t]{1,2}\p{Lu}")
 _TITLED = regex.compile(
-    r"(?i)\b(?:" + "|".join(sorted((regex.escape(t) for t in TITLES), key=len, reverse=True))
+    r"(?i)\b(?:"
+    + "|".join(sorted((regex.escape(t) for t in TITLES), key=len, reverse=True))
     + r")\.?[ \t]+$"
 )
 _CALENDAR = frozenset(
-    "january february march april may june july august september october november "
-    "december monday tuesday wednesday thursday friday saturday sunday".split()
+    {
+        *("january", "february", "march", "april", "may", "june", "july", "august"),
+        *("september", "october", "november", "december", "monday", "tuesday"),
+        *("wednesday", "thursday", "friday", "saturday", "sunday"),
+    }
 )
 
 
@@ -584,7 +589,7 @@ def _judge(
     flags = [w[2] in index and amb[index[w[2]]] for w in ws]
     if not any(flags):
         return hit
-    if any((x[2], y[2]) in pairs for x, y in zip(ws, ws[1:], strict=False)):
+    if any((x[2], y[2]) in pairs for x, y in itertools.pairwise(ws)):
         return hit  # a known person's full name, in any case and order
     if hit.start < ws[0][0]:
         return hit  # "H. Bell": an initial before it

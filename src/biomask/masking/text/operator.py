@@ -64,6 +64,7 @@ from biomask.masking.registry import (
     is_string_type,
     register,
 )
+from biomask.masking.text.dates import DateMatch, find_dates
 from biomask.masking.text.engine import (
     ALWAYS_DETECTED,
     NER_ENTITIES,
@@ -74,7 +75,6 @@ from biomask.masking.text.engine import (
     detect,
     segments,
 )
-from biomask.masking.text.dates import DateMatch, find_dates
 from biomask.masking.text.lexicon import LexHit, Lexicon, name_context, role_of
 from biomask.masking.text.words import ROLE_NOUNS, Vocabulary, load_vocabulary, needs_ner
 from biomask.policies.models import (
@@ -385,7 +385,7 @@ class TextOperator(Operator[TextOp]):
             entity = here[0] if len(here) == 1 else None
         if entity is None:
             return None, None
-        op = DateShiftOp(op="date_shift", entity=entity)
+        op = DateShiftOp.model_validate({"op": "date_shift", "entity": entity})
         return entity, DateShift(op, binding)
 
     @property

@@ -56,11 +56,11 @@ __all__ = [
     "InitialNameRecognizer",
     "InternationalPhoneRecognizer",
     "LuhnCardRecognizer",
-    "UkNinoRecognizer",
-    "UsSsnRecognizer",
     "OfflineEmailRecognizer",
     "SignatureNameRecognizer",
     "TitledNameRecognizer",
+    "UkNinoRecognizer",
+    "UsSsnRecognizer",
     "biomask_recognizers",
     "icao_check_digit",
     "luhn_valid",
@@ -514,8 +514,7 @@ class CapitalizedNameRecognizer(LocalRecognizer):
             # a frequent word or a contraction ("everybody", "didn't") is no name typed
             # in lower case, whatever the lemma tables say
             if 2 <= len(run) <= 3 and any(
-                self._unknown(m.group()) and not self.vocabulary.is_common(m.group())
-                for m in run
+                self._unknown(m.group()) and not self.vocabulary.is_common(m.group()) for m in run
             ):
                 out.append(self._result(run[0].start(), run[-1].end(), 0.4))
             i = max(j, i + 1)

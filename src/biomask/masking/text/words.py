@@ -31,8 +31,8 @@ __all__ = [
     "load_vocabulary",
     "looks_like_phone",
     "model_dir",
-    "sentence_start",
     "needs_ner",
+    "sentence_start",
     "trim_ordinary",
     "unbalanced_close",
 ]
@@ -113,6 +113,7 @@ def sentence_start(text: str, pos: int) -> bool:
         i -= 1
     return True
 
+
 _SUFFIXES = (
     ("ies", "y"),
     ("es", ""),
@@ -188,7 +189,8 @@ class Vocabulary:
 
     def is_wordlike(self, word: str) -> bool:
         """Whether a name is above all a word: a dictionary word used about 30 times
-        per million words, Zipf >= 4.5 (Bell, Rose, Young, Grant, Hope, May, Mark, Will, Page, Long).
+        per million words, Zipf >= 4.5 (Bell, Rose, Young, Grant, Hope, May, Mark, Will,
+        Page, Long).
 
         Such a name, found alone, is replaced only in a name context (see the text
         operator); "Serge" or "Derek" (rare as words) are names wherever they stand.
