@@ -349,3 +349,28 @@ def test_progress_names_each_table_with_its_row_count(tmp_path: Path) -> None:
     run_mask(one, Keyring.ephemeral(), str(tmp_path / "people.csv"), str(tmp_path / "p.csv"),
              progress=lambda t, d, n: calls.append((t, d, n)))  # fmt: skip
     assert calls == [("p", 0, None), ("p", 60, None)]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_a_text_cell_over_max_text_bytes_is_quarantined_in_every_format(
+    tmp_path: Path, fmt: str
+) -> None:
+    policy = parse_policy(
+        "version: 1\ndataset: notes\ncolumns:\n  id: {op: keep}\n"
+        "  note: {op: text, max_text_bytes: 4096}\n"
+    )
+    notes = ["All ten fingers captured."] * 299 + ["Queue was long. " * 400]
+    table = pa.table({"id": list(range(300)), "note": notes})
+    src = tmp_path / f"in.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(table, src)
+    elif fmt == "csv":
+        pacsv.write_csv(table, src)
+    else:
+        src.write_text("".join(json.dumps(r) + "\n" for r in table.to_pylist()))
+    summary = run_mask(policy, Keyring.ephemeral(), str(src), str(tmp_path / f"out.{fmt}"))
+    assert (summary.rows_out, summary.rows_quarantined) == (299, 1)
+    q = next(tmp_path.glob("out.quarantine.*"))
+    text = q.read_text() if fmt != "parquet" else str(pq.read_table(q).to_pylist())
+    assert "text cell larger than max_text_bytes (4,096 bytes); not masked" in text
+    assert "Queue was long" not in text

@@ -52,3 +52,19 @@ def test_one_subject_one_offset_in_every_run_and_table() -> None:
     assert seen.column("seen").equals(alone.column("dob"))
     days = {(d - dt.date(1980, 1, 1)).days for d in alone.column("dob").to_pylist()}
     assert 0 not in days and max(abs(d) for d in days) <= 365 and len(days) > 100
+
+
+def test_offsets_are_never_zero_nor_a_whole_year() -> None:
+    from biomask.masking.operators.temporal import DateShift
+    from biomask.masking.registry import Binding
+    from biomask.policies.models import DateShiftOp
+
+    policy = parse_policy(SUBJECTS.replace("max_days: 365", "max_days: 367"))
+    op = DateShift(
+        DateShiftOp.model_validate({"op": "date_shift", "entity": "subject"}),
+        Binding(policy, Keyring.ephemeral(), "d", "dob"),
+    )
+    days = op.offsets(pa.array([f"S{i}" for i in range(200_000)])).to_numpy()
+    assert days.min() == -367 and days.max() == 367
+    assert not ({0, 365, 366, -365, -366} & set(days.tolist()))
+    assert len(set(days.tolist())) == 2 * 367 - 4

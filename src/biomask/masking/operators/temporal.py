@@ -29,6 +29,8 @@ DATE_FORMATS = (
     "%d-%m-%Y",
     "%Y%m%d",
 )
+#: offsets never used (ascending): no shift, and whole years (see DateShift.offsets)
+_NEVER = (-366, -365, 0, 365, 366)
 _UNIT_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
 
 
@@ -67,7 +69,11 @@ class DateShift(Operator[DateShiftOp]):
     def offsets(
         self, tokens: pa.Array, distinct: tuple[pa.Array, pa.Array] | None = None
     ) -> pa.Array:
-        """Offset in days per row (never 0), null where the entity token is null.
+        """Offset in days per row, null where the entity token is null.
+
+        Never 0, and never a whole year (365 or 366 days either way): such a shift would
+        leave a birthday, or a date written without its year in a note ("5 July"),
+        exactly as it was.
 
         ``distinct`` is the tokens as (row indices, distinct tokens), when the entity
         column's operator already has them; otherwise the tokens are dictionary-encoded
@@ -79,8 +85,10 @@ class DateShift(Operator[DateShiftOp]):
         else:
             indices, raw = distinct
         m = self.max_days
-        r = self.prf.integers(raw, 2 * m) - m
-        r[r >= 0] += 1
+        skip = [e for e in _NEVER if -m <= e <= m]
+        r = self.prf.integers(raw, 2 * m + 1 - len(skip)) - m
+        for e in skip:  # ascending: each excluded value is stepped over in turn
+            r[r >= e] += 1
         mask = raw.is_null().to_numpy(zero_copy_only=False) if raw.null_count else None
         return pa.array(r, pa.int64(), mask=mask).take(indices)
 

@@ -202,7 +202,7 @@ class Vocabulary:
         got = self._common_cache.get(word)
         if got is None:
             w = fold(word).replace("’", "'")
-            got = w in self.common or _contraction(w, self.common | self.words)
+            got = w in self.common or _contraction(w, self.common) or _contraction(w, self.words)
             if not got and w.endswith("'s"):
                 got = w[:-2] in self.common
             if len(self._common_cache) < 200_000:
