@@ -23,9 +23,17 @@ How a batch is masked:
 4. replacements are computed in one call per linked domain (one PRF call for all name
    parts of the batch) and spliced in.
 
-Names, e-mails, phones, document numbers, card numbers, IBANs and IP addresses are always
-looked for; a detected type with no linked domain becomes ``<TYPE>`` or ``***``
-(``unlinked: tag | redact``). Nothing detected is ever passed through.
+Dates are found in every text too (:mod:`~biomask.masking.text.dates`) and, in a row bound
+to an entity, shifted by the entity's offset (the one its ``date_shift`` columns get) and
+written back in their own format, so a note agrees with its row; a distinct text with
+dates is kept as a template and written once per (text, offset) pair. A known name that is
+also a common word counts only in a name context
+(:func:`~biomask.masking.text.lexicon.name_context`). A cell over ``max_text_bytes`` is
+quarantined, not masked.
+
+Names, e-mails, phones, document numbers, card numbers, IBANs, IP addresses, US SSNs and UK
+National Insurance numbers are always looked for; a detected type with no linked domain
+becomes ``<TYPE>`` or ``***`` (``unlinked: tag | redact``). Nothing detected is ever passed through.
 """
 
 from __future__ import annotations
@@ -108,7 +116,7 @@ _LEADERS = ROLE_NOUNS | TITLES | frozenset({"dear", "hi", "hello", "hey", "attn"
 # priority of a candidate's origin when spans overlap: dates (a precise pattern, and a
 # date must never be read as a phone number), then known values, then the rest
 _P_DATE, _P_LEXICON, _P_DETECTED, _P_DERIVED = 3, 2, 1, 0
-#: a note is reported on (progress on a terminal) when a batch holds this much text
+#: a batch with this much text shows progress (on a terminal) while it is analysed
 _PROGRESS_BYTES = 4 << 20
 
 
