@@ -92,8 +92,21 @@ def score(
     )
     q.words, q.words_changed = words.words, words.words_changed
     total = sum(len(d) for d in dates)
-    survived = sum(_occurs(d, o or "") for ds, o in zip(dates, out, strict=True) for d in ds)
+    survived = sum(_dates_kept(ds, o or "") for ds, o in zip(dates, out, strict=True))
     return q, total, survived
+
+
+def _dates_kept(dates: list[str], out: str) -> int:
+    """How many of a note's dates are still there, unchanged.
+
+    Position by position when the masked note has as many dates as the original (a
+    shifted date may land on another date of the same note: "28 March" -> "4 March" in a
+    note that also said "4 March", which itself moved); otherwise, by occurrence.
+    """
+    found = DATE_TRUTH.findall(out)
+    if len(found) == len(dates):
+        return sum(a == b for a, b in zip(dates, found, strict=True))
+    return sum(_occurs(d, out) for d in dates)
 
 
 class _Memory:
