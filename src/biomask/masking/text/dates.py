@@ -190,10 +190,10 @@ def find_dates(text: str, order: str = "DMY") -> list[DateMatch]:
     if order not in DATE_ORDERS:
         raise ValueError(f"date_order must be one of {', '.join(DATE_ORDERS)}, not {order!r}")
     found: list[DateMatch] = []
-    taken: list[tuple[int, int]] = []
+    taken = bytearray(len(text) + 1)  # characters already in a date: linear, not quadratic
     for kind, pattern in _PATTERNS:
         for m in pattern.finditer(text):
-            if any(m.start() < b and a < m.end() for a, b in taken):
+            if taken.find(1, m.start(), m.end()) != -1:
                 continue
             got: DateMatch | None = None
             if kind == "iso":
@@ -223,5 +223,5 @@ def find_dates(text: str, order: str = "DMY") -> list[DateMatch]:
                     got = DateMatch(got.start, cut, got.written[:-1], got.date, has_year, got.parts)
             if got is not None:
                 found.append(got)
-                taken.append((got.start, got.end))
+                taken[got.start : got.end] = b"\x01" * (got.end - got.start)
     return sorted(found, key=lambda g: g.start)

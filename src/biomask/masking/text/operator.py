@@ -613,12 +613,10 @@ class TextOperator(Operator[TextOp]):
         halves are one person.
         """
         others = _select([c for c in cands if c.entity_type != "PERSON"])
-        persons = [
-            c
-            for c in cands
-            if c.entity_type == "PERSON"
-            and all(c.end <= o.start or c.start >= o.end for o in others)
-        ]
+        taken = _Occupied(len(note))
+        for o in others:
+            taken.take(o.start, o.end)
+        persons = [c for c in cands if c.entity_type == "PERSON" and not taken.hit(c.start, c.end)]
         chosen = sorted(others + _union_persons(note, persons, self.vocabulary))
         if "PERSON" not in self.detect_types:
             return chosen
@@ -909,13 +907,29 @@ def _lookup(table: dict[tuple[str, int], str], key: tuple[str, int]) -> Callable
     return lambda: table[key]
 
 
+class _Occupied:
+    """Characters already covered by chosen spans: an overlap test in the span's length,
+    not in the number of spans chosen (a large cell has hundreds of thousands)."""
+
+    def __init__(self, n: int) -> None:
+        self.mask = bytearray(n + 1)
+
+    def take(self, a: int, b: int) -> None:
+        self.mask[a:b] = b"\x01" * (b - a)
+
+    def hit(self, a: int, b: int) -> bool:
+        return self.mask.find(1, a, b) != -1
+
+
 def _select(cands: list[_Cand]) -> list[_Cand]:
     """Non-overlapping spans: known values first, then higher score, then longer."""
     order = sorted(cands, key=lambda c: (-c.priority, -c.score, c.start - c.end, c.start))
     chosen: list[_Cand] = []
+    taken = _Occupied(max((c.end for c in cands), default=0))
     for c in order:
-        if all(c.end <= o.start or c.start >= o.end for o in chosen):
+        if not taken.hit(c.start, c.end):
             chosen.append(c)
+            taken.take(c.start, c.end)
     return sorted(chosen, key=lambda c: c.start)
 
 
@@ -949,11 +963,14 @@ def _union_persons(note: str, persons: list[_Cand], vocabulary: Vocabulary) -> l
     along ("caroline verhaeghe presented" -> "caroline verhaeghe").
     """
     clusters: list[list[_Cand]] = []
+    reach = -1  # the furthest end of the last cluster
     for c in sorted(persons):
-        if clusters and c.start < max(x.end for x in clusters[-1]):
+        if clusters and c.start < reach:
             clusters[-1].append(c)
+            reach = max(reach, c.end)
         else:
             clusters.append([c])
+            reach = c.end
     out: list[_Cand] = []
     for cl in clusters:
         start, end = min(c.start for c in cl), max(c.end for c in cl)
