@@ -558,6 +558,16 @@ def demo_cmd(
         run_demo(rows=rows, out=out, console=_out(), show=print_summary, progress=progress)
 
 
+# -- identity: calibrate, leakage, filter; split ------------------------------------------
+def _register_identity() -> None:
+    from biomask.identity.cli import register
+
+    register(app)
+
+
+_register_identity()
+
+
 # -- entry point --------------------------------------------------------------------------
 _INTERRUPTED = "biomask: interrupted; nothing was written under the final names\n"
 

@@ -676,20 +676,52 @@ def _templates(
     n_subjects: int,
     quality: npt.NDArray[np.float32],
     dim: int,
+    planted: IntArray,
 ) -> pa.FixedSizeListArray:
     """Unit-norm float32 embeddings: a subject centroid plus capture noise.
 
     Noise grows as quality drops, so same-subject cosine similarity is ~0.85-0.95 for good
     captures and lower for poor ones, while different subjects sit near 0: enough
-    structure for a matcher or a training loop to find.
+    structure for a matcher or a training loop to find. A few subjects are planted
+    duplicates (:func:`_plant_duplicates`): one person enrolled under two ids.
     """
     centroids = rng.standard_normal((n_subjects, dim), dtype=np.float32)
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
     emb = rng.standard_normal((len(owner), dim), dtype=np.float32)
+    # drawn after every other template draw, so the other subjects' templates are the
+    # same with or without the planted duplicates
+    _plant_duplicates(rng, centroids, planted)
     emb *= ((0.3 + 0.6 * (1.0 - quality)) / np.sqrt(dim)).astype(np.float32)[:, None]
     emb += centroids[owner]
     emb /= np.sqrt(np.einsum("ij,ij->i", emb, emb))[:, None]
     return pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), dim)
+
+
+def _duplicate_pairs(rng: np.random.Generator, n_subjects: int) -> IntArray:
+    """``(k, 2)`` subject indices: the second of each pair is the first under a new id.
+
+    One pair per 200 subjects (at least one from 4 subjects up), from the templates' own
+    generator, so the identity commands have something real to find in the demo.
+    """
+    k = max(1, n_subjects // 200) if n_subjects >= 4 else 0
+    if k == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    return rng.choice(n_subjects, size=2 * k, replace=False).astype(np.int64).reshape(2, k).T
+
+
+def _plant_duplicates(
+    rng: np.random.Generator, centroids: npt.NDArray[np.float32], pairs: IntArray
+) -> None:
+    """Make each pair's second centroid a near copy of the first (cosine about 0.94)."""
+    if not len(pairs):
+        return
+    dim = centroids.shape[1]
+    jitter = rng.standard_normal((len(pairs), dim), dtype=np.float32) * np.float32(
+        0.35 / np.sqrt(dim)
+    )
+    moved = centroids[pairs[:, 0]] + jitter
+    moved /= np.linalg.norm(moved, axis=1, keepdims=True)
+    centroids[pairs[:, 1]] = moved
 
 
 # ---------------------------------------------------------------------------------------
@@ -1001,6 +1033,8 @@ class DemoData:
     subjects: pa.Table
     captures: pa.Table
     notes_truth: pa.Table
+    #: planted duplicates (``subject_id``, ``duplicate_id``): one person under two ids
+    planted_duplicates: pa.Table | None = None
 
 
 def _seeds(seed: int, *path: int) -> list[np.random.Generator]:
@@ -1088,12 +1122,23 @@ def generate(
         )
     else:
         truth = NOTES_TRUTH_SCHEMA.empty_table()
+    dups = None
     if with_templates:
         quality = np.asarray(cols["quality_score"], dtype=np.float32)
-        arrays.append(_templates(r_tpl, owner, rows, quality, template_dim))
+        planted = _duplicate_pairs(np.random.default_rng([seed, 0xD0B]), rows)
+        arrays.append(_templates(r_tpl, owner, rows, quality, template_dim, planted))
         fields.append(pa.field("template", pa.list_(pa.float32(), template_dim)))
+        sid = parts.table["subject_id"].combine_chunks()
+        dups = pa.table(
+            {
+                "subject_id": sid.take(pa.array(planted[:, 0])),
+                "duplicate_id": sid.take(pa.array(planted[:, 1])),
+            }
+        )
     captures = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-    return DemoData(subjects=parts.table, captures=captures, notes_truth=truth)
+    return DemoData(
+        subjects=parts.table, captures=captures, notes_truth=truth, planted_duplicates=dups
+    )
 
 
 def _structured_chunk(seed: int, chunk: int, start: int, n: int, fleet: pa.Array) -> pa.RecordBatch:

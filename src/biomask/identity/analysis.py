@@ -105,10 +105,15 @@ def _pairs_batch(
     if swap:
         a_ids, b_ids, a_rows, b_rows = b_ids, a_ids, b_rows, a_rows
     return pa.RecordBatch.from_arrays(
-        [a_ids, b_ids, pa.array(found.similarity, pa.float32()),
-         pa.array(a_rows, pa.int64()), pa.array(b_rows, pa.int64())],
+        [
+            a_ids,
+            b_ids,
+            pa.array(found.similarity, pa.float32()),
+            pa.array(a_rows, pa.int64()),
+            pa.array(b_rows, pa.int64()),
+        ],
         schema=schema,
-    )  # fmt: skip
+    )
 
 
 def scan_pairs(
@@ -150,17 +155,19 @@ def scan_pairs(
             schema = pair_schema(ta, tb)
         batch = _pairs_batch(left, right, found, schema, swap)
         if different_ids:
-            batch = batch.filter(pc.not_equal(batch.column(0).cast(pa.string()),
-                                              batch.column(1).cast(pa.string())))  # fmt: skip
+            batch = batch.filter(
+                pc.not_equal(batch.column(0).cast(pa.string()), batch.column(1).cast(pa.string()))
+            )
         return batch if batch.num_rows else None
 
     if b.hold(block_rows):
         # b fits: it is read and decrypted once; a streams past it
         st.passes_over_b = 1
-        (held,) = list(b.blocks(block_rows)) or [None]
+        held_blocks = list(b.blocks(block_rows))
+        if not held_blocks:
+            return
+        (held,) = held_blocks
         for left in a.batches():
-            if held is None:
-                break
             st.pairs_scored += len(left) * len(held)
             found = be.pairs(left.vectors, held.vectors, threshold)
             st.pairs_found += len(found)
@@ -245,7 +252,8 @@ class Distribution:
         self.hi = max(self.hi, float(s.max()))
 
     def coarse(self, bins: int = REPORT_BINS) -> np.ndarray:
-        return self.counts.reshape(bins, -1).sum(axis=1)
+        out: np.ndarray = self.counts.reshape(bins, -1).sum(axis=1)
+        return out
 
     def report(self, bins: int = REPORT_BINS) -> dict[str, Any]:
         if self.total == 0:
@@ -258,9 +266,13 @@ class Distribution:
             "std": round(math.sqrt(var), 6),
             "min": round(self.lo, 6),
             "max": round(self.hi, 6),
-            "histogram": {"lo": -1.0, "hi": 1.0, "bins": bins,
-                          "counts": [int(c) for c in self.coarse(bins)]},
-        }  # fmt: skip
+            "histogram": {
+                "lo": -1.0,
+                "hi": 1.0,
+                "bins": bins,
+                "counts": [int(c) for c in self.coarse(bins)],
+            },
+        }
 
 
 def kl_divergence(p: Distribution, q: Distribution, bins: int = REPORT_BINS) -> float | None:
@@ -393,6 +405,7 @@ def calibrate_set(
         scores = _scan_scores(ts, values, fmr, planned, block_rows, backend or NumpyBackend())
     finally:
         ts.keep_ids = None
+        ts.release()  # a held sample is not the set
     scores.mode = mode
     scores.ids = len(values)
     scores.sampled_ids = sampled_ids
@@ -421,11 +434,12 @@ def _scan_scores(
     mated_scores: list[np.ndarray] = []
     top = np.zeros(0, np.float32)
     floor = -np.inf
-    keep = int(math.floor((fmr or 0.0) * planned)) + 1  # largest impostor scores kept
+    keep = math.floor((fmr or 0.0) * planned) + 1  # largest impostor scores kept
     held = ts.hold(block_rows)
 
     def codes(block: Block) -> np.ndarray:
-        return pc.index_in(block.ids, value_set=values).to_numpy(zero_copy_only=False)
+        out: np.ndarray = pc.index_in(block.ids, value_set=values).to_numpy(zero_copy_only=False)
+        return out
 
     blocks = list(ts.blocks(block_rows)) if held else None
     for left in blocks if blocks is not None else ts.blocks(block_rows):
@@ -460,12 +474,20 @@ def _scan_scores(
                     if len(top) > 4 * keep:  # trim now and then, not on every tile
                         top = np.partition(top, len(top) - keep)[len(top) - keep :]
                         floor = float(top.min())
-    out = SetScores(impostor=imp, mated=mated, trials=imp.total, mode="all", templates=0,
-                    ids=0, sampled_ids=0, dim=ts.dim)  # fmt: skip
+    out = SetScores(
+        impostor=imp,
+        mated=mated,
+        trials=imp.total,
+        mode="all",
+        templates=0,
+        ids=0,
+        sampled_ids=0,
+        dim=ts.dim,
+    )
     if fmr is not None and imp.total:
         if len(top) > keep:
             top = np.partition(top, len(top) - keep)[len(top) - keep :]
-        k = int(math.floor(fmr * imp.total))
+        k = math.floor(fmr * imp.total)
         desc = np.sort(top)[::-1]
         if k < len(desc):
             thr = np.nextafter(np.float32(desc[k]), np.float32(np.inf))

@@ -166,9 +166,7 @@ class NumpyBackend:
                     keep = gj + upper_from > gi
                     gi, gj, sims = gi[keep], gj[keep], sims[keep]
                 if len(gi):
-                    found.append(
-                        PairArrays(gi.astype(np.int64), gj.astype(np.int64), sims.copy())
-                    )
+                    found.append(PairArrays(gi.astype(np.int64), gj.astype(np.int64), sims.copy()))
         return PairArrays.concat(found)
 
     def tiles(self, left: F32, right: F32) -> Iterator[tuple[int, int, F32]]:

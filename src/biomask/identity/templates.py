@@ -81,7 +81,8 @@ def _template_table(policy: Policy, column: str) -> str | None:
     specs = policy.table_specs()
     holding = [t for t, s in specs.items() if column in s.columns]
     enc = [t for t in holding if specs[t].columns[column].op == "encrypt"]
-    return (enc or holding or [None])[0]
+    found = enc or holding
+    return found[0] if found else None
 
 
 @dataclass
@@ -160,9 +161,7 @@ class TemplateSet:
         for what, col in (("id", self.id_column), ("template", self.template_column)):
             if col not in names:
                 have = ", ".join(n for n in names if not n.startswith("__")) or "none"
-                raise IdentityInputError(
-                    f"{self.name}: no {what} column '{col}' (columns: {have})"
-                )
+                raise IdentityInputError(f"{self.name}: no {what} column '{col}' (columns: {have})")
 
     # -- reading -------------------------------------------------------------------------
     def _raw_batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
@@ -236,6 +235,10 @@ class TemplateSet:
             kept.append(b)
         self._cache = kept
         return True
+
+    def release(self) -> None:
+        """Drop the held copy (:meth:`hold`); later passes read the source again."""
+        self._cache = None
 
     def blocks(self, max_rows: int) -> Iterator[Block]:
         """The set in blocks of at most ``max_rows`` usable rows (whole batches joined)."""
@@ -414,8 +417,15 @@ def open_template_set(
 ) -> TemplateSet:
     """Open a template set and check its columns now, before any run starts."""
     ts = TemplateSet(
-        uri, id_column, template_column, label=label, policy=policy, keyring=keyring,
-        table=table, keystore=keystore, batch_size=batch_size,
-    )  # fmt: skip
+        uri,
+        id_column,
+        template_column,
+        label=label,
+        policy=policy,
+        keyring=keyring,
+        table=table,
+        keystore=keystore,
+        batch_size=batch_size,
+    )
     ts._check_columns(ts.source.schema)
     return ts

@@ -360,6 +360,7 @@ def build_dossier(
         },
         "k_anonymity": kanon,
         "residual_pii": resid,
+        **({"identity": r.extra["identity"]} if "identity" in r.extra else {}),
     }
 
 
@@ -746,6 +747,10 @@ def render_html(dossier: dict[str, Any]) -> str:
         "<code>biomask audit verify DIR --public-key KEY.pem</code>, using a public key "
         "obtained out of band.</p>"
     )
+    if "identity" in dossier:  # identity runs: thresholds, distributions, shift
+        from biomask.lineage.identity_view import identity_section
+
+        out.append(identity_section(dossier["identity"], _e, _table, _chart))
     out.append("</main></body></html>")
     return "\n".join(out) + "\n"
 
