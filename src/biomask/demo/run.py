@@ -108,6 +108,10 @@ def run_demo(
     dossier = summary.lineage_dir / "dossier.html"
     if dossier.exists():
         console.print(f"  EU AI Act dossier: {dossier}")
+    if data.planted_duplicates is not None:
+        from biomask.identity.demo import demo_identity
+
+        demo_identity(out, policy, ring, data.planted_duplicates.num_rows, console)
     before = data.subjects.slice(0, 3).select(["subject_id", "full_name", "email", "phone"])
     after = pq.read_table(out / "masked" / "subjects.parquet").slice(0, 3)
     after = after.select(["subject_id", "full_name", "email", "phone"])

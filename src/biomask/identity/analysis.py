@@ -168,6 +168,7 @@ def scan_pairs(
             return
         (held,) = held_blocks
         for left in a.batches():
+            _same_dim(a, b, left, held)
             st.pairs_scored += len(left) * len(held)
             found = be.pairs(left.vectors, held.vectors, threshold)
             st.pairs_found += len(found)
@@ -178,12 +179,22 @@ def scan_pairs(
     for block in a.blocks(block_rows):
         st.passes_over_b += 1
         for right in b.batches():
+            _same_dim(a, b, block, right)
             st.pairs_scored += len(block) * len(right)
             found = be.pairs(block.vectors, right.vectors, threshold)
             st.pairs_found += len(found)
             out = emit(block, right, found, False)
             if out is not None:
                 yield out
+
+
+def _same_dim(a: TemplateSet, b: TemplateSet, left: Block, right: Block) -> None:
+    if left.vectors.shape[1] != right.vectors.shape[1]:
+        raise IdentityInputError(
+            f"templates of {a.name} have {left.vectors.shape[1]} values and those of "
+            f"{b.name} {right.vectors.shape[1]}; only templates of one length (one model) "
+            "can be compared"
+        )
 
 
 def _self_pairs(

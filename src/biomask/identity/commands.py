@@ -79,16 +79,20 @@ class Common:
     batch_size: int = 65_536
     overwrite: bool = False
     notes: list[str] = field(default_factory=list)
+    _signer: Keyring | None = None
 
     def ring(self) -> Keyring:
-        """The keyring that signs the run; a throw-away one when none was given."""
-        if self.keyring is None:
-            self.keyring = Keyring.ephemeral()
+        """The keyring that signs the run; a throw-away one when none was given (it is
+        never used to decrypt: encrypted templates still need ``--keyring``)."""
+        if self.keyring is not None:
+            return self.keyring
+        if self._signer is None:
+            self._signer = Keyring.ephemeral()
             self.notes.append(
                 "lineage signed with a throw-away key (no --keyring): it verifies only with "
-                "--trust-embedded-key"
+                "the key the directory itself holds"
             )
-        return self.keyring
+        return self._signer
 
     def open(self, uri: str, label: str, table: str | None = None) -> TemplateSet:
         ts = TemplateSet(
@@ -309,11 +313,6 @@ def run_leakage(
             best = max(best, float(pc.max(batch.column(2)).as_py()))
             if sink is not None:
                 sink.write(batch)
-        if a.dim is not None and b.dim is not None and a.dim != b.dim:
-            raise IdentityInputError(
-                f"templates of {a.name} have {a.dim} values and those of {b.name} {b.dim}; "
-                "only templates of one length (one model) can be compared"
-            )
         if sink is not None:
             sink.commit()
         report = {
