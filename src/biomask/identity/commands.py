@@ -529,7 +529,14 @@ def run_filter(
         for batch in scan_pairs(
             ts, None, thr, backend=backend, block_rows=opts.block_rows, different_ids=True
         ):
-            edge_parts.append(batch.select([0, 1, 2]).rename_columns(["a", "b", "similarity"]))
+            x, y = batch.column(0), batch.column(1)
+            first = pc.less(x, y)  # one orientation per id pair: (smaller, larger)
+            edge_parts.append(
+                pa.RecordBatch.from_arrays(
+                    [pc.if_else(first, x, y), pc.if_else(first, y, x), batch.column(2)],
+                    names=["a", "b", "similarity"],
+                )
+            )
         if edge_parts:
             edges = (
                 pa.Table.from_batches(edge_parts)

@@ -196,12 +196,10 @@ class TemplateSet:
         if self._cache is not None:
             yield from self._cache
             return
-        self.rows_read = 0
-        self.rows_used = 0
-        self.skipped = {}
         cols = [self.id_column, self.template_column, *self._entity_columns()]
         start = 0
         used = 0
+        skipped: dict[str, int] = {}
         for batch in self._raw_batches(cols):
             n = batch.num_rows
             sel: np.ndarray | None = None
@@ -209,17 +207,18 @@ class TemplateSet:
                 mask = pc.is_in(batch.column(self.id_column), value_set=self.keep_ids)
                 sel = np.flatnonzero(mask.to_numpy(zero_copy_only=False))
                 batch = batch.take(pa.array(sel))
-            block = self._block(batch, 0)
+            block = self._block(batch, 0, skipped)
             if sel is not None:
                 block.rows = sel[block.rows]
             block.rows += start
             block.first = used
             start += n
             used += len(block)
-            self.rows_read += n
-            self.rows_used += len(block)
             if len(block):
                 yield block
+        # counted per pass and kept only when a pass completes: passes may nest (a
+        # self-join streams the set past blocks of itself)
+        self.rows_read, self.rows_used, self.skipped = start, used, skipped
 
     def hold(self, max_rows: int) -> bool:
         """Keep the set in memory (decrypted) when it has at most ``max_rows`` usable rows,
@@ -264,7 +263,9 @@ class TemplateSet:
         meta = schema.metadata or {}
         return f"biomask.encrypt.{self.template_column}.type".encode() in meta
 
-    def _decrypt(self, batch: pa.RecordBatch, start: int) -> tuple[pa.Array, np.ndarray]:
+    def _decrypt(
+        self, batch: pa.RecordBatch, skipped: dict[str, int]
+    ) -> tuple[pa.Array, np.ndarray]:
         """Decrypted templates of the rows that opened, and those rows' positions."""
         if self.policy is None or self.keyring is None:
             raise IdentityInputError(
@@ -296,15 +297,11 @@ class TemplateSet:
         if res.quarantine is not None and res.quarantine.num_rows:
             reasons = res.quarantine.column(res.quarantine.num_columns - 1)
             for item in pc.value_counts(reasons).to_pylist():
-                self._skip(str(item["values"] or "unreadable"), item["counts"])
+                _skip(skipped, str(item["values"] or "unreadable"), item["counts"])
         out = res.output
         return out.column(self.template_column), out.column(_ROW).to_numpy()
 
-    def _skip(self, reason: str, n: int) -> None:
-        if n:
-            self.skipped[reason] = self.skipped.get(reason, 0) + int(n)
-
-    def _block(self, batch: pa.RecordBatch, start: int) -> Block:
+    def _block(self, batch: pa.RecordBatch, start: int, skipped: dict[str, int]) -> Block:
         ids = batch.column(self.id_column)
         self._check_ids(ids)
         col = batch.column(self.template_column)
@@ -317,7 +314,7 @@ class TemplateSet:
                     "ciphertexts written by the encrypt operator to Parquet, Arrow or "
                     "PostgreSQL"
                 )
-            col, pos = self._decrypt(batch, start)
+            col, pos = self._decrypt(batch, skipped)
         elif _is_float_list(t):
             pos = np.arange(len(col), dtype=np.int64)
         else:
@@ -327,7 +324,7 @@ class TemplateSet:
             )
         if col.null_count:
             valid = pc.is_valid(col).to_numpy(zero_copy_only=False)
-            self._skip("no template", int((~valid).sum()))
+            _skip(skipped, "no template", int((~valid).sum()))
             col = col.filter(pa.array(valid))
             pos = pos[valid]
         vectors = self._matrix(col, start, pos)
@@ -385,6 +382,11 @@ class TemplateSet:
             )
         vec /= norms.astype(np.float32)[:, None]
         return vec
+
+
+def _skip(skipped: dict[str, int], reason: str, n: int) -> None:
+    if n:
+        skipped[reason] = skipped.get(reason, 0) + int(n)
 
 
 def _is_float_list(t: pa.DataType) -> bool:
