@@ -193,9 +193,15 @@ def split_policy() -> str:
     return POLICY.replace("dataset: identity-test", "dataset: split-test")
 
 
+@pytest.fixture(scope="module")
+def demo2000() -> object:
+    """2,000 demo subjects (about 6,000 captures), generated once for the split tests."""
+    return generate(2000, seed=5, with_notes=False, template_dim=256)
+
+
 @pytest.fixture()
-def big(work: Path) -> dict[str, object]:
-    data = generate(2000, seed=5, with_notes=False, template_dim=256)
+def big(work: Path, demo2000: object) -> dict[str, object]:
+    data = demo2000
     (work / "in").mkdir()
     pq.write_table(data.subjects, work / "in" / "subjects.parquet")
     pq.write_table(data.captures, work / "in" / "captures.parquet")
@@ -276,3 +282,19 @@ def test_split_bad_input(work: Path, big: dict, capsys: pytest.CaptureFixture[st
     assert "the policy declares no entity 'device' (has: subject)" in capsys.readouterr().err
     assert main([*base, "--merge-leaks"]) == 1
     assert "--merge-leaks needs --leakage-threshold" in capsys.readouterr().err
+
+
+def test_greedy_order_removes_a_hub_rather_than_everyone_it_matches() -> None:
+    from biomask.identity.commands import greedy_keep
+
+    edges = pa.table(
+        {
+            "a": ["H", "H", "H", "X"],
+            "b": ["A", "B", "C", "Y"],
+            "similarity": pa.array([0.9, 0.8, 0.7, 0.6], pa.float32()),
+        }
+    )
+    removed, why = greedy_keep(edges)
+    assert removed == ["Y", "H"]  # degree 1 first (A, B, C, X kept; Y after X), then H
+    assert why["H"][0] == "A" and why["H"][1] == pytest.approx(0.9)
+    assert why["Y"] == ("X", pytest.approx(0.6))
