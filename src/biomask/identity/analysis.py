@@ -461,7 +461,7 @@ def _scan_scores(
                 continue
             rc = codes(right)
             offset = right.first - left.first
-            for r0, c0, s in be.tiles(left.vectors, right.vectors):
+            for r0, c0, s in be.tiles(left.vectors, right.vectors, upper_from=offset):
                 nr, nc = s.shape
                 ii = np.arange(r0, r0 + nr)[:, None]
                 jj = np.arange(c0, c0 + nc)[None, :] + offset

@@ -169,9 +169,12 @@ class NumpyBackend:
                     found.append(PairArrays(gi.astype(np.int64), gj.astype(np.int64), sims.copy()))
         return PairArrays.concat(found)
 
-    def tiles(self, left: F32, right: F32) -> Iterator[tuple[int, int, F32]]:
+    def tiles(
+        self, left: F32, right: F32, *, upper_from: int | None = None
+    ) -> Iterator[tuple[int, int, F32]]:
         """Every tile of ``left @ right.T`` as ``(row0, col0, scores)``; the scores array
-        is reused for the next tile (copy what you keep)."""
+        is reused for the next tile (copy what you keep). With ``upper_from`` (as in
+        :meth:`pairs`), tiles wholly on or below the diagonal are not computed."""
         n, m = len(left), len(right)
         if n == 0 or m == 0:
             return
@@ -180,6 +183,8 @@ class NumpyBackend:
             r1 = min(r0 + tr, n)
             for c0 in range(0, m, tc):
                 c1 = min(c0 + tc, m)
+                if upper_from is not None and c1 - 1 + upper_from <= r0:
+                    continue
                 out = self._scratch(r1 - r0, c1 - c0)
                 np.matmul(left[r0:r1], right[c0:c1].T, out=out)
                 yield r0, c0, out
@@ -208,6 +213,17 @@ class TorchBackend:
             )
         self._torch = torch
         self.tile_elements = tile_elements
+        #: the last right operand copied to the device, and that very array (held, so
+        #: its memory cannot be reused by another): a held block is compared with batch
+        #: after batch and is copied once, not once per batch
+        self._resident: tuple[F32, Any] | None = None
+
+    def _on_device(self, arr: F32) -> Any:
+        if self._resident is not None and self._resident[0] is arr:
+            return self._resident[1]
+        t = self._torch.from_numpy(np.ascontiguousarray(arr)).to("cuda")
+        self._resident = (arr, t)
+        return t
 
     def pairs(
         self,
@@ -223,11 +239,12 @@ class TorchBackend:
             return PairArrays.empty()
         dev = torch.device("cuda")
         lt_all = torch.from_numpy(np.ascontiguousarray(left)).to(dev, non_blocking=True)
+        rt_all = self._on_device(right)
         tr, tc = _tile_shape(n, m, left.shape[1], self.tile_elements)
         found: list[Any] = []
         for c0 in range(0, m, tc):
             c1 = min(c0 + tc, m)
-            rt = torch.from_numpy(np.ascontiguousarray(right[c0:c1])).to(dev, non_blocking=True)
+            rt = rt_all[c0:c1]
             for r0 in range(0, n, tr):
                 r1 = min(r0 + tr, n)
                 if upper_from is not None and c1 - 1 + upper_from <= r0:
