@@ -213,16 +213,17 @@ class TorchBackend:
             )
         self._torch = torch
         self.tile_elements = tile_elements
-        #: the last right operand copied to the device, and that very array (held, so
-        #: its memory cannot be reused by another): a held block is compared with batch
+        #: the last two operands copied to the device, with those very arrays (held, so
+        #: their memory cannot be reused by another): a held block is compared with batch
         #: after batch and is copied once, not once per batch
-        self._resident: tuple[F32, Any] | None = None
+        self._resident: list[tuple[F32, Any]] = []
 
     def _on_device(self, arr: F32) -> Any:
-        if self._resident is not None and self._resident[0] is arr:
-            return self._resident[1]
+        for host, dev in self._resident:
+            if host is arr:
+                return dev
         t = self._torch.from_numpy(np.ascontiguousarray(arr)).to("cuda")
-        self._resident = (arr, t)
+        self._resident = [*self._resident[-1:], (arr, t)]
         return t
 
     def pairs(
@@ -237,8 +238,7 @@ class TorchBackend:
         n, m = len(left), len(right)
         if n == 0 or m == 0:
             return PairArrays.empty()
-        dev = torch.device("cuda")
-        lt_all = torch.from_numpy(np.ascontiguousarray(left)).to(dev, non_blocking=True)
+        lt_all = self._on_device(left)
         rt_all = self._on_device(right)
         tr, tc = _tile_shape(n, m, left.shape[1], self.tile_elements)
         found: list[Any] = []
