@@ -100,3 +100,17 @@ def test_cuda_device_fails_clearly_without_a_gpu() -> None:
         backend_for("cuda")
     with pytest.raises(BiomaskError, match="unknown device 'tpu'"):
         backend_for("tpu")
+
+
+def test_torch_backend_finds_the_same_pairs() -> None:
+    """The CUDA backend's code, run by torch on the host: same pairs as numpy."""
+    pytest.importorskip("torch")
+    from biomask.identity.engine import TorchBackend
+
+    rng = np.random.default_rng(3)
+    a, b = unit(rng, 300, 32), unit(rng, 400, 32)
+    be = TorchBackend(5000, device="cpu")
+    assert found(be.pairs(a, b, 0.45)) == brute(a, b, 0.45)
+    assert found(be.pairs(a, b, 0.45)) == brute(a, b, 0.45)  # b reused from the device
+    got = found(be.pairs(a, a, 0.4, upper_from=0))
+    assert got == {(i, j) for i, j in brute(a, a, 0.4) if i < j}

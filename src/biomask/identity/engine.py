@@ -199,19 +199,20 @@ class TorchBackend:
 
     name = "cuda"
 
-    def __init__(self, tile_elements: int = 1 << 26) -> None:
+    def __init__(self, tile_elements: int = 1 << 26, *, device: str = "cuda") -> None:
         try:
             import torch
         except ImportError:
             raise MissingDependencyError(
                 "--device cuda needs PyTorch with CUDA: pip install 'biomask[torch]'"
             ) from None
-        if not torch.cuda.is_available():
+        if device == "cuda" and not torch.cuda.is_available():
             raise BiomaskError(
                 "--device cuda: no CUDA device is available here (torch.cuda.is_available() "
                 "is False); run on a machine with an NVIDIA GPU or use --device cpu"
             )
         self._torch = torch
+        self._device = device  # "cpu" runs the same code on the host (tests without a GPU)
         self.tile_elements = tile_elements
         #: the last two operands copied to the device, with those very arrays (held, so
         #: their memory cannot be reused by another): a held block is compared with batch
@@ -222,7 +223,7 @@ class TorchBackend:
         for host, dev in self._resident:
             if host is arr:
                 return dev
-        t = self._torch.from_numpy(np.ascontiguousarray(arr)).to("cuda")
+        t = self._torch.from_numpy(np.ascontiguousarray(arr)).to(self._device)
         self._resident = [*self._resident[-1:], (arr, t)]
         return t
 
