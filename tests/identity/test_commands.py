@@ -245,7 +245,7 @@ def test_split_leakage_check_finds_and_merges_one_person_under_two_ids(
     dups = big["data"].planted_duplicates
     assert dups.num_rows == 10
     args = ["split", "--policy", "policy.yaml", "--input", "in", "--output", "out", "--keyring",
-            "k.json", "--leakage-threshold", "0.5"]  # fmt: skip
+            "k.json", "--leakage-threshold", "0.5", "--ratios", "0.4,0.3,0.3"]  # fmt: skip
     assert main(args) == 0
     rep = json.loads((work / "out.split.json").read_text())
     leaks = pq.read_table(work / "out.leaks.parquet")
@@ -254,10 +254,16 @@ def test_split_leakage_check_finds_and_merges_one_person_under_two_ids(
                                          dups["duplicate_id"].to_pylist(), strict=True)}  # fmt: skip
     found = {frozenset(p) for p in zip(leaks["a_id"].to_pylist(), leaks["b_id"].to_pylist(),
                                        strict=True)}  # fmt: skip
-    assert found and found <= planted  # only planted people, and those split apart
+    split_of = {}
+    for n in ("train", "val", "test"):
+        for sid in pq.read_table(work / "out" / n / "subjects.parquet")["subject_id"].to_pylist():
+            split_of[sid] = n
+    apart = {p for p in planted if len({split_of[x] for x in p}) == 2}
+    assert found and found == apart  # exactly the planted people the split separated
     assert pc.all(pc.not_equal(leaks["a_split"], leaks["b_split"])).as_py()
     merge = ["split", "--policy", "policy.yaml", "--input", "in", "--output", "merged",
-             "--keyring", "k.json", "--leakage-threshold", "0.5", "--merge-leaks"]  # fmt: skip
+             "--keyring", "k.json", "--leakage-threshold", "0.5", "--merge-leaks",
+             "--ratios", "0.4,0.3,0.3"]  # fmt: skip
     assert main(merge) == 0
     where = {}
     for n in ("train", "val", "test"):
