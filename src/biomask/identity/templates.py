@@ -363,8 +363,7 @@ class TemplateSet:
                 f"{self.name}: column '{self.template_column}' has a template with missing "
                 f"values (row {r})"
             )
-        vec = flat.to_numpy(zero_copy_only=False).reshape(n, d0)
-        vec = np.array(vec, dtype=np.float32, order="C", copy=True)
+        vec = _own_float32(flat).reshape(n, d0)
         norms = np.sqrt(np.einsum("ij,ij->i", vec, vec, dtype=np.float64))
         finite = np.isfinite(norms)
         if not finite.all():
@@ -382,6 +381,22 @@ class TemplateSet:
             )
         vec /= norms.astype(np.float32)[:, None]
         return vec
+
+
+def _own_float32(flat: pa.Array) -> np.ndarray:
+    """The values as a writable float32 array this set may normalise in place.
+
+    A decrypted batch's buffer is fresh and belongs to this batch alone (the decryptor
+    hands out a new or recycled block per batch, as the training feed relies on): it is
+    used as it is, which saves a copy of every decrypted batch. Buffers read from a file
+    are read-only and shared with Arrow, so those are copied.
+    """
+    buf = flat.buffers()[1]
+    if pa.types.is_float32(flat.type) and buf is not None and not flat.null_count:
+        arr = np.frombuffer(buf, np.float32, count=len(flat), offset=flat.offset * 4)
+        if arr.flags.writeable:
+            return arr
+    return np.array(flat.to_numpy(zero_copy_only=False), dtype=np.float32, copy=True)
 
 
 def _skip(skipped: dict[str, int], reason: str, n: int) -> None:
