@@ -38,6 +38,13 @@ tables:
 """
 
 
+def run_manifest(lineage: Path) -> dict:
+    """The manifest of the directory's last run (``runs/<id>/manifest.json``)."""
+    head = json.loads((lineage / "manifest.json").read_text())
+    last = next(r for r in head["runs"] if r["run_id"] == head["last_run"])
+    return json.loads((lineage / last["manifest"]).read_text())
+
+
 def pairs_of(path: Path) -> set[tuple[int, int]]:
     t = pq.read_table(path)
     return set(zip(t["a_row"].to_pylist(), t["b_row"].to_pylist(), strict=True))
@@ -62,7 +69,10 @@ def test_leakage_writes_exactly_the_pairs_and_a_signed_run(
     t = pq.read_table(work / "pairs.parquet")
     assert t.column_names == ["a_id", "b_id", "similarity", "a_row", "b_row"]
     assert set(t["b_id"].to_pylist()) >= {"B0000", "B0001", "B0002"}
-    assert main([*args[:-2], "--overwrite", "--fail-on-match"]) == 1
+    assert "  receipt: " in out
+    assert main([*args[:-2], "--overwrite", "--fail-on-match", "--receipts", "r.txt"]) == 1
+    kept = (work / "r.txt").read_text().split()
+    assert len(kept) == 1 and kept[0] in capsys.readouterr().out
     assert main([*args[:-2], "--overwrite", "--threshold", "0.99", "--fail-on-match"]) == 0
     lineage = work / "pairs.parquet.lineage"
     report = verify(lineage, public_key=Keyring.open(work / "k.json").public_key_pem())
@@ -70,7 +80,7 @@ def test_leakage_writes_exactly_the_pairs_and_a_signed_run(
     dossier = json.loads((lineage / "dossier.json").read_text())
     assert dossier["run"]["command"] == "identity.leakage"
     assert dossier["identity"]["pairs"] == 0  # the last run's
-    manifest = json.loads((lineage / "manifest.json").read_text())
+    manifest = run_manifest(lineage)
     assert {d["role"] for d in manifest["datasets"]} == {"input", "output"}
     assert "identity" in (lineage / "dossier.html").read_text()
 
@@ -129,7 +139,7 @@ def test_filter_moves_every_row_of_removed_ids_with_a_reason(work: Path, planted
     assert shift["before_total"] == 600 and shift["after_total"] == 596
     lineage = work / "out.parquet.lineage"
     verify(lineage, public_key=Keyring.open(work / "k.json").public_key_pem())
-    manifest = json.loads((lineage / "manifest.json").read_text())
+    manifest = run_manifest(lineage)
     assert manifest["counts"]["rows_in"] == 600 and manifest["counts"]["rows_quarantined"] == 4
     dossier = json.loads((lineage / "dossier.json").read_text())
     assert dossier["identity"]["quasi_identifiers"]["f.group"]["after_total"] == 596

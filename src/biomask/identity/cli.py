@@ -53,6 +53,14 @@ TrialsOpt = Annotated[
     typer.Option("--trials", min=1, help="Impostor trials (default 340,000, or 10/FMR if more)."),
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")]
+ReceiptsOpt = Annotated[
+    Path | None,
+    typer.Option("--receipts", help="Append the lineage receipt to this file (outside it)."),
+]
+ReceiptOpt = Annotated[
+    str | None,
+    typer.Option("--receipt", help="A receipt (or a file of them) from an earlier run."),
+]
 
 
 def _common(
@@ -68,6 +76,7 @@ def _common(
     device: str = "cpu",
     block_rows: int = 65_536,
     overwrite: bool = False,
+    receipt: str | None = None,
 ) -> Any:
     from biomask.identity.commands import Common
     from biomask.keys import Keyring
@@ -87,18 +96,44 @@ def _common(
         device=device,
         block_rows=block_rows,
         overwrite=overwrite,
+        receipt=_read_receipt(receipt),
     )
+
+
+def _read_receipt(value: str | None) -> str | None:
+    """A receipt given as it is, or read from a file of them (the last line is used)."""
+    if value is None or not Path(value).is_file():
+        return value
+    try:
+        lines = [ln.strip() for ln in Path(value).read_text(encoding="utf-8").splitlines()]
+    except OSError as exc:
+        raise BiomaskError(f"cannot read receipt file {value}: {exc.strerror}") from None
+    found = [ln for ln in lines if ln]
+    if not found:
+        raise BiomaskError(f"receipt file {value} holds no receipt")
+    return found[-1]
 
 
 def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
-def _tail(console: Console, report: dict[str, Any]) -> None:
+def _tail(console: Console, report: dict[str, Any], receipts: Path | None) -> None:
     for note in report.get("notes", []):
         console.print(f"  note: {note}")
     console.print(f"  report: {report['report']}")
     console.print(f"  lineage: {report['lineage']}")
+    receipt = report.get("receipt")
+    if receipt:
+        console.print(f"  receipt: {receipt}")
+        if receipts is not None:
+            try:
+                with receipts.open("a", encoding="utf-8") as fh:
+                    fh.write(receipt + "\n")
+            except OSError as exc:
+                raise BiomaskError(
+                    f"cannot append the receipt to {receipts}: {exc.strerror}"
+                ) from None
 
 
 @identity_app.command("calibrate")
@@ -119,6 +154,8 @@ def calibrate_cmd(
     lineage: LineageOpt = None,
     report: ReportOpt = None,
     block_rows: BlockOpt = 65_536,
+    receipts: ReceiptsOpt = None,
+    receipt: ReceiptOpt = None,
 ) -> None:
     """Impostor and mated distributions, and the threshold for an FMR target."""
     from biomask.identity.commands import run_calibrate
@@ -133,6 +170,7 @@ def calibrate_cmd(
         lineage=lineage,
         report=report,
         block_rows=block_rows,
+        receipt=receipt,
     )
     rep = run_calibrate(opts, input, fmr=fmr, trials=trials, reference_uri=reference)
     inp = rep["input"]
@@ -153,7 +191,7 @@ def calibrate_cmd(
     if "realism" in rep:
         r = rep["realism"]
         c.print(f"  vs reference: KL impostor {r['kl_impostor']}, KL mated {r['kl_mated']} (nats)")
-    _tail(c, rep)
+    _tail(c, rep, receipts)
 
 
 @identity_app.command("leakage")
@@ -187,6 +225,8 @@ def leakage_cmd(
     device: DeviceOpt = "cpu",
     block_rows: BlockOpt = 65_536,
     overwrite: OverwriteOpt = False,
+    receipts: ReceiptsOpt = None,
+    receipt: ReceiptOpt = None,
 ) -> None:
     """Every (a, b) template pair at or above the threshold, exactly."""
     from biomask.identity.commands import run_leakage
@@ -203,6 +243,7 @@ def leakage_cmd(
         device=device,
         block_rows=block_rows,
         overwrite=overwrite,
+        receipt=receipt,
     )
     rep = run_leakage(
         opts,
@@ -224,7 +265,7 @@ def leakage_cmd(
     )
     if output:
         c.print(f"  pairs: {rep['pairs_output']}")
-    _tail(c, rep)
+    _tail(c, rep, receipts)
     if fail_on_match and rep["pairs"]:
         raise typer.Exit(1)
 
@@ -252,6 +293,8 @@ def filter_cmd(
     device: DeviceOpt = "cpu",
     block_rows: BlockOpt = 65_536,
     overwrite: OverwriteOpt = False,
+    receipts: ReceiptsOpt = None,
+    receipt: ReceiptOpt = None,
 ) -> None:
     """Remove near-duplicate identities; their rows move to <output>.removed with a reason."""
     from biomask.identity.commands import run_filter
@@ -268,6 +311,7 @@ def filter_cmd(
         device=device,
         block_rows=block_rows,
         overwrite=overwrite,
+        receipt=receipt,
     )
     rep = run_filter(
         opts,
@@ -287,7 +331,7 @@ def filter_cmd(
     )
     for name, d in rep["quasi_identifiers"].items():
         c.print(f"  {name}: largest shift {d['max_abs_shift_pp']:.2f} pp")
-    _tail(c, rep)
+    _tail(c, rep, receipts)
 
 
 def split_cmd(
@@ -315,6 +359,8 @@ def split_cmd(
     device: DeviceOpt = "cpu",
     block_rows: BlockOpt = 65_536,
     overwrite: OverwriteOpt = False,
+    receipts: ReceiptsOpt = None,
+    receipt: ReceiptOpt = None,
 ) -> None:
     """Deterministic subject-disjoint splits; every table's rows follow their subject."""
     from biomask.identity.commands import run_split
@@ -336,6 +382,7 @@ def split_cmd(
         device=device,
         block_rows=block_rows,
         overwrite=overwrite,
+        receipt=receipt,
     )
     rep = run_split(
         opts,
@@ -362,7 +409,7 @@ def split_cmd(
             f"splits, {rep['leaked_subjects']:,} subjects; moved by merge: "
             f"{rep['subjects_moved_by_merge']:,} (pairs: {rep['leaks_output']})"
         )
-    _tail(c, rep)
+    _tail(c, rep, receipts)
 
 
 def register(app: typer.Typer) -> None:

@@ -78,6 +78,8 @@ class Common:
     block_rows: int = 65_536
     batch_size: int = 65_536
     overwrite: bool = False
+    #: a receipt of the lineage directory from an earlier run: refuse a rolled-back one
+    receipt: str | None = None
     notes: list[str] = field(default_factory=list)
     _signer: Keyring | None = None
 
@@ -126,6 +128,22 @@ def _check_threshold(threshold: float) -> float:
             f"--threshold {threshold} is not a cosine similarity: it must lie in [-1, 1]"
         )
     return float(np.float32(threshold))
+
+
+def _check_threshold_args(threshold: float | None, fmr: float | None, has_reference: bool) -> None:
+    """Argument errors, found before a run starts (a refused run writes no lineage)."""
+    if threshold is not None and fmr is not None:
+        raise IdentityInputError("give --threshold or --fmr, not both")
+    if threshold is not None:
+        _check_threshold(threshold)
+        return
+    if fmr is None:
+        raise IdentityInputError("give --threshold X, or --fmr F with a --reference set")
+    check_fmr(fmr)
+    if not has_reference:
+        raise IdentityInputError(
+            "--fmr needs a --reference set: the threshold comes from its impostor scores"
+        )
 
 
 def _resolve_threshold(
@@ -215,6 +233,7 @@ def run_calibrate(
         job=opts.job(Path(input_uri).stem),
         inputs=_refs(ts, ref),
         policy=opts.policy,
+        receipt=opts.receipt,
     )
     run.start()
     try:
@@ -245,6 +264,7 @@ def run_calibrate(
         run.fail(exc)
         raise
     report["lineage"] = str(run.lineage_dir)
+    report["receipt"] = run.receipt
     report["report"] = str(report_path)
     return report
 
@@ -272,10 +292,7 @@ def run_leakage(
     output: str | None = None,
 ) -> dict[str, Any]:
     """Every (a, b) pair of templates with cosine similarity >= the threshold, exactly."""
-    if threshold is not None and fmr is not None:
-        raise IdentityInputError("give --threshold or --fmr, not both")
-    if fmr is not None:
-        check_fmr(fmr)
+    _check_threshold_args(threshold, fmr, reference_uri is not None)
     ring = opts.ring()
     a = opts.open(a_uri, "a")
     b = opts.open(b_uri, "b")
@@ -288,6 +305,7 @@ def run_leakage(
         job=opts.job(Path(a_uri).stem),
         inputs=_refs(a, b, ref),
         policy=opts.policy,
+        receipt=opts.receipt,
     )
     run.start()
     sink: Sink | None = None
@@ -341,6 +359,7 @@ def run_leakage(
         run.fail(exc)
         raise
     report["lineage"] = str(run.lineage_dir)
+    report["receipt"] = run.receipt
     report["report"] = str(report_path)
     return report
 
@@ -495,6 +514,7 @@ def run_filter(
     ``.removed`` output with its reason; nothing is dropped. Quasi-identifier
     distributions before and after go to the report and the dossier.
     """
+    _check_threshold_args(threshold, fmr, True)  # the input is the default reference
     ring = opts.ring()
     ts = opts.open(input_uri, "input")
     ref = opts.open(reference_uri, "reference") if reference_uri else None
@@ -515,6 +535,7 @@ def run_filter(
         job=opts.job(Path(input_uri).stem),
         inputs=inputs,
         policy=opts.policy,
+        receipt=opts.receipt,
     )
     run.start()
     sinks: list[Sink] = []
@@ -643,6 +664,7 @@ def run_filter(
         run.fail(exc)
         raise
     report["lineage"] = str(run.lineage_dir)
+    report["receipt"] = run.receipt
     report["report"] = str(report_path)
     return report
 
@@ -757,6 +779,7 @@ def run_split(
         job=policy.dataset,
         inputs=[s.ref() for s in tables.values()],
         policy=policy,
+        receipt=opts.receipt,
     )
     report_path = opts.report or Path(str(output_uri).rstrip("/") + ".split.json")
     run.start()
@@ -901,6 +924,7 @@ def run_split(
         run.fail(exc)
         raise
     report["lineage"] = str(run.lineage_dir)
+    report["receipt"] = run.receipt
     report["report"] = str(report_path)
     return report
 

@@ -69,6 +69,7 @@ class IdentityRun:
         job: str,
         inputs: list[DatasetRef],
         policy: Policy | None = None,
+        receipt: str | None = None,
     ) -> None:
         self.lineage_dir = Path(lineage_dir)
         self.record = RunRecord(
@@ -83,7 +84,12 @@ class IdentityRun:
         )
         # no policy to the recorder: an identity run masks nothing, so the masking
         # evidence (residual-PII scan of masked columns) has nothing to look at
-        self.recorder = LineageRecorder(self.lineage_dir, keyring, self.record)
+        self.recorder = LineageRecorder(self.lineage_dir, keyring, self.record, receipt=receipt)
+
+    @property
+    def receipt(self) -> str | None:
+        """The lineage directory's receipt after this run (keep it outside the directory)."""
+        return str(self.recorder.receipt) if self.recorder.receipt is not None else None
 
     def start(self) -> None:
         self.recorder.start()
