@@ -139,12 +139,15 @@ def rss_child(rows: int, tmp: Path, policy: Path) -> tuple[float, float]:
         write_input(src, rows)
     out_path = tmp / f"out-{rows}.parquet"
     code = (
-        "import sys, time, resource;"
+        "import sys, time;"
         f"sys.path.insert(0, {str(HERE)!r});"
         "from structured import run_biomask;"
         "from pathlib import Path;"
         f"s = run_biomask(Path({str(src)!r}), Path({str(out_path)!r}), Path({str(policy)!r}));"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, s)"
+        # VmHWM, not ru_maxrss: Linux carries the parent's peak across fork and exec into
+        # ru_maxrss, so a child started from a large bench process would report the parent's.
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0];"
+        "print(int(hwm.split()[1]) / 1024, s)"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     rss, secs = out.stdout.split()
