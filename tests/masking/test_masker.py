@@ -116,7 +116,7 @@ def test_policy_column_missing_from_input() -> None:
 
 
 def test_unlisted_drop_and_keep() -> None:
-    tbl = pa.table({"a": ["x"], "b": ["y"]})
+    tbl = pa.table({"a": ["SUBJ-000001"], "b": ["y"]})
     for mode, names in (("drop", ["a"]), ("keep", ["a", "b"])):
         pol = parse_policy(
             f"version: 1\ndataset: t\nunlisted: {mode}\ncolumns:\n  a: {{op: tokenize, domain: d}}\n"

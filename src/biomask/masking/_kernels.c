@@ -20,6 +20,9 @@
  *   utf8_lengths(offsets, data, out)      code points per value
  *   shape(offsets, data, stream, table, keep, mode, prefix, out_data, out_offsets, wide)
  *                                         shaped tokens of UTF-8 values -> bytes used
+ *   ff1_walk(key, x, nbits, tweaks, limit, decrypt, bad)
+ *                                         FF1 radix 2, a tweak per value, cycle walking
+ *   shape_scan / shape_place              the passes around it for shaped permutations
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -663,6 +666,306 @@ static PyObject *shape(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* FF1 (radix 2) with a tweak per value and cycle walking: keyed permutations of [0, M)  */
+/* ------------------------------------------------------------------------------------ */
+
+/*
+ * Value i is an integer x_i below limit_i (the size of its shape's space), written on
+ * nbits_i bits (2**nbits_i >= limit_i, nbits_i in 20..64). It is encrypted with FF1 (NIST
+ * SP 800-38G, radix 2, AES-256, ten rounds) under its own 16-byte tweak, again and again
+ * until the result is below limit_i (cycle walking), which makes FF1 a permutation of
+ * exactly [0, limit_i). decrypt walks back the same way.
+ *
+ * With radix 2 and at most 64 bits, every half is at most 32 bits, NUM(B) fits in b <= 4
+ * bytes, d = 8, and "mod radix**m" is a mask. With a 16-byte tweak, Q is two blocks: the
+ * tweak, then zeros, the round byte and NUM(B). The CBC-MAC state after P (one per bit
+ * length) and the tweak block is computed once per value; each round is then one AES block
+ * per value, and the values of a group of GROUP go through one EVP call per round.
+ */
+#define FF1_WALK 400
+
+static void be_put(unsigned char *p, uint64_t v, int nbytes) {
+    for (int k = nbytes - 1; k >= 0; k--) {
+        p[k] ^= (unsigned char)(v & 0xFF);
+        v >>= 8;
+    }
+}
+
+static uint64_t be64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int k = 0; k < 8; k++) v = (v << 8) | p[k];
+    return v;
+}
+
+static uint64_t low_mask(int m) { return m >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << m) - 1); }
+
+/* ten rounds on the values slot[0..cnt) (indices into x); s1 holds each value's state */
+static int ff1_rounds(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
+                      const unsigned char *s1, const Py_ssize_t *slot, int cnt, int decrypt,
+                      unsigned char *blk, unsigned char *enc, uint64_t *A, uint64_t *B) {
+    for (int j = 0; j < cnt; j++) {
+        Py_ssize_t i = slot[j];
+        int n = (int)nbits[i], v = n - n / 2;
+        A[j] = x[i] >> v;
+        B[j] = x[i] & low_mask(v);
+    }
+    for (int r = 0; r < 10; r++) {
+        int round = decrypt ? 9 - r : r;
+        for (int j = 0; j < cnt; j++) {
+            Py_ssize_t i = slot[j];
+            int n = (int)nbits[i], v = n - n / 2, b = (v + 7) / 8;
+            unsigned char *q = blk + (Py_ssize_t)j * BLOCK;
+            memcpy(q, s1 + (Py_ssize_t)j * BLOCK, BLOCK);
+            q[15 - b] ^= (unsigned char)round;
+            be_put(q + 16 - b, decrypt ? A[j] : B[j], b);
+        }
+        if (!ecb(ctx, enc, blk, cnt)) return 0;
+        for (int j = 0; j < cnt; j++) {
+            Py_ssize_t i = slot[j];
+            int n = (int)nbits[i], u = n / 2, v = n - u;
+            int m = (round % 2 == 0) ? u : v;
+            uint64_t mask = low_mask(m);
+            uint64_t y = be64(enc + (Py_ssize_t)j * BLOCK) & mask;
+            if (decrypt) {
+                uint64_t c = (B[j] - y) & mask;
+                B[j] = A[j];
+                A[j] = c;
+            } else {
+                uint64_t c = (A[j] + y) & mask;
+                A[j] = B[j];
+                B[j] = c;
+            }
+        }
+    }
+    for (int j = 0; j < cnt; j++) {
+        Py_ssize_t i = slot[j];
+        int n = (int)nbits[i], v = n - n / 2;
+        x[i] = (A[j] << v) | B[j];
+    }
+    return 1;
+}
+
+static int ff1_walk_run(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
+                        const unsigned char *tweaks, const uint64_t *limit, Py_ssize_t n,
+                        int decrypt, unsigned char *bad, long long max_walk) {
+    unsigned char p0[65][BLOCK];
+    unsigned char blk[GROUP * BLOCK], enc[GROUP * BLOCK], s1[GROUP * BLOCK], s1w[GROUP * BLOCK];
+    uint64_t A[GROUP], B[GROUP];
+    Py_ssize_t slot[GROUP], pend[GROUP];
+    for (int nb = 20; nb <= 64; nb++) { /* CBC-MAC state after P, per bit length */
+        unsigned char p[BLOCK] = {1, 2, 1, 0, 0, 2, 10, 0, 0, 0, 0, 0, 0, 0, 0, 16};
+        p[7] = (unsigned char)((nb / 2) % 256);
+        p[11] = (unsigned char)nb;
+        if (!ecb(ctx, p0[nb], p, 1)) return 0;
+    }
+    for (Py_ssize_t start = 0; start < n; start += GROUP) {
+        int cnt = (int)(n - start < GROUP ? n - start : GROUP);
+        for (int j = 0; j < cnt; j++) {
+            Py_ssize_t i = start + j;
+            xor16(blk + (Py_ssize_t)j * BLOCK, p0[nbits[i]], tweaks + i * BLOCK);
+            slot[j] = i;
+        }
+        if (!ecb(ctx, s1, blk, cnt)) return 0;
+        int live = cnt;
+        for (int j = 0; j < cnt; j++) pend[j] = j; /* positions in s1 */
+        for (long long walk = 0; walk < max_walk && live > 0; walk++) {
+            for (int j = 0; j < live; j++) {
+                memcpy(s1w + (Py_ssize_t)j * BLOCK, s1 + (Py_ssize_t)pend[j] * BLOCK, BLOCK);
+                slot[j] = start + pend[j];
+            }
+            if (!ff1_rounds(ctx, x, nbits, s1w, slot, live, decrypt, blk, enc, A, B)) return 0;
+            int keep = 0;
+            for (int j = 0; j < live; j++)
+                if (x[slot[j]] >= limit[slot[j]]) pend[keep++] = pend[j];
+            live = keep;
+        }
+        for (int j = 0; j < live; j++) bad[start + pend[j]] = 1;
+    }
+    return 1;
+}
+
+static PyObject *ff1_walk(PyObject *self, PyObject *args) {
+    Py_buffer key, x, nbits, tweaks, limit, bad;
+    int decrypt = 0;
+    long long max_walk = FF1_WALK;
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*w*y*y*y*pw*|L", &key, &x, &nbits, &tweaks, &limit, &decrypt,
+                          &bad, &max_walk))
+        return NULL;
+    Py_ssize_t n = x.len / 8;
+    int ok_args = key_ok(&key) && out_size_ok(&x, n * 8, "x") &&
+                  out_size_ok(&nbits, n * 8, "nbits") &&
+                  out_size_ok(&tweaks, n * BLOCK, "tweaks") &&
+                  out_size_ok(&limit, n * 8, "limit") && out_size_ok(&bad, n, "bad");
+    if (ok_args) {
+        const int64_t *nb = nbits.buf;
+        const uint64_t *lim = limit.buf, *xs = x.buf;
+        for (Py_ssize_t i = 0; i < n && ok_args; i++) {
+            if (nb[i] < 20 || nb[i] > 64 || (nb[i] < 64 && (lim[i] - 1) >> nb[i]) ||
+                lim[i] == 0 || xs[i] >= lim[i]) {
+                PyErr_SetString(PyExc_ValueError,
+                                "ff1_walk: needs 20 <= nbits <= 64, x < limit <= 2**nbits");
+                ok_args = 0;
+            }
+        }
+    }
+    if (ok_args) {
+        int ok = 0;
+        EVP_CIPHER_CTX *ctx = ecb_encryptor(key.buf);
+        if (ctx != NULL) {
+            Py_BEGIN_ALLOW_THREADS
+            ok = ff1_walk_run(ctx, x.buf, nbits.buf, tweaks.buf, limit.buf, n, decrypt, bad.buf,
+                              max_walk);
+            Py_END_ALLOW_THREADS
+            EVP_CIPHER_CTX_free(ctx);
+        }
+        if (ok) {
+            result = Py_None;
+            Py_INCREF(result);
+        } else {
+            PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused an AES-256-ECB operation");
+        }
+    }
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&nbits);
+    PyBuffer_Release(&tweaks);
+    PyBuffer_Release(&limit);
+    PyBuffer_Release(&bad);
+    return result;
+}
+
+/* The two passes of permute.py around the FF1 walk, for values of one walk (spaces up to
+ * 2**63.5). shape_scan classifies each byte (ASCII digit, upper, lower; everything else,
+ * the kept prefix and the tail past upto are kept), writes the tweak descriptor (class
+ * code for a varying byte, the byte itself for a kept one, 0 for a hidden tail), the
+ * mixed-radix number of the varying bytes and the size of the space, and a flag per
+ * value: 0 one walk, 1 too small (fewer than 10^6 values, or nothing to vary in a
+ * non-empty value), 2 long (chunks; done in numpy), 3 empty. shape_place writes the
+ * permuted numbers back as characters of the same classes. */
+static int byte_class(unsigned char c) {
+    if (c >= '0' && c <= '9') return 1;
+    if (c >= 'A' && c <= 'Z') return 2;
+    if (c >= 'a' && c <= 'z') return 3;
+    return 0;
+}
+
+static const unsigned char CLASS_BASE[4] = {0, '0', 'A', 'a'};
+static const uint64_t CLASS_RADIX[4] = {1, 10, 26, 26};
+
+static int value_span(const int64_t *keep, const int64_t *upto, Py_ssize_t i, int64_t len,
+                      int64_t *lo, int64_t *hi) {
+    *lo = keep[i] < 0 ? 0 : (keep[i] > len ? len : keep[i]);
+    *hi = upto[i] < 0 ? 0 : (upto[i] > len ? len : upto[i]);
+    return *lo < *hi;
+}
+
+static int small_space(int64_t a, int64_t b) { /* 10**a * 26**b < 10**6, exactly */
+    return (b == 0 && a < 6) || (b == 1 && a <= 4) || (b == 2 && a <= 3) ||
+           (b == 3 && a <= 1) || (b == 4 && a == 0);
+}
+
+static PyObject *shape_scan(PyObject *self, PyObject *args) {
+    Py_buffer offs, data, keep, upto, maxa, desc, xo, so, fo;
+    int hide = 0;
+    Py_ssize_t n = 0;
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*py*w*w*w*w*", &offs, &data, &keep, &upto, &hide, &maxa,
+                          &desc, &xo, &so, &fo))
+        return NULL;
+    if (offsets_ok(&offs, data.len, &n) && out_size_ok(&keep, n * 8, "keep") &&
+        out_size_ok(&upto, n * 8, "upto") && out_size_ok(&maxa, 14 * 8, "maxa") &&
+        out_size_ok(&desc, data.len, "desc") && out_size_ok(&xo, n * 8, "x") &&
+        out_size_ok(&so, n * 8, "space") && out_size_ok(&fo, n, "flags")) {
+        const int64_t *o = offs.buf, *kp = keep.buf, *up = upto.buf, *ma = maxa.buf;
+        const unsigned char *d = data.buf;
+        unsigned char *ds = desc.buf, *fl = fo.buf;
+        uint64_t *x = xo.buf, *sp = so.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int64_t len = o[i + 1] - o[i], lo, hi, a = 0, b = 0;
+            const unsigned char *p = d + o[i];
+            unsigned char *q = ds + o[i];
+            int any = value_span(kp, up, i, len, &lo, &hi);
+            uint64_t v = 0, space = 1;
+            for (int64_t k = 0; k < len; k++) {
+                int c = (any && k >= lo && k < hi) ? byte_class(p[k]) : 0;
+                q[k] = c ? (unsigned char)c : (hide && k >= hi ? 0 : p[k]);
+                if (c == 1) a++;
+                if (c >= 2) b++;
+                if (c && b <= 13 && a <= ma[b]) {
+                    v = v * CLASS_RADIX[c] + (uint64_t)(p[k] - CLASS_BASE[c]);
+                    space *= CLASS_RADIX[c];
+                }
+            }
+            x[i] = v;
+            sp[i] = space;
+            if (len == 0) fl[i] = 3;
+            else if (small_space(a, b)) fl[i] = 1;
+            else if (b > 13 || a > ma[b]) fl[i] = 2;
+            else fl[i] = 0;
+        }
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&keep);
+    PyBuffer_Release(&upto);
+    PyBuffer_Release(&maxa);
+    PyBuffer_Release(&desc);
+    PyBuffer_Release(&xo);
+    PyBuffer_Release(&so);
+    PyBuffer_Release(&fo);
+    return result;
+}
+
+static PyObject *shape_place(PyObject *self, PyObject *args) {
+    Py_buffer offs, data, keep, upto, xo, fo, out;
+    Py_ssize_t n = 0;
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*", &offs, &data, &keep, &upto, &xo, &fo, &out))
+        return NULL;
+    if (offsets_ok(&offs, data.len, &n) && out_size_ok(&keep, n * 8, "keep") &&
+        out_size_ok(&upto, n * 8, "upto") && out_size_ok(&xo, n * 8, "x") &&
+        out_size_ok(&fo, n, "flags") && out_size_ok(&out, data.len, "out")) {
+        const int64_t *o = offs.buf, *kp = keep.buf, *up = upto.buf;
+        const unsigned char *d = data.buf, *fl = fo.buf;
+        const uint64_t *x = xo.buf;
+        unsigned char *w = out.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int64_t len = o[i + 1] - o[i], lo, hi;
+            if (fl[i] != 0 || !value_span(kp, up, i, len, &lo, &hi)) continue;
+            const unsigned char *p = d + o[i];
+            unsigned char *q = w + o[i];
+            uint64_t v = x[i];
+            for (int64_t k = hi - 1; k >= lo; k--) {
+                int c = byte_class(p[k]);
+                if (!c) continue;
+                q[k] = (unsigned char)(CLASS_BASE[c] + v % CLASS_RADIX[c]);
+                v /= CLASS_RADIX[c];
+            }
+        }
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&keep);
+    PyBuffer_Release(&upto);
+    PyBuffer_Release(&xo);
+    PyBuffer_Release(&fo);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"ev_hash", bm_ev_hash, METH_VARARGS,
      "ev_hash(offsets, data, key, out) -> None: keyed 64-bit digest per value"},
@@ -687,6 +990,13 @@ static PyMethodDef methods[] = {
      "ctr_stream(key, seeds, lengths, out) -> None: counter-mode keystreams back to back"},
     {"utf8_lengths", utf8_lengths, METH_VARARGS,
      "utf8_lengths(offsets, data, out) -> None: code points per value"},
+    {"ff1_walk", ff1_walk, METH_VARARGS,
+     "ff1_walk(key, x, nbits, tweaks, limit, decrypt, bad) -> None: FF1 (radix 2) with a "
+     "tweak per value, cycle-walked into [0, limit)"},
+    {"shape_scan", shape_scan, METH_VARARGS,
+     "shape_scan(offsets, data, keep, upto, hide_tail, maxa, desc, x, space, flags) -> None"},
+    {"shape_place", shape_place, METH_VARARGS,
+     "shape_place(offsets, data, keep, upto, x, flags, out) -> None"},
     {"shape", shape, METH_VARARGS,
      "shape(offsets, data, stream, table, keep, mode, prefix, out_data, out_offsets, wide) "
      "-> int (bytes written to out_data)"},

@@ -236,6 +236,7 @@ class Masker:
             b"biomask.policy_sha256": self.policy.sha256.encode(),
             b"biomask.keyring_id": self.keyring.keyring_id.encode(),
             b"biomask.key_id": self.keyring.primary_key_id.encode(),
+            b"biomask.token_key_id": self.keyring.token_key_id.encode(),
         }
         out = pa.schema(fields, metadata=meta)
         quarantine = pa.schema([*fields, pa.field(REASON_COLUMN, pa.string())], metadata=meta)
@@ -396,6 +397,9 @@ class Unmasker(Masker):
                 "Parquet, Arrow or PostgreSQL? CSV and JSON Lines cannot carry it); cannot "
                 "tell which key reverses it"
             )
+        # Reversible tokens come from the token key; data written before the keyring had
+        # one was masked under its primary key, which biomask.key_id names.
+        key_id = meta.get("biomask.token_key_id", key_id)
         if ring_id != self.keyring.keyring_id or key_id not in self.keyring.key_ids:
             raise KeyringError(
                 f"this keyring ({self.keyring.keyring_id}) is not the one that masked the data "
