@@ -328,12 +328,6 @@ def print_summary(summary: Any, *, to_stderr: bool = False, title: str = "masked
         console.print(f"  output: {o}")
     for q in summary.quarantine:
         console.print(f"  quarantine: {q}")
-    collisions = summary.stats.get("token_collisions", 0)
-    if collisions:
-        console.print(
-            f"  warning: {collisions} token collisions (irreversible tokens on a small domain; "
-            "use reversible: true for collision-free join keys)"
-        )
     console.print(f"  lineage: {summary.lineage_dir}")
 
 

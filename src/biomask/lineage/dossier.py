@@ -209,7 +209,6 @@ def build_dossier(
         "quarantine_reasons": dict(sorted(r.quarantine_reasons.items())),
         "operator_counts": dict(sorted(r.operator_counts.items())),
         "text_detections": dict(sorted(r.text_detections.items())),
-        "token_collisions": r.token_collisions,
     }
     dists: dict[str, Any] = evidence.get("distributions", {})
     kanon: dict[str, Any] = evidence.get("k_anonymity", {})

@@ -82,7 +82,7 @@ class MaskedBatch:
         column; None when every row was fine. ``len(output) + len(quarantine)`` always
         equals the input row count.
     stats:
-        Counters for the run summary (token collisions, text detections...).
+        Counters for the run summary (text detections...).
     """
 
     output: pa.RecordBatch
