@@ -120,7 +120,7 @@ def keys_init(keyring: KeyringOpt) -> None:
 def keys_rotate(
     keyring: KeyringOpt, lineage: LineageOpt = None, receipts: ReceiptsOpt = None
 ) -> None:
-    """Add a new primary key; old keys stay for reading."""
+    """Add a new primary (encryption) key; old keys stay for reading. Tokens do not change."""
     from biomask.keys import Keyring
     from biomask.lineage import record_event
 
@@ -136,7 +136,38 @@ def keys_rotate(
         {"keyring_id": ring.keyring_id, "old_key_id": old, "new_key_id": new},
     )
     _out().print(
-        f"rotated keyring {keyring}: new primary key {new} (old key {old} kept for reading)"
+        f"rotated keyring {keyring}: new primary key {new} (old key {old} kept for reading); "
+        f"tokens still derive from key {ring.token_key_id}, so outputs keep joining earlier ones"
+    )
+    _receipt(str(receipt), receipts)
+
+
+@keys_app.command("rotate-tokens")
+def keys_rotate_tokens(
+    keyring: KeyringOpt, lineage: LineageOpt = None, receipts: ReceiptsOpt = None
+) -> None:
+    """New token keys: every token, pseudonym and date offset changes.
+
+    Outputs masked after this no longer join outputs masked before it (subjects get new
+    tokens). Use it when token keys may have leaked; 'keys rotate' is enough otherwise.
+    """
+    from biomask.keys import Keyring
+    from biomask.lineage import record_event
+
+    ring = Keyring.open(keyring)
+    old = ring.token_key_id
+    target = lineage or keyring.with_name(keyring.name + ".lineage")
+    _check_lineage(target, ring)
+    new = ring.rotate_tokens()
+    receipt = record_event(
+        target,
+        ring,
+        "key.rotate_tokens",
+        {"keyring_id": ring.keyring_id, "old_token_key_id": old, "new_token_key_id": new},
+    )
+    _out().print(
+        f"rotated the token keys of keyring {keyring}: tokens now derive from key {new} "
+        f"(was {old}). Outputs masked from now on will NOT join outputs masked earlier."
     )
     _receipt(str(receipt), receipts)
 
