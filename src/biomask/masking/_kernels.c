@@ -685,48 +685,41 @@ static PyObject *shape(PyObject *self, PyObject *args) {
  */
 #define FF1_WALK 400
 
-static void be_put(unsigned char *p, uint64_t v, int nbytes) {
-    for (int k = nbytes - 1; k >= 0; k--) {
-        p[k] ^= (unsigned char)(v & 0xFF);
-        v >>= 8;
-    }
-}
-
-static uint64_t be64(const unsigned char *p) {
-    uint64_t v = 0;
-    for (int k = 0; k < 8; k++) v = (v << 8) | p[k];
-    return v;
-}
-
 static uint64_t low_mask(int m) { return m >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << m) - 1); }
 
 /* ten rounds on the values slot[0..cnt) (indices into x); s1 holds each value's state */
 static int ff1_rounds(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
                       const unsigned char *s1, const Py_ssize_t *slot, int cnt, int decrypt,
                       unsigned char *blk, unsigned char *enc, uint64_t *A, uint64_t *B) {
+    unsigned char U[GROUP], V[GROUP], NB[GROUP];
     for (int j = 0; j < cnt; j++) {
         Py_ssize_t i = slot[j];
         int n = (int)nbits[i], v = n - n / 2;
+        U[j] = (unsigned char)(n / 2);
+        V[j] = (unsigned char)v;
+        NB[j] = (unsigned char)((v + 7) / 8);
         A[j] = x[i] >> v;
         B[j] = x[i] & low_mask(v);
     }
     for (int r = 0; r < 10; r++) {
         int round = decrypt ? 9 - r : r;
         for (int j = 0; j < cnt; j++) {
-            Py_ssize_t i = slot[j];
-            int n = (int)nbits[i], v = n - n / 2, b = (v + 7) / 8;
+            int b = NB[j];
             unsigned char *q = blk + (Py_ssize_t)j * BLOCK;
+            uint64_t lo, src = decrypt ? A[j] : B[j];
             memcpy(q, s1 + (Py_ssize_t)j * BLOCK, BLOCK);
-            q[15 - b] ^= (unsigned char)round;
-            be_put(q + 16 - b, decrypt ? A[j] : B[j], b);
+            /* the last 8 bytes, big-endian, XOR the round byte and NUM(B) (b <= 4 bytes) */
+            memcpy(&lo, q + 8, 8);
+            lo = __builtin_bswap64(lo) ^ ((uint64_t)round << (8 * b)) ^ src;
+            lo = __builtin_bswap64(lo);
+            memcpy(q + 8, &lo, 8);
         }
         if (!ecb(ctx, enc, blk, cnt)) return 0;
         for (int j = 0; j < cnt; j++) {
-            Py_ssize_t i = slot[j];
-            int n = (int)nbits[i], u = n / 2, v = n - u;
-            int m = (round % 2 == 0) ? u : v;
-            uint64_t mask = low_mask(m);
-            uint64_t y = be64(enc + (Py_ssize_t)j * BLOCK) & mask;
+            int m = (round % 2 == 0) ? U[j] : V[j];
+            uint64_t mask = low_mask(m), y;
+            memcpy(&y, enc + (Py_ssize_t)j * BLOCK, 8);
+            y = __builtin_bswap64(y) & mask;
             if (decrypt) {
                 uint64_t c = (B[j] - y) & mask;
                 B[j] = A[j];
@@ -738,11 +731,7 @@ static int ff1_rounds(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
             }
         }
     }
-    for (int j = 0; j < cnt; j++) {
-        Py_ssize_t i = slot[j];
-        int n = (int)nbits[i], v = n - n / 2;
-        x[i] = (A[j] << v) | B[j];
-    }
+    for (int j = 0; j < cnt; j++) x[slot[j]] = (A[j] << V[j]) | B[j];
     return 1;
 }
 
@@ -867,27 +856,40 @@ static int small_space(int64_t a, int64_t b) { /* 10**a * 26**b < 10**6, exactly
            (b == 3 && a <= 1) || (b == 4 && a == 0);
 }
 
+/* Chunk j of k over L varying positions: ranks [L*j/k, L*(j+1)/k). */
+static int64_t chunk_of(int64_t rank, int64_t L, int64_t k) {
+    int64_t j = rank * k / L;
+    while (j + 1 < k && rank >= L * (j + 1) / k) j++;
+    while (j > 0 && rank < L * j / k) j--;
+    return j;
+}
+
 static PyObject *shape_scan(PyObject *self, PyObject *args) {
-    Py_buffer offs, data, keep, upto, maxa, desc, xo, so, fo;
-    int hide = 0;
+    Py_buffer offs, data, keep, upto, maxa, desc, xo, so, fo, cxo, cso, nco;
+    int hide = 0, autop = 0;
     Py_ssize_t n = 0;
     PyObject *result = NULL;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*py*w*w*w*w*", &offs, &data, &keep, &upto, &hide, &maxa,
-                          &desc, &xo, &so, &fo))
+    if (!PyArg_ParseTuple(args, "y*y*w*y*py*w*w*w*w*w*w*w*|p", &offs, &data, &keep, &upto, &hide,
+                          &maxa, &desc, &xo, &so, &fo, &cxo, &cso, &nco, &autop))
         return NULL;
     if (offsets_ok(&offs, data.len, &n) && out_size_ok(&keep, n * 8, "keep") &&
         out_size_ok(&upto, n * 8, "upto") && out_size_ok(&maxa, 14 * 8, "maxa") &&
         out_size_ok(&desc, data.len, "desc") && out_size_ok(&xo, n * 8, "x") &&
-        out_size_ok(&so, n * 8, "space") && out_size_ok(&fo, n, "flags")) {
-        const int64_t *o = offs.buf, *kp = keep.buf, *up = upto.buf, *ma = maxa.buf;
+        out_size_ok(&so, n * 8, "space") && out_size_ok(&fo, n, "flags") &&
+        out_size_ok(&cso, cxo.len, "chunk_space") && out_size_ok(&nco, n * 8, "nchunks") &&
+        cxo.len >= (Py_ssize_t)8 * (data.len / 13 + n + 1)) {
+        const int64_t *o = offs.buf, *up = upto.buf, *ma = maxa.buf;
+        int64_t *kp = keep.buf;
         const unsigned char *d = data.buf;
         unsigned char *ds = desc.buf, *fl = fo.buf;
-        uint64_t *x = xo.buf, *sp = so.buf;
+        uint64_t *x = xo.buf, *sp = so.buf, *cx = cxo.buf, *cs = cso.buf;
+        int64_t *nc = nco.buf, cur = 0;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = 0; i < n; i++) {
             int64_t len = o[i + 1] - o[i], lo, hi, a = 0, b = 0;
             const unsigned char *p = d + o[i];
+            if (autop) kp[i] = auto_prefix(p, len, (int64_t)data.len - o[i]);
             unsigned char *q = ds + o[i];
             int any = value_span(kp, up, i, len, &lo, &hi);
             uint64_t v = 0, space = 1;
@@ -903,14 +905,33 @@ static PyObject *shape_scan(PyObject *self, PyObject *args) {
             }
             x[i] = v;
             sp[i] = space;
+            nc[i] = 0;
             if (len == 0) fl[i] = 3;
             else if (small_space(a, b)) fl[i] = 1;
             else if (b > 13 || a > ma[b]) fl[i] = 2;
             else fl[i] = 0;
+            if (fl[i] == 2) { /* long: the numbers and spaces of its chunks */
+                int64_t L = a + b, k = (L + 12) / 13, rank = 0;
+                for (int64_t j = 0; j < k; j++) {
+                    cx[cur + j] = 0;
+                    cs[cur + j] = 1;
+                }
+                for (int64_t q = lo; q < hi; q++) {
+                    int c = byte_class(p[q]);
+                    if (!c) continue;
+                    int64_t j = cur + chunk_of(rank++, L, k);
+                    cx[j] = cx[j] * CLASS_RADIX[c] + (uint64_t)(p[q] - CLASS_BASE[c]);
+                    cs[j] *= CLASS_RADIX[c];
+                }
+                nc[i] = k;
+                cur += k;
+            }
         }
         Py_END_ALLOW_THREADS
         result = Py_None;
         Py_INCREF(result);
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "shape_scan: chunk buffers too small");
     }
     PyBuffer_Release(&offs);
     PyBuffer_Release(&data);
@@ -921,26 +942,63 @@ static PyObject *shape_scan(PyObject *self, PyObject *args) {
     PyBuffer_Release(&xo);
     PyBuffer_Release(&so);
     PyBuffer_Release(&fo);
+    PyBuffer_Release(&cxo);
+    PyBuffer_Release(&cso);
+    PyBuffer_Release(&nco);
     return result;
 }
 
 static PyObject *shape_place(PyObject *self, PyObject *args) {
-    Py_buffer offs, data, keep, upto, xo, fo, out;
+    Py_buffer offs, data, keep, upto, xo, fo, cxo, nco, out;
     Py_ssize_t n = 0;
     PyObject *result = NULL;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*w*", &offs, &data, &keep, &upto, &xo, &fo, &out))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*w*", &offs, &data, &keep, &upto, &xo, &fo,
+                          &cxo, &nco, &out))
         return NULL;
-    if (offsets_ok(&offs, data.len, &n) && out_size_ok(&keep, n * 8, "keep") &&
-        out_size_ok(&upto, n * 8, "upto") && out_size_ok(&xo, n * 8, "x") &&
-        out_size_ok(&fo, n, "flags") && out_size_ok(&out, data.len, "out")) {
-        const int64_t *o = offs.buf, *kp = keep.buf, *up = upto.buf;
+    int ok = offsets_ok(&offs, data.len, &n) && out_size_ok(&keep, n * 8, "keep") &&
+             out_size_ok(&upto, n * 8, "upto") && out_size_ok(&xo, n * 8, "x") &&
+             out_size_ok(&fo, n, "flags") && out_size_ok(&nco, n * 8, "nchunks") &&
+             out_size_ok(&out, data.len, "out");
+    if (ok) {
+        const int64_t *nc = nco.buf;
+        int64_t total = 0;
+        for (Py_ssize_t i = 0; i < n; i++) total += nc[i] < 0 ? 0 : nc[i];
+        if (cxo.len < total * 8) {
+            PyErr_SetString(PyExc_ValueError, "shape_place: chunk buffer too small");
+            ok = 0;
+        }
+    }
+    if (ok) {
+        const int64_t *o = offs.buf, *kp = keep.buf, *up = upto.buf, *nc = nco.buf;
         const unsigned char *d = data.buf, *fl = fo.buf;
-        const uint64_t *x = xo.buf;
+        const uint64_t *x = xo.buf, *cx = cxo.buf;
         unsigned char *w = out.buf;
+        int64_t cur = 0;
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = 0; i < n; i++) {
             int64_t len = o[i + 1] - o[i], lo, hi;
+            int64_t k = nc[i] < 0 ? 0 : nc[i];
+            if (fl[i] == 2 && k > 0 && value_span(kp, up, i, len, &lo, &hi)) {
+                const unsigned char *p = d + o[i];
+                unsigned char *q = w + o[i];
+                int64_t L = 0;
+                for (int64_t z = lo; z < hi; z++) L += byte_class(p[z]) != 0;
+                uint64_t v[1] = {0};
+                int64_t rank = L, j_prev = -1;
+                for (int64_t z = hi - 1; z >= lo; z--) {
+                    int c = byte_class(p[z]);
+                    if (!c) continue;
+                    int64_t j = chunk_of(--rank, L, k);
+                    if (j != j_prev) {
+                        v[0] = cx[cur + j];
+                        j_prev = j;
+                    }
+                    q[z] = (unsigned char)(CLASS_BASE[c] + v[0] % CLASS_RADIX[c]);
+                    v[0] /= CLASS_RADIX[c];
+                }
+            }
+            cur += k;
             if (fl[i] != 0 || !value_span(kp, up, i, len, &lo, &hi)) continue;
             const unsigned char *p = d + o[i];
             unsigned char *q = w + o[i];
@@ -962,6 +1020,8 @@ static PyObject *shape_place(PyObject *self, PyObject *args) {
     PyBuffer_Release(&upto);
     PyBuffer_Release(&xo);
     PyBuffer_Release(&fo);
+    PyBuffer_Release(&cxo);
+    PyBuffer_Release(&nco);
     PyBuffer_Release(&out);
     return result;
 }
@@ -994,9 +1054,10 @@ static PyMethodDef methods[] = {
      "ff1_walk(key, x, nbits, tweaks, limit, decrypt, bad) -> None: FF1 (radix 2) with a "
      "tweak per value, cycle-walked into [0, limit)"},
     {"shape_scan", shape_scan, METH_VARARGS,
-     "shape_scan(offsets, data, keep, upto, hide_tail, maxa, desc, x, space, flags) -> None"},
+     "shape_scan(offsets, data, keep, upto, hide_tail, maxa, desc, x, space, flags, "
+     "chunk_x, chunk_space, nchunks) -> None"},
     {"shape_place", shape_place, METH_VARARGS,
-     "shape_place(offsets, data, keep, upto, x, flags, out) -> None"},
+     "shape_place(offsets, data, keep, upto, x, flags, chunk_x, nchunks, out) -> None"},
     {"shape", shape, METH_VARARGS,
      "shape(offsets, data, stream, table, keep, mode, prefix, out_data, out_offsets, wide) "
      "-> int (bytes written to out_data)"},

@@ -109,11 +109,24 @@ def shape_scan(
     x: Any,
     space: Any,
     flags: Any,
+    chunk_x: Any,
+    chunk_space: Any,
+    nchunks: Any,
     /,
 ) -> None:
-    """Classes, tweak descriptors, mixed-radix numbers and flags of shaped values."""
+    """Classes, tweak descriptors, mixed-radix numbers and flags of shaped values; the
+    chunks of long values, back to back."""
 
 def shape_place(
-    offsets: Any, data: Any, keep: Any, upto: Any, x: Any, flags: Any, out: Any, /
+    offsets: Any,
+    data: Any,
+    keep: Any,
+    upto: Any,
+    x: Any,
+    flags: Any,
+    chunk_x: Any,
+    nchunks: Any,
+    out: Any,
+    /,
 ) -> None:
     """Write permuted numbers back as characters of the same classes into ``out``."""

@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from biomask.keys.handles import KeyHandle
 from biomask.keys.primitives import DeterministicPrf, _native, hkdf
 from biomask.masking.ff1 import FF1, MIN_DOMAIN, _ecb
-from biomask.masking.shape import DIGIT, KEEP, LOWER, UPPER, utf8_buffers
+from biomask.masking.shape import DIGIT, KEEP, LOWER, UPPER, prefix_lengths, utf8_buffers
 
 __all__ = ["MIN_SPACE", "Permuted", "ShapePermutation", "byte_classes"]
 
@@ -74,7 +74,6 @@ _TABLE[97:123] = LOWER
 _BASE = np.array([0, 48, 65, 97], dtype=np.uint8)
 _RADIX = np.array([1, 10, 26, 26], dtype=np.uint64)
 _LOG10 = np.array([0.0, 1.0, math.log10(26), math.log10(26)])
-_POW2 = np.array([1 << k for k in range(64)], dtype=np.uint64)
 
 
 def byte_classes(data: np.ndarray) -> np.ndarray:
@@ -137,7 +136,7 @@ class ShapePermutation:
         self,
         values: pa.Array,
         *,
-        keep: np.ndarray | None = None,
+        keep: np.ndarray | str | None = None,
         upto: np.ndarray | None = None,
         tail_in_tweak: bool = True,
         small_ok: bool = False,
@@ -150,7 +149,9 @@ class ShapePermutation:
         values:
             The values (string or large string).
         keep:
-            Per value, how many leading *bytes* are kept (a prefix; ASCII).
+            Per value, how many leading *bytes* are kept (a prefix); or ``"auto"``: 1-6
+            upper-case ASCII letters and a separator (``SUBJ-``), as
+            :func:`biomask.masking.shape.prefix_lengths` finds them.
         upto:
             Per value, how many leading bytes may vary; the rest is kept (an e-mail's
             ``@domain``, a check digit).
@@ -174,7 +175,13 @@ class ShapePermutation:
         offsets = np.ascontiguousarray(offs - offs[0])
         data = np.frombuffer(buf, dtype=np.uint8)[int(offs[0]) : int(offs[-1])]
         lengths = np.diff(offsets)
-        keep_a = np.zeros(n, np.int64) if keep is None else np.asarray(keep, dtype=np.int64)
+        auto = isinstance(keep, str)
+        if auto and keep != "auto":
+            raise ValueError("keep takes per-value byte counts, None or 'auto'")
+        if auto and _native() is None:
+            keep = prefix_lengths(data.astype(np.uint32), offsets, "auto")
+            auto = False
+        keep_a = np.zeros(n, np.int64) if keep is None or auto else np.asarray(keep, dtype=np.int64)
         upto_a = lengths if upto is None else np.asarray(upto, dtype=np.int64)
         keep_a, upto_a = np.ascontiguousarray(keep_a), np.ascontiguousarray(upto_a)
         hide = not tail_in_tweak
@@ -185,7 +192,28 @@ class ShapePermutation:
             x = np.empty(n, dtype=np.uint64)
             space = np.empty(n, dtype=np.uint64)
             flags = np.empty(n, dtype=np.uint8)
-            native.shape_scan(offsets, data, keep_a, upto_a, hide, _MAXA, desc, x, space, flags)
+            cap = len(data) // 13 + n + 1
+            cx = np.empty(cap, dtype=np.uint64)
+            cs = np.empty(cap, dtype=np.uint64)
+            nchunks = np.empty(n, dtype=np.int64)
+            keep_a = keep_a.copy()  # filled in by the kernel when auto
+            native.shape_scan(
+                offsets,
+                data,
+                keep_a,
+                upto_a,
+                hide,
+                _MAXA,
+                desc,
+                x,
+                space,
+                flags,
+                cx,
+                cs,
+                nchunks,
+                auto,
+            )
+            cstart = np.cumsum(nchunks) - nchunks
         else:
             layout = _layout(data, offsets, keep_a, upto_a, hide)
             desc, flags = layout.desc, layout.flags
@@ -193,6 +221,17 @@ class ShapePermutation:
             space = np.ones(n, dtype=np.uint64)
             for rows, idx in layout.groups((flags == _ONE) | (flags == _SMALL)):
                 x[rows], space[rows] = _horner(layout.digits[idx], layout.radix[idx])
+            nchunks = np.where(flags == _LONG, -(-layout.count // _CHUNK), 0).astype(np.int64)
+            cstart = np.cumsum(nchunks) - nchunks
+            cx = np.zeros(int(nchunks.sum()), dtype=np.uint64)
+            cs = np.ones(int(nchunks.sum()), dtype=np.uint64)
+            for rows, idx in layout.groups(flags == _LONG):
+                bounds = _bounds(idx.shape[1])
+                at = cstart[rows][:, None] + np.arange(len(bounds) - 1)[None, :]
+                for j, (a, b) in enumerate(pairwise(bounds)):
+                    cx[at[:, j]], cs[at[:, j]] = _horner(
+                        layout.digits[idx[:, a:b]], layout.radix[idx[:, a:b]]
+                    )
         tweaks = self._tweak.seeds(
             pa.LargeBinaryArray.from_buffers(
                 pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(desc)]
@@ -225,23 +264,25 @@ class ShapePermutation:
             )
             x[one] = done
             failed[one[bad]] = True
+        long_rows = np.flatnonzero(flags == _LONG)
+        for k in np.unique(nchunks[long_rows]):
+            rows = long_rows[nchunks[long_rows] == k]
+            at = cstart[rows][:, None] + np.arange(k)[None, :]
+            cx[at] = self._feistel(cx[at], cs[at], tweaks[rows], decrypt, failed, rows)
         out = data.copy()
         if native is not None:
-            native.shape_place(offsets, data, keep_a, upto_a, x, flags, out)
+            native.shape_place(offsets, data, keep_a, upto_a, x, flags, cx, nchunks, out)
         else:
             assert layout is not None
             for rows, idx in layout.groups(flags == _ONE):
                 layout.digits[idx] = _digits(x[rows], layout.radix[idx])
-        if (flags == _LONG).any():
-            if layout is None:
-                layout = _layout(data, offsets, keep_a, upto_a, hide)
             for rows, idx in layout.groups(flags == _LONG):
-                layout.digits[idx] = self._chunks(
-                    layout.digits[idx], layout.radix[idx], tweaks[rows], decrypt, failed, rows
-                )
-        if layout is not None:  # numpy wrote digits of these values: put them in place
+                bounds = _bounds(idx.shape[1])
+                at = cstart[rows][:, None] + np.arange(len(bounds) - 1)[None, :]
+                for j, (a, b) in enumerate(pairwise(bounds)):
+                    layout.digits[idx[:, a:b]] = _digits(cx[at[:, j]], layout.radix[idx[:, a:b]])
             fl = flags[layout.owner_of_var]
-            mine = (fl == _LONG) if native is not None else (fl == _ONE) | (fl == _LONG)
+            mine = (fl == _ONE) | (fl == _LONG)
             put = layout.vidx[mine]
             out[put] = layout.digits[mine].astype(np.uint8) + _BASE[layout.cls[put]]
         wide = pa.types.is_large_string(arr.type)
@@ -251,42 +292,51 @@ class ShapePermutation:
         return Permuted(res.cast(pa.string()) if wide else res, flags == _SMALL, failed)
 
     # -- long values: chunks, an unbalanced Feistel network of FF1 walks ----------------
-    def _chunks(
+    def _feistel(
         self,
-        d: np.ndarray,
-        r: np.ndarray,
+        xs: np.ndarray,
+        spaces: np.ndarray,
         tweaks: np.ndarray,
         decrypt: bool,
         failed: np.ndarray,
         rows: np.ndarray,
     ) -> np.ndarray:
-        length = d.shape[1]
-        k = -(-length // _CHUNK)
-        bounds = [length * j // k for j in range(k + 1)]
-        parts = [_horner(d[:, a:b], r[:, a:b]) for a, b in pairwise(bounds)]
-        xs = [p[0] for p in parts]
-        spaces = [p[1] for p in parts]
-        steps = [(p, j) for p in range(2) for j in range(k)]
+        """Permute the ``k`` chunks of each row (columns of ``xs``, each below its space).
+
+        One pass over the chunks; step ``j`` walks chunk ``j`` with FF1 under a tweak that
+        folds the value's own tweak, ``j`` and every other chunk's current number (AES-256
+        CBC-MAC under the mix key): the chunks before ``j`` as already permuted, those
+        after as they came. So every output chunk depends on every input chunk. Each step
+        is a permutation of chunk ``j`` given the others, so the whole is a permutation;
+        decryption runs the steps backwards.
+        """
+        xs = xs.copy()
+        k = xs.shape[1]
+        steps = [(0, j) for j in range(k)]
         aes = Cipher(algorithms.AES(self._mix), modes.ECB()).encryptor()
         for p, j in reversed(steps) if decrypt else steps:
             tw = tweaks.copy()
             tw[:, 0] ^= np.uint8(p + 1)
-            tw[:, 1] ^= np.uint8(j)
+            tw[:, 1] ^= np.uint8(j % 256)
+            tw[:, 2] ^= np.uint8(j // 256 % 256)
             tw = _ecb(aes, tw)
             for i in range(k):
                 if i != j:
                     blk = np.zeros((len(tw), 16), dtype=np.uint8)
-                    blk[:, 0] = i
-                    blk[:, 8:] = xs[i].astype(">u8").view(np.uint8).reshape(-1, 8)
+                    blk[:, 8:] = xs[:, i].astype(">u8").view(np.uint8).reshape(-1, 8)
                     tw = _ecb(aes, tw ^ blk)
-            xs[j], bad = self._ff1.walk_bits(
-                xs[j], _nbits(spaces[j]), tw, spaces[j], decrypt=decrypt
+            col, bad = self._ff1.walk_bits(
+                xs[:, j], _nbits(spaces[:, j]), tw, spaces[:, j], decrypt=decrypt
             )
+            xs[:, j] = col
             failed[rows[bad]] = True
-        out = np.empty_like(d)
-        for j, (a, b) in enumerate(pairwise(bounds)):
-            out[:, a:b] = _digits(xs[j], r[:, a:b])
-        return out
+        return xs
+
+
+def _bounds(length: int) -> list[int]:
+    """Chunk edges over ``length`` varying positions: ``ceil(length / 13)`` near-equal parts."""
+    k = -(-length // _CHUNK)
+    return [length * j // k for j in range(k + 1)]
 
 
 _ONE, _SMALL, _LONG, _EMPTY = 0, 1, 2, 3
@@ -396,6 +446,11 @@ def _digits(x: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 
 def _nbits(space: np.ndarray) -> np.ndarray:
-    """Bits FF1 works on for a space: ``bitlen(space - 1)``, at least 20 (2**20 > 10^6)."""
-    bits = np.searchsorted(_POW2, space - np.uint64(1), side="right").astype(np.int64)
-    return np.maximum(bits, 20)
+    """Bits FF1 works on for a space: ``bitlen(space - 1)``, at least 20 (2**20 > 10^6).
+
+    Exact integer work: the bits below the highest are smeared to ones and counted.
+    """
+    v = np.asarray(space, dtype=np.uint64) - np.uint64(1)
+    for shift in (1, 2, 4, 8, 16, 32):
+        v |= v >> np.uint64(shift)
+    return np.maximum(np.bitwise_count(v).astype(np.int64), 20)

@@ -230,9 +230,9 @@ class Tokenize(Operator[TokenizeOp]):
         if check:  # the check digit stays outside the permutation and is recomputed
             _, offs, _ = utf8_buffers(uniq)
             upto = np.diff(offs) - 1
-        res = self.perm.permute(
-            uniq, keep=_prefix_bytes(uniq, self.spec.prefix), upto=upto, tail_in_tweak=not check
-        )
+        prefix = self.spec.prefix
+        keep = "auto" if prefix == "auto" else _prefix_bytes(uniq, prefix)
+        res = self.perm.permute(uniq, keep=keep, upto=upto, tail_in_tweak=not check)
         out = _fix_check_digit(res.values, self.spec.format) if check else res.values
         return out, [(res.small, SMALL_REASON), (res.failed, WALK_REASON)]
 
