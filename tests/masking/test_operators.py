@@ -65,7 +65,9 @@ def test_short_email_local_parts_never_merge() -> None:
     assert q is None
     got = out.column("e").to_pylist()
     assert len(set(got)) == len(values)
-    assert all(len(t) == len(v) and t.endswith("@clinic.example") for t, v in zip(got, values))
+    assert all(
+        len(t) == len(v) and t.endswith("@clinic.example") for t, v in zip(got, values, strict=True)
+    )
 
 
 def test_email_local_part_without_letters_is_quarantined_with_the_reason() -> None:

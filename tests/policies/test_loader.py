@@ -209,7 +209,7 @@ def test_short_hash_refused_for_an_entity_or_a_text_domain() -> None:
         "version: 1\ndataset: d\ncolumns:\n  dev: {op: hash, domain: device, length: 24}\n"
         "  notes: {op: text, entities: {ID: device}}\n"
     )
-    with pytest.raises(PolicyError, match="the text rule at columns.notes links ID to it"):
+    with pytest.raises(PolicyError, match=r"the text rule at columns\.notes links ID to it"):
         parse_policy(text, source="p.yaml")
     # elsewhere a short hash is a choice the policy may make
     parse_policy(

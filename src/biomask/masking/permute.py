@@ -78,7 +78,8 @@ _LOG10 = np.array([0.0, 1.0, math.log10(26), math.log10(26)])
 
 def byte_classes(data: np.ndarray) -> np.ndarray:
     """KEEP/DIGIT/UPPER/LOWER per UTF-8 byte: only ASCII letters and digits vary."""
-    return _TABLE[data]
+    out: np.ndarray = _TABLE[data]
+    return out
 
 
 @dataclass(frozen=True)
@@ -362,13 +363,14 @@ _MAXA = _max_digits()
 
 def _small(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``10**a * 26**b < 10**6``, exactly (as the compiled kernel decides it)."""
-    return (
+    small: np.ndarray = (
         ((b == 0) & (a < 6))
         | ((b == 1) & (a <= 4))
         | ((b == 2) & (a <= 3))
         | ((b == 3) & (a <= 1))
         | ((b == 4) & (a == 0))
     )
+    return small
 
 
 @dataclass
@@ -453,4 +455,5 @@ def _nbits(space: np.ndarray) -> np.ndarray:
     v = np.asarray(space, dtype=np.uint64) - np.uint64(1)
     for shift in (1, 2, 4, 8, 16, 32):
         v |= v >> np.uint64(shift)
-    return np.maximum(np.bitwise_count(v).astype(np.int64), 20)
+    bits: np.ndarray = np.maximum(np.bitwise_count(v).astype(np.int64), 20)
+    return bits

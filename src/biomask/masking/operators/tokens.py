@@ -114,7 +114,8 @@ def _at_positions(values: pa.Array) -> np.ndarray:
     k = np.searchsorted(ats, offsets[:-1])
     hit = ats[np.minimum(k, max(len(ats) - 1, 0))] if len(ats) else np.zeros(len(k), np.int64)
     found = (k < len(ats)) & (hit < offsets[1:])
-    return np.where(found, hit - offsets[:-1], np.diff(offsets)).astype(np.int64)
+    at: np.ndarray = np.where(found, hit - offsets[:-1], np.diff(offsets)).astype(np.int64)
+    return at
 
 
 @register
