@@ -186,6 +186,31 @@ def test_erase_subject_in_two_files(ring: Keyring, tmp_path: Path) -> None:
         assert res.output.column("face").to_pylist() == [b.column("face")[i].as_py() for i in kept]
 
 
+def test_erase_after_two_rotations_shreds_every_copy_of_one_subject(
+    ring: Keyring, tmp_path: Path
+) -> None:
+    """Tokens survive rotation, so a subject has one key name in every run: outputs
+    written before, between and after two rotations all lose that subject's templates
+    and keep everyone else's."""
+    b = batch(6)
+    outputs = [Masker(POLICY, ring).mask_batch(b).output]
+    for _ in range(2):
+        ring.rotate()
+        ring = Keyring.open(tmp_path / "k.json", "pw")
+        outputs.append(Masker(POLICY, ring).mask_batch(b).output)
+    tokens = {o.column("sid")[0].as_py() for o in outputs}
+    assert len(tokens) == 1  # one token, so one key name, across the rotations
+    (token_a,) = tokens
+    store = open_keystore(str(tmp_path / "k.json.keystore.sqlite"))
+    assert store.erase(f"e:subject:{token_a}")
+    kept = [i for i, s in enumerate(b.column("sid").to_pylist()) if s != "SUBJ-00000000"]
+    for data in outputs:
+        res = Unmasker(POLICY, ring).mask_batch(data)
+        assert res.quarantine is not None
+        assert set(res.quarantine.column("sid").to_pylist()) == {token_a}
+        assert res.output.column("face").to_pylist() == [b.column("face")[i].as_py() for i in kept]
+
+
 def test_wrong_length_is_quarantined_never_clear(ring: Keyring) -> None:
     pol = parse_policy("version: 1\ndataset: d\ncolumns:\n  t: {op: encrypt, dim: 4}\n")
     b = pa.RecordBatch.from_pydict(
