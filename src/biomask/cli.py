@@ -440,11 +440,15 @@ def erase_cmd(
 
     ring = Keyring.open(keyring)
     uri = keystore or default_keystore_uri(ring.path, ring.keyring_id)
-    store = open_keystore(uri)
+    store = open_keystore(uri, create=False)
     target = lineage or keyring.with_name(keyring.name + ".lineage")
     _check_lineage(target, ring)
-    n = 1 if store.erase(f"e:{entity}:{subject}") else 0
+    dek_id = f"e:{entity}:{subject}"
+    n = 1 if store.erase(dek_id) else 0
     if n == 0:
+        if store.erased([dek_id]):
+            _out().print(f"the template key of {entity} {subject} was already erased")
+            return
         raise BiomaskError(f"no template key for {entity} token {subject} in {store.uri}")
     receipt = record_event(
         target,
@@ -470,7 +474,9 @@ def rekey_cmd(
     from biomask.masking.operators.encrypt import rewrap
 
     ring = Keyring.open(keyring)
-    store = open_keystore(keystore or default_keystore_uri(ring.path, ring.keyring_id))
+    store = open_keystore(
+        keystore or default_keystore_uri(ring.path, ring.keyring_id), create=False
+    )
     target = lineage or keyring.with_name(keyring.name + ".lineage")
     _check_lineage(target, ring)
     n = rewrap(store, ring)

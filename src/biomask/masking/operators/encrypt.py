@@ -69,11 +69,12 @@ _STORES: dict[str, KeyStore] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def keystore_for(services: dict[str, Any], keyring: Keyring) -> KeyStore:
+def keystore_for(services: dict[str, Any], keyring: Keyring, *, create: bool = True) -> KeyStore:
     """The key store a run uses: ``services["keystore_uri"]`` or the keyring's default.
 
     Stores are cached per URI in the process, so the operators of every column (and every
-    Masker of a multi-table run) share one connection.
+    Masker of a multi-table run) share one connection. Only masking creates a store
+    (``create``); reading one that does not exist is an error.
     """
     uri = services.get("keystore_uri") or default_keystore_uri(keyring.path, keyring.keyring_id)
     if "://" not in uri and not uri.startswith("memory:"):
@@ -81,7 +82,7 @@ def keystore_for(services: dict[str, Any], keyring: Keyring) -> KeyStore:
     with _STORES_LOCK:
         store = _STORES.get(uri)
         if store is None:
-            store = open_keystore(uri)
+            store = open_keystore(uri, create=create)
             _STORES[uri] = store
     return store
 
@@ -278,8 +279,11 @@ class Encrypt(Operator[EncryptOp]):
     @property
     def store(self) -> KeyStore:
         """The run's key store (opened on first use: a policy check needs none)."""
+        return self._store_for(create=True)
+
+    def _store_for(self, *, create: bool) -> KeyStore:
         if self._store is None:
-            self._store = keystore_for(self.binding.services, self.binding.keyring)
+            self._store = keystore_for(self.binding.services, self.binding.keyring, create=create)
         return self._store
 
     @property
@@ -407,7 +411,7 @@ class Encrypt(Operator[EncryptOp]):
                 dek_ids, lambda ids: [keks.wrap(d, secrets.token_bytes(32)) for d in ids]
             )
         else:
-            found = self.store.get(dek_ids)
+            found = self._store_for(create=False).get(dek_ids)
         return {d: keks.unwrap(d, k, w) for d, (k, w) in found.items()}
 
     def _open_keys(self, dek_ids: list[str]) -> dict[str, bytes]:
@@ -571,6 +575,16 @@ class Encrypt(Operator[EncryptOp]):
         missing = np.array([d not in deks for d in dek_ids], dtype=bool)
         if any(m and not d.startswith("e:") for d, m in zip(dek_ids, missing, strict=True)):
             raise DecryptionError()
+        if missing.any():  # erased (a tombstone says so), or a store that lost keys
+            gone = [d for d, m in zip(dek_ids, missing, strict=True) if m]
+            unexplained = set(gone) - self._store_for(create=False).erased(gone)
+            if unexplained:
+                raise KeyringError(
+                    f"key store {self.store.uri} has no key for {len(unexplained)} subject(s) "
+                    "of this data and no record of erasing them: it is not the store the data "
+                    "was masked with, or it is damaged or incomplete (e.g. a SQLite store "
+                    "copied without its -wal file)"
+                )
         ok = valid.copy()
         if missing.any():
             erased = np.zeros(n, dtype=bool)
