@@ -559,3 +559,15 @@ def test_reversible_tokens_survive_rotation_and_unmask(
     assert main([*args, "--keyring", "keys.json"]) == 0
     back = pq.read_table(work / "u.parquet").column("subject_id").to_pylist()
     assert back == ["SUBJ-00000001", "SUBJ-00000002", "SUBJ-00000001"]
+
+
+def test_erase_without_a_key_store_is_one_clear_error(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["erase", "--keyring", "keys.json", "--subject", "SUBJ-12345678"]) != 0
+    store = (work / "keys.json.keystore.sqlite").resolve()
+    assert one_error_line(capsys) == (
+        f"key store {store} not found: templates cannot be decrypted or erased without the "
+        "store they were masked with (pass --keystore, or restore the file)"
+    )
+    assert not store.exists()
