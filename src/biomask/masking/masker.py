@@ -312,6 +312,8 @@ class Masker:
         for name in todo:
             for ename in ent_by_col.get(name, []):
                 entity_tokens[ename] = results[name]
+        for name, col in results.items():  # e.g. the row keys templates are bound to
+            memo.put(("masked", name), col)
         results.update(self._run(batch, later, ctxs))
         stats: dict[str, int] = {}
         for name in todo:

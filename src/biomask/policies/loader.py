@@ -209,6 +209,22 @@ def _cross_check(policy: Policy, source: str, lines: dict[tuple[str, ...], int])
             )
         domains.setdefault(dom, (signature, base))
     for base, op in rules:
+        if isinstance(op, EncryptOp) and op.row_key is not None:
+            cols = tables[base[1]].columns if multi else tables[policy.dataset].columns
+            key_rule = cols.get(op.row_key)
+            if key_rule is None or op.row_key == base[-1]:
+                raise fail(
+                    f"row_key '{op.row_key}' is not another column of this table's rules "
+                    f"(columns: {', '.join(c for c in cols if c != base[-1])})",
+                    (*base, "row_key"),
+                )
+            if key_rule.op not in ("tokenize", "hash", "keep"):
+                raise fail(
+                    f"row_key column '{op.row_key}' uses '{key_rule.op}': the row key must "
+                    "survive masking as a stable value (tokenize, hash or keep)",
+                    (*base, "row_key"),
+                )
+    for base, op in rules:
         entity = op.entity if isinstance(op, DateShiftOp | EncryptOp | TextOp) else None
         if entity is not None and entity not in policy.entities:
             known = ", ".join(policy.entities) or "none declared"

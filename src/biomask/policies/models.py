@@ -256,13 +256,21 @@ class TextOp(_Spec):
 
 
 class EncryptOp(_Spec):
-    """AES-256-GCM envelope encryption of templates, bound to dataset, column and entity."""
+    """AES-256-GCM envelope encryption of templates, bound to dataset, table, column, entity
+    and (with ``row_key``) the row."""
 
     op: Literal["encrypt"]
     entity: str | None = None
     per_entity_key: bool = False
     dim: int | None = Field(
         None, ge=1, description="expected values per template (list columns); others quarantine"
+    )
+    row_key: str | None = Field(
+        None,
+        description=(
+            "column whose (masked) value identifies the row, e.g. capture_id: the ciphertext "
+            "is bound to it, so it cannot be moved to another row, even of the same subject"
+        ),
     )
 
     @model_validator(mode="after")
