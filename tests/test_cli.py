@@ -571,3 +571,19 @@ def test_erase_without_a_key_store_is_one_clear_error(
         "store they were masked with (pass --keystore, or restore the file)"
     )
     assert not store.exists()
+
+
+def test_summary_says_what_templates_are_bound_to(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (work / "t.yaml").write_text(POLICY + "  tpl: {op: encrypt, entity: subject}\n")
+    table = pq.read_table(work / "in.parquet")
+    pq.write_table(table.append_column("tpl", pa.array([b"a" * 8] * 3)), work / "t.parquet")
+    assert main(mask_args(**{"--policy": "t.yaml", "--input": "t.parquet"})) == 0
+    out = capsys.readouterr().out
+    assert (
+        "templates people.tpl: bound to dataset, table, column, entity 'subject'; no row_key: "
+        "two templates of one subject can be swapped between their rows"
+    ) in out
+    dossier = json.loads((work / "out.parquet.lineage" / "dossier.json").read_text())
+    assert "no row_key" in json.dumps(dossier)

@@ -298,6 +298,8 @@ def mask_cmd(
             receipt=_read_receipt(receipt),
         )
     print_summary(summary, to_stderr=to_stderr)
+    for where, binding in pol.template_bindings().items():
+        _out(to_stderr).print(f"  templates {where}: {binding}")
     _receipt(summary.receipt, receipts, to_stderr)
 
 

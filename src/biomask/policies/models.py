@@ -390,6 +390,31 @@ class Policy(BaseModel):
             raise ValueError("a policy needs exactly one of 'columns' or 'tables'")
         return self
 
+    def template_bindings(self) -> dict[str, str]:
+        """What each ``encrypt`` rule's ciphertexts are bound to, in words, by
+        ``table.column``: for the run summary and the dossier, so a policy without
+        ``row_key`` says plainly that its templates can be swapped between rows."""
+        out: dict[str, str] = {}
+        for tname, spec in self.table_specs().items():
+            for cname, rule in spec.columns.items():
+                if not isinstance(rule, EncryptOp):
+                    continue
+                parts = ["dataset", "table", "column"]
+                if rule.entity is not None:
+                    parts.append(f"entity '{rule.entity}'")
+                if rule.row_key is not None:
+                    parts.append(f"row ({rule.row_key})")
+                    note = ""
+                elif rule.entity is not None:
+                    note = (
+                        f"; no row_key: two templates of one {rule.entity} can be swapped "
+                        "between their rows"
+                    )
+                else:
+                    note = "; no entity or row_key: any two rows' templates can be swapped"
+                out[f"{tname}.{cname}"] = "bound to " + ", ".join(parts) + note
+        return out
+
     def table_specs(self) -> dict[str, TableSpec]:
         """Tables by name; a single-table policy is one table named after the dataset."""
         if self.tables is not None:
