@@ -587,3 +587,37 @@ def test_summary_says_what_templates_are_bound_to(
     ) in out
     dossier = json.loads((work / "out.parquet.lineage" / "dossier.json").read_text())
     assert "no row_key" in json.dumps(dossier)
+
+
+def test_rekey_upgrade_rewrites_version_1_templates_bound_to_their_row(
+    work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import biomask.masking.operators.encrypt as enc
+
+    (work / "t.yaml").write_text(
+        POLICY
+        + "  cap: {op: tokenize, domain: capture}\n"
+        + "  tpl: {op: encrypt, entity: subject, per_entity_key: true, row_key: cap}\n"
+    )
+    table = pq.read_table(work / "in.parquet")
+    table = table.append_column("cap", pa.array(["CAP-000001", "CAP-000002", "CAP-000003"]))
+    templates = [b"t1" * 8, b"t2" * 8, b"t3" * 8]
+    pq.write_table(table.append_column("tpl", pa.array(templates)), work / "t.parquet")
+    with monkeypatch.context() as m:  # the version 1 writer
+        m.setattr(enc, "MAGIC", enc.MAGIC_V1)
+        m.setattr(enc.Encrypt, "_aad_prefix_v2", enc.Encrypt._aad_prefix)
+        m.setattr(enc, "_mids_v2", lambda tok, rk, rows: enc._row_tokens(tok, rows))
+        m.setattr(enc, "_lp", lambda h: b"|" + h)
+        assert main(mask_args(**{"--policy": "t.yaml", "--input": "t.parquet"})) == 0
+    old = pq.read_table(work / "out.parquet")
+    assert {bytes(v)[:4] for v in old.column("tpl").to_pylist()} == {b"BMT\x01"}
+    args = ["rekey", "--keyring", "keys.json", "--upgrade", "--policy", "t.yaml"]
+    assert main([*args, "--input", "out.parquet", "--output", "v2.parquet"]) == 0
+    assert "re-encrypted 3 rows -> 3 out" in capsys.readouterr().out
+    new = pq.read_table(work / "v2.parquet")
+    assert {bytes(v)[:4] for v in new.column("tpl").to_pylist()} == {b"BMT\x02"}
+    for col in ("subject_id", "email", "cap"):
+        assert new.column(col).equals(old.column(col))
+    un = ["unmask", "--policy", "t.yaml", "--keyring", "keys.json"]
+    assert main([*un, "--input", "v2.parquet", "--output", "u.parquet"]) == 0
+    assert pq.read_table(work / "u.parquet").column("tpl").to_pylist() == templates

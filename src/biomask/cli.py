@@ -468,6 +468,23 @@ def rekey_cmd(
     keystore: KeystoreOpt = None,
     lineage: LineageOpt = None,
     receipts: ReceiptsOpt = None,
+    upgrade: Annotated[
+        bool,
+        typer.Option(
+            "--upgrade",
+            help="Rewrite the template columns of --input (masked data) in the current "
+            "ciphertext format, bound to the policy's row_key, into --output.",
+        ),
+    ] = False,
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="Policy (with --upgrade).")
+    ] = None,
+    input: Annotated[
+        str | None, typer.Option("--input", help="Masked data (with --upgrade).")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", help="Output URI (with --upgrade).")
+    ] = None,
 ) -> None:
     """Re-wrap every stored template key under the primary key (templates untouched)."""
     from biomask.keys import Keyring
@@ -475,6 +492,23 @@ def rekey_cmd(
     from biomask.lineage import record_event
     from biomask.masking.operators.encrypt import rewrap
 
+    if upgrade:
+        if policy is None or input is None or output is None:
+            raise BiomaskError("rekey --upgrade needs --policy, --input and --output")
+        from biomask.pipeline import run_upgrade_templates
+        from biomask.policies import load_policy
+
+        summary = run_upgrade_templates(
+            load_policy(policy),
+            Keyring.open(keyring),
+            input,
+            output,
+            lineage_dir=lineage,
+            keystore=keystore,
+        )
+        print_summary(summary, title="re-encrypted")
+        _receipt(summary.receipt, receipts)
+        return
     ring = Keyring.open(keyring)
     store = open_keystore(
         keystore or default_keystore_uri(ring.path, ring.keyring_id), create=False
