@@ -621,3 +621,19 @@ def test_rekey_upgrade_rewrites_version_1_templates_bound_to_their_row(
     un = ["unmask", "--policy", "t.yaml", "--keyring", "keys.json"]
     assert main([*un, "--input", "v2.parquet", "--output", "u.parquet"]) == 0
     assert pq.read_table(work / "u.parquet").column("tpl").to_pylist() == templates
+
+
+def test_a_column_of_too_small_shapes_is_one_line_and_nothing_written(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pq.write_table(pa.table({"sid": ["A-1", "A-2", "A-3"]}), work / "small.parquet")
+    (work / "small.yaml").write_text(
+        "version: 1\ndataset: d\ncolumns:\n  sid: {op: tokenize, domain: s}\n"
+    )
+    assert main(mask_args(**{"--policy": "small.yaml", "--input": "small.parquet"})) != 0
+    assert one_error_line(capsys) == (
+        "small.yaml:4: columns.sid: tokenize on column 'sid' of table 'd': every value's shape "
+        "has fewer than 10^6 possible values, too few for tokens that never merge two values "
+        "(NIST SP 800-38G's minimum for FF1): use longer ids, hash (length >= 32) or generalize"
+    )
+    assert not (work / "out.parquet").exists()

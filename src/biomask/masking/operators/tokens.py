@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from biomask.errors import PolicyError
 from biomask.keys.primitives import DeterministicPrf, _native, hkdf
 from biomask.masking.ff1 import FF1
 from biomask.masking.fpe import ReversibleTokenizer
@@ -245,6 +246,9 @@ class Tokenize(Operator[TokenizeOp]):
             problems = [(bad, reason)]
         else:
             out, problems = self._string_tokens(uniq)
+            small = [rows for rows, why in problems if why == SMALL_REASON]
+            if small and len(small[0]) and small[0].all():
+                self._refuse_small_column()
         bad = np.zeros(len(uniq), dtype=bool)
         for rows, _ in problems:
             bad |= rows
@@ -254,6 +258,28 @@ class Tokenize(Operator[TokenizeOp]):
         nulled = pc.if_else(pa.array(bad), pa.scalar(None, out.type), out) if bad.any() else out
         ctx.memo.put(("tokens", self.binding.column), (enc.indices, nulled.cast(pa.string())))
         return result.cast(values.type)
+
+    def _refuse_small_column(self) -> None:
+        """Every value of a batch has too small a shape: a policy mistake, not bad rows.
+
+        Quarantining the whole column would hide it among data errors; the run stops
+        before anything is written, naming the rule and the fix.
+        """
+        b = self.binding
+        loc = (
+            ("tables", b.table, "columns", b.column)
+            if b.policy.is_multi_table
+            else ("columns", b.column)
+        )
+        raise PolicyError(
+            f"tokenize on column '{b.column}' of table '{b.table}': every value's shape has "
+            "fewer than 10^6 possible values, too few for tokens that never merge two values "
+            "(NIST SP 800-38G's minimum for FF1): use longer ids, hash (length >= 32) or "
+            "generalize",
+            path=b.policy.source,
+            line=b.policy.line_of(*loc),
+            field=".".join(loc),
+        )
 
     def _string_tokens(self, uniq: pa.Array) -> tuple[pa.Array, Problems]:
         if self.fpe is not None:
