@@ -851,17 +851,23 @@ static int value_span(const int64_t *keep, const int64_t *upto, Py_ssize_t i, in
     return *lo < *hi;
 }
 
+/* The last numeral of *v in its class, as a character; *v loses it. Constant divisors,
+ * so the compiler multiplies instead of dividing. */
+static inline unsigned char put_digit(int c, uint64_t *v) {
+    uint64_t d;
+    if (c == 1) {
+        d = *v % 10;
+        *v /= 10;
+        return (unsigned char)('0' + d);
+    }
+    d = *v % 26;
+    *v /= 26;
+    return (unsigned char)(CLASS_BASE[c] + d);
+}
+
 static int small_space(int64_t a, int64_t b) { /* 10**a * 26**b < 10**6, exactly */
     return (b == 0 && a < 6) || (b == 1 && a <= 4) || (b == 2 && a <= 3) ||
            (b == 3 && a <= 1) || (b == 4 && a == 0);
-}
-
-/* Chunk j of k over L varying positions: ranks [L*j/k, L*(j+1)/k). */
-static int64_t chunk_of(int64_t rank, int64_t L, int64_t k) {
-    int64_t j = rank * k / L;
-    while (j + 1 < k && rank >= L * (j + 1) / k) j++;
-    while (j > 0 && rank < L * j / k) j--;
-    return j;
 }
 
 static PyObject *shape_scan(PyObject *self, PyObject *args) {
@@ -911,17 +917,18 @@ static PyObject *shape_scan(PyObject *self, PyObject *args) {
             else if (b > 13 || a > ma[b]) fl[i] = 2;
             else fl[i] = 0;
             if (fl[i] == 2) { /* long: the numbers and spaces of its chunks */
-                int64_t L = a + b, k = (L + 12) / 13, rank = 0;
-                for (int64_t j = 0; j < k; j++) {
-                    cx[cur + j] = 0;
-                    cs[cur + j] = 1;
+                int64_t L = a + b, k = (L + 12) / 13, rank = 0, j = 0, edge = L / k;
+                for (int64_t z = 0; z < k; z++) {
+                    cx[cur + z] = 0;
+                    cs[cur + z] = 1;
                 }
                 for (int64_t q = lo; q < hi; q++) {
                     int c = byte_class(p[q]);
                     if (!c) continue;
-                    int64_t j = cur + chunk_of(rank++, L, k);
-                    cx[j] = cx[j] * CLASS_RADIX[c] + (uint64_t)(p[q] - CLASS_BASE[c]);
-                    cs[j] *= CLASS_RADIX[c];
+                    while (rank >= edge) edge = L * (++j + 1) / k; /* chunk_of, incrementally */
+                    rank++;
+                    cx[cur + j] = cx[cur + j] * CLASS_RADIX[c] + (uint64_t)(p[q] - CLASS_BASE[c]);
+                    cs[cur + j] *= CLASS_RADIX[c];
                 }
                 nc[i] = k;
                 cur += k;
@@ -984,18 +991,16 @@ static PyObject *shape_place(PyObject *self, PyObject *args) {
                 unsigned char *q = w + o[i];
                 int64_t L = 0;
                 for (int64_t z = lo; z < hi; z++) L += byte_class(p[z]) != 0;
-                uint64_t v[1] = {0};
-                int64_t rank = L, j_prev = -1;
+                int64_t rank = L, j = k - 1, edge = L * j / k; /* chunk j starts at edge */
+                uint64_t v = cx[cur + j];
                 for (int64_t z = hi - 1; z >= lo; z--) {
                     int c = byte_class(p[z]);
                     if (!c) continue;
-                    int64_t j = chunk_of(--rank, L, k);
-                    if (j != j_prev) {
-                        v[0] = cx[cur + j];
-                        j_prev = j;
+                    if (--rank < edge) {
+                        while (rank < edge) edge = L * --j / k;
+                        v = cx[cur + j];
                     }
-                    q[z] = (unsigned char)(CLASS_BASE[c] + v[0] % CLASS_RADIX[c]);
-                    v[0] /= CLASS_RADIX[c];
+                    q[z] = put_digit(c, &v);
                 }
             }
             cur += k;
@@ -1005,9 +1010,7 @@ static PyObject *shape_place(PyObject *self, PyObject *args) {
             uint64_t v = x[i];
             for (int64_t k = hi - 1; k >= lo; k--) {
                 int c = byte_class(p[k]);
-                if (!c) continue;
-                q[k] = (unsigned char)(CLASS_BASE[c] + v % CLASS_RADIX[c]);
-                v /= CLASS_RADIX[c];
+                if (c) q[k] = put_digit(c, &v);
             }
         }
         Py_END_ALLOW_THREADS

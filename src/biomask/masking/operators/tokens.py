@@ -440,7 +440,11 @@ class Email(Operator[EmailOp]):
         nulled.
         """
         ok, _ = _email_layout(uniq)
-        keys = pc.utf8_lower(pc.if_else(pa.array(ok), uniq, "x@invalid.example"))
+        keys = uniq if ok.all() else pc.if_else(pa.array(ok), uniq, "x@invalid.example")
+        # most columns hold lower-case addresses: then there is nothing to fold or restore
+        cased = not pc.all(pc.utf8_is_lower(keys)).as_py()
+        if cased:
+            keys = pc.utf8_lower(keys)
         at = _at_positions(keys)
         local = self.local.permute(keys, upto=at, tail_in_tweak=True, small_ok=True)
         problems: Problems = [
@@ -453,12 +457,12 @@ class Email(Operator[EmailOp]):
             (local.failed, WALK_REASON),
         ]
         if self.spec.keep_domain:
-            return _recase(uniq, local.values), problems
+            return (_recase(uniq, local.values) if cased else local.values), problems
         parts = pc.split_pattern(local.values, "@", max_splits=1)
         domains = pc.list_element(parts, 1)
         dom, dom_problems = self._domain_tokens(domains)
         joined = pc.binary_join_element_wise(pc.list_element(parts, 0), dom, "@")
-        return _recase(uniq, joined), problems + dom_problems
+        return (_recase(uniq, joined) if cased else joined), problems + dom_problems
 
     def _domain_tokens(self, domains: pa.Array) -> tuple[pa.Array, Problems]:
         """Lower-cased domains with the part before the last dot permuted, the TLD kept
