@@ -780,7 +780,7 @@ static PyObject *ff1_walk(PyObject *self, PyObject *args) {
     long long max_walk = FF1_WALK;
     PyObject *result = NULL;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*w*y*y*y*pw*|L", &key, &x, &nbits, &tweaks, &limit, &decrypt,
+    if (!PyArg_ParseTuple(args, "y*w*w*y*y*pw*|L", &key, &x, &nbits, &tweaks, &limit, &decrypt,
                           &bad, &max_walk))
         return NULL;
     Py_ssize_t n = x.len / 8;
@@ -789,9 +789,13 @@ static PyObject *ff1_walk(PyObject *self, PyObject *args) {
                   out_size_ok(&tweaks, n * BLOCK, "tweaks") &&
                   out_size_ok(&limit, n * 8, "limit") && out_size_ok(&bad, n, "bad");
     if (ok_args) {
-        const int64_t *nb = nbits.buf;
+        int64_t *nb = nbits.buf;
         const uint64_t *lim = limit.buf, *xs = x.buf;
         for (Py_ssize_t i = 0; i < n && ok_args; i++) {
+            if (nb[i] == 0 && lim[i] > 1) { /* 0: bitlen(limit - 1), at least 20 */
+                int bits = 64 - __builtin_clzll(lim[i] - 1);
+                nb[i] = bits < 20 ? 20 : bits;
+            }
             if (nb[i] < 20 || nb[i] > 64 || (nb[i] < 64 && (lim[i] - 1) >> nb[i]) ||
                 lim[i] == 0 || xs[i] >= lim[i]) {
                 PyErr_SetString(PyExc_ValueError,

@@ -96,7 +96,8 @@ def ff1_walk(
 ) -> None:
     """FF1 (radix 2, AES-256) on ``x[i]`` (``nbits[i]`` bits, 16-byte tweak ``tweaks[i]``),
     re-encrypted until below ``limit[i]``; in place. Values still outside after the walk
-    limit get ``bad[i] = 1``."""
+    limit get ``bad[i] = 1``. ``nbits[i] == 0`` means bitlen(limit - 1), at least 20, and
+    is filled in."""
 
 def shape_scan(
     offsets: Any,

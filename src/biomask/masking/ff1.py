@@ -248,7 +248,8 @@ class FF1:
         values:
             uint64, each below its limit.
         nbits:
-            int64 bit lengths, 20 to 64, with ``2**nbits[i] >= limits[i]``.
+            int64 bit lengths, 20 to 64, with ``2**nbits[i] >= limits[i]``; 0 means the
+            smallest that holds the limit (``bitlen(limits[i] - 1)``, at least 20).
         tweaks:
             uint8 array of shape ``(len(values), 16)``.
         limits:
@@ -275,8 +276,12 @@ class FF1:
 
         native = _native()
         if native is not None and len(self._key) == 32:
-            native.ff1_walk(self._key, x, nb, tw, lim, decrypt, bad, max_walk)
+            native.ff1_walk(self._key, x, nb.copy(), tw, lim, decrypt, bad, max_walk)
             return x, bad.view(bool)
+        auto = nb == 0
+        if auto.any():
+            nb = nb.copy()
+            nb[auto] = bit_lengths(lim[auto] - np.uint64(1), at_least=20)
         aes = Cipher(algorithms.AES(self._key), modes.ECB()).encryptor()
         for n in np.unique(nb):
             rows = np.flatnonzero(nb == n)
@@ -487,6 +492,15 @@ class FF1:
 
 
 # -- numeral helpers ----------------------------------------------------------------------
+def bit_lengths(values: np.ndarray, *, at_least: int = 0) -> np.ndarray:
+    """Bit length of each uint64, exactly (the bits below the highest smeared and counted)."""
+    v = np.asarray(values, dtype=np.uint64).copy()
+    for shift in (1, 2, 4, 8, 16, 32):
+        v |= v >> np.uint64(shift)
+    bits: np.ndarray = np.maximum(np.bitwise_count(v).astype(np.int64), at_least)
+    return bits
+
+
 def _to_bits(values: np.ndarray, n: int) -> np.ndarray:
     """The ``n``-bit numerals of each uint64, most significant first, shape ``(rows, n)``."""
     octets = values.astype(">u8").view(np.uint8).reshape(-1, 8)

@@ -197,7 +197,6 @@ class ShapePermutation:
             cx = np.empty(cap, dtype=np.uint64)
             cs = np.empty(cap, dtype=np.uint64)
             nchunks = np.empty(n, dtype=np.int64)
-            keep_a = keep_a.copy()  # filled in by the kernel when auto
             native.shape_scan(
                 offsets,
                 data,
@@ -256,12 +255,15 @@ class ShapePermutation:
                 failed[tiny[bad]] = True
                 flags = flags.copy()
                 flags[tiny] = _ONE
-        one = np.flatnonzero(flags == _ONE)
+        is_one = flags == _ONE
         if small_ok:
-            one = one[space[one] >= MIN_SPACE]  # the small ones walked above
-        if len(one):
+            is_one &= space >= MIN_SPACE  # the small ones walked above
+        if is_one.all():  # the common case: one walk for every value, no gathers
+            x, failed = self._ff1.walk_bits(x, _auto_bits(n), tweaks, space, decrypt=decrypt)
+        elif is_one.any():
+            one = np.flatnonzero(is_one)
             done, bad = self._ff1.walk_bits(
-                x[one], _nbits(space[one]), tweaks[one], space[one], decrypt=decrypt
+                x[one], _auto_bits(len(one)), tweaks[one], space[one], decrypt=decrypt
             )
             x[one] = done
             failed[one[bad]] = True
@@ -327,7 +329,7 @@ class ShapePermutation:
                     blk[:, 8:] = xs[:, i].astype(">u8").view(np.uint8).reshape(-1, 8)
                     tw = _ecb(aes, tw ^ blk)
             col, bad = self._ff1.walk_bits(
-                xs[:, j], _nbits(spaces[:, j]), tw, spaces[:, j], decrypt=decrypt
+                xs[:, j], _auto_bits(len(tw)), tw, spaces[:, j], decrypt=decrypt
             )
             xs[:, j] = col
             failed[rows[bad]] = True
@@ -447,13 +449,7 @@ def _digits(x: np.ndarray, r: np.ndarray) -> np.ndarray:
     return out
 
 
-def _nbits(space: np.ndarray) -> np.ndarray:
-    """Bits FF1 works on for a space: ``bitlen(space - 1)``, at least 20 (2**20 > 10^6).
-
-    Exact integer work: the bits below the highest are smeared to ones and counted.
-    """
-    v = np.asarray(space, dtype=np.uint64) - np.uint64(1)
-    for shift in (1, 2, 4, 8, 16, 32):
-        v |= v >> np.uint64(shift)
-    bits: np.ndarray = np.maximum(np.bitwise_count(v).astype(np.int64), 20)
-    return bits
+def _auto_bits(n: int) -> np.ndarray:
+    """``nbits`` for :meth:`FF1.walk_bits` meaning "the fewest bits that hold the space"
+    (at least 20): the kernel finds them from each limit, so numpy need not."""
+    return np.zeros(n, dtype=np.int64)
