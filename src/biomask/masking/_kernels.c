@@ -838,12 +838,19 @@ static PyObject *ff1_walk(PyObject *self, PyObject *args) {
  * value: 0 one walk, 1 too small (fewer than 10^6 values, or nothing to vary in a
  * non-empty value), 2 long (chunks; done in numpy), 3 empty. shape_place writes the
  * permuted numbers back as characters of the same classes. */
-static int byte_class(unsigned char c) {
-    if (c >= '0' && c <= '9') return 1;
-    if (c >= 'A' && c <= 'Z') return 2;
-    if (c >= 'a' && c <= 'z') return 3;
-    return 0;
-}
+static const unsigned char BYTE_CLASS[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 2, ['B'] = 2, ['C'] = 2, ['D'] = 2, ['E'] = 2, ['F'] = 2, ['G'] = 2, ['H'] = 2,
+    ['I'] = 2, ['J'] = 2, ['K'] = 2, ['L'] = 2, ['M'] = 2, ['N'] = 2, ['O'] = 2, ['P'] = 2,
+    ['Q'] = 2, ['R'] = 2, ['S'] = 2, ['T'] = 2, ['U'] = 2, ['V'] = 2, ['W'] = 2, ['X'] = 2,
+    ['Y'] = 2, ['Z'] = 2,
+    ['a'] = 3, ['b'] = 3, ['c'] = 3, ['d'] = 3, ['e'] = 3, ['f'] = 3, ['g'] = 3, ['h'] = 3,
+    ['i'] = 3, ['j'] = 3, ['k'] = 3, ['l'] = 3, ['m'] = 3, ['n'] = 3, ['o'] = 3, ['p'] = 3,
+    ['q'] = 3, ['r'] = 3, ['s'] = 3, ['t'] = 3, ['u'] = 3, ['v'] = 3, ['w'] = 3, ['x'] = 3,
+    ['y'] = 3, ['z'] = 3};
+
+static inline int byte_class(unsigned char c) { return BYTE_CLASS[c]; }
 
 static const unsigned char CLASS_BASE[4] = {0, '0', 'A', 'a'};
 static const uint64_t CLASS_RADIX[4] = {1, 10, 26, 26};
