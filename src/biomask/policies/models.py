@@ -99,7 +99,8 @@ class HashOp(_Spec):
 
 
 class TokenizeOp(_Spec):
-    """Format-shaped consistent token; irreversible PRF, or FF1 when ``reversible``.
+    """Format-shaped consistent token: a keyed permutation of the value's shape (never two
+    values on one token), or FF1 that unmask reverses when ``reversible``.
 
     On integer columns (32 or 64 bits): an integer of the same type and sign, from a keyed
     permutation (FF1 at radix 2), so distinct keys never merge.

@@ -170,7 +170,9 @@ class Hash(Operator[HashOp]):
 
 @register
 class Tokenize(Operator[TokenizeOp]):
-    """Format-shaped consistent tokens: a keyed PRF, or FF1 when ``reversible``.
+    """Format-shaped consistent tokens: a keyed permutation of each value's shape (FF1 under
+    a key of its own, :mod:`biomask.masking.permute`), or FF1 that unmask reverses when
+    ``reversible``.
 
     Integer columns of 32 or 64 bits get integers of their own type and sign, always from
     a keyed permutation (:mod:`biomask.masking.integers`).
@@ -308,9 +310,8 @@ class Tokenize(Operator[TokenizeOp]):
         """Integer tokens of the column's own type and sign.
 
         Always a keyed permutation (:mod:`biomask.masking.integers`), never a PRF: serial
-        keys fill their range, and a PRF would merge about a third of them (so there are
-        no collisions to count). Irreversible tokens use a key of their own, which
-        ``unmask`` never uses.
+        keys fill their range, and a PRF would merge about a third of them. Irreversible
+        tokens use a key of their own, which ``unmask`` never uses.
         """
         if self.fpe is not None:
             res = self.fpe.integers(uniq)
