@@ -637,3 +637,38 @@ def test_a_column_of_too_small_shapes_is_one_line_and_nothing_written(
         "(NIST SP 800-38G's minimum for FF1): use longer ids, hash (length >= 32) or generalize"
     )
     assert not (work / "out.parquet").exists()
+
+
+def test_erase_while_the_key_store_is_busy_is_one_line_and_erases_nothing(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    (work / "t.yaml").write_text(
+        POLICY + "  tpl: {op: encrypt, entity: subject, per_entity_key: true}\n"
+    )
+    table = pq.read_table(work / "in.parquet")
+    pq.write_table(table.append_column("tpl", pa.array([b"a" * 8] * 3)), work / "t.parquet")
+    assert main(mask_args(**{"--policy": "t.yaml", "--input": "t.parquet"})) == 0
+    token = pq.read_table(work / "out.parquet").column("subject_id")[0].as_py()
+    store = (work / "keys.json.keystore.sqlite").resolve()
+    writer = sqlite3.connect(str(store))
+    writer.execute("INSERT INTO biomask_erased (dek_id) VALUES ('e:x:unrelated')")
+    writer.commit()  # a page in the WAL that the reader below pins
+    reader = sqlite3.connect(str(store))
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM biomask_keys").fetchone()
+    capsys.readouterr()
+    try:
+        assert main(["erase", "--keyring", "keys.json", "--subject", token]) != 0
+        assert one_error_line(capsys) == (
+            f"key store {store} is busy (another process has it open, e.g. a running mask, "
+            "unmask or training feed): nothing was erased; stop it and run erase again"
+        )
+        keys = {d for (d,) in writer.execute("SELECT dek_id FROM biomask_keys")}
+        assert f"e:subject:{token}" in keys
+    finally:
+        reader.rollback()
+        reader.close()
+        writer.close()
+    assert main(["erase", "--keyring", "keys.json", "--subject", token]) == 0
