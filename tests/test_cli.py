@@ -391,7 +391,7 @@ def test_a_run_over_the_default_quarantine_limit_fails_and_writes_nothing(
     rows = [
         json.dumps(
             {
-                "subject_id": f"S{i}",
+                "subject_id": f"S{i:06d}",
                 "email": f"p{i}@x.org",
                 "dob": "31.02.1990" if i == 0 else "1990-01-12",
                 "score": 1,

@@ -328,9 +328,13 @@ def test_token_key_is_stable_across_rotation_and_old_files_use_their_first_key(
     again = Keyring.open(path, "pw")
     assert again.token_key_id == first != again.primary_key_id
     assert again.derive_token("tokenize", "subject")._secret() == tok
-    # a keyring file written before the field existed: its first (oldest) key
+    # a keyring file written before the field existed (its MAC covers the fields it has):
+    # its first (oldest) key
+    from biomask.keys.keyring import _header_mac
+
     doc = json.loads(path.read_text())
-    del doc["token_key"]
+    del doc["token_key"], doc["mac"]
+    doc["mac"] = _header_mac(again._kek, doc)
     path.write_text(json.dumps(doc))
     assert Keyring.open(path, "pw").token_key_id == first
     # rotate-tokens moves it to a new key, saved
@@ -339,7 +343,7 @@ def test_token_key_is_stable_across_rotation_and_old_files_use_their_first_key(
     assert reopened.token_key_id == moved == reopened.primary_key_id
     assert reopened.derive_token("tokenize", "subject")._secret() != tok
     doc = json.loads(path.read_text())
-    doc["token_key"] = "deadbeef"
+    doc["token_key"] = first  # moved back without the passphrase: the MAC refuses it
     path.write_text(json.dumps(doc))
-    with pytest.raises(KeyringError, match="its token key id is not among its keys"):
+    with pytest.raises(KeyringError, match="changed without the passphrase"):
         Keyring.open(path, "pw")
