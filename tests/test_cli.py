@@ -391,7 +391,7 @@ def test_a_run_over_the_default_quarantine_limit_fails_and_writes_nothing(
     rows = [
         json.dumps(
             {
-                "subject_id": f"S{i}",
+                "subject_id": f"S{i:06d}",
                 "email": f"p{i}@x.org",
                 "dob": "31.02.1990" if i == 0 else "1990-01-12",
                 "score": 1,
@@ -517,3 +517,158 @@ def test_progress_is_one_bar_per_table_with_a_total(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     with cli._progress() as quiet:  # a pipe: no bar at all
         assert quiet is None
+
+
+def test_rotate_changes_no_token_and_rotate_tokens_says_it_does(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(mask_args()) == 0
+    before = pq.read_table(work / "out.parquet")
+    assert main(["keys", "rotate", "--keyring", "keys.json"]) == 0
+    assert "outputs keep joining earlier ones" in capsys.readouterr().out
+    assert main(["keys", "rotate", "--keyring", "keys.json"]) == 0
+    assert main(mask_args(**{"--output": "after.parquet"})) == 0
+    after = pq.read_table(work / "after.parquet")
+    for col in ("subject_id", "email", "dob"):  # tokens and date offsets, byte for byte
+        assert after.column(col).equals(before.column(col)), col
+    capsys.readouterr()
+    assert main(["keys", "rotate-tokens", "--keyring", "keys.json"]) == 0
+    out = capsys.readouterr().out
+    assert "will NOT join outputs masked earlier" in out
+    assert main(mask_args(**{"--output": "moved.parquet"})) == 0
+    moved = pq.read_table(work / "moved.parquet")
+    assert not set(moved.column("subject_id").to_pylist()) & set(
+        before.column("subject_id").to_pylist()
+    )
+
+
+def test_reversible_tokens_survive_rotation_and_unmask(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (work / "rev.yaml").write_text(
+        POLICY.replace(
+            "{op: tokenize, domain: subject}", "{op: tokenize, domain: subject, reversible: true}"
+        )
+    )
+    assert main(mask_args(**{"--policy": "rev.yaml"})) == 0
+    assert main(["keys", "rotate", "--keyring", "keys.json"]) == 0
+    assert main(mask_args(**{"--policy": "rev.yaml", "--output": "r2.parquet"})) == 0
+    a, b = pq.read_table(work / "out.parquet"), pq.read_table(work / "r2.parquet")
+    assert a.column("subject_id").equals(b.column("subject_id"))
+    args = ["unmask", "--policy", "rev.yaml", "--input", "r2.parquet", "--output", "u.parquet"]
+    assert main([*args, "--keyring", "keys.json"]) == 0
+    back = pq.read_table(work / "u.parquet").column("subject_id").to_pylist()
+    assert back == ["SUBJ-00000001", "SUBJ-00000002", "SUBJ-00000001"]
+
+
+def test_erase_without_a_key_store_is_one_clear_error(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["erase", "--keyring", "keys.json", "--subject", "SUBJ-12345678"]) != 0
+    store = (work / "keys.json.keystore.sqlite").resolve()
+    assert one_error_line(capsys) == (
+        f"key store {store} not found: templates cannot be decrypted or erased without the "
+        "store they were masked with (pass --keystore, or restore the file)"
+    )
+    assert not store.exists()
+
+
+def test_summary_says_what_templates_are_bound_to(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (work / "t.yaml").write_text(POLICY + "  tpl: {op: encrypt, entity: subject}\n")
+    table = pq.read_table(work / "in.parquet")
+    pq.write_table(table.append_column("tpl", pa.array([b"a" * 8] * 3)), work / "t.parquet")
+    assert main(mask_args(**{"--policy": "t.yaml", "--input": "t.parquet"})) == 0
+    out = capsys.readouterr().out
+    assert (
+        "templates people.tpl: bound to dataset, table, column, entity 'subject'; no row_key: "
+        "two templates of one subject can be swapped between their rows"
+    ) in out
+    dossier = json.loads((work / "out.parquet.lineage" / "dossier.json").read_text())
+    assert "no row_key" in json.dumps(dossier)
+
+
+def test_rekey_upgrade_rewrites_version_1_templates_bound_to_their_row(
+    work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import biomask.masking.operators.encrypt as enc
+
+    (work / "t.yaml").write_text(
+        POLICY
+        + "  cap: {op: tokenize, domain: capture}\n"
+        + "  tpl: {op: encrypt, entity: subject, per_entity_key: true, row_key: cap}\n"
+    )
+    table = pq.read_table(work / "in.parquet")
+    table = table.append_column("cap", pa.array(["CAP-000001", "CAP-000002", "CAP-000003"]))
+    templates = [b"t1" * 8, b"t2" * 8, b"t3" * 8]
+    pq.write_table(table.append_column("tpl", pa.array(templates)), work / "t.parquet")
+    with monkeypatch.context() as m:  # the version 1 writer
+        m.setattr(enc, "MAGIC", enc.MAGIC_V1)
+        m.setattr(enc.Encrypt, "_aad_prefix_v2", enc.Encrypt._aad_prefix)
+        m.setattr(enc, "_mids_v2", lambda tok, rk, rows: enc._row_tokens(tok, rows))
+        m.setattr(enc, "_lp", lambda h: b"|" + h)
+        assert main(mask_args(**{"--policy": "t.yaml", "--input": "t.parquet"})) == 0
+    old = pq.read_table(work / "out.parquet")
+    assert {bytes(v)[:4] for v in old.column("tpl").to_pylist()} == {b"BMT\x01"}
+    args = ["rekey", "--keyring", "keys.json", "--upgrade", "--policy", "t.yaml"]
+    assert main([*args, "--input", "out.parquet", "--output", "v2.parquet"]) == 0
+    assert "re-encrypted 3 rows -> 3 out" in capsys.readouterr().out
+    new = pq.read_table(work / "v2.parquet")
+    assert {bytes(v)[:4] for v in new.column("tpl").to_pylist()} == {b"BMT\x02"}
+    for col in ("subject_id", "email", "cap"):
+        assert new.column(col).equals(old.column(col))
+    un = ["unmask", "--policy", "t.yaml", "--keyring", "keys.json"]
+    assert main([*un, "--input", "v2.parquet", "--output", "u.parquet"]) == 0
+    assert pq.read_table(work / "u.parquet").column("tpl").to_pylist() == templates
+
+
+def test_a_column_of_too_small_shapes_is_one_line_and_nothing_written(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pq.write_table(pa.table({"sid": ["A-1", "A-2", "A-3"]}), work / "small.parquet")
+    (work / "small.yaml").write_text(
+        "version: 1\ndataset: d\ncolumns:\n  sid: {op: tokenize, domain: s}\n"
+    )
+    assert main(mask_args(**{"--policy": "small.yaml", "--input": "small.parquet"})) != 0
+    assert one_error_line(capsys) == (
+        "small.yaml:4: columns.sid: tokenize on column 'sid' of table 'd': every value's shape "
+        "has fewer than 10^6 possible values, too few for tokens that never merge two values "
+        "(NIST SP 800-38G's minimum for FF1): use longer ids, hash (length >= 32) or generalize"
+    )
+    assert not (work / "out.parquet").exists()
+
+
+def test_erase_while_the_key_store_is_busy_is_one_line_and_erases_nothing(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    (work / "t.yaml").write_text(
+        POLICY + "  tpl: {op: encrypt, entity: subject, per_entity_key: true}\n"
+    )
+    table = pq.read_table(work / "in.parquet")
+    pq.write_table(table.append_column("tpl", pa.array([b"a" * 8] * 3)), work / "t.parquet")
+    assert main(mask_args(**{"--policy": "t.yaml", "--input": "t.parquet"})) == 0
+    token = pq.read_table(work / "out.parquet").column("subject_id")[0].as_py()
+    store = (work / "keys.json.keystore.sqlite").resolve()
+    writer = sqlite3.connect(str(store))
+    writer.execute("INSERT INTO biomask_erased (dek_id) VALUES ('e:x:unrelated')")
+    writer.commit()  # a page in the WAL that the reader below pins
+    reader = sqlite3.connect(str(store))
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM biomask_keys").fetchone()
+    capsys.readouterr()
+    try:
+        assert main(["erase", "--keyring", "keys.json", "--subject", token]) != 0
+        assert one_error_line(capsys) == (
+            f"key store {store} is busy (another process has it open, e.g. a running mask, "
+            "unmask or training feed): nothing was erased; stop it and run erase again"
+        )
+        keys = {d for (d,) in writer.execute("SELECT dek_id FROM biomask_keys")}
+        assert f"e:subject:{token}" in keys
+    finally:
+        reader.rollback()
+        reader.close()
+        writer.close()
+    assert main(["erase", "--keyring", "keys.json", "--subject", token]) == 0

@@ -292,7 +292,7 @@ def test_a_rule_failing_on_every_value_stops_the_run_with_its_line(tmp_path: Pat
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(POLICY)
     # another writer's date format: every value fails the rule's "%Y-%m-%d"
-    rows = [f'{{"subject_id": "S{i}", "email": "p{i}@x.org", "dob": "1990.05.{10 + i}"}}'
+    rows = [f'{{"subject_id": "S{i:06d}", "email": "p{i}@x.org", "dob": "1990.05.{10 + i}"}}'
             for i in range(5)]  # fmt: skip
     (tmp_path / "in.jsonl").write_text("\n".join(rows) + "\n")
     with pytest.raises(PolicyError) as info:

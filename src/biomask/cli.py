@@ -120,7 +120,7 @@ def keys_init(keyring: KeyringOpt) -> None:
 def keys_rotate(
     keyring: KeyringOpt, lineage: LineageOpt = None, receipts: ReceiptsOpt = None
 ) -> None:
-    """Add a new primary key; old keys stay for reading."""
+    """Add a new primary (encryption) key; old keys stay for reading. Tokens do not change."""
     from biomask.keys import Keyring
     from biomask.lineage import record_event
 
@@ -136,7 +136,38 @@ def keys_rotate(
         {"keyring_id": ring.keyring_id, "old_key_id": old, "new_key_id": new},
     )
     _out().print(
-        f"rotated keyring {keyring}: new primary key {new} (old key {old} kept for reading)"
+        f"rotated keyring {keyring}: new primary key {new} (old key {old} kept for reading); "
+        f"tokens still derive from key {ring.token_key_id}, so outputs keep joining earlier ones"
+    )
+    _receipt(str(receipt), receipts)
+
+
+@keys_app.command("rotate-tokens")
+def keys_rotate_tokens(
+    keyring: KeyringOpt, lineage: LineageOpt = None, receipts: ReceiptsOpt = None
+) -> None:
+    """New token keys: every token, pseudonym and date offset changes.
+
+    Outputs masked after this no longer join outputs masked before it (subjects get new
+    tokens). Use it when token keys may have leaked; 'keys rotate' is enough otherwise.
+    """
+    from biomask.keys import Keyring
+    from biomask.lineage import record_event
+
+    ring = Keyring.open(keyring)
+    old = ring.token_key_id
+    target = lineage or keyring.with_name(keyring.name + ".lineage")
+    _check_lineage(target, ring)
+    new = ring.rotate_tokens()
+    receipt = record_event(
+        target,
+        ring,
+        "key.rotate_tokens",
+        {"keyring_id": ring.keyring_id, "old_token_key_id": old, "new_token_key_id": new},
+    )
+    _out().print(
+        f"rotated the token keys of keyring {keyring}: tokens now derive from key {new} "
+        f"(was {old}). Outputs masked from now on will NOT join outputs masked earlier."
     )
     _receipt(str(receipt), receipts)
 
@@ -267,6 +298,8 @@ def mask_cmd(
             receipt=_read_receipt(receipt),
         )
     print_summary(summary, to_stderr=to_stderr)
+    for where, binding in pol.template_bindings().items():
+        _out(to_stderr).print(f"  templates {where}: {binding}")
     _receipt(summary.receipt, receipts, to_stderr)
 
 
@@ -328,12 +361,6 @@ def print_summary(summary: Any, *, to_stderr: bool = False, title: str = "masked
         console.print(f"  output: {o}")
     for q in summary.quarantine:
         console.print(f"  quarantine: {q}")
-    collisions = summary.stats.get("token_collisions", 0)
-    if collisions:
-        console.print(
-            f"  warning: {collisions} token collisions (irreversible tokens on a small domain; "
-            "use reversible: true for collision-free join keys)"
-        )
     console.print(f"  lineage: {summary.lineage_dir}")
 
 
@@ -415,11 +442,15 @@ def erase_cmd(
 
     ring = Keyring.open(keyring)
     uri = keystore or default_keystore_uri(ring.path, ring.keyring_id)
-    store = open_keystore(uri)
+    store = open_keystore(uri, create=False)
     target = lineage or keyring.with_name(keyring.name + ".lineage")
     _check_lineage(target, ring)
-    n = 1 if store.erase(f"e:{entity}:{subject}") else 0
+    dek_id = f"e:{entity}:{subject}"
+    n = 1 if store.erase(dek_id) else 0
     if n == 0:
+        if store.erased([dek_id]):
+            _out().print(f"the template key of {entity} {subject} was already erased")
+            return
         raise BiomaskError(f"no template key for {entity} token {subject} in {store.uri}")
     receipt = record_event(
         target,
@@ -437,6 +468,23 @@ def rekey_cmd(
     keystore: KeystoreOpt = None,
     lineage: LineageOpt = None,
     receipts: ReceiptsOpt = None,
+    upgrade: Annotated[
+        bool,
+        typer.Option(
+            "--upgrade",
+            help="Rewrite the template columns of --input (masked data) in the current "
+            "ciphertext format, bound to the policy's row_key, into --output.",
+        ),
+    ] = False,
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="Policy (with --upgrade).")
+    ] = None,
+    input: Annotated[
+        str | None, typer.Option("--input", help="Masked data (with --upgrade).")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", help="Output URI (with --upgrade).")
+    ] = None,
 ) -> None:
     """Re-wrap every stored template key under the primary key (templates untouched)."""
     from biomask.keys import Keyring
@@ -444,8 +492,27 @@ def rekey_cmd(
     from biomask.lineage import record_event
     from biomask.masking.operators.encrypt import rewrap
 
+    if upgrade:
+        if policy is None or input is None or output is None:
+            raise BiomaskError("rekey --upgrade needs --policy, --input and --output")
+        from biomask.pipeline import run_upgrade_templates
+        from biomask.policies import load_policy
+
+        summary = run_upgrade_templates(
+            load_policy(policy),
+            Keyring.open(keyring),
+            input,
+            output,
+            lineage_dir=lineage,
+            keystore=keystore,
+        )
+        print_summary(summary, title="re-encrypted")
+        _receipt(summary.receipt, receipts)
+        return
     ring = Keyring.open(keyring)
-    store = open_keystore(keystore or default_keystore_uri(ring.path, ring.keyring_id))
+    store = open_keystore(
+        keystore or default_keystore_uri(ring.path, ring.keyring_id), create=False
+    )
     target = lineage or keyring.with_name(keyring.name + ".lineage")
     _check_lineage(target, ring)
     n = rewrap(store, ring)

@@ -408,7 +408,6 @@ def run_mask(
     record.outputs = [dataclasses.replace(s.ref(), table=t) for t, s in out_sinks.items()]
     record.quarantine = [dataclasses.replace(s.ref(), table=t) for t, s in q_sinks.items()]
     make_private(record.quarantine)
-    record.token_collisions = stats.get("token_collisions", 0)
     record.text_detections = {
         k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("text:")
     }
@@ -535,5 +534,31 @@ def run_unmask(
         output_uri,
         command="unmask",
         masker_factory=lambda p, k, t, s: Unmasker(p, k, table=t, services=s),
+        **kwargs,
+    )
+
+
+def run_upgrade_templates(
+    policy: Policy,
+    keyring: Keyring,
+    input_uri: str,
+    output_uri: str,
+    **kwargs: Any,
+) -> RunSummary:
+    """Rewrite masked data's template columns in the current format (``rekey --upgrade``).
+
+    Version 1 ciphertexts (no row binding) become version 2, bound to the policy's
+    ``row_key``; every other column is copied. Recorded in lineage (``command:
+    rekey-upgrade``), as reading templates back is.
+    """
+    from biomask.masking.masker import TemplateUpgrader
+
+    return run_mask(
+        policy,
+        keyring,
+        input_uri,
+        output_uri,
+        command="rekey-upgrade",
+        masker_factory=lambda p, k, t, s: TemplateUpgrader(p, k, table=t, services=s),
         **kwargs,
     )

@@ -314,3 +314,36 @@ def test_fingerprint_is_the_sha256_of_the_public_key() -> None:
     ring = Keyring.ephemeral()
     want = "sha256:" + hashlib.sha256(ring.public_key_raw()).hexdigest()
     assert ring.signing_key_fingerprint == want
+
+
+def test_token_key_is_stable_across_rotation_and_old_files_use_their_first_key(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "k.json"
+    ring = Keyring.create(path, "pw")
+    first = ring.primary_key_id
+    tok = ring.derive_token("tokenize", "subject")._secret()
+    ring.rotate()
+    ring.rotate()
+    again = Keyring.open(path, "pw")
+    assert again.token_key_id == first != again.primary_key_id
+    assert again.derive_token("tokenize", "subject")._secret() == tok
+    # a keyring file written before the field existed (its MAC covers the fields it has):
+    # its first (oldest) key
+    from biomask.keys.keyring import _header_mac
+
+    doc = json.loads(path.read_text())
+    del doc["token_key"], doc["mac"]
+    doc["mac"] = _header_mac(again._kek, doc)
+    path.write_text(json.dumps(doc))
+    assert Keyring.open(path, "pw").token_key_id == first
+    # rotate-tokens moves it to a new key, saved
+    moved = Keyring.open(path, "pw").rotate_tokens()
+    reopened = Keyring.open(path, "pw")
+    assert reopened.token_key_id == moved == reopened.primary_key_id
+    assert reopened.derive_token("tokenize", "subject")._secret() != tok
+    doc = json.loads(path.read_text())
+    doc["token_key"] = first  # moved back without the passphrase: the MAC refuses it
+    path.write_text(json.dumps(doc))
+    with pytest.raises(KeyringError, match="changed without the passphrase"):
+        Keyring.open(path, "pw")

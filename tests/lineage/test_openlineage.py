@@ -171,7 +171,7 @@ def test_a_cli_run_emits_column_lineage(tmp_path: Path, monkeypatch: pytest.Monk
     pq.write_table(
         pa.table(
             {
-                "subject_id": ["S1", "S2"],
+                "subject_id": ["S000001", "S000002"],
                 "email": ["a@x.org", "b@y.org"],
                 "score": [1, 2],
                 "secret": ["x", "y"],
@@ -266,7 +266,7 @@ def test_a_postgresql_run_emits_column_lineage(tmp_path: Path) -> None:
     pg = PgSchema(PG_BASE, f"bm_ol_{secrets.token_hex(4)}")
     pg.execute(f"CREATE SCHEMA {pg.schema}")
     try:
-        table = pa.table({"subject_id": ["S1", "S2", "S3"], "score": [1, 2, 3]})
+        table = pa.table({"subject_id": ["S000001", "S000002", "S000003"], "score": [1, 2, 3]})
         sink = open_sink(pg.uri("src"), table.schema)
         sink.write(table.to_batches()[0])
         sink.commit()

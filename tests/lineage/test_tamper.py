@@ -69,7 +69,7 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Site:
-    table = pa.table({"subject_id": [f"S-{i:04d}" for i in range(20)], "score": range(20)})
+    table = pa.table({"subject_id": [f"S-{i:06d}" for i in range(20)], "score": range(20)})
     pq.write_table(table, tmp_path / "in.parquet")
     s = Site(tmp_path, tmp_path / "people.lineage", Keyring.ephemeral(), [])
     s.run("out1.parquet")

@@ -24,7 +24,7 @@ POLICY = {
 def _data(bad: int, n: int = 10) -> pa.Table:
     return pa.table(
         {
-            "subject_id": [f"S{i}" for i in range(n)],
+            "subject_id": [f"S{i:06d}" for i in range(n)],
             "dob": ["not a date" if i < bad else f"1990-01-{10 + i}" for i in range(n)],
         }
     )
@@ -50,7 +50,7 @@ def test_a_limit_needs_the_caller_to_take_the_quarantine() -> None:
     assert (
         quarantine.column(REASON_COLUMN).to_pylist() == ["dob: not a date in format %Y-%m-%d"] * 2
     )
-    assert "S0" not in quarantine.column("subject_id").to_pylist()  # masked where possible
+    assert "S000000" not in quarantine.column("subject_id").to_pylist()  # masked where possible
     with pytest.raises(QuarantineLimitError):
         mask(_data(3), POLICY, ring, max_quarantine=2, with_quarantine=True)
     clean, empty = mask(_data(0), POLICY, ring, with_quarantine=True)

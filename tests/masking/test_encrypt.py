@@ -186,6 +186,31 @@ def test_erase_subject_in_two_files(ring: Keyring, tmp_path: Path) -> None:
         assert res.output.column("face").to_pylist() == [b.column("face")[i].as_py() for i in kept]
 
 
+def test_erase_after_two_rotations_shreds_every_copy_of_one_subject(
+    ring: Keyring, tmp_path: Path
+) -> None:
+    """Tokens survive rotation, so a subject has one key name in every run: outputs
+    written before, between and after two rotations all lose that subject's templates
+    and keep everyone else's."""
+    b = batch(6)
+    outputs = [Masker(POLICY, ring).mask_batch(b).output]
+    for _ in range(2):
+        ring.rotate()
+        ring = Keyring.open(tmp_path / "k.json", "pw")
+        outputs.append(Masker(POLICY, ring).mask_batch(b).output)
+    tokens = {o.column("sid")[0].as_py() for o in outputs}
+    assert len(tokens) == 1  # one token, so one key name, across the rotations
+    (token_a,) = tokens
+    store = open_keystore(str(tmp_path / "k.json.keystore.sqlite"))
+    assert store.erase(f"e:subject:{token_a}")
+    kept = [i for i, s in enumerate(b.column("sid").to_pylist()) if s != "SUBJ-00000000"]
+    for data in outputs:
+        res = Unmasker(POLICY, ring).mask_batch(data)
+        assert res.quarantine is not None
+        assert set(res.quarantine.column("sid").to_pylist()) == {token_a}
+        assert res.output.column("face").to_pylist() == [b.column("face")[i].as_py() for i in kept]
+
+
 def test_wrong_length_is_quarantined_never_clear(ring: Keyring) -> None:
     pol = parse_policy("version: 1\ndataset: d\ncolumns:\n  t: {op: encrypt, dim: 4}\n")
     b = pa.RecordBatch.from_pydict(
@@ -213,7 +238,7 @@ def test_per_entity_key_needs_entity() -> None:
 def test_header_carries_key_id(ring: Keyring) -> None:
     out = Masker(POLICY, ring).mask_batch(batch(1)).output
     ct = out.column("face")[0].as_py()
-    assert ct[:4] == b"BMT\x01" and ct[4:8] == bytes.fromhex(ring.primary_key_id)
+    assert ct[:4] == b"BMT\x02" and ct[4:8] == bytes.fromhex(ring.primary_key_id)
 
 
 def test_keystore_file_holds_no_raw_key(ring: Keyring, tmp_path: Path) -> None:
@@ -265,3 +290,86 @@ def test_an_erasure_takes_effect_in_an_unmasker_already_running(
     assert set(res.quarantine.column("sid").to_pylist()) == {token_a}
     # the run-keyed columns of the other rows still decrypt with the kept run key
     assert res.output.column("finger").null_count == 0
+
+
+ROWKEY = parse_policy(
+    """\
+version: 1
+dataset: enrol
+entities:
+  subject: {column: sid}
+columns:
+  sid: {op: tokenize, domain: subject}
+  cap: {op: tokenize, domain: capture}
+  face: {op: encrypt, entity: subject, per_entity_key: true, row_key: cap}
+"""
+)
+
+
+def captures(n: int = 4) -> pa.RecordBatch:
+    rng = np.random.default_rng(5)
+    return pa.RecordBatch.from_pydict(
+        {
+            "sid": ["SUBJ-00000001"] * n,  # one subject, several captures
+            "cap": [f"CAP-{i:06d}" for i in range(n)],
+            "face": [rng.bytes(64) for _ in range(n)],
+        }
+    )
+
+
+def _swap(out: pa.RecordBatch, column: str) -> pa.RecordBatch:
+    vals = out.column(column).to_pylist()
+    vals[0], vals[1] = vals[1], vals[0]
+    cols = {name: out.column(name) for name in out.schema.names}
+    cols[column] = pa.array(vals, pa.binary())
+    return pa.RecordBatch.from_pydict(cols).replace_schema_metadata(out.schema.metadata)
+
+
+def test_row_key_refuses_a_swap_between_two_captures_of_one_subject(ring: Keyring) -> None:
+    b = captures()
+    out = Masker(ROWKEY, ring).mask_batch(b).output
+    assert Unmasker(ROWKEY, ring).mask_batch(out).output.column("face") == b.column("face")
+    with pytest.raises(DecryptionError):
+        Unmasker(ROWKEY, ring).mask_batch(_swap(out, "face"))
+    # without row_key, the same swap decrypts: what the docs say it is bound to
+    plain = parse_policy(
+        "version: 1\ndataset: enrol\nentities:\n  subject: {column: sid}\ncolumns:\n"
+        "  sid: {op: tokenize, domain: subject}\n  cap: {op: tokenize, domain: capture}\n"
+        "  face: {op: encrypt, entity: subject, per_entity_key: true}\n"
+    )
+    loose = Masker(plain, ring).mask_batch(b).output
+    swapped = Unmasker(plain, ring).mask_batch(_swap(loose, "face")).output
+    assert swapped.column("face")[0] == b.column("face")[1]
+
+
+def test_version_1_ciphertexts_still_decrypt(
+    ring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import biomask.masking.operators.encrypt as enc
+
+    b = batch(6)
+    with monkeypatch.context() as m:  # the version 1 writer: "|"-joined AAD, no row key
+        m.setattr(enc, "MAGIC", enc.MAGIC_V1)
+        m.setattr(enc.Encrypt, "_aad_prefix_v2", enc.Encrypt._aad_prefix)
+        m.setattr(enc, "_mids_v2", lambda tok, rk, rows: enc._row_tokens(tok, rows))
+        m.setattr(enc, "_lp", lambda h: b"|" + h)
+        old = Masker(POLICY, ring).mask_batch(b).output
+    assert old.column("face")[0].as_py()[:4] == b"BMT\x01"
+    new = Masker(POLICY, ring).mask_batch(b).output
+    both = pa.Table.from_batches([old, new]).combine_chunks().to_batches()[0]
+    back = Unmasker(POLICY, ring).mask_batch(both).output
+    assert back.column("face").to_pylist() == b.column("face").to_pylist() * 2
+
+
+def test_row_key_must_name_a_stable_column() -> None:
+    from biomask.errors import PolicyError
+
+    bad = (
+        "version: 1\ndataset: d\ncolumns:\n  ts: {op: date_shift, entity: s}\n"
+        "  sid: {op: tokenize, domain: s}\n  t: {op: encrypt, row_key: ts}\n"
+        "entities:\n  s: {column: sid}\n"
+    )
+    with pytest.raises(PolicyError, match="row_key column 'ts' uses 'date_shift'"):
+        parse_policy(bad, source="p.yaml")
+    with pytest.raises(PolicyError, match="row_key 'nope' is not another column"):
+        parse_policy("version: 1\ndataset: d\ncolumns:\n  t: {op: encrypt, row_key: nope}\n")

@@ -73,7 +73,6 @@ def test_dense_serial_keys_do_not_collide_and_split_batches_agree() -> None:
     ids = pa.array(range(1, 100_001), pa.int64())
     m = Masker(policy(), RING)
     whole = m.mask_batch(pa.RecordBatch.from_pydict({"x": ids}))
-    assert whole.stats.get("token_collisions", 0) == 0
     tokens = whole.output.column("x")
     assert len(pc.unique(tokens)) == len(ids)
     halves = [

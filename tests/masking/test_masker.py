@@ -116,7 +116,7 @@ def test_policy_column_missing_from_input() -> None:
 
 
 def test_unlisted_drop_and_keep() -> None:
-    tbl = pa.table({"a": ["x"], "b": ["y"]})
+    tbl = pa.table({"a": ["SUBJ-000001"], "b": ["y"]})
     for mode, names in (("drop", ["a"]), ("keep", ["a", "b"])):
         pol = parse_policy(
             f"version: 1\ndataset: t\nunlisted: {mode}\ncolumns:\n  a: {{op: tokenize, domain: d}}\n"
@@ -163,7 +163,7 @@ columns:
     n = 500
     batch = pa.RecordBatch.from_pydict(
         {
-            "sid": [f"S-{i % 97:05d}" for i in range(n)],
+            "sid": [f"S-{i % 97:06d}" for i in range(n)],
             "email": [("no-at-sign" if i % 7 == 0 else f"p{i}@example.org") for i in range(n)],
             "phone": [("12" if i % 5 == 0 else f"+44 20 7946 {i:04d}") for i in range(n)],
             "born": [("31/02/1990" if i % 11 == 0 else "1990-03-04") for i in range(n)],

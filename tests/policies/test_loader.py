@@ -191,3 +191,27 @@ def test_the_entity_owns_the_range_and_old_rules_migrate() -> None:
         )
     )
     assert bare.entity_max_days("subject") == 365
+
+
+def test_short_hash_refused_for_an_entity_or_a_text_domain() -> None:
+    entity = (
+        "version: 1\ndataset: d\nentities:\n  subject: {column: sid}\ncolumns:\n"
+        "  sid: {op: hash, domain: subject, length: 16}\n"
+    )
+    with pytest.raises(PolicyError) as err:
+        parse_policy(entity, source="p.yaml")
+    assert str(err.value) == (
+        "p.yaml:6: columns.sid.length: hash of length 16 (64 bits) may merge two values "
+        "of domain 'subject', and it keys entity 'subject': use length 32 or more (128 bits), "
+        "or tokenize"
+    )
+    text = (
+        "version: 1\ndataset: d\ncolumns:\n  dev: {op: hash, domain: device, length: 24}\n"
+        "  notes: {op: text, entities: {ID: device}}\n"
+    )
+    with pytest.raises(PolicyError, match=r"the text rule at columns\.notes links ID to it"):
+        parse_policy(text, source="p.yaml")
+    # elsewhere a short hash is a choice the policy may make
+    parse_policy(
+        "version: 1\ndataset: d\ncolumns:\n  dev: {op: hash, domain: device, length: 16}\n"
+    )

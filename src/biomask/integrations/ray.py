@@ -725,7 +725,6 @@ def run_mask_ray(
     record.outputs = [dataclasses.replace(s.ref(), table=t) for t, s in out_sinks.items()]
     record.quarantine = [dataclasses.replace(s.ref(), table=t) for t, s in q_sinks.items()]
     make_private(record.quarantine)
-    record.token_collisions = stats.get("token_collisions", 0)
     record.text_detections = {
         k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("text:")
     }

@@ -171,7 +171,13 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
             groups = groups[info.id :: info.num_workers]
         unmasker = Unmasker(self.policy, Keyring.open(self.keyring_path), table=self.table)
         entity_cols = {e.column for e in self.policy.entities.values()}
-        wanted = list(dict.fromkeys([*self.columns, *entity_cols, self.template_column]))
+        # a template bound to its row (row_key) needs that row's key to decrypt
+        specs = self.policy.table_specs()
+        rules = specs[self.table] if self.table is not None else next(iter(specs.values()))
+        rule = rules.columns.get(self.template_column)
+        key = getattr(rule, "row_key", None)
+        row_key = [str(key)] if key is not None else []
+        wanted = list(dict.fromkeys([*self.columns, *entity_cols, *row_key, self.template_column]))
 
         def read() -> Iterator[pa.RecordBatch]:
             for f in dict.fromkeys(f for f, _ in groups):

@@ -6,6 +6,7 @@ File format (JSON, version 2)::
       "format": "biomask-keyring", "version": 2, "keyring_id": "<16 hex>",
       "kdf": {"name": "scrypt", "salt": "<b64>", "n": 131072, "r": 8, "p": 1},
       "primary": "<8 hex key id>",
+      "token_key": "<8 hex key id>",
       "keys": [{"id": "<8 hex>", "created": "<ISO 8601>", "wrapped": "<b64 nonce|ct>"}],
       "signing": {"id": "<8 hex>", "wrapped": "<b64>", "public": "<b64 raw Ed25519>"},
       "mac": "<hex HMAC-SHA256 over the canonical JSON of every other field>"
@@ -29,6 +30,13 @@ since it was opened: two rotations never silently drop one another's key.
 Rotation adds a new primary and keeps the old keys for reading. Domain keys are derived
 with HKDF-SHA256 from a master key and the purpose and domain name, so a leaked domain key
 exposes no other domain.
+
+Token keys (tokens, pseudonyms, date offsets, subject key names: everything that must
+agree between runs for joins to survive) derive from the ``token_key`` master key, not from
+the primary: rotating the encryption keys changes no token. Only
+:meth:`Keyring.rotate_tokens` moves ``token_key``, and from then on new outputs no longer
+join earlier ones. A keyring file without the field (written before it existed) uses its
+first (oldest) key.
 """
 
 from __future__ import annotations
@@ -117,8 +125,11 @@ class Keyring:
         path: Path | None,
         kdf: dict[str, Any] | None,
         kek: bytes | None,
+        token_key: str | None = None,
     ) -> None:
         self._keyring_id = keyring_id
+        #: the master key token keys derive from (default: the first, oldest key)
+        self._token_key = next(iter(masters)) if token_key is None else token_key
         self._masters = masters
         self._created = created
         self._primary = primary
@@ -183,6 +194,7 @@ class Keyring:
             ring_id = str(doc["keyring_id"])
             entries = list(doc["keys"])
             primary = str(doc["primary"])
+            token_key = doc.get("token_key")
             signing = dict(doc["signing"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise KeyringError(f"{p} is not a biomask keyring (unreadable or corrupt)") from exc
@@ -212,6 +224,8 @@ class Keyring:
                 )
         if primary not in masters:
             raise KeyringError(f"{p} is corrupt: its primary key id is not among its keys")
+        if token_key is not None and str(token_key) not in masters:
+            raise KeyringError(f"{p} is corrupt: its token key id is not among its keys")
         ring = cls(
             keyring_id=ring_id,
             masters=masters,
@@ -222,6 +236,7 @@ class Keyring:
             path=p,
             kdf=kdf,
             kek=kek,
+            token_key=None if token_key is None else str(token_key),
         )
         ring._opened_digest = hashlib.sha256(raw).hexdigest()
         if version != _VERSION or int(kdf["n"]) < _SCRYPT_N:
@@ -242,6 +257,7 @@ class Keyring:
             "keyring_id": self._keyring_id,
             "kdf": self._kdf,
             "primary": self._primary,
+            "token_key": self._token_key,
             "keys": [
                 {
                     "id": kid,
@@ -298,9 +314,41 @@ class Keyring:
         return list(self._masters)
 
     def rotate(self) -> str:
-        """Add a new primary key (old keys stay for reading) and save; returns the new id."""
+        """Add a new primary key (old keys stay for reading) and save; returns the new id.
+
+        The token key stays where it is: no token changes (see :meth:`rotate_tokens`).
+        """
+        return self._rotate(tokens=False)
+
+    def rotate_tokens(self) -> str:
+        """Add a new key and make it both the primary and the token key; save; its id.
+
+        Every token, pseudonym, date offset and subject key name changes: outputs masked
+        from now on no longer join outputs masked before. Old keys stay, so earlier
+        reversible tokens still unmask and earlier templates still decrypt.
+        """
+        return self._rotate(tokens=True)
+
+    @property
+    def token_key_id(self) -> str:
+        """Id of the master key that token keys derive from (see :meth:`derive_token`)."""
+        return self._token_key
+
+    def derive_token(self, purpose: str, domain: str = "", key_id: str | None = None) -> KeyHandle:
+        """A token key: :meth:`derive` from the token key (not the primary) by default.
+
+        Tokens must agree across runs for joins to survive, so they never follow
+        :meth:`rotate`; ``key_id`` selects another key (``unmask`` of data masked under
+        an earlier token key).
+        """
+        return self.derive(purpose, domain, self._token_key if key_id is None else key_id)
+
+    def _rotate(self, *, tokens: bool) -> str:
         if self.path is None:
-            return self._add_primary()
+            kid = self._add_primary()
+            if tokens:
+                self._token_key = kid
+            return kid
         with _locked(self.path):
             try:
                 now = hashlib.sha256(self.path.read_bytes()).hexdigest()
@@ -316,6 +364,8 @@ class Keyring:
                 self._kek = _derive_kek(self._upgrade_pw, self._kdf, self.path)
                 self._upgrade_pw = None
             kid = self._add_primary()
+            if tokens:
+                self._token_key = kid
             self.save()
         return kid
 
@@ -403,6 +453,7 @@ class Keyring:
         doc = {
             "keyring_id": self._keyring_id,
             "primary": self._primary,
+            "token_key": self._token_key,
             "keys": {kid: _b64(k) for kid, k in self._masters.items()},
             "created": self._created,
         }
@@ -424,6 +475,9 @@ class Keyring:
             doc = json.loads(_unwrap(_unb64(token), blob, f"worker/{ring_id.decode()}"))
             masters = {str(k): _unb64(v) for k, v in doc["keys"].items()}
             primary = str(doc["primary"])
+            token_key = doc.get("token_key")
+            if token_key is not None and str(token_key) not in masters:
+                raise ValueError("token key")
         except (InvalidTag, ValueError, KeyError, TypeError, UnicodeDecodeError):
             raise KeyringError(
                 "the worker's key handle does not open with its token (a token from another run?)"
@@ -438,6 +492,7 @@ class Keyring:
             path=Path(path) if path is not None else None,
             kdf=None,
             kek=None,
+            token_key=None if token_key is None else str(token_key),
         )
 
     def public_key_raw(self) -> bytes:

@@ -16,6 +16,12 @@ the key one run shares over a column. One table holds both kinds
 (``biomask_keys(dek_id text primary key, key_id text, wrapped bytes, created timestamp)``),
 so rekey and erase have one place to look.
 
+Erasure leaves a tombstone (``biomask_erased(dek_id, erased)``, in the same transaction as
+the delete): a subject key that is absent *with* a tombstone was erased, and its rows are
+quarantined as such; absent *without* one means the wrong, damaged or incomplete store (a
+SQLite file copied without its ``-wal``, say), which is an error, never mistaken for an
+erasure. Reading a store that does not exist is an error too (only masking creates one).
+
 Creation (:meth:`KeyStore.get_or_create`) reads, inserts the missing ids with
 ``INSERT ... ON CONFLICT DO NOTHING`` and reads those again, so concurrent maskers agree on
 exactly one key per subject: whoever inserts first wins, the others read the winner's key.
@@ -72,7 +78,12 @@ class KeyStore(Protocol):
         ...
 
     def erase(self, dek_id: str) -> bool:
-        """Delete one key (exact id, no patterns); whether it was there."""
+        """Delete one key (exact id, no patterns) and leave its tombstone; whether it was
+        there."""
+        ...
+
+    def erased(self, dek_ids: Sequence[str]) -> set[str]:
+        """Which of these ids were erased (have a tombstone)."""
         ...
 
     def rows(self) -> Iterator[Row]:
@@ -87,14 +98,30 @@ class KeyStore(Protocol):
 class SqliteKeyStore:
     """The embedded store: one SQLite file beside the keyring (or in memory for tests).
 
-    ``secure_delete`` is on and an erase checkpoints and truncates the write-ahead log, so
-    an erased wrapped key does not linger in the file's free pages or in the WAL (copies in
-    backups of the file are the operator's to manage).
+    ``secure_delete`` is on (deleted rows are overwritten with zeros in the file), and an
+    erase first checkpoints the write-ahead log into the file and truncates it; where
+    another connection holds the store open (a running mask or training feed) that
+    checkpoint cannot complete, and erase refuses before deleting anything, because the
+    key's bytes would stay in the ``-wal`` file. After the delete it checkpoints again and
+    checks the result. Copies in backups of the file are the operator's to manage.
+
+    Parameters
+    ----------
+    path:
+        The file (or ``memory:<name>``).
+    create:
+        Create the file when it does not exist (masking); otherwise a missing file is an
+        error (unmask, erase, rekey), never an empty store whose keys all look erased.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, create: bool = True) -> None:
         self.uri = path
         self._memory = path.startswith("memory:")
+        if not self._memory and not create and not Path(path).is_file():
+            raise KeyringError(
+                f"key store {path} not found: templates cannot be decrypted or erased without "
+                "the store they were masked with (pass --keystore, or restore the file)"
+            )
         try:
             if self._memory:
                 with _LOCK:
@@ -115,6 +142,10 @@ class SqliteKeyStore:
                 "CREATE TABLE IF NOT EXISTS biomask_keys ("
                 "dek_id TEXT PRIMARY KEY, key_id TEXT NOT NULL, wrapped BLOB NOT NULL, "
                 "created TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+            )
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS biomask_erased ("
+                "dek_id TEXT PRIMARY KEY, erased TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
             )
             self._conn.commit()
         except sqlite3.Error as exc:
@@ -150,14 +181,53 @@ class SqliteKeyStore:
         with self._lock:
             return self._select(list(dict.fromkeys(dek_ids)))
 
+    def _checkpoint(self, when: str) -> None:
+        """Copy the WAL into the file and truncate it, or raise naming why not."""
+        if self._memory:
+            return
+        self._conn.execute("PRAGMA busy_timeout = 2000")
+        try:
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            self._conn.execute("PRAGMA busy_timeout = 30000")
+        if busy:
+            raise KeyringError(
+                f"key store {self.uri} is busy (another process has it open, e.g. a running "
+                f"mask, unmask or training feed): {when}; stop it and run erase again"
+            )
+
     def erase(self, dek_id: str) -> bool:
         with self._lock:
-            with self._conn:
-                cur = self._conn.execute("DELETE FROM biomask_keys WHERE dek_id = ?", (dek_id,))
-            if not self._memory:
-                # the WAL still holds the page with the key until it is checkpointed
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                # Before deleting: a reader that holds the WAL would keep the key's page
+                # there after the delete, and erase would report what it did not do.
+                self._checkpoint("nothing was erased")
+                with self._conn:
+                    cur = self._conn.execute("DELETE FROM biomask_keys WHERE dek_id = ?", (dek_id,))
+                    if cur.rowcount > 0:
+                        self._conn.execute(
+                            "INSERT INTO biomask_erased (dek_id) VALUES (?) "
+                            "ON CONFLICT(dek_id) DO NOTHING",
+                            (dek_id,),
+                        )
+                self._checkpoint(
+                    "the key is deleted, but its bytes may remain in the -wal file until the "
+                    "store is checkpointed"
+                )
+            except sqlite3.Error as exc:
+                raise KeyringError(f"cannot erase in key store {self.uri}: {exc}") from None
             return cur.rowcount > 0
+
+    def erased(self, dek_ids: Sequence[str]) -> set[str]:
+        ids = list(dict.fromkeys(dek_ids))
+        out: set[str] = set()
+        with self._lock:
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                q = f"SELECT dek_id FROM biomask_erased WHERE dek_id IN ({marks})"
+                out.update(d for (d,) in self._conn.execute(q, chunk))
+        return out
 
     def rows(self) -> Iterator[Row]:
         with self._lock:
@@ -179,9 +249,17 @@ class PostgresKeyStore:
     One connection per store, in autocommit mode with explicit transactions; errors name
     the exception class only, and :attr:`uri` has the password removed, so credentials
     never reach a message or lineage.
+
+    Erasure deletes the row and leaves a tombstone in one transaction, then runs
+    ``VACUUM FULL`` on the table: PostgreSQL keeps a deleted row's bytes in a dead tuple,
+    and a plain vacuum only marks that space free (the bytes stay until a later row
+    overwrites them), while ``VACUUM FULL`` rewrites the table into a new file without the
+    dead row and unlinks the old one (it locks the table for that moment). WAL segments,
+    replicas and base backups taken before the erase still hold the wrapped key until they
+    age out: keep their retention shorter than your erasure deadline (docs/templates.md).
     """
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, create: bool = True) -> None:
         import psycopg
 
         from biomask.connectors import display_uri
@@ -198,6 +276,10 @@ class PostgresKeyStore:
                     "CREATE TABLE IF NOT EXISTS biomask_keys ("
                     "dek_id TEXT PRIMARY KEY, key_id TEXT NOT NULL, wrapped BYTEA NOT NULL, "
                     "created TIMESTAMPTZ NOT NULL DEFAULT now())"
+                )
+                self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS biomask_erased ("
+                    "dek_id TEXT PRIMARY KEY, erased TIMESTAMPTZ NOT NULL DEFAULT now())"
                 )
         except psycopg.Error as exc:
             raise KeyringError(f"cannot open key store {self.uri}: {type(exc).__name__}") from None
@@ -240,8 +322,30 @@ class PostgresKeyStore:
     def erase(self, dek_id: str) -> bool:
         try:
             with self._lock:
-                cur = self._conn.execute("DELETE FROM biomask_keys WHERE dek_id = %s", (dek_id,))
+                with self._conn.transaction():
+                    cur = self._conn.execute(
+                        "DELETE FROM biomask_keys WHERE dek_id = %s", (dek_id,)
+                    )
+                    if cur.rowcount > 0:
+                        self._conn.execute(
+                            "INSERT INTO biomask_erased (dek_id) VALUES (%s) "
+                            "ON CONFLICT (dek_id) DO NOTHING",
+                            (dek_id,),
+                        )
+                # the dead tuple keeps the bytes; VACUUM FULL rewrites the table without it
+                self._conn.execute("VACUUM FULL biomask_keys")
                 return cur.rowcount > 0
+        except self._errors as exc:
+            raise self._fail(exc) from None
+
+    def erased(self, dek_ids: Sequence[str]) -> set[str]:
+        try:
+            with self._lock:
+                cur = self._conn.execute(
+                    "SELECT dek_id FROM biomask_erased WHERE dek_id = ANY(%s)",
+                    (list(dict.fromkeys(dek_ids)),),
+                )
+                return {d for (d,) in cur.fetchall()}
         except self._errors as exc:
             raise self._fail(exc) from None
 
@@ -297,9 +401,13 @@ def default_keystore_uri(keyring_path: Path | None, keyring_id: str) -> str:
     return str(keyring_path.resolve().with_name(keyring_path.name + ".keystore.sqlite"))
 
 
-def open_keystore(uri: str) -> KeyStore:
-    """A PostgreSQL store for ``postgresql://...``, else SQLite at that path."""
+def open_keystore(uri: str, *, create: bool = True) -> KeyStore:
+    """A PostgreSQL store for ``postgresql://...``, else SQLite at that path.
+
+    With ``create=False`` a SQLite file that does not exist is an error (see
+    :class:`SqliteKeyStore`).
+    """
     scheme = urlsplit(uri).scheme
     if scheme in ("postgresql", "postgres"):
-        return PostgresKeyStore(uri)
-    return SqliteKeyStore(uri)
+        return PostgresKeyStore(uri, create=create)
+    return SqliteKeyStore(uri, create=create)

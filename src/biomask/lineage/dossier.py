@@ -189,6 +189,7 @@ def build_dossier(
         "key_ids": sorted(set(r.key_ids)),
         "signing_key_id": r.signing_key_id,
         "key_material_in_lineage": False,
+        "template_binding": policy.template_bindings() if policy is not None else {},
         "reversible_columns": sorted(
             f"{t}.{n}"
             for t, spec in (policy.table_specs().items() if policy is not None else [])
@@ -209,7 +210,6 @@ def build_dossier(
         "quarantine_reasons": dict(sorted(r.quarantine_reasons.items())),
         "operator_counts": dict(sorted(r.operator_counts.items())),
         "text_detections": dict(sorted(r.text_detections.items())),
-        "token_collisions": r.token_collisions,
     }
     dists: dict[str, Any] = evidence.get("distributions", {})
     kanon: dict[str, Any] = evidence.get("k_anonymity", {})
@@ -597,6 +597,8 @@ def render_html(dossier: dict[str, Any]) -> str:
         f"<code>{_e(', '.join(m['key_ids']))}</code>, manifest signed by key "
         f"<code>{_e(m['signing_key_id'])}</code>. No key material is written to lineage.</p>"
     )
+    for where, binding in sorted(m.get("template_binding", {}).items()):
+        out.append(f"<p>Templates <code>{_e(where)}</code>: {_e(binding)}.</p>")
     out.append("</section>")
 
     # Bias

@@ -51,7 +51,6 @@ class RunRecord:
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     operator_counts: dict[str, int] = field(default_factory=dict)
     text_detections: dict[str, int] = field(default_factory=dict)
-    token_collisions: int = 0
     columns: list[ColumnRecord] = field(default_factory=list)
     started_at: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")

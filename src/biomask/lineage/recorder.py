@@ -411,7 +411,6 @@ class LineageRecorder:
                 "quarantine_reasons": dict(sorted(r.quarantine_reasons.items())),
                 "operator_counts": dict(sorted(r.operator_counts.items())),
                 "text_detections": dict(sorted(r.text_detections.items())),
-                "token_collisions": r.token_collisions,
             },
             "artifacts": artifacts,
         }

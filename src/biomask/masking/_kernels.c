@@ -20,6 +20,9 @@
  *   utf8_lengths(offsets, data, out)      code points per value
  *   shape(offsets, data, stream, table, keep, mode, prefix, out_data, out_offsets, wide)
  *                                         shaped tokens of UTF-8 values -> bytes used
+ *   ff1_walk(key, x, nbits, tweaks, limit, decrypt, bad)
+ *                                         FF1 radix 2, a tweak per value, cycle walking
+ *   shape_scan / shape_place              the passes around it for shaped permutations
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -663,6 +666,380 @@ static PyObject *shape(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* FF1 (radix 2) with a tweak per value and cycle walking: keyed permutations of [0, M)  */
+/* ------------------------------------------------------------------------------------ */
+
+/*
+ * Value i is an integer x_i below limit_i (the size of its shape's space), written on
+ * nbits_i bits (2**nbits_i >= limit_i, nbits_i in 20..64). It is encrypted with FF1 (NIST
+ * SP 800-38G, radix 2, AES-256, ten rounds) under its own 16-byte tweak, again and again
+ * until the result is below limit_i (cycle walking), which makes FF1 a permutation of
+ * exactly [0, limit_i). decrypt walks back the same way.
+ *
+ * With radix 2 and at most 64 bits, every half is at most 32 bits, NUM(B) fits in b <= 4
+ * bytes, d = 8, and "mod radix**m" is a mask. With a 16-byte tweak, Q is two blocks: the
+ * tweak, then zeros, the round byte and NUM(B). The CBC-MAC state after P (one per bit
+ * length) and the tweak block is computed once per value; each round is then one AES block
+ * per value, and the values of a group of GROUP go through one EVP call per round.
+ */
+#define FF1_WALK 400
+
+static uint64_t low_mask(int m) { return m >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << m) - 1); }
+
+/* ten rounds on the values slot[0..cnt) (indices into x); s1 holds each value's state */
+static int ff1_rounds(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
+                      const unsigned char *s1, const Py_ssize_t *slot, int cnt, int decrypt,
+                      unsigned char *blk, unsigned char *enc, uint64_t *A, uint64_t *B) {
+    unsigned char U[GROUP], V[GROUP], NB[GROUP];
+    for (int j = 0; j < cnt; j++) {
+        Py_ssize_t i = slot[j];
+        int n = (int)nbits[i], v = n - n / 2;
+        U[j] = (unsigned char)(n / 2);
+        V[j] = (unsigned char)v;
+        NB[j] = (unsigned char)((v + 7) / 8);
+        A[j] = x[i] >> v;
+        B[j] = x[i] & low_mask(v);
+    }
+    for (int r = 0; r < 10; r++) {
+        int round = decrypt ? 9 - r : r;
+        for (int j = 0; j < cnt; j++) {
+            int b = NB[j];
+            unsigned char *q = blk + (Py_ssize_t)j * BLOCK;
+            uint64_t lo, src = decrypt ? A[j] : B[j];
+            memcpy(q, s1 + (Py_ssize_t)j * BLOCK, BLOCK);
+            /* the last 8 bytes, big-endian, XOR the round byte and NUM(B) (b <= 4 bytes) */
+            memcpy(&lo, q + 8, 8);
+            lo = __builtin_bswap64(lo) ^ ((uint64_t)round << (8 * b)) ^ src;
+            lo = __builtin_bswap64(lo);
+            memcpy(q + 8, &lo, 8);
+        }
+        if (!ecb(ctx, enc, blk, cnt)) return 0;
+        for (int j = 0; j < cnt; j++) {
+            int m = (round % 2 == 0) ? U[j] : V[j];
+            uint64_t mask = low_mask(m), y;
+            memcpy(&y, enc + (Py_ssize_t)j * BLOCK, 8);
+            y = __builtin_bswap64(y) & mask;
+            if (decrypt) {
+                uint64_t c = (B[j] - y) & mask;
+                B[j] = A[j];
+                A[j] = c;
+            } else {
+                uint64_t c = (A[j] + y) & mask;
+                A[j] = B[j];
+                B[j] = c;
+            }
+        }
+    }
+    for (int j = 0; j < cnt; j++) x[slot[j]] = (A[j] << V[j]) | B[j];
+    return 1;
+}
+
+static int ff1_walk_run(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
+                        const unsigned char *tweaks, const uint64_t *limit, Py_ssize_t n,
+                        int decrypt, unsigned char *bad, long long max_walk) {
+    unsigned char p0[65][BLOCK];
+    unsigned char blk[GROUP * BLOCK], enc[GROUP * BLOCK], s1[GROUP * BLOCK], s1w[GROUP * BLOCK];
+    uint64_t A[GROUP], B[GROUP];
+    Py_ssize_t slot[GROUP], pend[GROUP];
+    for (int nb = 20; nb <= 64; nb++) { /* CBC-MAC state after P, per bit length */
+        unsigned char p[BLOCK] = {1, 2, 1, 0, 0, 2, 10, 0, 0, 0, 0, 0, 0, 0, 0, 16};
+        p[7] = (unsigned char)((nb / 2) % 256);
+        p[11] = (unsigned char)nb;
+        if (!ecb(ctx, p0[nb], p, 1)) return 0;
+    }
+    for (Py_ssize_t start = 0; start < n; start += GROUP) {
+        int cnt = (int)(n - start < GROUP ? n - start : GROUP);
+        for (int j = 0; j < cnt; j++) {
+            Py_ssize_t i = start + j;
+            xor16(blk + (Py_ssize_t)j * BLOCK, p0[nbits[i]], tweaks + i * BLOCK);
+            slot[j] = i;
+        }
+        if (!ecb(ctx, s1, blk, cnt)) return 0;
+        int live = cnt;
+        for (int j = 0; j < cnt; j++) pend[j] = j; /* positions in s1 */
+        for (long long walk = 0; walk < max_walk && live > 0; walk++) {
+            for (int j = 0; j < live; j++) {
+                memcpy(s1w + (Py_ssize_t)j * BLOCK, s1 + (Py_ssize_t)pend[j] * BLOCK, BLOCK);
+                slot[j] = start + pend[j];
+            }
+            if (!ff1_rounds(ctx, x, nbits, s1w, slot, live, decrypt, blk, enc, A, B)) return 0;
+            int keep = 0;
+            for (int j = 0; j < live; j++)
+                if (x[slot[j]] >= limit[slot[j]]) pend[keep++] = pend[j];
+            live = keep;
+        }
+        for (int j = 0; j < live; j++) bad[start + pend[j]] = 1;
+    }
+    return 1;
+}
+
+static PyObject *ff1_walk(PyObject *self, PyObject *args) {
+    Py_buffer key, x, nbits, tweaks, limit, bad;
+    int decrypt = 0;
+    long long max_walk = FF1_WALK;
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*w*w*y*y*pw*|L", &key, &x, &nbits, &tweaks, &limit, &decrypt,
+                          &bad, &max_walk))
+        return NULL;
+    Py_ssize_t n = x.len / 8;
+    int ok_args = key_ok(&key) && out_size_ok(&x, n * 8, "x") &&
+                  out_size_ok(&nbits, n * 8, "nbits") &&
+                  out_size_ok(&tweaks, n * BLOCK, "tweaks") &&
+                  out_size_ok(&limit, n * 8, "limit") && out_size_ok(&bad, n, "bad");
+    if (ok_args) {
+        int64_t *nb = nbits.buf;
+        const uint64_t *lim = limit.buf, *xs = x.buf;
+        for (Py_ssize_t i = 0; i < n && ok_args; i++) {
+            if (nb[i] == 0 && lim[i] > 1) { /* 0: bitlen(limit - 1), at least 20 */
+                int bits = 64 - __builtin_clzll(lim[i] - 1);
+                nb[i] = bits < 20 ? 20 : bits;
+            }
+            if (nb[i] < 20 || nb[i] > 64 || (nb[i] < 64 && (lim[i] - 1) >> nb[i]) ||
+                lim[i] == 0 || xs[i] >= lim[i]) {
+                PyErr_SetString(PyExc_ValueError,
+                                "ff1_walk: needs 20 <= nbits <= 64, x < limit <= 2**nbits");
+                ok_args = 0;
+            }
+        }
+    }
+    if (ok_args) {
+        int ok = 0;
+        EVP_CIPHER_CTX *ctx = ecb_encryptor(key.buf);
+        if (ctx != NULL) {
+            Py_BEGIN_ALLOW_THREADS
+            ok = ff1_walk_run(ctx, x.buf, nbits.buf, tweaks.buf, limit.buf, n, decrypt, bad.buf,
+                              max_walk);
+            Py_END_ALLOW_THREADS
+            EVP_CIPHER_CTX_free(ctx);
+        }
+        if (ok) {
+            result = Py_None;
+            Py_INCREF(result);
+        } else {
+            PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused an AES-256-ECB operation");
+        }
+    }
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&nbits);
+    PyBuffer_Release(&tweaks);
+    PyBuffer_Release(&limit);
+    PyBuffer_Release(&bad);
+    return result;
+}
+
+/* The two passes of permute.py around the FF1 walk, for values of one walk (spaces up to
+ * 2**63.5). shape_scan classifies each byte (ASCII digit, upper, lower; everything else,
+ * the kept prefix and the tail past upto are kept), writes the tweak descriptor (class
+ * code for a varying byte, the byte itself for a kept one, 0 for a hidden tail), the
+ * mixed-radix number of the varying bytes and the size of the space, and a flag per
+ * value: 0 one walk, 1 too small (fewer than 10^6 values, or nothing to vary in a
+ * non-empty value), 2 long (chunks; done in numpy), 3 empty. shape_place writes the
+ * permuted numbers back as characters of the same classes. */
+static const unsigned char BYTE_CLASS[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 2, ['B'] = 2, ['C'] = 2, ['D'] = 2, ['E'] = 2, ['F'] = 2, ['G'] = 2, ['H'] = 2,
+    ['I'] = 2, ['J'] = 2, ['K'] = 2, ['L'] = 2, ['M'] = 2, ['N'] = 2, ['O'] = 2, ['P'] = 2,
+    ['Q'] = 2, ['R'] = 2, ['S'] = 2, ['T'] = 2, ['U'] = 2, ['V'] = 2, ['W'] = 2, ['X'] = 2,
+    ['Y'] = 2, ['Z'] = 2,
+    ['a'] = 3, ['b'] = 3, ['c'] = 3, ['d'] = 3, ['e'] = 3, ['f'] = 3, ['g'] = 3, ['h'] = 3,
+    ['i'] = 3, ['j'] = 3, ['k'] = 3, ['l'] = 3, ['m'] = 3, ['n'] = 3, ['o'] = 3, ['p'] = 3,
+    ['q'] = 3, ['r'] = 3, ['s'] = 3, ['t'] = 3, ['u'] = 3, ['v'] = 3, ['w'] = 3, ['x'] = 3,
+    ['y'] = 3, ['z'] = 3};
+
+static inline int byte_class(unsigned char c) { return BYTE_CLASS[c]; }
+
+static const unsigned char CLASS_BASE[4] = {0, '0', 'A', 'a'};
+static const uint64_t CLASS_RADIX[4] = {1, 10, 26, 26};
+
+static int value_span(const int64_t *keep, const int64_t *upto, Py_ssize_t i, int64_t len,
+                      int64_t *lo, int64_t *hi) {
+    *lo = keep[i] < 0 ? 0 : (keep[i] > len ? len : keep[i]);
+    *hi = upto[i] < 0 ? 0 : (upto[i] > len ? len : upto[i]);
+    return *lo < *hi;
+}
+
+/* The last numeral of *v in its class, as a character; *v loses it. Constant divisors,
+ * so the compiler multiplies instead of dividing. */
+static inline unsigned char put_digit(int c, uint64_t *v) {
+    uint64_t d;
+    if (c == 1) {
+        d = *v % 10;
+        *v /= 10;
+        return (unsigned char)('0' + d);
+    }
+    d = *v % 26;
+    *v /= 26;
+    return (unsigned char)(CLASS_BASE[c] + d);
+}
+
+static int small_space(int64_t a, int64_t b) { /* 10**a * 26**b < 10**6, exactly */
+    return (b == 0 && a < 6) || (b == 1 && a <= 4) || (b == 2 && a <= 3) ||
+           (b == 3 && a <= 1) || (b == 4 && a == 0);
+}
+
+static PyObject *shape_scan(PyObject *self, PyObject *args) {
+    Py_buffer offs, data, keep, upto, maxa, desc, xo, so, fo, cxo, cso, nco;
+    int hide = 0, autop = 0;
+    Py_ssize_t n = 0;
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*w*y*py*w*w*w*w*w*w*w*|p", &offs, &data, &keep, &upto, &hide,
+                          &maxa, &desc, &xo, &so, &fo, &cxo, &cso, &nco, &autop))
+        return NULL;
+    if (offsets_ok(&offs, data.len, &n) && out_size_ok(&keep, n * 8, "keep") &&
+        out_size_ok(&upto, n * 8, "upto") && out_size_ok(&maxa, 14 * 8, "maxa") &&
+        out_size_ok(&desc, data.len, "desc") && out_size_ok(&xo, n * 8, "x") &&
+        out_size_ok(&so, n * 8, "space") && out_size_ok(&fo, n, "flags") &&
+        out_size_ok(&cso, cxo.len, "chunk_space") && out_size_ok(&nco, n * 8, "nchunks") &&
+        cxo.len >= (Py_ssize_t)8 * (data.len / 13 + n + 1)) {
+        const int64_t *o = offs.buf, *up = upto.buf, *ma = maxa.buf;
+        int64_t *kp = keep.buf;
+        const unsigned char *d = data.buf;
+        unsigned char *ds = desc.buf, *fl = fo.buf;
+        uint64_t *x = xo.buf, *sp = so.buf, *cx = cxo.buf, *cs = cso.buf;
+        int64_t *nc = nco.buf, cur = 0;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int64_t len = o[i + 1] - o[i], lo, hi, a = 0, b = 0;
+            const unsigned char *p = d + o[i];
+            if (autop) kp[i] = auto_prefix(p, len, (int64_t)data.len - o[i]);
+            unsigned char *q = ds + o[i];
+            int any = value_span(kp, up, i, len, &lo, &hi);
+            uint64_t v = 0, space = 1;
+            for (int64_t k = 0; k < len; k++) {
+                int c = (any && k >= lo && k < hi) ? byte_class(p[k]) : 0;
+                q[k] = c ? (unsigned char)c : (hide && k >= hi ? 0 : p[k]);
+                if (c == 1) a++;
+                if (c >= 2) b++;
+                if (c && b <= 13 && a <= ma[b]) {
+                    v = v * CLASS_RADIX[c] + (uint64_t)(p[k] - CLASS_BASE[c]);
+                    space *= CLASS_RADIX[c];
+                }
+            }
+            x[i] = v;
+            sp[i] = space;
+            nc[i] = 0;
+            if (len == 0) fl[i] = 3;
+            else if (small_space(a, b)) fl[i] = 1;
+            else if (b > 13 || a > ma[b]) fl[i] = 2;
+            else fl[i] = 0;
+            if (fl[i] == 2) { /* long: the numbers and spaces of its chunks */
+                int64_t L = a + b, k = (L + 12) / 13, rank = 0, j = 0, edge = L / k;
+                for (int64_t z = 0; z < k; z++) {
+                    cx[cur + z] = 0;
+                    cs[cur + z] = 1;
+                }
+                for (int64_t q = lo; q < hi; q++) {
+                    int c = byte_class(p[q]);
+                    if (!c) continue;
+                    while (rank >= edge) edge = L * (++j + 1) / k; /* chunk_of, incrementally */
+                    rank++;
+                    cx[cur + j] = cx[cur + j] * CLASS_RADIX[c] + (uint64_t)(p[q] - CLASS_BASE[c]);
+                    cs[cur + j] *= CLASS_RADIX[c];
+                }
+                nc[i] = k;
+                cur += k;
+            }
+        }
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "shape_scan: chunk buffers too small");
+    }
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&keep);
+    PyBuffer_Release(&upto);
+    PyBuffer_Release(&maxa);
+    PyBuffer_Release(&desc);
+    PyBuffer_Release(&xo);
+    PyBuffer_Release(&so);
+    PyBuffer_Release(&fo);
+    PyBuffer_Release(&cxo);
+    PyBuffer_Release(&cso);
+    PyBuffer_Release(&nco);
+    return result;
+}
+
+static PyObject *shape_place(PyObject *self, PyObject *args) {
+    Py_buffer offs, data, keep, upto, xo, fo, cxo, nco, out;
+    Py_ssize_t n = 0;
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*w*", &offs, &data, &keep, &upto, &xo, &fo,
+                          &cxo, &nco, &out))
+        return NULL;
+    int ok = offsets_ok(&offs, data.len, &n) && out_size_ok(&keep, n * 8, "keep") &&
+             out_size_ok(&upto, n * 8, "upto") && out_size_ok(&xo, n * 8, "x") &&
+             out_size_ok(&fo, n, "flags") && out_size_ok(&nco, n * 8, "nchunks") &&
+             out_size_ok(&out, data.len, "out");
+    if (ok) {
+        const int64_t *nc = nco.buf;
+        int64_t total = 0;
+        for (Py_ssize_t i = 0; i < n; i++) total += nc[i] < 0 ? 0 : nc[i];
+        if (cxo.len < total * 8) {
+            PyErr_SetString(PyExc_ValueError, "shape_place: chunk buffer too small");
+            ok = 0;
+        }
+    }
+    if (ok) {
+        const int64_t *o = offs.buf, *kp = keep.buf, *up = upto.buf, *nc = nco.buf;
+        const unsigned char *d = data.buf, *fl = fo.buf;
+        const uint64_t *x = xo.buf, *cx = cxo.buf;
+        unsigned char *w = out.buf;
+        int64_t cur = 0;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int64_t len = o[i + 1] - o[i], lo, hi;
+            int64_t k = nc[i] < 0 ? 0 : nc[i];
+            if (fl[i] == 2 && k > 0 && value_span(kp, up, i, len, &lo, &hi)) {
+                const unsigned char *p = d + o[i];
+                unsigned char *q = w + o[i];
+                int64_t L = 0;
+                for (int64_t z = lo; z < hi; z++) L += byte_class(p[z]) != 0;
+                int64_t rank = L, j = k - 1, edge = L * j / k; /* chunk j starts at edge */
+                uint64_t v = cx[cur + j];
+                for (int64_t z = hi - 1; z >= lo; z--) {
+                    int c = byte_class(p[z]);
+                    if (!c) continue;
+                    if (--rank < edge) {
+                        while (rank < edge) edge = L * --j / k;
+                        v = cx[cur + j];
+                    }
+                    q[z] = put_digit(c, &v);
+                }
+            }
+            cur += k;
+            if (fl[i] != 0 || !value_span(kp, up, i, len, &lo, &hi)) continue;
+            const unsigned char *p = d + o[i];
+            unsigned char *q = w + o[i];
+            uint64_t v = x[i];
+            for (int64_t k = hi - 1; k >= lo; k--) {
+                int c = byte_class(p[k]);
+                if (c) q[k] = put_digit(c, &v);
+            }
+        }
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&keep);
+    PyBuffer_Release(&upto);
+    PyBuffer_Release(&xo);
+    PyBuffer_Release(&fo);
+    PyBuffer_Release(&cxo);
+    PyBuffer_Release(&nco);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"ev_hash", bm_ev_hash, METH_VARARGS,
      "ev_hash(offsets, data, key, out) -> None: keyed 64-bit digest per value"},
@@ -687,6 +1064,14 @@ static PyMethodDef methods[] = {
      "ctr_stream(key, seeds, lengths, out) -> None: counter-mode keystreams back to back"},
     {"utf8_lengths", utf8_lengths, METH_VARARGS,
      "utf8_lengths(offsets, data, out) -> None: code points per value"},
+    {"ff1_walk", ff1_walk, METH_VARARGS,
+     "ff1_walk(key, x, nbits, tweaks, limit, decrypt, bad) -> None: FF1 (radix 2) with a "
+     "tweak per value, cycle-walked into [0, limit)"},
+    {"shape_scan", shape_scan, METH_VARARGS,
+     "shape_scan(offsets, data, keep, upto, hide_tail, maxa, desc, x, space, flags, "
+     "chunk_x, chunk_space, nchunks) -> None"},
+    {"shape_place", shape_place, METH_VARARGS,
+     "shape_place(offsets, data, keep, upto, x, flags, chunk_x, nchunks, out) -> None"},
     {"shape", shape, METH_VARARGS,
      "shape(offsets, data, stream, table, keep, mode, prefix, out_data, out_offsets, wide) "
      "-> int (bytes written to out_data)"},

@@ -82,3 +82,52 @@ def ev_probe(table: Any, shift: int, probes: Any, out: Any, /) -> int:
 def ev_distinct(offsets: Any, data: Any, key: bytes, first: Any, /) -> int:
     """Indices (int64, in order) of the first occurrence of every distinct value into
     ``first`` (room for one per value); returns how many."""
+
+def ff1_walk(
+    key: bytes,
+    x: Any,
+    nbits: Any,
+    tweaks: Any,
+    limit: Any,
+    decrypt: bool,
+    bad: Any,
+    max_walk: int = 400,
+    /,
+) -> None:
+    """FF1 (radix 2, AES-256) on ``x[i]`` (``nbits[i]`` bits, 16-byte tweak ``tweaks[i]``),
+    re-encrypted until below ``limit[i]``; in place. Values still outside after the walk
+    limit get ``bad[i] = 1``. ``nbits[i] == 0`` means bitlen(limit - 1), at least 20, and
+    is filled in."""
+
+def shape_scan(
+    offsets: Any,
+    data: Any,
+    keep: Any,
+    upto: Any,
+    hide_tail: bool,
+    maxa: Any,
+    desc: Any,
+    x: Any,
+    space: Any,
+    flags: Any,
+    chunk_x: Any,
+    chunk_space: Any,
+    nchunks: Any,
+    /,
+) -> None:
+    """Classes, tweak descriptors, mixed-radix numbers and flags of shaped values; the
+    chunks of long values, back to back."""
+
+def shape_place(
+    offsets: Any,
+    data: Any,
+    keep: Any,
+    upto: Any,
+    x: Any,
+    flags: Any,
+    chunk_x: Any,
+    nchunks: Any,
+    out: Any,
+    /,
+) -> None:
+    """Write permuted numbers back as characters of the same classes into ``out``."""

@@ -224,6 +224,96 @@ class FF1:
             out[start : start + _CHUNK] = (a << v) | bb
         return out
 
+    def walk_bits(
+        self,
+        values: np.ndarray,
+        nbits: np.ndarray,
+        tweaks: np.ndarray,
+        limits: np.ndarray,
+        *,
+        decrypt: bool = False,
+        max_walk: int = 400,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Radix 2, a 16-byte tweak and a domain ``[0, limits[i])`` per value.
+
+        Each value is encrypted as :meth:`encrypt_bits` would with ``nbits[i]`` bits and
+        tweak ``bytes(tweaks[i])``, again and again until the result is below
+        ``limits[i]`` (cycle walking), which makes it a keyed permutation of exactly
+        ``[0, limits[i])``: the shaped tokens of :mod:`biomask.masking.permute` rest on
+        this. With ``decrypt`` the walk goes back. The compiled kernel does the whole
+        walk in C when it is built; the numpy path below gives the same values.
+
+        Parameters
+        ----------
+        values:
+            uint64, each below its limit.
+        nbits:
+            int64 bit lengths, 20 to 64, with ``2**nbits[i] >= limits[i]``; 0 means the
+            smallest that holds the limit (``bitlen(limits[i] - 1)``, at least 20).
+        tweaks:
+            uint8 array of shape ``(len(values), 16)``.
+        limits:
+            uint64 domain sizes (at least 10^6 for a permutation NIST allows).
+
+        Returns
+        -------
+        (out, bad):
+            The permuted values and which walks did not end within ``max_walk`` steps
+            (with ``limits[i] > 2**(nbits[i] - 1)`` each step ends the walk with
+            probability at least 1/2, so in practice none; smaller limits need
+            ``max_walk`` in proportion to ``2**nbits / limit``).
+        """
+        if self.radix != 2:
+            raise ValueError("walk_bits needs a radix-2 FF1")
+        x = np.ascontiguousarray(values, dtype=np.uint64).copy()
+        nb = np.ascontiguousarray(nbits, dtype=np.int64)
+        tw = np.ascontiguousarray(tweaks, dtype=np.uint8).reshape(len(x), 16)
+        lim = np.ascontiguousarray(limits, dtype=np.uint64)
+        bad = np.zeros(len(x), dtype=np.uint8)
+        if len(x) == 0:
+            return x, bad.view(bool)
+        from biomask.keys.primitives import _native
+
+        native = _native()
+        if native is not None and len(self._key) == 32:
+            native.ff1_walk(self._key, x, nb.copy(), tw, lim, decrypt, bad, max_walk)
+            return x, bad.view(bool)
+        auto = nb == 0
+        if auto.any():
+            nb = nb.copy()
+            nb[auto] = bit_lengths(lim[auto] - np.uint64(1), at_least=20)
+        aes = Cipher(algorithms.AES(self._key), modes.ECB()).encryptor()
+        for n in np.unique(nb):
+            rows = np.flatnonzero(nb == n)
+            plan = self._plan(int(n), bytes(16))
+            p_block = (
+                bytes([1, 2, 1, 0, 0, 2, _ROUNDS, (int(n) // 2) % 256])
+                + int(n).to_bytes(4, "big")
+                + (16).to_bytes(4, "big")
+            )
+            state0 = np.frombuffer(aes.update(p_block), dtype=np.uint8)
+            s1 = _ecb(aes, tw[rows] ^ state0[None, :]).view(">u8").reshape(-1, 2)
+            hi_all = s1[:, 0].astype(np.uint64)
+            lo_all = s1[:, 1].astype(np.uint64)
+            v = np.uint64(plan.v)
+            todo = np.arange(len(rows))
+            for _ in range(max_walk):
+                part = x[rows[todo]]
+                a, bb = self._rounds(
+                    aes,
+                    plan,
+                    part >> v,
+                    part & np.uint64(plan.mod_v - 1),
+                    decrypt,
+                    (hi_all[todo], lo_all[todo]),
+                )
+                x[rows[todo]] = (a << v) | bb
+                todo = todo[x[rows[todo]] >= lim[rows[todo]]]
+                if not len(todo):
+                    break
+            bad[rows[todo]] = 1
+        return x, bad.view(bool)
+
     # -- planning -------------------------------------------------------------------------
     def _plan(self, n: int, tweak: bytes) -> _Plan:
         cached = self._plans.get((n, tweak))
@@ -305,9 +395,20 @@ class FF1:
         return res
 
     def _rounds(
-        self, aes: CipherContext, plan: _Plan, a: np.ndarray, bb: np.ndarray, decrypt: bool
+        self,
+        aes: CipherContext,
+        plan: _Plan,
+        a: np.ndarray,
+        bb: np.ndarray,
+        decrypt: bool,
+        rows_tpl: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The ten Feistel rounds on NUM(A), NUM(B) as uint64 (the fast path's core)."""
+        """The ten Feistel rounds on NUM(A), NUM(B) as uint64 (the fast path's core).
+
+        ``rows_tpl`` gives each row a template of its own (the two big-endian words of the
+        CBC-MAC state after its own tweak), for :meth:`walk_bits`; the round byte is then
+        XORed in here.
+        """
         rows = len(a)
         d = plan.d
         blocks = np.empty((rows, 2), dtype=">u8")
@@ -319,8 +420,13 @@ class FF1:
         tmp = np.empty(rows, dtype=np.uint64)
         for i in range(_ROUNDS - 1, -1, -1) if decrypt else range(_ROUNDS):
             mod = np.uint64(plan.mod_u if i % 2 == 0 else plan.mod_v)
-            blocks[:, 0] = plan.hi[i]
-            np.bitwise_xor(a if decrypt else bb, np.uint64(plan.lo[i]), out=tmp)
+            if rows_tpl is None:
+                blocks[:, 0] = plan.hi[i]
+                np.bitwise_xor(a if decrypt else bb, np.uint64(plan.lo[i]), out=tmp)
+            else:
+                blocks[:, 0] = rows_tpl[0]
+                np.bitwise_xor(a if decrypt else bb, rows_tpl[1], out=tmp)
+                tmp ^= np.uint64(i << (8 * plan.b))
             blocks[:, 1] = tmp
             aes.update_into(src_in, dst)
             # y = NUM(first d bytes of R) mod radix**m
@@ -386,6 +492,15 @@ class FF1:
 
 
 # -- numeral helpers ----------------------------------------------------------------------
+def bit_lengths(values: np.ndarray, *, at_least: int = 0) -> np.ndarray:
+    """Bit length of each uint64, exactly (the bits below the highest smeared and counted)."""
+    v = np.asarray(values, dtype=np.uint64).copy()
+    for shift in (1, 2, 4, 8, 16, 32):
+        v |= v >> np.uint64(shift)
+    bits: np.ndarray = np.maximum(np.bitwise_count(v).astype(np.int64), at_least)
+    return bits
+
+
 def _to_bits(values: np.ndarray, n: int) -> np.ndarray:
     """The ``n``-bit numerals of each uint64, most significant first, shape ``(rows, n)``."""
     octets = values.astype(">u8").view(np.uint8).reshape(-1, 8)

@@ -56,7 +56,8 @@ class ReversibleTokenizer:
     Parameters
     ----------
     keyring:
-        Keys come from ``keyring.derive("ff1", domain, key_id)``.
+        Keys come from ``keyring.derive_token("ff1", domain, key_id)`` (the token key
+        unless ``key_id``).
     domain:
         The token domain (also the FF1 tweak).
     prefix:
@@ -74,7 +75,7 @@ class ReversibleTokenizer:
         self.tweak = domain.encode()
 
     def _ciphers(self, key_id: str | None) -> dict[int, FF1]:
-        secret = self.keyring.derive("ff1", self.domain, key_id)._secret()
+        secret = self.keyring.derive_token("ff1", self.domain, key_id)._secret()
         return {r: FF1(secret, r) for r in (2, 10, 26)}
 
     def encrypt(self, uniq: pa.Array, key_id: str | None = None) -> FpeResult:

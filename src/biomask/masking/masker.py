@@ -82,7 +82,7 @@ class MaskedBatch:
         column; None when every row was fine. ``len(output) + len(quarantine)`` always
         equals the input row count.
     stats:
-        Counters for the run summary (token collisions, text detections...).
+        Counters for the run summary (text detections...).
     """
 
     output: pa.RecordBatch
@@ -236,6 +236,7 @@ class Masker:
             b"biomask.policy_sha256": self.policy.sha256.encode(),
             b"biomask.keyring_id": self.keyring.keyring_id.encode(),
             b"biomask.key_id": self.keyring.primary_key_id.encode(),
+            b"biomask.token_key_id": self.keyring.token_key_id.encode(),
         }
         out = pa.schema(fields, metadata=meta)
         quarantine = pa.schema([*fields, pa.field(REASON_COLUMN, pa.string())], metadata=meta)
@@ -311,6 +312,8 @@ class Masker:
         for name in todo:
             for ename in ent_by_col.get(name, []):
                 entity_tokens[ename] = results[name]
+        for name, col in results.items():  # e.g. the row keys templates are bound to
+            memo.put(("masked", name), col)
         results.update(self._run(batch, later, ctxs))
         stats: dict[str, int] = {}
         for name in todo:
@@ -396,6 +399,9 @@ class Unmasker(Masker):
                 "Parquet, Arrow or PostgreSQL? CSV and JSON Lines cannot carry it); cannot "
                 "tell which key reverses it"
             )
+        # Reversible tokens come from the token key; data written before the keyring had
+        # one was masked under its primary key, which biomask.key_id names.
+        key_id = meta.get("biomask.token_key_id", key_id)
         if ring_id != self.keyring.keyring_id or key_id not in self.keyring.key_ids:
             raise KeyringError(
                 f"this keyring ({self.keyring.keyring_id}) is not the one that masked the data "
@@ -458,5 +464,63 @@ class Unmasker(Masker):
         bad_rows = np.flatnonzero(bad)
         q = out.take(pa.array(bad_rows))
         reason_col = pa.array([reasons.get(int(i), "irreversible") for i in bad_rows], pa.string())
+        quarantine = pa.RecordBatch.from_arrays([*q.columns, reason_col], schema=q_schema)
+        return MaskedBatch(out.take(pa.array(np.flatnonzero(~bad))), quarantine, stats)
+
+
+class TemplateUpgrader(Unmasker):
+    """Rewrite the template columns of masked data in the current ciphertext format.
+
+    ``biomask rekey --upgrade``: each ``encrypt`` column is decrypted (version 1 or 2) and
+    encrypted again as version 2, bound to the row key the policy names, with the same
+    per-subject data keys (the key store's, found by the subject's token). Every other
+    column, reversible tokens included, is copied as it is. Rows whose subject key was
+    erased stay unreadable and go to quarantine with that reason.
+    """
+
+    def _bind(self, schema: pa.Schema) -> tuple[pa.Schema, pa.Schema, list[str]]:
+        if self._bound is not None and self._bound_in == schema:
+            return self._bound
+        self._key_id = self._check_keyring(schema)
+        out = pa.schema(list(schema), metadata=schema.metadata)
+        quarantine = pa.schema([*schema, pa.field(REASON_COLUMN, pa.string())])
+        self._bound = (out, quarantine.with_metadata(schema.metadata), list(schema.names))
+        self._bound_in = schema
+        return self._bound
+
+    @property
+    def reversible_columns(self) -> list[str]:
+        return [n for n, op in self._ops.items() if op.name == "encrypt"]
+
+    def mask_batch(self, batch: pa.RecordBatch) -> MaskedBatch:
+        """Re-encrypt the template columns of one batch."""
+        out_schema, q_schema, order = self._bind(batch.schema)
+        n = batch.num_rows
+        bad = np.zeros(n, dtype=bool)
+        reasons: dict[int, str] = {}
+        stats: dict[str, int] = {}
+        entity_tokens = {
+            e: batch.column(spec.column)
+            for e, spec in self.policy.entities.items()
+            if spec.column in batch.schema.names
+        }
+        arrays = []
+        for name in order:
+            values = batch.column(name)
+            op = self._ops.get(name)
+            if op is None or op.name != "encrypt":
+                arrays.append(values)
+                continue
+            ctx = OperatorContext(
+                self.table, name, batch, entity_tokens, bad, reasons, stats, self._meta
+            )
+            plain = op.reverse(values, ctx, self._key_id)
+            arrays.append(op(plain, ctx).cast(out_schema.field(name).type))
+        out = pa.RecordBatch.from_arrays(arrays, schema=out_schema)
+        if not bad.any():
+            return MaskedBatch(out, None, stats)
+        bad_rows = np.flatnonzero(bad)
+        q = out.take(pa.array(bad_rows))
+        reason_col = pa.array([reasons.get(int(i), "unreadable") for i in bad_rows], pa.string())
         quarantine = pa.RecordBatch.from_arrays([*q.columns, reason_col], schema=q_schema)
         return MaskedBatch(out.take(pa.array(np.flatnonzero(~bad))), quarantine, stats)

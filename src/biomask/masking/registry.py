@@ -128,7 +128,7 @@ class OperatorContext:
         self.bad |= mask
 
     def count(self, name: str, n: int = 1) -> None:
-        """Add to a per-run statistic (e.g. token collisions, text detections)."""
+        """Add to a per-run statistic (e.g. text detections)."""
         self.stats[name] = self.stats.get(name, 0) + n
 
 

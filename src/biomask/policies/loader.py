@@ -21,11 +21,21 @@ from biomask.policies.models import (
     OPERATOR_NAMES,
     DateShiftOp,
     EncryptOp,
+    HashOp,
     Policy,
     TextOp,
 )
 
-__all__ = ["load_policy", "parse_policy", "policy_from_dict", "policy_json_schema"]
+__all__ = [
+    "MIN_IDENTITY_HASH",
+    "load_policy",
+    "parse_policy",
+    "policy_from_dict",
+    "policy_json_schema",
+]
+
+#: hex characters a hash needs where it stands for an entity (128 bits)
+MIN_IDENTITY_HASH = 32
 
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:
@@ -199,6 +209,22 @@ def _cross_check(policy: Policy, source: str, lines: dict[tuple[str, ...], int])
             )
         domains.setdefault(dom, (signature, base))
     for base, op in rules:
+        if isinstance(op, EncryptOp) and op.row_key is not None:
+            cols = tables[base[1]].columns if multi else tables[policy.dataset].columns
+            key_rule = cols.get(op.row_key)
+            if key_rule is None or op.row_key == base[-1]:
+                raise fail(
+                    f"row_key '{op.row_key}' is not another column of this table's rules "
+                    f"(columns: {', '.join(c for c in cols if c != base[-1])})",
+                    (*base, "row_key"),
+                )
+            if key_rule.op not in ("tokenize", "hash", "keep"):
+                raise fail(
+                    f"row_key column '{op.row_key}' uses '{key_rule.op}': the row key must "
+                    "survive masking as a stable value (tokenize, hash or keep)",
+                    (*base, "row_key"),
+                )
+    for base, op in rules:
         entity = op.entity if isinstance(op, DateShiftOp | EncryptOp | TextOp) else None
         if entity is not None and entity not in policy.entities:
             known = ", ".join(policy.entities) or "none declared"
@@ -231,6 +257,28 @@ def _cross_check(policy: Policy, source: str, lines: dict[tuple[str, ...], int])
                 f"every date of entity '{op.entity}' moves by one offset: set "
                 f"entities.{op.entity}.max_days once and remove it from the rules",
                 (*base, "max_days"),
+            )
+    # Identity domains: an entity's column, or a domain a text rule links to. Their tokens
+    # stand for one person each, so a hash there must be long enough never to merge two
+    # (128 bits: a collision among 2**40 values has a chance below 2**-47).
+    identity: dict[str, str] = {}
+    for base, op in rules:
+        if isinstance(op, TextOp):
+            for etype, dom in op.entities.items():
+                identity.setdefault(dom, f"the text rule at {'.'.join(base)} links {etype} to it")
+    entity_cols = {ent.column: ename for ename, ent in policy.entities.items()}
+    for base, op in rules:
+        if not isinstance(op, HashOp) or op.length >= MIN_IDENTITY_HASH:
+            continue
+        why = identity.get(op.domain)
+        if why is None and base[-1] in entity_cols:
+            why = f"it keys entity '{entity_cols[base[-1]]}'"
+        if why is not None:
+            raise fail(
+                f"hash of length {op.length} ({op.length * 4} bits) may merge two values of "
+                f"domain '{op.domain}', and {why}: use length {MIN_IDENTITY_HASH} or more "
+                "(128 bits), or tokenize",
+                (*base, "length"),
             )
     for ename, ent in policy.entities.items():
         found = [t for t, spec in tables.items() if ent.column in spec.columns]

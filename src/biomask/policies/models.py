@@ -99,7 +99,8 @@ class HashOp(_Spec):
 
 
 class TokenizeOp(_Spec):
-    """Format-shaped consistent token; irreversible PRF, or FF1 when ``reversible``.
+    """Format-shaped consistent token: a keyed permutation of the value's shape (never two
+    values on one token), or FF1 that unmask reverses when ``reversible``.
 
     On integer columns (32 or 64 bits): an integer of the same type and sign, from a keyed
     permutation (FF1 at radix 2), so distinct keys never merge.
@@ -256,13 +257,21 @@ class TextOp(_Spec):
 
 
 class EncryptOp(_Spec):
-    """AES-256-GCM envelope encryption of templates, bound to dataset, column and entity."""
+    """AES-256-GCM envelope encryption of templates, bound to dataset, table, column, entity
+    and (with ``row_key``) the row."""
 
     op: Literal["encrypt"]
     entity: str | None = None
     per_entity_key: bool = False
     dim: int | None = Field(
         None, ge=1, description="expected values per template (list columns); others quarantine"
+    )
+    row_key: str | None = Field(
+        None,
+        description=(
+            "column whose (masked) value identifies the row, e.g. capture_id: the ciphertext "
+            "is bound to it, so it cannot be moved to another row, even of the same subject"
+        ),
     )
 
     @model_validator(mode="after")
@@ -381,6 +390,31 @@ class Policy(BaseModel):
         if (self.columns is None) == (self.tables is None):
             raise ValueError("a policy needs exactly one of 'columns' or 'tables'")
         return self
+
+    def template_bindings(self) -> dict[str, str]:
+        """What each ``encrypt`` rule's ciphertexts are bound to, in words, by
+        ``table.column``: for the run summary and the dossier, so a policy without
+        ``row_key`` says plainly that its templates can be swapped between rows."""
+        out: dict[str, str] = {}
+        for tname, spec in self.table_specs().items():
+            for cname, rule in spec.columns.items():
+                if not isinstance(rule, EncryptOp):
+                    continue
+                parts = ["dataset", "table", "column"]
+                if rule.entity is not None:
+                    parts.append(f"entity '{rule.entity}'")
+                if rule.row_key is not None:
+                    parts.append(f"row ({rule.row_key})")
+                    note = ""
+                elif rule.entity is not None:
+                    note = (
+                        f"; no row_key: two templates of one {rule.entity} can be swapped "
+                        "between their rows"
+                    )
+                else:
+                    note = "; no entity or row_key: any two rows' templates can be swapped"
+                out[f"{tname}.{cname}"] = "bound to " + ", ".join(parts) + note
+        return out
 
     def table_specs(self) -> dict[str, TableSpec]:
         """Tables by name; a single-table policy is one table named after the dataset."""

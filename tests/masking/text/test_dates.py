@@ -124,7 +124,7 @@ def test_note_dates_equal_the_masked_columns() -> None:
     res = _mask(
         "",
         {
-            "subject_id": ["S-1", "S-2", "S-3"],
+            "subject_id": ["S-000001", "S-000002", "S-000003"],
             "date_of_birth": dobs,
             "capture_ts": seen,
             "notes": notes,
@@ -195,7 +195,7 @@ def test_text_rule_entity_must_be_declared() -> None:
 
 def test_a_cell_over_max_text_bytes_is_quarantined_with_its_reason() -> None:
     rows = {
-        "subject_id": ["S-1", "S-2"],
+        "subject_id": ["S-000001", "S-000002"],
         "date_of_birth": [None, None],
         "capture_ts": [None, None],
         "notes": ["short note", "x" * 2000],

@@ -52,7 +52,7 @@ def test_two_table_export_gets_linked_domains_and_a_text_rule(export: Path) -> N
         },
     }
     assert captures["age"] == {"op": "generalize", "bucket": 10.0, "quasi_identifier": True}
-    assert captures["template"] == {"op": "encrypt", "entity": "subject"}
+    assert captures["template"] == {"op": "encrypt", "entity": "subject", "row_key": "capture_id"}
     assert "PERSON x" in text  # Presidio looked at the notes
 
 

@@ -1,8 +1,9 @@
 """The ``encrypt`` operator: AES-256-GCM envelope encryption of biometric templates.
 
-Ciphertext layout (version 1), one ``binary`` value per row::
+Ciphertext layout (version 2; version 1 has the same layout), one ``binary`` value per
+row::
 
-    b"BMT" | version u8 (=1) | key_id 4 bytes | dek_id_len u8 | dek_id | nonce 12 | ct+tag
+    b"BMT" | version u8 (=2) | key_id 4 bytes | dek_id_len u8 | dek_id | nonce 12 | ct+tag
 
 - ``key_id`` is the keyring key (8 hex digits, stored as 4 bytes) that was primary when the
   row was written; the data key itself is unwrapped with the key id its key-store row names,
@@ -13,9 +14,12 @@ Ciphertext layout (version 1), one ``binary`` value per row::
 - the nonce is random (``os.urandom``, never derived from the value): equal templates give
   different ciphertexts. This column is the one documented exception to the Masker's
   byte-for-byte determinism; tokens and every other column stay deterministic;
-- the associated data is ``biomask/template/v1|<dataset>|<table>|<column>|<entity token>|``
-  followed by the header, so a ciphertext copied to another row, column, table or dataset,
-  or given another header, does not decrypt.
+- the associated data (version 2) is the length-prefixed parts (4-byte big-endian length,
+  then the bytes) ``biomask/template/v2``, dataset, table, column, the row's entity token,
+  the row's ``row_key`` token (empty without ``row_key``) and the header, so a ciphertext
+  moved to another row (with ``row_key``), subject, column, table or dataset, or given
+  another header, does not decrypt. Version 1 (``|``-joined, no row key) still decrypts;
+  ``biomask rekey --upgrade`` rewrites it as version 2.
 
 A DEK is 32 random bytes, wrapped with AES-256-GCM under the key-encryption key
 ``keyring.derive("kek", "templates", key_id)`` (associated data: the dek_id). Wrapped DEKs
@@ -56,10 +60,12 @@ from biomask.keys.keystore import KeyStore, Row, default_keystore_uri, open_keys
 from biomask.masking.registry import Binding, Operator, OperatorContext, register
 from biomask.policies.models import EncryptOp
 
-__all__ = ["HEADER_FIXED", "MAGIC", "Encrypt", "keystore_for", "rewrap"]
+__all__ = ["HEADER_FIXED", "MAGIC", "MAGIC_V1", "Encrypt", "keystore_for", "rewrap"]
 
-#: magic and format version
-MAGIC = b"BMT\x01"
+#: magic and format version (2: length-prefixed associated data with the row key)
+MAGIC = b"BMT\x02"
+#: the first format: "|"-joined associated data, no row key (still decrypts)
+MAGIC_V1 = b"BMT\x01"
 #: bytes before the dek_id: magic+version (4), key id (4), dek_id length (1)
 HEADER_FIXED = 9
 _NONCE = 12
@@ -69,11 +75,12 @@ _STORES: dict[str, KeyStore] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def keystore_for(services: dict[str, Any], keyring: Keyring) -> KeyStore:
+def keystore_for(services: dict[str, Any], keyring: Keyring, *, create: bool = True) -> KeyStore:
     """The key store a run uses: ``services["keystore_uri"]`` or the keyring's default.
 
     Stores are cached per URI in the process, so the operators of every column (and every
-    Masker of a multi-table run) share one connection.
+    Masker of a multi-table run) share one connection. Only masking creates a store
+    (``create``); reading one that does not exist is an error.
     """
     uri = services.get("keystore_uri") or default_keystore_uri(keyring.path, keyring.keyring_id)
     if "://" not in uri and not uri.startswith("memory:"):
@@ -81,7 +88,7 @@ def keystore_for(services: dict[str, Any], keyring: Keyring) -> KeyStore:
     with _STORES_LOCK:
         store = _STORES.get(uri)
         if store is None:
-            store = open_keystore(uri)
+            store = open_keystore(uri, create=create)
             _STORES[uri] = store
     return store
 
@@ -278,8 +285,11 @@ class Encrypt(Operator[EncryptOp]):
     @property
     def store(self) -> KeyStore:
         """The run's key store (opened on first use: a policy check needs none)."""
+        return self._store_for(create=True)
+
+    def _store_for(self, *, create: bool) -> KeyStore:
         if self._store is None:
-            self._store = keystore_for(self.binding.services, self.binding.keyring)
+            self._store = keystore_for(self.binding.services, self.binding.keyring, create=create)
         return self._store
 
     @property
@@ -391,10 +401,46 @@ class Encrypt(Operator[EncryptOp]):
         return tok.fill_null(b""), pc.is_null(tok).to_numpy(zero_copy_only=False)
 
     def _aad_prefix(self) -> bytes:
+        """Version 1's prefix (still read)."""
         b = self.binding
         parts = [b"biomask/template/v1", b.policy.dataset.encode(), b.table.encode(),
                  b.column.encode(), b""]  # fmt: skip
         return b"|".join(parts)
+
+    def _aad_prefix_v2(self) -> bytes:
+        b = self.binding
+        return b"".join(
+            _lp(x)
+            for x in (
+                b"biomask/template/v2",
+                b.policy.dataset.encode(),
+                b.table.encode(),
+                b.column.encode(),
+            )
+        )
+
+    def _row_keys(
+        self, ctx: OperatorContext, n: int, *, masked: bool
+    ) -> tuple[pa.Array, np.ndarray]:
+        """The rows' ``row_key`` values as binary (empty without one), and which are null.
+
+        Masking binds the row key's *masked* value (the column's token), which is also
+        what the masked data holds when it is unmasked.
+        """
+        name = self.spec.row_key
+        if name is None:
+            return pa.repeat(pa.scalar(b"", pa.binary()), n), np.zeros(n, dtype=bool)
+        col = ctx.memo.peek(("masked", name)) if masked else None
+        if col is None:
+            col = ctx.batch.column(name)
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        if not pa.types.is_binary(col.type):
+            if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+                col = col.cast(pa.string())
+            col = col.cast(pa.binary())
+        nulls = pc.is_null(col).to_numpy(zero_copy_only=False)
+        return (col.fill_null(b"") if nulls.any() else col), nulls
 
     def _entity_id_prefix(self) -> bytes:
         return f"e:{self.spec.entity}:".encode()
@@ -407,7 +453,7 @@ class Encrypt(Operator[EncryptOp]):
                 dek_ids, lambda ids: [keks.wrap(d, secrets.token_bytes(32)) for d in ids]
             )
         else:
-            found = self.store.get(dek_ids)
+            found = self._store_for(create=False).get(dek_ids)
         return {d: keks.unwrap(d, k, w) for d, (k, w) in found.items()}
 
     def _open_keys(self, dek_ids: list[str]) -> dict[str, bytes]:
@@ -444,6 +490,9 @@ class Encrypt(Operator[EncryptOp]):
         raw, starts, nbytes, ok = self._plaintexts(values, ctx)
         n = len(values)
         tok, tok_null = self._tokens(ctx, n)
+        rk, rk_null = self._row_keys(ctx, n, masked=True)
+        if self.spec.row_key is not None:
+            self._reject(ok & rk_null, f"template has no {self.spec.row_key} to bind it", ctx, ok)
         kid = bytes.fromhex(self.binding.keyring.primary_key_id)
         if self.spec.per_entity_key:
             self._reject(ok & tok_null, "template has no subject token to key it", ctx, ok)
@@ -477,7 +526,7 @@ class Encrypt(Operator[EncryptOp]):
         nonces = np.frombuffer(os.urandom(_NONCE * len(rows)), np.uint8).reshape(-1, _NONCE)
         self._write_headers(out, offsets, rows, which, headers, head_len, nonces)
         if len(rows):
-            mid, mid_off = _row_tokens(tok, rows)
+            mid, mid_off = _mids_v2(tok, rk, rows)
             aead.seal_rows(
                 aead.RowKeys(keys),
                 aead.Rows(
@@ -485,8 +534,8 @@ class Encrypt(Operator[EncryptOp]):
                     nonce_buf=nonces.reshape(-1),
                     nonce_at=np.arange(len(rows), dtype=np.int64) * _NONCE,
                     src=raw, src_at=starts[rows], length=nbytes[rows],
-                    prefix=self._aad_prefix(), mid=mid, mid_off=mid_off,
-                    tails=[b"|" + h for h in headers],
+                    prefix=self._aad_prefix_v2(), mid=mid, mid_off=mid_off,
+                    tails=[_lp(h) for h in headers],
                     dst=out, dst_at=offsets[rows] + head_len[rows] + _NONCE,
                 ),
             )  # fmt: skip
@@ -550,7 +599,10 @@ class Encrypt(Operator[EncryptOp]):
         if (lens[rows] < HEADER_FIXED + _NONCE + _TAG).any():
             raise DecryptionError()
         head = data[starts[rows][:, None] + np.arange(HEADER_FIXED)[None, :]]
-        if (head[:, :4] != np.frombuffer(MAGIC, np.uint8)).any():
+        magic = head[:, :3] == np.frombuffer(MAGIC[:3], np.uint8)
+        version = np.zeros(n, dtype=np.uint8)
+        version[rows] = head[:, 3]
+        if not magic.all() or not np.isin(version[rows], (1, 2)).all():
             raise DecryptionError()
         head_len = np.zeros(n, dtype=np.int64)
         head_len[rows] = HEADER_FIXED + head[:, 8].astype(np.int64)
@@ -571,6 +623,16 @@ class Encrypt(Operator[EncryptOp]):
         missing = np.array([d not in deks for d in dek_ids], dtype=bool)
         if any(m and not d.startswith("e:") for d, m in zip(dek_ids, missing, strict=True)):
             raise DecryptionError()
+        if missing.any():  # erased (a tombstone says so), or a store that lost keys
+            gone = [d for d, m in zip(dek_ids, missing, strict=True) if m]
+            unexplained = set(gone) - self._store_for(create=False).erased(gone)
+            if unexplained:
+                raise KeyringError(
+                    f"key store {self.store.uri} has no key for {len(unexplained)} subject(s) "
+                    "of this data and no record of erasing them: it is not the store the data "
+                    "was masked with, or it is damaged or incomplete (e.g. a SQLite store "
+                    "copied without its -wal file)"
+                )
         ok = valid.copy()
         if missing.any():
             erased = np.zeros(n, dtype=bool)
@@ -586,20 +648,29 @@ class Encrypt(Operator[EncryptOp]):
             live = [i for i, d in enumerate(dek_ids) if d in deks]
             slot = np.zeros(len(headers), np.int64)
             slot[live] = np.arange(len(live))
-            mid, mid_off = _row_tokens(tok, rows)
-            at = starts[rows] + head_len[rows]
-            opened = aead.open_rows(
-                aead.RowKeys([deks[dek_ids[i]] for i in live]),
-                aead.Rows(
-                    key_idx=slot[which[rows]] if len(live) > 1 else None,
-                    nonce_buf=data, nonce_at=at, src=data, src_at=at + _NONCE,
-                    length=plen[rows], prefix=self._aad_prefix(), mid=mid, mid_off=mid_off,
-                    tails=[b"|" + headers[i] for i in live],
-                    dst=out, dst_at=o_offs[rows],
-                ),
-            )  # fmt: skip
-            if not opened:
-                raise DecryptionError()
+            rk, _ = self._row_keys(ctx, n, masked=False)
+            for ver in (1, 2):  # a batch may mix rows of files written in both formats
+                sel = rows[version[rows] == ver]
+                if not len(sel):
+                    continue
+                if ver == 1:
+                    mid, mid_off = _row_tokens(tok, sel)
+                    prefix, tails = self._aad_prefix(), [b"|" + headers[i] for i in live]
+                else:
+                    mid, mid_off = _mids_v2(tok, rk, sel)
+                    prefix, tails = self._aad_prefix_v2(), [_lp(headers[i]) for i in live]
+                at = starts[sel] + head_len[sel]
+                opened = aead.open_rows(
+                    aead.RowKeys([deks[dek_ids[i]] for i in live]),
+                    aead.Rows(
+                        key_idx=slot[which[sel]] if len(live) > 1 else None,
+                        nonce_buf=data, nonce_at=at, src=data, src_at=at + _NONCE,
+                        length=plen[sel], prefix=prefix, mid=mid, mid_off=mid_off,
+                        tails=tails, dst=out, dst_at=o_offs[sel],
+                    ),
+                )  # fmt: skip
+                if not opened:
+                    raise DecryptionError()
         return _to_type(out, o_offs, plen, ok, target)
 
     @staticmethod
@@ -682,6 +753,32 @@ class Encrypt(Operator[EncryptOp]):
         o_offs = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(sizes, out=o_offs[1:])
         return _alloc(int(o_offs[-1])), o_offs
+
+
+def _lp(part: bytes) -> bytes:
+    """One length-prefixed part of the associated data: 4-byte big-endian length, bytes."""
+    return len(part).to_bytes(4, "big") + part
+
+
+def _mids_v2(tok: pa.Array, rk: pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per selected row, ``_lp(entity token) + _lp(row key)``: one buffer and its offsets."""
+    t_data, t_off = _row_tokens(tok, rows)
+    r_data, r_off = _row_tokens(rk, rows)
+    tl, rl = np.diff(t_off), np.diff(r_off)
+    size = 8 + tl + rl
+    off = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(size, out=off[1:])
+    out = np.empty(int(off[-1]), dtype=np.uint8)
+    start = off[:-1]
+    for k, shift in enumerate((24, 16, 8, 0)):
+        out[start + k] = (tl >> shift) & 0xFF
+        out[start + 4 + tl + k] = (rl >> shift) & 0xFF
+    for data, o, ln, at in ((t_data, t_off, tl, start + 4), (r_data, r_off, rl, start + 8 + tl)):
+        total = int(ln.sum())
+        if total:
+            rel = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(ln) - ln, ln)
+            out[np.repeat(at, ln) + rel] = data[np.repeat(o[:-1], ln) + rel]
+    return out, off
 
 
 def _row_tokens(tok: pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

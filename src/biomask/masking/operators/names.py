@@ -550,7 +550,9 @@ class Pseudonym(Operator[PseudonymOp]):
 
     def __init__(self, spec: PseudonymOp, binding: Binding) -> None:
         super().__init__(spec, binding)
-        self.mapper = NameMapper(DeterministicPrf(binding.keyring.derive("pseudonym", spec.domain)))
+        self.mapper = NameMapper(
+            DeterministicPrf(binding.keyring.derive_token("pseudonym", spec.domain))
+        )
 
     @property
     def key_id(self) -> str | None:

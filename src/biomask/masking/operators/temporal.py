@@ -54,7 +54,7 @@ class DateShift(Operator[DateShiftOp]):
     def __init__(self, spec: DateShiftOp, binding: Binding) -> None:
         super().__init__(spec, binding)
         self.max_days = entity_max_days(binding, spec.entity)
-        self.prf = DeterministicPrf(binding.keyring.derive("date_shift", spec.entity))
+        self.prf = DeterministicPrf(binding.keyring.derive_token("date_shift", spec.entity))
 
     @property
     def key_id(self) -> str | None:

@@ -2,7 +2,16 @@
 
 All of them run their crypto once per distinct value (:func:`map_distinct`) and key it by
 the rule's *domain*, so the same value gets the same token in every column, file, batch and
-process that uses that domain, and different domains give unrelated tokens.
+process that uses that domain, and different domains give unrelated tokens. Their keys
+come from the keyring's token key (:meth:`biomask.keys.Keyring.derive_token`), so
+``keys rotate`` changes no token.
+
+Distinct in, distinct out: ``tokenize`` (strings and integers), ``email`` and ``phone``
+tokens are keyed permutations (:mod:`biomask.masking.permute`,
+:mod:`biomask.masking.integers`), so two values of a domain never share a token; a value
+whose shape is too small for one (fewer than 10^6 values) is quarantined with that
+reason. ``hash`` is a 128-bit-or-longer PRF where identity matters (an entity's column or
+a domain a ``text`` rule links to; the policy refuses shorter ones there).
 """
 
 from __future__ import annotations
@@ -13,10 +22,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from biomask.keys.primitives import DeterministicPrf, _native, hkdf, ragged_stream
+from biomask.errors import PolicyError
+from biomask.keys.primitives import DeterministicPrf, _native, hkdf
 from biomask.masking.ff1 import FF1
 from biomask.masking.fpe import ReversibleTokenizer
 from biomask.masking.integers import MIN_BITS, permute_integers
+from biomask.masking.permute import ShapePermutation
 from biomask.masking.registry import (
     Binding,
     Operator,
@@ -25,7 +36,7 @@ from biomask.masking.registry import (
     map_distinct,
     register,
 )
-from biomask.masking.shape import codepoints, from_codepoints, shape_tokens, utf8_buffers
+from biomask.masking.shape import codepoints, from_codepoints, prefix_lengths, utf8_buffers
 from biomask.policies.models import EmailOp, HashOp, PhoneOp, TokenizeOp
 
 __all__ = ["Email", "Hash", "Phone", "PhoneDigits", "Tokenize", "phone_digits", "phone_parts"]
@@ -35,10 +46,85 @@ _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _EMAIL = r"^[^@\s]+@[^@\s.][^@\s]*\.[^@\s]+$"
 
 
-def _count_collisions(uniq: pa.Array, out: pa.Array, ctx: OperatorContext) -> None:
-    lost = len(uniq) - len(pc.unique(out))
-    if lost:
-        ctx.count("token_collisions", lost)
+#: why a value gets no shaped token (quarantine reasons; they name no value)
+SMALL_REASON = (
+    "too few possible values of this shape for a token that never merges two values "
+    "(fewer than 10^6, NIST SP 800-38G's minimum for FF1): use longer ids, hash "
+    "(length >= 32) or generalize"
+)
+WALK_REASON = "FF1 cycle walk did not end"
+#: (rows of distinct values, reason) pairs an operator reports
+Problems = list[tuple[np.ndarray, str]]
+
+
+def _prefix_bytes(values: pa.Array, prefix: str | None) -> np.ndarray:
+    """Per value, how many leading UTF-8 bytes are a kept prefix (see ``prefix_lengths``).
+
+    ``"auto"`` prefixes are ASCII, so bytes and code points agree; a literal prefix is
+    compared as bytes (UTF-8 is prefix-free).
+    """
+    _, offs, buf = utf8_buffers(values)
+    offsets = offs - offs[0]
+    data = np.frombuffer(buf, dtype=np.uint8)[int(offs[0]) : int(offs[-1])]
+    n = len(offsets) - 1
+    if prefix is None or n == 0 or len(data) == 0:
+        return np.zeros(n, dtype=np.int64)
+    if prefix == "auto":
+        return prefix_lengths(data.astype(np.uint32), offsets, "auto")
+    lit = np.frombuffer(prefix.encode("utf-8"), dtype=np.uint8)
+    starts = offsets[:-1]
+    ok = np.diff(offsets) >= len(lit)
+    for i, c in enumerate(lit):  # loop over prefix bytes, not values
+        ok &= data[np.minimum(starts + i, len(data) - 1)] == c
+    return np.where(ok, len(lit), 0).astype(np.int64)
+
+
+def _recase(orig: pa.Array, lowered: pa.Array) -> pa.Array:
+    """``lowered`` with ASCII letters put back in upper case where ``orig`` has them.
+
+    For e-mail tokens, computed on the lower-cased address (case does not make another
+    address) and shown in the input's case pattern. Values whose lower-casing changed
+    their byte length (a few non-ASCII letters) stay lower-case.
+    """
+    _, o_offs, o_buf = utf8_buffers(orig)
+    _, t_offs, t_buf = utf8_buffers(lowered)
+    o_data = np.frombuffer(o_buf, dtype=np.uint8)[int(o_offs[0]) : int(o_offs[-1])]
+    t_data = np.frombuffer(t_buf, dtype=np.uint8)[int(t_offs[0]) : int(t_offs[-1])]
+    o_len, t_len = np.diff(o_offs), np.diff(t_offs)
+    if len(o_data) != len(t_data) or not (o_len == t_len).all():
+        same = np.repeat(o_len == t_len, t_len)
+        o_at = np.repeat(o_offs[:-1] - o_offs[0], t_len)
+        pos = np.arange(len(t_data)) - np.repeat(t_offs[:-1] - t_offs[0], t_len)
+        src = np.zeros(len(t_data), dtype=np.uint8)
+        src[same] = o_data[(o_at + pos)[same]]
+    else:
+        src = o_data
+    out = t_data.copy()
+    up = (src >= 65) & (src <= 90) & (out >= 97) & (out <= 122)
+    out[up] -= 32
+    offsets = (t_offs - t_offs[0]).astype(np.int32)
+    return pa.StringArray.from_buffers(len(t_len), pa.py_buffer(offsets), pa.py_buffer(out))
+
+
+def _maybe_cased(values: pa.Array) -> bool:
+    """Whether lower-casing could change any value: an ASCII capital, or any non-ASCII
+    byte (conservatively). One pass over the bytes, far cheaper than Unicode case tests."""
+    _, offs, buf = utf8_buffers(values)
+    data = np.frombuffer(buf, dtype=np.uint8)[int(offs[0]) : int(offs[-1])]
+    return bool(((data - np.uint8(65)) < 26).any() or (data >= 128).any())
+
+
+def _at_positions(values: pa.Array) -> np.ndarray:
+    """Byte position of each value's first ``@`` (its length where it has none)."""
+    _, offs, buf = utf8_buffers(values)
+    data = np.frombuffer(buf, dtype=np.uint8)[int(offs[0]) : int(offs[-1])]
+    offsets = offs - offs[0]
+    ats = np.flatnonzero(data == 64)
+    k = np.searchsorted(ats, offsets[:-1])
+    hit = ats[np.minimum(k, max(len(ats) - 1, 0))] if len(ats) else np.zeros(len(k), np.int64)
+    found = (k < len(ats)) & (hit < offsets[1:])
+    at: np.ndarray = np.where(found, hit - offsets[:-1], np.diff(offsets)).astype(np.int64)
+    return at
 
 
 @register
@@ -50,7 +136,7 @@ class Hash(Operator[HashOp]):
 
     def __init__(self, spec: HashOp, binding: Binding) -> None:
         super().__init__(spec, binding)
-        self.prf = DeterministicPrf(binding.keyring.derive("hash", spec.domain))
+        self.prf = DeterministicPrf(binding.keyring.derive_token("hash", spec.domain))
 
     @property
     def key_id(self) -> str | None:
@@ -84,7 +170,9 @@ class Hash(Operator[HashOp]):
 
 @register
 class Tokenize(Operator[TokenizeOp]):
-    """Format-shaped consistent tokens: a keyed PRF, or FF1 when ``reversible``.
+    """Format-shaped consistent tokens: a keyed permutation of each value's shape (FF1 under
+    a key of its own, :mod:`biomask.masking.permute`), or FF1 that unmask reverses when
+    ``reversible``.
 
     Integer columns of 32 or 64 bits get integers of their own type and sign, always from
     a keyed permutation (:mod:`biomask.masking.integers`).
@@ -99,8 +187,10 @@ class Tokenize(Operator[TokenizeOp]):
 
     def __init__(self, spec: TokenizeOp, binding: Binding) -> None:
         super().__init__(spec, binding)
-        handle = binding.keyring.derive("tokenize", spec.domain)
-        self.prf = DeterministicPrf(handle)
+        handle = binding.keyring.derive_token("tokenize", spec.domain)
+        self._key_id = handle.key_id
+        #: irreversible string tokens: a keyed permutation of each value's shape
+        self.perm = ShapePermutation(handle, "tokenize")
         #: irreversible integer tokens: a permutation too (see _integer_tokens)
         self._int_ff1 = FF1(hkdf(handle._secret(), "tokenize/integers", 32), 2)
         self.fpe = (
@@ -111,7 +201,7 @@ class Tokenize(Operator[TokenizeOp]):
 
     @property
     def key_id(self) -> str | None:
-        return self.prf.key_id
+        return self._key_id
 
     @property
     def reversible(self) -> bool:
@@ -134,50 +224,94 @@ class Tokenize(Operator[TokenizeOp]):
         return None
 
     def tokens(self, uniq: pa.Array) -> pa.Array:
-        """Tokens for distinct, non-null values (used by the text operator too)."""
+        """Tokens for distinct, non-null values (used by the text operator too); null
+        where a value gets none (too small a shape, or FF1 refuses it)."""
         if self.fpe is not None:
             res = self.fpe.encrypt(uniq)
             return pc.if_else(pa.array(res.bad), pa.scalar(None, pa.string()), res.values)
-        out = shape_tokens(self.prf, uniq, prefix=self.spec.prefix)
-        if self.spec.format != "shape":
-            out = _fix_check_digit(out, self.spec.format)
-        return out
+        out, problems = self._shaped(uniq)
+        bad = np.zeros(len(uniq), dtype=bool)
+        for rows, _ in problems:
+            bad |= rows
+        return pc.if_else(pa.array(bad), pa.scalar(None, pa.string()), out) if bad.any() else out
+
+    def _shaped(self, uniq: pa.Array) -> tuple[pa.Array, Problems]:
+        """Irreversible shaped tokens: the keyed permutation, the check digit recomputed."""
+        check = self.spec.format != "shape"
+        upto = None
+        if check:  # the check digit stays outside the permutation and is recomputed
+            _, offs, _ = utf8_buffers(uniq)
+            upto = np.diff(offs) - 1
+        prefix = self.spec.prefix
+        keep = "auto" if prefix == "auto" else _prefix_bytes(uniq, prefix)
+        res = self.perm.permute(uniq, keep=keep, upto=upto, tail_in_tweak=not check)
+        out = _fix_check_digit(res.values, self.spec.format) if check else res.values
+        return out, [(res.small, SMALL_REASON), (res.failed, WALK_REASON)]
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
         enc = values.dictionary_encode()
         uniq = enc.dictionary
         if pa.types.is_integer(values.type):
             out, bad, reason = self._integer_tokens(uniq)
+            problems = [(bad, reason)]
         else:
-            out, bad, reason = self._string_tokens(uniq)
-            lost = len(uniq) - len(pc.unique(out))
-            if lost:
-                ctx.count("token_collisions", lost)
-        result = _finish(enc, out, bad, reason, ctx)
+            out, problems = self._string_tokens(uniq)
+            small = [rows for rows, why in problems if why == SMALL_REASON]
+            if small and len(small[0]) and small[0].all():
+                self._refuse_small_column()
+        bad = np.zeros(len(uniq), dtype=bool)
+        for rows, _ in problems:
+            bad |= rows
+        result = _finish_all(enc, out, problems, ctx)
         # An entity's date offsets are a function of its tokens' text: offer them per
         # distinct value, so date_shift need not find the distinct tokens again.
         nulled = pc.if_else(pa.array(bad), pa.scalar(None, out.type), out) if bad.any() else out
         ctx.memo.put(("tokens", self.binding.column), (enc.indices, nulled.cast(pa.string())))
         return result.cast(values.type)
 
-    def _string_tokens(self, uniq: pa.Array) -> tuple[pa.Array, np.ndarray, str]:
+    def _refuse_small_column(self) -> None:
+        """Every value of a batch has too small a shape: a policy mistake, not bad rows.
+
+        Quarantining the whole column would hide it among data errors; the run stops
+        before anything is written, naming the rule and the fix.
+        """
+        b = self.binding
+        loc = (
+            ("tables", b.table, "columns", b.column)
+            if b.policy.is_multi_table
+            else ("columns", b.column)
+        )
+        raise PolicyError(
+            f"tokenize on column '{b.column}' of table '{b.table}': every value's shape has "
+            "fewer than 10^6 possible values, too few for tokens that never merge two values "
+            "(NIST SP 800-38G's minimum for FF1): use longer ids, hash (length >= 32) or "
+            "generalize",
+            path=b.policy.source,
+            line=b.policy.line_of(*loc),
+            field=".".join(loc),
+        )
+
+    def _string_tokens(self, uniq: pa.Array) -> tuple[pa.Array, Problems]:
         if self.fpe is not None:
             res = self.fpe.encrypt(uniq)
-            return res.values, res.bad, res.reason
-        bad = np.zeros(len(uniq), dtype=bool)
-        reason = ""
+            return res.values, [(res.bad, res.reason)]
+        problems: Problems = []
         if self.spec.format != "shape":
-            bad = ~_check_digit_valid(uniq, self.spec.format)
-            reason = f"not a valid {self.spec.format} number (wrong check digit or characters)"
-        return self.tokens(uniq), bad, reason
+            problems.append(
+                (
+                    ~_check_digit_valid(uniq, self.spec.format),
+                    f"not a valid {self.spec.format} number (wrong check digit or characters)",
+                )
+            )
+        out, more = self._shaped(uniq)
+        return out, problems + more
 
     def _integer_tokens(self, uniq: pa.Array) -> tuple[pa.Array, np.ndarray, str]:
         """Integer tokens of the column's own type and sign.
 
         Always a keyed permutation (:mod:`biomask.masking.integers`), never a PRF: serial
-        keys fill their range, and a PRF would merge about a third of them (so there are
-        no collisions to count). Irreversible tokens use a key of their own, which
-        ``unmask`` never uses.
+        keys fill their range, and a PRF would merge about a third of them. Irreversible
+        tokens use a key of their own, which ``unmask`` never uses.
         """
         if self.fpe is not None:
             res = self.fpe.integers(uniq)
@@ -193,6 +327,22 @@ class Tokenize(Operator[TokenizeOp]):
         else:
             res = self.fpe.decrypt(enc.dictionary, key_id)
         return _finish(enc, res.values, res.bad, res.reason, ctx).cast(values.type)
+
+
+def _finish_all(
+    enc: pa.DictionaryArray, out: pa.Array, problems: Problems, ctx: OperatorContext
+) -> pa.Array:
+    """:func:`_finish` with a reason per kind of problem (the first one a row has wins)."""
+    bad = np.zeros(len(out), dtype=bool)
+    for rows, reason in problems:
+        new = rows & ~bad
+        if new.any():
+            hit = pc.is_in(enc.indices, pa.array(np.flatnonzero(new), enc.indices.type))
+            ctx.quarantine(hit.fill_null(False), reason)
+        bad |= rows
+    if bad.any():
+        out = pc.if_else(pa.array(bad), pa.scalar(None, out.type), out)
+    return out.take(enc.indices)
 
 
 def _finish(
@@ -249,8 +399,20 @@ def _fix_check_digit(values: pa.Array, fmt: str) -> pa.Array:
 class Email(Operator[EmailOp]):
     """A valid e-mail address: local part tokenized, domain kept (or tokenized, TLD kept).
 
-    The PRF is keyed on the lower-cased address, so ``Isabel.P@Example.org`` in a note and
-    ``isabel.p@example.org`` in a column get the same token (in their own case shapes).
+    The local part is a keyed permutation of the lower-cased local part's shape, with the
+    lower-cased domain in the tweak (:mod:`biomask.masking.permute`), shown in the input's
+    case pattern: ``Isabel.P@Example.org`` in a note and ``isabel.p@example.org`` in a
+    column are one address and get one token (in their own case shapes), and two
+    addresses that differ other than in case never share a token.
+
+    A local part whose shape has fewer than 10^6 values (four letters or fewer, such as
+    ``info`` or ``j.li``) is common, so it is not quarantined as a too-small ``tokenize``
+    shape is: it is permuted within its own small space (FF1 on its 2**20 minimum,
+    cycle-walked back), so it never merges with another address either, but its token
+    hides only as much as that space holds. Lengthening it instead would not be
+    collision-free: every longer shape is some other address's own shape. A local part
+    with no ASCII letter or digit (nothing to permute) is quarantined, as is a domain too
+    short to tokenize with ``keep_domain: false``.
     """
 
     name = "email"
@@ -258,48 +420,85 @@ class Email(Operator[EmailOp]):
 
     def __init__(self, spec: EmailOp, binding: Binding) -> None:
         super().__init__(spec, binding)
-        self.prf = DeterministicPrf(binding.keyring.derive("email", spec.domain))
-        self.prf_domain = DeterministicPrf(binding.keyring.derive("email-domain", spec.domain))
+        handle = binding.keyring.derive_token("email", spec.domain)
+        self._key_id = handle.key_id
+        self.local = ShapePermutation(handle, "email/local")
+        self.domain_perm = ShapePermutation(
+            binding.keyring.derive_token("email-domain", spec.domain), "email/domain"
+        )
 
     @property
     def key_id(self) -> str | None:
-        return self.prf.key_id
+        return self._key_id
 
     def check(self, dtype: pa.DataType) -> str | None:
         return None if is_string_type(dtype) else "email takes string columns"
 
     def tokens(self, uniq: pa.Array) -> tuple[pa.Array, np.ndarray]:
-        """Tokens for distinct non-null values, and a mask of values that are not e-mails.
+        """Tokens for distinct non-null values, and a mask of values that get none."""
+        out, problems = self._tokens(uniq)
+        bad = np.zeros(len(uniq), dtype=bool)
+        for rows, _ in problems:
+            bad |= rows
+        return out, bad
 
-        The local part is shaped in place and ``@domain`` copied after it (``upto``), with
-        the keystream keyed on the whole lower-cased address; the tokens of values that
-        are not e-mails are meaningless, and their rows are quarantined and nulled.
+    def _tokens(self, uniq: pa.Array) -> tuple[pa.Array, Problems]:
+        """Tokens of distinct non-null values, and why some get none.
+
+        Values that are not e-mails get meaningless tokens; their rows are quarantined and
+        nulled.
         """
-        keys = pc.utf8_lower(uniq)
         ok, local_len = _email_layout(uniq)
+        valid = bool(ok.all())
+        keys = uniq if valid else pc.if_else(pa.array(ok), uniq, "x@invalid.example")
+        # most columns hold lower-case ASCII addresses: nothing to fold or restore, and the
+        # layout's local-part length (code points) is already the byte position of the @
+        cased = _maybe_cased(keys)
+        if cased:
+            keys = pc.utf8_lower(keys)
+        at = local_len if valid and not cased else _at_positions(keys)
+        local = self.local.permute(keys, upto=at, tail_in_tweak=True, small_ok=True)
+        problems: Problems = [
+            (~ok, "not an e-mail address"),
+            (
+                local.small,
+                "e-mail local part without an ASCII letter or digit: nothing to tokenize "
+                "(use hash (length >= 32) or redact)",
+            ),
+            (local.failed, WALK_REASON),
+        ]
         if self.spec.keep_domain:
-            out = shape_tokens(self.prf, uniq, prf_input=keys, prefix=None, upto=local_len)
-            return out, ~ok
-        # Valid addresses have exactly one "@": split there (invalid ones get a stand-in).
-        parts = pc.split_pattern(
-            pc.if_else(pa.array(ok), uniq, "x@invalid.example"), "@", max_splits=1
-        )
-        local_tok = shape_tokens(self.prf, pc.list_element(parts, 0), prf_input=keys, prefix=None)
-        domain = self._domain_tokens(pc.list_element(parts, 1))
-        return pc.binary_join_element_wise(local_tok, domain, "@"), ~ok
+            return (_recase(uniq, local.values) if cased else local.values), problems
+        parts = pc.split_pattern(local.values, "@", max_splits=1)
+        domains = pc.list_element(parts, 1)
+        dom, dom_problems = self._domain_tokens(domains)
+        joined = pc.binary_join_element_wise(pc.list_element(parts, 0), dom, "@")
+        return (_recase(uniq, joined) if cased else joined), problems + dom_problems
 
-    def _domain_tokens(self, domains: pa.Array) -> pa.Array:
-        # valid domains hold a dot past their first character: split at the last one
-        parts = pc.split_pattern(domains, ".", max_splits=1, reverse=True)
-        head = pc.list_element(parts, 0)
-        tld = pc.list_element(parts, 1)
-        tok = shape_tokens(self.prf_domain, head, prf_input=pc.utf8_lower(domains), prefix=None)
-        return pc.binary_join_element_wise(tok, tld, ".")
+    def _domain_tokens(self, domains: pa.Array) -> tuple[pa.Array, Problems]:
+        """Lower-cased domains with the part before the last dot permuted, the TLD kept
+        (and in the tweak)."""
+        _, offs, buf = utf8_buffers(domains)
+        data = np.frombuffer(buf, dtype=np.uint8)[int(offs[0]) : int(offs[-1])]
+        offsets = offs - offs[0]
+        dots = np.flatnonzero(data == 46)
+        k = np.searchsorted(dots, offsets[1:]) - 1  # last dot before each value's end
+        has = (k >= 0) & (dots[np.maximum(k, 0)] >= offsets[:-1]) if len(dots) else k < -1
+        last = np.where(has, dots[np.maximum(k, 0)] - offsets[:-1] if len(dots) else 0, 0)
+        res = self.domain_perm.permute(domains, upto=last.astype(np.int64), tail_in_tweak=True)
+        return res.values, [
+            (
+                res.small,
+                "e-mail domain too short to tokenize without merging two domains: "
+                "use keep_domain: true",
+            ),
+            (res.failed, WALK_REASON),
+        ]
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
         enc = values.dictionary_encode()
-        out, bad = self.tokens(enc.dictionary)
-        return _finish(enc, out, bad, "not an e-mail address", ctx).cast(values.type)
+        out, problems = self._tokens(enc.dictionary)
+        return _finish_all(enc, out, problems, ctx).cast(values.type)
 
 
 def _email_layout(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -444,11 +643,13 @@ class Phone(Operator[PhoneOp]):
 
     def __init__(self, spec: PhoneOp, binding: Binding) -> None:
         super().__init__(spec, binding)
-        self.prf = DeterministicPrf(binding.keyring.derive("phone", spec.domain))
+        handle = binding.keyring.derive_token("phone", spec.domain)
+        self._key_id = handle.key_id
+        self.perm = ShapePermutation(handle, "phone")
 
     @property
     def key_id(self) -> str | None:
-        return self.prf.key_id
+        return self._key_id
 
     def check(self, dtype: pa.DataType) -> str | None:
         return None if is_string_type(dtype) else "phone takes string columns"
@@ -462,8 +663,12 @@ class Phone(Operator[PhoneOp]):
             bad = lay.bad.copy()
             digits = self._ff1(lay.data[lay.at].astype(np.int64) - 48, lay.per_value, None, bad)
             return lay.replaced((48 + digits).astype(np.uint8)), bad
-        rnd = ragged_stream(self.prf, lay.national(), lay.per_value * 2).view(np.uint16)
-        return lay.replaced((48 + rnd % 10).astype(np.uint8)), lay.bad
+        # A keyed permutation of the national numbers of each length (the tweak holds the
+        # length only, so every format of one number agrees): no two numbers merge.
+        res = self.perm.permute(lay.national())
+        _, _, buf = utf8_buffers(res.values)
+        digits = np.frombuffer(buf, dtype=np.uint8)[: int(lay.per_value.sum())]
+        return lay.replaced(digits), lay.bad | res.small | res.failed
 
     def _ff1(
         self,
@@ -479,7 +684,7 @@ class Phone(Operator[PhoneOp]):
         Values whose national number has fewer than 6 digits cannot be encrypted within
         NIST's minimum domain and are marked bad (quarantined).
         """
-        secret = self.binding.keyring.derive("ff1", self.spec.domain, key_id)._secret()
+        secret = self.binding.keyring.derive_token("ff1", self.spec.domain, key_id)._secret()
         cipher = FF1(secret, 10)
         starts = np.concatenate(([0], np.cumsum(per_value)))[:-1]
         out = digits.copy()
@@ -515,7 +720,7 @@ class Phone(Operator[PhoneOp]):
             enc,
             out,
             bad,
-            "not a phone number"
-            + (" with at least 6 national digits (FF1)" if self.spec.reversible else ""),
+            "not a phone number with at least 6 national digits (fewer are too few for a "
+            "token that never merges two numbers)",
             ctx,
         ).cast(values.type)

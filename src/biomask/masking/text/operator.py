@@ -172,7 +172,10 @@ class LinkedDomain:
             {},
             np.zeros(len(values), dtype=bool),
         )
-        out = self.op(arr, ctx).cast(pa.string()).to_pylist()
+        try:
+            out = self.op(arr, ctx).cast(pa.string()).to_pylist()
+        except PolicyError:  # e.g. every detected value too small for a token: none get one
+            return [None] * len(values)
         return [None if ctx.bad[i] else v for i, v in enumerate(out)]
 
 

@@ -518,6 +518,19 @@ def draft_policy(
                     dom = f"{dom}_{op}"
                 domains[dom] = op
                 c.rule["domain"] = dom
+            if op == "encrypt":
+                # bind each template to its row: another id column of the table (capture_id)
+                keys = [
+                    k.name
+                    for k in t.columns
+                    if k.kind == "id"
+                    and k.name != entity_col
+                    and k.rule["op"] in ("tokenize", "hash")
+                ]
+                if keys:
+                    c.rule["row_key"] = keys[0]
+                else:
+                    c.reason += "; REVIEW: no row id to bind templates to (row_key)"
             if op in ("date_shift", "encrypt"):
                 if has_entity:
                     c.rule["entity"] = "subject"
