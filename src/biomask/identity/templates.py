@@ -255,9 +255,17 @@ class TemplateSet:
 
     # -- one batch -----------------------------------------------------------------------
     def _entity_columns(self) -> list[str]:
+        """Columns the templates' associated data binds: the entities' and the row key's."""
         if self.policy is None:
             return []
-        return [e.column for e in self.policy.entities.values()]
+        cols = [e.column for e in self.policy.entities.values()]
+        for name, spec in self.policy.table_specs().items():
+            if self.table is not None and name != self.table:
+                continue
+            row_key = getattr(spec.columns.get(self.template_column), "row_key", None)
+            if row_key is not None and row_key not in cols:
+                cols.append(row_key)  # a template bound to its row needs that row's key
+        return cols
 
     def _is_encrypted(self, schema: pa.Schema) -> bool:
         meta = schema.metadata or {}
