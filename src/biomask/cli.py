@@ -256,27 +256,16 @@ def mask_cmd(
     receipts: ReceiptsOpt = None,
     receipt: ExpectReceiptOpt = None,
     engine: Annotated[
-        str, typer.Option("--engine", help="local, or ray (RAY_ADDRESS, else a local Ray).")
+        str,
+        typer.Option(
+            "--engine",
+            help="local, ray (RAY_ADDRESS, else a local Ray) or spark (a local Spark).",
+        ),
     ] = "local",
 ) -> None:
     """Mask INPUT into OUTPUT under POLICY."""
-    if engine not in ("local", "ray"):
-        raise BiomaskError(f"unknown engine '{engine}': use local or ray")
-    if engine == "ray":
-        if append:
-            raise BiomaskError("--append is not supported with --engine ray")
-        from biomask.integrations.ray import run_mask_ray
-
-        summary = run_mask_ray(
-            policy, keyring, input, output, lineage_dir=lineage, overwrite=overwrite,
-            batch_size=batch_size, max_quarantine=max_quarantine, keystore=keystore,
-            receipt=_read_receipt(receipt),
-        )  # fmt: skip
-        print_summary(summary)
-        _receipt(summary.receipt, receipts)
-        return
     from biomask.keys import Keyring
-    from biomask.pipeline import run_mask
+    from biomask.pipeline import open_executor, run_mask
     from biomask.policies import load_policy
 
     pol = load_policy(policy)
@@ -296,6 +285,7 @@ def mask_cmd(
             progress=progress,
             keystore=keystore,
             receipt=_read_receipt(receipt),
+            engine=open_executor(engine),
         )
     print_summary(summary, to_stderr=to_stderr)
     for where, binding in pol.template_bindings().items():

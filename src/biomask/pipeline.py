@@ -1,7 +1,11 @@
 """The one place that wires sources, the Masker, sinks and the lineage recorder into a run.
 
 The command line, the demo and the integrations call :func:`run_mask`; nothing else opens
-sinks or writes lineage. Order of a run:
+sinks or writes lineage. Every engine runs through it: an :class:`Executor` only moves
+batches to the Masker and back (:class:`LocalExecutor` in this process; the Ray and Spark
+executors in :mod:`biomask.integrations` on their workers), so planning, the pre-pass,
+the quarantine limit, column lineage, evidence and the atomic commit are written once.
+Order of a run:
 
 1. open every source and bind every table's Masker to its schema, so a policy problem
    (unlisted column, wrong type) stops the run before anything is written;
@@ -27,11 +31,11 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -52,14 +56,21 @@ from biomask.keys import Keyring
 from biomask.lineage import LineageRecorder
 from biomask.lineage.record import ColumnRecord, RunRecord
 from biomask.masking import Masker
+from biomask.masking.masker import MaskedBatch
+from biomask.masking.text.operator import lexicon_columns
 from biomask.policies import Policy
 
 __all__ = [
     "DEFAULT_MAX_QUARANTINE",
+    "Executor",
+    "LocalExecutor",
     "QuarantineLimit",
     "RunSummary",
+    "TableJob",
+    "WorkerSpec",
     "check_output",
     "default_lineage_dir",
+    "open_executor",
     "run_mask",
     "run_unmask",
 ]
@@ -225,6 +236,181 @@ def _created_dirs(uris: list[str]) -> list[str]:
     return out
 
 
+# -- engines ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """All a remote worker needs to build a table's Masker; picklable, holds no usable key.
+
+    ``sealed_keys`` is :meth:`Keyring.worker_handle`'s sealed half; the token that opens it
+    reaches workers separately (their environment), so neither the work's arguments nor
+    the environment alone hold a key, and the passphrase never leaves the driver.
+    ``preread`` holds the columns the lexicon pre-pass declared, read once by the
+    pipeline: workers build the same lexicon as the driver without reading the input.
+    """
+
+    policy: Policy
+    sealed_keys: bytes
+    table: str
+    keyring_path: str | None = None
+    keystore: str | None = None
+    preread: dict[str, pa.Table] = field(default_factory=dict)
+    unmask: bool = False
+    #: ``BIOMASK_TEXT_WORKERS`` inside a worker: the engine is the parallelism, so no
+    #: nested text-detection pool (a caller's own setting is kept)
+    text_workers: str = field(default_factory=lambda: os.environ.get("BIOMASK_TEXT_WORKERS", "1"))
+
+    def masker(self, token: str) -> Masker:
+        """The worker's Masker (one column thread: the engine is the parallelism)."""
+        from biomask.masking import Unmasker
+
+        os.environ["BIOMASK_TEXT_WORKERS"] = self.text_workers  # this process is the worker's
+        ring = Keyring.from_worker_handle(self.sealed_keys, token, self.keyring_path)
+        services: dict[str, Any] = {"keystore_uri": self.keystore}
+        cls = Unmasker if self.unmask else Masker
+        masker = cls(self.policy, ring, table=self.table, services=services, threads=1)
+        _prepare(services, self.preread, unmask=self.unmask)
+        return masker
+
+
+@dataclass
+class TableJob:
+    """One table of a run as an executor sees it.
+
+    ``masker`` is the driver's own (the local engine masks with it); ``spec`` builds an
+    equal one on a remote worker (None when the executor is not remote).
+    """
+
+    table: str
+    masker: Masker
+    spec: WorkerSpec | None = None
+
+
+class Executor(Protocol):
+    """Moves batches through a table's Masker; everything else belongs to the pipeline.
+
+    ``map`` yields ``(input batch, masked batch)`` in input order, whatever runs the
+    Masker, so the pipeline's sinks, evidence and counts see the same stream on every
+    engine and the outputs are byte-identical (template nonces aside).
+    """
+
+    #: the engine's name, recorded in lineage (``engine`` in the biomask facet)
+    name: str
+    #: whether the Masker runs in other processes: the pipeline then seals a key handle
+    remote: bool
+
+    def open(self, token: str | None) -> None:
+        """Start the engine; ``token`` opens the sealed key handle on remote workers."""
+
+    def map(
+        self, job: TableJob, batches: Iterator[pa.RecordBatch]
+    ) -> Iterator[tuple[pa.RecordBatch, MaskedBatch]]:
+        """Mask ``batches`` with ``job``'s Masker, in order."""
+        ...
+
+    def close(self) -> None:
+        """Release what :meth:`open` started (also after a failure)."""
+
+
+class LocalExecutor:
+    """This process: the Masker's column threads and the pipeline's read/write threads."""
+
+    name = "local"
+    remote = False
+
+    def open(self, token: str | None) -> None:
+        return None
+
+    def map(
+        self, job: TableJob, batches: Iterator[pa.RecordBatch]
+    ) -> Iterator[tuple[pa.RecordBatch, MaskedBatch]]:
+        for batch in batches:
+            yield batch, job.masker.mask_batch(batch)
+
+    def close(self) -> None:
+        return None
+
+
+ENGINES = ("local", "ray", "spark")
+
+
+def open_executor(engine: str | Executor | None) -> Executor:
+    """The executor of ``--engine`` (``local``, ``ray``, ``spark``), or one given as is."""
+    if engine is None or engine == "local":
+        return LocalExecutor()
+    if not isinstance(engine, str):
+        return engine
+    if engine == "ray":
+        from biomask.integrations.ray import RayExecutor
+
+        return RayExecutor()
+    if engine == "spark":
+        from biomask.integrations.spark import SparkExecutor
+
+        return SparkExecutor()
+    raise BiomaskError(f"unknown engine '{engine}': use {', '.join(ENGINES)}")
+
+
+def _preread(sources: dict[str, Source], columns: dict[str, list[str]]) -> dict[str, pa.Table]:
+    """Read the columns the Masker declared for its pre-pass, once, from each table's source.
+
+    A source that cannot be read twice (standard input) is left out: its values are then
+    found by NER and patterns only, and the lexicon names it as skipped.
+    """
+    out: dict[str, pa.Table] = {}
+    for table, cols in columns.items():
+        source = sources.get(table)
+        if source is None:
+            continue
+        if not _rereadable(source):
+            out[table] = pa.table({})  # an empty table marks it skipped
+            continue
+        only = getattr(source, "column_batches", None)
+        present = [c for c in cols if c in source.schema.names]
+        if not present:
+            continue
+        if only is not None:
+            batches = only(present)
+        else:
+            batches = (b.select(present) for b in source.batches())
+        schema = pa.schema([source.schema.field(c) for c in present])
+        out[table] = pa.Table.from_batches(list(batches), schema=schema)
+    return out
+
+
+def _rereadable(source: Any) -> bool:
+    flag = getattr(source, "rereadable", None)
+    if flag is not None:
+        return bool(flag)
+    try:
+        return str(source.ref().uri) != "-"
+    except Exception:  # a source that cannot even name itself is not read twice
+        return False
+
+
+class _Unreadable:
+    """Stands for a table whose source could not be read twice (see :func:`_preread`)."""
+
+    rereadable = False
+
+    def ref(self) -> Any:  # pragma: no cover - never asked: rereadable answers first
+        raise BiomaskError("standard input")
+
+
+def _prepare(services: dict[str, Any], preread: dict[str, pa.Table], *, unmask: bool) -> None:
+    """Hand the pre-read columns to the Masker's services and run its pre-pass."""
+    from biomask.masking.api import TableSource
+
+    prepare = services.get("prepare")
+    if not callable(prepare) or unmask:  # unmask reverses nothing that needs it
+        return
+    services["sources"] = {
+        t: TableSource(tbl) if tbl.num_columns else _Unreadable() for t, tbl in preread.items()
+    }
+    prepare()
+
+
 def run_mask(
     policy: Policy,
     keyring: Keyring,
@@ -241,6 +427,7 @@ def run_mask(
     masker_factory: Callable[[Policy, Keyring, str, dict[str, Any]], Masker] | None = None,
     keystore: str | None = None,
     receipt: str | None = None,
+    engine: str | Executor | None = None,
 ) -> RunSummary:
     """Mask ``input_uri`` into ``output_uri`` under ``policy``; see the module docstring.
 
@@ -260,6 +447,9 @@ def run_mask(
     receipt:
         A receipt of the lineage directory kept from an earlier run: the run is refused
         unless the directory is that state or grew from it (no rollback).
+    engine:
+        What moves the batches through the Masker: ``"local"`` (default), ``"ray"``,
+        ``"spark"``, or an :class:`Executor`. Everything else in the run is the same.
     """
     started = time.perf_counter()
     limit = QuarantineLimit.parse(max_quarantine)
@@ -280,10 +470,16 @@ def run_mask(
     factory = masker_factory or (lambda p, k, t, s: Masker(p, k, table=t, services=s))
     maskers = {t: factory(policy, keyring, t, services) for t in sources}
     out_schemas = {t: maskers[t].output_schema(sources[t].schema) for t in sources}
-    # Services (e.g. the text operator's known-value lexicon) may need a pre-pass.
-    prepare = services.get("prepare")
-    if callable(prepare) and command != "unmask":  # unmask reverses nothing that needs it
-        prepare()
+    # The pre-pass: the columns the Masker declared (the text lexicon's known values) are
+    # read here, once, and handed over; remote workers get the same tables.
+    unmask = command == "unmask"
+    preread = (
+        _preread(sources, lexicon_columns(policy))
+        if callable(services.get("prepare")) and not unmask
+        else {}
+    )
+    _prepare(services, preread, unmask=unmask)
+    executor = open_executor(engine)
 
     key_ids = sorted({k for m in maskers.values() for k in m.key_ids})
     record = RunRecord(
@@ -297,6 +493,9 @@ def run_mask(
         signing_key_id=keyring.signing_key_id,
         inputs=[dataclasses.replace(s.ref(), table=t) for t, s in sources.items()],
     )
+    if executor.name != "local":
+        record.extra["engine"] = executor.name
+    jobs = {t: TableJob(t, m) for t, m in maskers.items()}
     for t, m in maskers.items():
         for name, op in m.operators.items():
             spec = op.spec
@@ -340,6 +539,12 @@ def run_mask(
             out_sinks[t] = sink
             sinks.append(sink)
             outputs.append(display_uri(uri))
+        token = None
+        if executor.remote:
+            sealed, token = keyring.worker_handle()
+            path = str(Path(keyring.path).resolve()) if keyring.path is not None else None
+            for t, job in jobs.items():
+                job.spec = WorkerSpec(policy, sealed, t, path, keystore, preread, unmask)
         recorder = LineageRecorder(lineage, keyring, record, policy=policy, receipt=receipt)
         recorder.start()
     except BaseException:
@@ -350,16 +555,16 @@ def run_mask(
 
     evidence = _Evidence(recorder)
     try:
+        executor.open(token)
         for t, source in sources.items():
-            masker = maskers[t]
             done = 0
             estimate = getattr(source, "row_estimate", None)
             total = estimate() if callable(estimate) else None
             if progress is not None:
                 progress(t, 0, total)
             reader = readers.get(t) or readers.setdefault(t, ReadAhead(source.batches()))
-            for batch in reader:  # the next batch decodes on the reader's thread meanwhile
-                res = masker.mask_batch(batch)
+            # the next batch decodes on the reader's thread meanwhile
+            for batch, res in executor.map(jobs[t], iter(reader)):
                 evidence.submit(t, batch, res.output)
                 record.rows_in += batch.num_rows
                 out_sinks[t].write(res.output)
@@ -400,10 +605,16 @@ def run_mask(
         for s in sinks:
             with contextlib.suppress(Exception):  # abort must not hide the real error
                 s.abort()
-        record.error = str(exc) if isinstance(exc, BiomaskError) else type(exc).__name__
+        with contextlib.suppress(Exception):
+            executor.close()
+        err = _unwrap(exc)
+        record.error = str(err) if isinstance(err, BiomaskError) else type(err).__name__
         record.ended_at = _now()
-        recorder.fail(exc)
+        recorder.fail(err)
+        if err is not exc:
+            raise err from None
         raise
+    executor.close()
     # the policy table each output belongs to: the key of its column lineage
     record.outputs = [dataclasses.replace(s.ref(), table=t) for t, s in out_sinks.items()]
     record.quarantine = [dataclasses.replace(s.ref(), table=t) for t, s in q_sinks.items()]
@@ -428,6 +639,18 @@ def run_mask(
         receipt=str(recorder.receipt) if recorder.receipt is not None else None,
         created=created,
     )
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The biomask error inside an engine's wrapper (a Ray task error, a Spark Py4J error)."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 8:
+        if isinstance(cur, BiomaskError):
+            return cur
+        cur = getattr(cur, "cause", None) or cur.__cause__
+        seen += 1
+    return exc
 
 
 def _refuse_existing_quarantine(uri: str, overwrite: bool) -> None:

@@ -441,7 +441,7 @@ class Keyring:
         )
 
     # -- worker handles -------------------------------------------------------------------
-    def worker_handle(self) -> tuple[bytes, str]:
+    def worker_handle(self, token: str | None = None) -> tuple[bytes, str]:
         """Seal this keyring's master keys for distributed workers: ``(sealed, token)``.
 
         ``sealed`` (AES-256-GCM under a fresh random key) travels with the work (Ray actor
@@ -449,6 +449,10 @@ class Keyring:
         workers' environment. Together they give a worker the master keys it needs to mask,
         and nothing more: not the passphrase, not the lineage signing key, not any key
         added by a later rotation. :meth:`from_worker_handle` opens it.
+
+        ``token``: seal under a token made earlier (one of this function's, or 32 random
+        bytes in base64) when the workers' environment was fixed before the work was
+        known, as a Spark session's is.
         """
         doc = {
             "keyring_id": self._keyring_id,
@@ -457,7 +461,15 @@ class Keyring:
             "keys": {kid: _b64(k) for kid, k in self._masters.items()},
             "created": self._created,
         }
-        key = AESGCM.generate_key(bit_length=256)
+        if token is not None:
+            try:
+                key = _unb64(token)
+            except ValueError:
+                key = b""
+            if len(key) != 32:
+                raise KeyringError("a worker token is 32 random bytes in base64")
+        else:
+            key = AESGCM.generate_key(bit_length=256)
         sealed = _wrap(key, json.dumps(doc).encode(), f"worker/{self._keyring_id}")
         return self._keyring_id.encode() + b"." + sealed, _b64(key)
 

@@ -133,7 +133,7 @@ def mask(
         # of the linked columns become known values in the notes of the same rows
         names = list(pol.table_specs())
         name = table if table is not None else names[0]
-        services["sources"] = {name: _TableSource(tbl)}
+        services["sources"] = {name: TableSource(tbl)}
         prepare()
     outs: list[pa.RecordBatch] = []
     quarantined: list[pa.RecordBatch] = []
@@ -160,7 +160,7 @@ def mask(
     return result, pa.Table.from_batches(quarantined, schema=q_schema)
 
 
-class _TableSource:
+class TableSource:
     """An in-memory table as a source that the text lexicon pre-pass can read."""
 
     rereadable = True

@@ -95,7 +95,13 @@ from biomask.policies.models import (
     TokenizeOp,
 )
 
-__all__ = ["LinkedDomain", "TextOperator", "linked_domains", "prepare_lexicon"]
+__all__ = [
+    "LinkedDomain",
+    "TextOperator",
+    "lexicon_columns",
+    "linked_domains",
+    "prepare_lexicon",
+]
 
 log = logging.getLogger("biomask.text")
 
@@ -220,6 +226,26 @@ def linked_domains(policy: Policy) -> dict[str, str]:
             if isinstance(spec, TextOp):
                 for etype, domain in spec.entities.items():
                     out.setdefault(domain, etype)
+    return out
+
+
+def lexicon_columns(policy: Policy) -> dict[str, list[str]]:
+    """The columns the lexicon pre-pass reads, per table: what a run must pre-read.
+
+    Declared here, read by the caller (the pipeline reads them from its sources, once,
+    and hands them over as in-memory tables): the operator itself does no I/O. A column
+    qualifies when its rule's domain is one a ``text`` rule links to.
+    """
+    linked = linked_domains(policy)
+    out: dict[str, list[str]] = {}
+    for table, tspec in policy.table_specs().items():
+        cols = [
+            column
+            for column, spec in tspec.columns.items()
+            if spec.op != "text" and spec.domain_name is not None and spec.domain_name in linked
+        ]
+        if cols:
+            out[table] = cols
     return out
 
 

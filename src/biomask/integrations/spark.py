@@ -1,0 +1,288 @@
+"""Mask on Spark: the same Masker, run by Spark's Python workers through ``mapInArrow``.
+
+Two entry points:
+
+* :class:`SparkExecutor` is ``biomask mask --engine spark``: an
+  :class:`~biomask.pipeline.Executor` that only moves batches. The pipeline reads, writes,
+  checks the quarantine limit, records lineage and commits, as for every engine. The
+  executor sends a window of batches to Spark as Arrow IPC (one row per batch, so Spark's
+  type conversions never touch the data), masks each with ``mapInArrow`` and hands the
+  masked batches back in input order: the output equals the local engine's byte for byte
+  (template nonces aside).
+* :func:`mask_dataframe` masks a Spark ``DataFrame`` of one policy table and returns a
+  DataFrame with the policy's output columns and a ``_biomask_reason`` column (null for a
+  row masked completely), the quarantine choice of :func:`biomask.integrations.ray.mask_dataset`.
+
+Keys reach the workers as on Ray: a sealed key handle travels with the function, its token
+in the workers' environment (``spark.executorEnv.BIOMASK_WORKER_TOKEN``), and the session's
+JVM is started without ``BIOMASK_PASSPHRASE`` in its environment. :func:`local_session`
+builds such a session (``local[2]`` by default, no UI, no network, quiet logs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from biomask.errors import BiomaskError, MissingDependencyError
+from biomask.integrations.ray import WORKER_TOKEN_ENV, worker_masker
+from biomask.keys.keyring import PASSPHRASE_ENV
+from biomask.masking.masker import REASON_COLUMN, MaskedBatch
+
+if TYPE_CHECKING:
+    from biomask.keys import Keyring
+    from biomask.masking.api import PolicyLike
+    from biomask.pipeline import TableJob, WorkerSpec
+
+__all__ = ["SparkExecutor", "local_session", "mask_dataframe"]
+
+_TOKEN_CONF = f"spark.executorEnv.{WORKER_TOKEN_ENV}"
+_LOG4J = (
+    "rootLogger.level = error\nrootLogger.appenderRef.stderr.ref = console\n"
+    "appender.console.type = Console\nappender.console.name = console\n"
+    "appender.console.target = SYSTEM_ERR\nappender.console.layout.type = PatternLayout\n"
+)
+
+
+def _pyspark() -> Any:
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise MissingDependencyError(
+            "the Spark engine needs PySpark and a Java runtime: pip install 'biomask[spark]'"
+        ) from None
+    return SparkSession
+
+
+def local_session(token: str, *, master: str = "local[2]") -> Any:
+    """A local Spark session whose Python workers hold ``token`` and never the passphrase.
+
+    ``token`` opens the sealed key handles this session's jobs carry (see the module
+    docstring). Logs are quiet (errors only), the UI is off and Spark binds to the
+    loopback interface only. An active session is reused only if it was built with the
+    same token: its workers' environment is fixed once they start.
+    """
+    session = _pyspark()
+    active = session.getActiveSession()
+    if active is not None:
+        if active.sparkContext.getConf().get(_TOKEN_CONF) == token:
+            return active
+        raise BiomaskError(
+            "a Spark session is already running with other worker keys: stop it first, "
+            "or mask with mask_dataframe() on a session from local_session()"
+        )
+    log4j = os.path.join(tempfile.mkdtemp(prefix="biomask-spark-"), "log4j2.properties")
+    with open(log4j, "w", encoding="utf-8") as fh:
+        fh.write(_LOG4J)
+    quiet = f"-Dlog4j.configurationFile=file:{log4j} -Dlog4j2.configurationFile=file:{log4j}"
+    # the JVM and the Python workers it forks copy this environment: never the passphrase
+    saved = os.environ.pop(PASSPHRASE_ENV, None)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    try:
+        spark = (
+            session.builder.master(master)
+            .appName("biomask")
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            # the workers run this interpreter: it has biomask and its dependencies
+            .config("spark.pyspark.python", sys.executable)
+            .config("spark.pyspark.driver.python", sys.executable)
+            .config("spark.driver.host", "127.0.0.1")
+            .config("spark.driver.bindAddress", "127.0.0.1")
+            .config("spark.driver.extraJavaOptions", quiet)
+            .config("spark.sql.shuffle.partitions", "2")
+            .config(_TOKEN_CONF, token)
+            .getOrCreate()
+        )
+    finally:
+        if saved is not None:
+            os.environ[PASSPHRASE_ENV] = saved
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+# -- workers -------------------------------------------------------------------------------
+
+_MASKERS: dict[tuple[bytes, str], Any] = {}
+
+
+def _masker(spec: WorkerSpec) -> Any:
+    """One Masker per spec and Python worker process (Spark reuses its workers)."""
+    key = (spec.sealed_keys, spec.table)
+    if key not in _MASKERS:
+        _MASKERS.clear()  # another run's: keep one
+        _MASKERS[key] = worker_masker(spec)
+    return _MASKERS[key]
+
+
+def _ipc(batch: pa.RecordBatch | None) -> bytes | None:
+    if batch is None:
+        return None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _unipc(blob: bytes) -> pa.RecordBatch:
+    return pa.ipc.open_stream(blob).read_next_batch()
+
+
+_WIRE = "seq long, output binary, quarantine binary, stats string"
+
+
+def _mask_wire(spec: WorkerSpec) -> Any:
+    """The ``mapInArrow`` function of the executor: IPC batch in, IPC masked batch out."""
+
+    def run(parts: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        masker = _masker(spec)
+        for part in parts:
+            seqs, blobs = part.column(0).to_pylist(), part.column(1).to_pylist()
+            res = [masker.mask_batch(_unipc(b)) for b in blobs]
+            yield pa.record_batch({
+                "seq": pa.array(seqs, pa.int64()),
+                "output": pa.array([_ipc(r.output) for r in res], pa.binary()),
+                "quarantine": pa.array([_ipc(r.quarantine) for r in res], pa.binary()),
+                "stats": pa.array([json.dumps(r.stats) for r in res], pa.string()),
+            })  # fmt: skip
+
+    return run
+
+
+class SparkExecutor:
+    """``--engine spark``: the pipeline's batches masked by Spark's Python workers, in order.
+
+    Batches go to Spark in windows of a few per core (memory stays bounded by the batch
+    size); each window is one Spark job of ``mapInArrow`` over one row per batch.
+
+    Parameters
+    ----------
+    master:
+        The Spark master (default ``local[2]``: this machine, two worker threads).
+    """
+
+    name = "spark"
+    remote = True
+
+    def __init__(self, master: str = "local[2]") -> None:
+        self.master = master
+        self._spark: Any = None
+        self._started = False
+
+    def open(self, token: str | None) -> None:
+        if token is None:
+            raise BiomaskError("the Spark engine needs a key handle token for its workers")
+        had = _pyspark().getActiveSession() is not None
+        self._spark = local_session(token, master=self.master)
+        self._started = not had
+
+    def map(
+        self, job: TableJob, batches: Iterator[pa.RecordBatch]
+    ) -> Iterator[tuple[pa.RecordBatch, MaskedBatch]]:
+        assert job.spec is not None and self._spark is not None
+        cores = max(1, int(self._spark.sparkContext.defaultParallelism))
+        window: list[pa.RecordBatch] = []
+        for batch in batches:
+            window.append(batch)
+            if len(window) >= 2 * cores:
+                yield from self._run(job.spec, window, cores)
+                window = []
+        if window:
+            yield from self._run(job.spec, window, cores)
+
+    def _run(
+        self, spec: WorkerSpec, window: list[pa.RecordBatch], cores: int
+    ) -> Iterator[tuple[pa.RecordBatch, MaskedBatch]]:
+        rows = [(i, _ipc(b)) for i, b in enumerate(window)]
+        df = self._spark.createDataFrame(rows, "seq long, batch binary")
+        df = df.repartition(min(cores, len(rows)))
+        got = sorted(df.mapInArrow(_mask_wire(spec), _WIRE).collect(), key=lambda r: r[0])
+        if len(got) != len(window):
+            raise BiomaskError(f"Spark returned {len(got)} of {len(window)} batches")
+        for row in got:
+            q = row["quarantine"]
+            res = MaskedBatch(
+                _unipc(row["output"]),
+                _unipc(q) if q is not None else None,
+                json.loads(row["stats"]),
+            )
+            yield window[row["seq"]], res
+
+    def close(self) -> None:
+        if self._spark is not None and self._started:
+            self._spark.stop()
+        self._spark = None
+
+
+# -- DataFrames -----------------------------------------------------------------------------
+
+
+def mask_dataframe(
+    df: Any, policy: PolicyLike, keyring: Keyring | str | os.PathLike[str],
+    *, table: str | None = None, keystore: str | None = None,
+) -> Any:  # fmt: skip
+    """Mask a Spark ``DataFrame`` of one policy table with ``mapInArrow``.
+
+    The DataFrame's session must come from :func:`local_session` with this keyring's
+    worker token (or carry ``spark.executorEnv.BIOMASK_WORKER_TOKEN`` otherwise set from
+    :meth:`~biomask.keys.Keyring.worker_handle`): the keyring is sealed under that token
+    here, in the driver, and never pickled.
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+        The policy's output columns and ``_biomask_reason`` (null when masked completely;
+        a quarantined row is masked wherever possible and never passes through in clear).
+        Lazy, as Spark DataFrames are. The text lexicon is not pre-read here: names in
+        notes are found by NER and patterns only.
+    """
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from biomask.keys import Keyring
+    from biomask.masking import Masker
+    from biomask.masking.api import resolve_policy
+    from biomask.pipeline import WorkerSpec
+
+    pol = resolve_policy(policy)
+    ring = keyring if isinstance(keyring, Keyring) else Keyring.open(keyring)
+    token = df.sparkSession.sparkContext.getConf().get(_TOKEN_CONF)
+    if not token:
+        raise BiomaskError(
+            f"this Spark session's workers have no {WORKER_TOKEN_ENV}: build it with "
+            "biomask.integrations.spark.local_session(token)"
+        )
+    sealed, _ = ring.worker_handle(token=token)
+    name = table or next(iter(pol.table_specs()))
+    path = str(ring.path) if ring.path is not None else None
+    spec = WorkerSpec(pol, sealed, name, path, keystore)
+    in_schema = pa.schema([pa.field(f.name, _arrow_type(f.dataType)) for f in df.schema])
+    masker = Masker(pol, ring, table=name, services={"keystore_uri": keystore})
+    out_schema = masker.output_schema(in_schema).append(pa.field(REASON_COLUMN, pa.string()))
+
+    def run(parts: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        m = _masker(spec)
+        for part in parts:
+            if not part.num_rows:
+                continue
+            res = m.mask_batch(part)
+            out = res.output.append_column(
+                REASON_COLUMN, pa.nulls(res.output.num_rows, pa.string())
+            )
+            yield out.cast(out_schema)
+            if res.quarantine is not None and res.quarantine.num_rows:
+                yield res.quarantine.cast(out_schema)
+
+    return df.mapInArrow(run, from_arrow_schema(out_schema))
+
+
+def _arrow_type(spark_type: Any) -> pa.DataType:
+    from pyspark.sql.pandas.types import to_arrow_type
+
+    t: pa.DataType = to_arrow_type(spark_type)
+    return t
