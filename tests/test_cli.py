@@ -672,3 +672,19 @@ def test_erase_while_the_key_store_is_busy_is_one_line_and_erases_nothing(
         reader.close()
         writer.close()
     assert main(["erase", "--keyring", "keys.json", "--subject", token]) == 0
+
+
+def test_python_dash_m_biomask_is_the_command() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "biomask", "policy", "schema"], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["type"] == "object"
+
+
+def test_an_unknown_engine_is_one_clear_error() -> None:
+    from biomask.errors import BiomaskError
+    from biomask.integrations import executor
+
+    with pytest.raises(BiomaskError, match="unknown engine 'flink': use local, ray, spark"):
+        executor("flink")

@@ -226,7 +226,7 @@ def policy_suggest(
     ] = None,
 ) -> None:
     """Draft a commented policy from a sample of the data; review it before use."""
-    from biomask.masking.text.suggest import suggest_policy
+    from biomask.suggest import suggest_policy
 
     if out is not None and out.exists():
         raise BiomaskError(f"{out} exists: choose another --out or remove it first")
@@ -264,8 +264,9 @@ def mask_cmd(
     ] = "local",
 ) -> None:
     """Mask INPUT into OUTPUT under POLICY."""
+    from biomask.integrations import executor
     from biomask.keys import Keyring
-    from biomask.pipeline import open_executor, run_mask
+    from biomask.pipeline import run_mask
     from biomask.policies import load_policy
 
     pol = load_policy(policy)
@@ -285,7 +286,7 @@ def mask_cmd(
             progress=progress,
             keystore=keystore,
             receipt=_read_receipt(receipt),
-            engine=open_executor(engine),
+            engine=executor(engine),
         )
     print_summary(summary, to_stderr=to_stderr)
     for where, binding in pol.template_bindings().items():

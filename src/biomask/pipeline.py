@@ -70,7 +70,6 @@ __all__ = [
     "WorkerSpec",
     "check_output",
     "default_lineage_dir",
-    "open_executor",
     "run_mask",
     "run_unmask",
 ]
@@ -299,6 +298,9 @@ class Executor(Protocol):
     name: str
     #: whether the Masker runs in other processes: the pipeline then seals a key handle
     remote: bool
+    #: a token the engine's workers already hold (a running Spark session's environment
+    #: is fixed when it starts): the pipeline seals the key handle under it; else None
+    worker_token: str | None
 
     def open(self, token: str | None) -> None:
         """Start the engine; ``token`` opens the sealed key handle on remote workers."""
@@ -318,6 +320,7 @@ class LocalExecutor:
 
     name = "local"
     remote = False
+    worker_token: str | None = None
 
     def open(self, token: str | None) -> None:
         return None
@@ -330,26 +333,6 @@ class LocalExecutor:
 
     def close(self) -> None:
         return None
-
-
-ENGINES = ("local", "ray", "spark")
-
-
-def open_executor(engine: str | Executor | None) -> Executor:
-    """The executor of ``--engine`` (``local``, ``ray``, ``spark``), or one given as is."""
-    if engine is None or engine == "local":
-        return LocalExecutor()
-    if not isinstance(engine, str):
-        return engine
-    if engine == "ray":
-        from biomask.integrations.ray import RayExecutor
-
-        return RayExecutor()
-    if engine == "spark":
-        from biomask.integrations.spark import SparkExecutor
-
-        return SparkExecutor()
-    raise BiomaskError(f"unknown engine '{engine}': use {', '.join(ENGINES)}")
 
 
 def _preread(sources: dict[str, Source], columns: dict[str, list[str]]) -> dict[str, pa.Table]:
@@ -427,7 +410,7 @@ def run_mask(
     masker_factory: Callable[[Policy, Keyring, str, dict[str, Any]], Masker] | None = None,
     keystore: str | None = None,
     receipt: str | None = None,
-    engine: str | Executor | None = None,
+    engine: Executor | None = None,
 ) -> RunSummary:
     """Mask ``input_uri`` into ``output_uri`` under ``policy``; see the module docstring.
 
@@ -448,8 +431,9 @@ def run_mask(
         A receipt of the lineage directory kept from an earlier run: the run is refused
         unless the directory is that state or grew from it (no rollback).
     engine:
-        What moves the batches through the Masker: ``"local"`` (default), ``"ray"``,
-        ``"spark"``, or an :class:`Executor`. Everything else in the run is the same.
+        What moves the batches through the Masker (default: :class:`LocalExecutor`;
+        :func:`biomask.integrations.executor` names the others). Everything else in the
+        run is the same.
     """
     started = time.perf_counter()
     limit = QuarantineLimit.parse(max_quarantine)
@@ -479,7 +463,7 @@ def run_mask(
         else {}
     )
     _prepare(services, preread, unmask=unmask)
-    executor = open_executor(engine)
+    executor: Executor = engine if engine is not None else LocalExecutor()
 
     key_ids = sorted({k for m in maskers.values() for k in m.key_ids})
     record = RunRecord(
@@ -541,7 +525,7 @@ def run_mask(
             outputs.append(display_uri(uri))
         token = None
         if executor.remote:
-            sealed, token = keyring.worker_handle()
+            sealed, token = keyring.worker_handle(token=executor.worker_token)
             path = str(Path(keyring.path).resolve()) if keyring.path is not None else None
             for t, job in jobs.items():
                 job.spec = WorkerSpec(policy, sealed, t, path, keystore, preread, unmask)

@@ -10,46 +10,13 @@ under the final name.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
+from biomask.types import REJECT_COLUMN, DatasetRef
+
 __all__ = ["REJECT_COLUMN", "DatasetRef", "Sink", "Source"]
-
-#: Name of the optional string column a source adds for rows it could read but not trust
-#: (invalid UTF-8 replaced with U+FFFD, an oversize field, a JSON Lines line that is not
-#: valid JSON). Null means the row is fine; otherwise it holds the reason, which names a
-#: line/row and column but never a value. The masker masks what it can of such rows and
-#: routes them to quarantine; sinks never write this column.
-REJECT_COLUMN = "__biomask_reject__"
-
-
-@dataclass(frozen=True)
-class DatasetRef:
-    """What lineage needs to know about one dataset, with no credentials in it.
-
-    Attributes
-    ----------
-    uri:
-        Display form of the URI (password removed).
-    namespace, name:
-        OpenLineage dataset naming (``file`` + absolute path; ``postgres://host:port`` +
-        ``db.schema.table``).
-    files:
-        The files that hold the data (hashed into the manifest); empty for databases.
-    table:
-        The policy table name this dataset belongs to.
-    """
-
-    uri: str
-    namespace: str
-    name: str
-    files: tuple[Path, ...] = ()
-    table: str | None = None
-    schema: pa.Schema | None = field(default=None, compare=False)
-
 
 @runtime_checkable
 class Source(Protocol):

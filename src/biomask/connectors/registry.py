@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 
@@ -26,6 +26,7 @@ from biomask.connectors.files import (
     detect_format,
 )
 from biomask.errors import ConnectorError
+from biomask.types import display_uri
 
 __all__ = [
     "data_suffix",
@@ -63,35 +64,6 @@ def _path_of(uri: str) -> Path:
     if "://" in uri:
         raise _unsupported(uri)
     return Path(uri).expanduser()
-
-
-def display_uri(uri: str) -> str:
-    """The URI with any password removed (userinfo and ``password=`` query parameter).
-
-    Used for every message, repr and lineage record, so credentials given on the command
-    line never reach logs or the audit trail.
-    """
-    if "://" not in uri:
-        return uri
-    try:
-        parts = urlsplit(uri)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostport = netloc.rpartition("@")
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}@{hostport}" if user else hostport
-        query = parts.query
-        if query:
-            pairs = [
-                (k, v)
-                for k, v in parse_qsl(query, keep_blank_values=True)
-                if k.lower() not in ("password", "passfile", "sslpassword")
-            ]
-            query = urlencode(pairs, safe="/,.")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        # Unparseable: show only the scheme rather than risk echoing a secret.
-        return uri.split("://", 1)[0] + "://…"
 
 
 def open_source(uri: str, *, batch_size: int = 65_536) -> Source:

@@ -288,6 +288,7 @@ class RayExecutor:
 
     name = "ray"
     remote = True
+    worker_token: str | None = None
 
     def __init__(self, concurrency: int | None = None) -> None:
         self.concurrency = concurrency

@@ -21,6 +21,7 @@ builds such a session (``local[2]`` by default, no UI, no network, quiet logs).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from biomask.masking.api import PolicyLike
     from biomask.pipeline import TableJob, WorkerSpec
 
-__all__ = ["SparkExecutor", "local_session", "mask_dataframe"]
+__all__ = ["SparkExecutor", "local_session", "mask_dataframe", "new_token"]
 
 _TOKEN_CONF = f"spark.executorEnv.{WORKER_TOKEN_ENV}"
 _LOG4J = (
@@ -58,6 +59,11 @@ def _pyspark() -> Any:
             "the Spark engine needs PySpark and a Java runtime: pip install 'biomask[spark]'"
         ) from None
     return SparkSession
+
+
+def new_token() -> str:
+    """A fresh worker token for :func:`local_session` (32 random bytes, base64)."""
+    return base64.b64encode(os.urandom(32)).decode("ascii")
 
 
 def local_session(token: str, *, master: str = "local[2]") -> Any:
@@ -174,6 +180,11 @@ class SparkExecutor:
         self.master = master
         self._spark: Any = None
         self._started = False
+        active = _pyspark().getActiveSession()
+        #: a running session's workers hold its token already: the run seals under it
+        self.worker_token: str | None = (
+            active.sparkContext.getConf().get(_TOKEN_CONF) if active is not None else None
+        )
 
     def open(self, token: str | None) -> None:
         if token is None:

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from biomask.connectors.overlap import read_ahead
 from biomask.errors import BiomaskError, MissingDependencyError, VerificationError
+from biomask.types import binary_parts
 
 try:
     import torch
@@ -203,10 +204,8 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
             batch = _valid_templates(batch, self.template_column)
             out.update(self.layout.tensors(batch.column(self.template_column)))
         else:
-            from biomask.masking.operators.encrypt import _binary_parts
-
             col = batch.column(self.template_column)
-            whole, offs = _binary_parts(col)
+            whole, offs = binary_parts(col)
             start, end = int(offs[0]), int(offs[-1])
             data = whole[start:end] if whole.flags.writeable else whole[start:end].copy()
             lengths = np.diff(offs)
@@ -295,9 +294,7 @@ class _Layout:
                 )[col.offset : col.offset + len(col) + 1]
                 offs = raw.astype(np.int64) - int(raw[0])
         elif pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
-            from biomask.masking.operators.encrypt import _binary_parts
-
-            whole, byte_offs = _binary_parts(col)
+            whole, byte_offs = binary_parts(col)
             size = self.binary_dtype.itemsize
             lengths = np.diff(byte_offs)
             if len(lengths) and (lengths % size).any():

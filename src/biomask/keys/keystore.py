@@ -262,7 +262,7 @@ class PostgresKeyStore:
     def __init__(self, uri: str, *, create: bool = True) -> None:
         import psycopg
 
-        from biomask.connectors import display_uri
+        from biomask.types import display_uri
 
         self.uri = display_uri(uri)
         self._errors: type[Exception] = psycopg.Error

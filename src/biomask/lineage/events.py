@@ -36,10 +36,10 @@ from openlineage.client.facet_v2 import (
 )
 from openlineage.client.transport.file import FileConfig, FileTransport
 
-from biomask.connectors.base import DatasetRef
 from biomask.errors import LineageError
 from biomask.lineage._util import PRODUCER
 from biomask.lineage.record import ColumnRecord, RunRecord
+from biomask.types import DatasetRef
 
 __all__ = [
     "FACET_NAME",

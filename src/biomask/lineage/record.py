@@ -11,7 +11,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from biomask.connectors.base import DatasetRef
+from biomask.types import DatasetRef
 
 __all__ = ["ColumnRecord", "RunRecord"]
 

@@ -29,7 +29,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from biomask.connectors.base import DatasetRef
 from biomask.errors import BiomaskError, LineageError
 from biomask.keys import Keyring
 from biomask.lineage import audit
@@ -62,6 +61,7 @@ from biomask.lineage.head import (
 from biomask.lineage.manifest import MANIFEST_FORMAT, write_signed_manifest
 from biomask.lineage.record import RunRecord
 from biomask.policies import Policy
+from biomask.types import DatasetRef
 
 __all__ = [
     "RUN_VERSION",

@@ -28,13 +28,10 @@ from biomask.masking.registry import (
     get_operator,
 )
 from biomask.policies.models import Policy, TableSpec
+from biomask.types import REASON_COLUMN, REJECT_COLUMN
 
 __all__ = ["REASON_COLUMN", "REJECT_COLUMN", "MaskedBatch", "Masker", "Unmasker"]
 
-#: a source may add this column: null for a sound row, else why the row cannot be trusted
-REJECT_COLUMN = "__biomask_reject__"
-#: the quarantine output's extra column
-REASON_COLUMN = "_biomask_reason"
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}

@@ -206,14 +206,14 @@ def register(cls: T) -> T:
 
 def get_operator(name: str) -> type[Operator[Any]]:
     """The operator class for a policy ``op`` name."""
-    from biomask.masking import operators  # noqa: F401  (registers the built-ins)
+    from biomask.masking import operators, text  # noqa: F401  (register the built-ins)
 
     return _REGISTRY[name]
 
 
 def operator_names() -> list[str]:
     """Names of all registered operators."""
-    from biomask.masking import operators  # noqa: F401
+    from biomask.masking import operators, text  # noqa: F401
 
     return sorted(_REGISTRY)
 

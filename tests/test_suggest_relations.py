@@ -19,9 +19,9 @@ from biomask.connectors import open_sink, open_source
 from biomask.demo import DemoData
 from biomask.errors import BiomaskError
 from biomask.keys import Keyring
-from biomask.masking.text.suggest import suggest_policy
 from biomask.pipeline import run_mask
 from biomask.policies import parse_policy
+from biomask.suggest import suggest_policy
 from tests.connectors.conftest import PgSchema, pg  # noqa: F401  (the real-server fixture)
 
 #: (table, column) -> (table, column) it refers to, per export

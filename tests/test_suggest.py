@@ -11,8 +11,8 @@ import pytest
 from biomask.cli import main
 from biomask.demo import DemoData
 from biomask.errors import BiomaskError, ConnectorError
-from biomask.masking.text.suggest import suggest_policy
 from biomask.policies import load_policy, parse_policy
+from biomask.suggest import suggest_policy
 
 
 @pytest.fixture(scope="module")

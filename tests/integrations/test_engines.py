@@ -1,0 +1,166 @@
+"""One pipeline, three engines: local, Ray and Spark write the same bytes, lineage verified.
+
+One local Spark session (``local[2]``) and one local Ray (2 CPUs) serve the module:
+starting either costs seconds. Template ciphertexts differ by design (random nonces, a
+data key per worker), so they are compared after decryption.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+pyspark = pytest.importorskip("pyspark", reason="Spark is an optional extra: biomask[spark]")
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'biomask[ray]'")
+
+from biomask import mask  # noqa: E402
+from biomask.cli import main  # noqa: E402
+from biomask.demo import generate  # noqa: E402
+from biomask.integrations.spark import local_session, mask_dataframe, new_token  # noqa: E402
+from biomask.keys import Keyring  # noqa: E402
+from biomask.masking import REASON_COLUMN, Unmasker  # noqa: E402
+from biomask.policies import load_policy  # noqa: E402
+from tests.lineage.conftest import read_events  # noqa: E402
+
+ENGINES = ("local", "ray", "spark")
+
+
+@pytest.fixture(scope="module")
+def engines() -> Iterator[object]:
+    """A local Spark session and a local Ray, both kept for the module's runs."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    spark = local_session(new_token())
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield spark
+    finally:
+        ray.shutdown()
+        spark.stop()
+
+
+def _plain_templates(path: Path, policy: Path, ring: Keyring, table: str | None) -> pa.Table:
+    um = Unmasker(load_policy(policy), ring, table=table)
+    tbl = pq.read_table(path)
+    out = [um.mask_batch(b).output for b in tbl.to_batches()]
+    return pa.Table.from_batches(out, schema=out[0].schema).select(["template"])
+
+
+def _same_bytes(a: pa.Table, b: pa.Table) -> bool:
+    if a.num_rows == 0:
+        return b.num_rows == 0 and a.schema.equals(b.schema)
+    x = a.combine_chunks().to_batches()[0].serialize()
+    return bool(x == b.combine_chunks().to_batches()[0].serialize())
+
+
+def _run_all(policy: Path, inp: Path, suffix: str, *extra: str) -> None:
+    """Mask ``inp`` with every engine into ``<engine><suffix>``; each run's lineage verifies."""
+    for engine in ENGINES:
+        args = ["mask", "--policy", str(policy), "--input", str(inp), "--keyring", "k.json"]
+        args += ["--output", f"{engine}{suffix}", "--engine", engine, *extra]
+        assert main(args) == 0, engine
+        lineage = Path(f"{engine}{suffix}.lineage")
+        assert main(["audit", "verify", str(lineage), "--public-key", "k.pem"]) == 0
+        assert [e["eventType"] for e in read_events(lineage)] == ["START", "COMPLETE"]
+
+
+@pytest.fixture()
+def ring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Keyring:
+    monkeypatch.setenv("BIOMASK_PASSPHRASE", "pw")
+    monkeypatch.setenv("BIOMASK_NO_PROGRESS", "1")
+    monkeypatch.chdir(tmp_path)
+    assert main(["keys", "init", "--keyring", "k.json"]) == 0
+    assert main(["keys", "export-public", "--keyring", "k.json", "--out", "k.pem"]) == 0
+    return Keyring.open("k.json")
+
+
+def test_demo_tables_are_byte_identical_on_every_engine(engines: object, ring: Keyring) -> None:
+    from biomask.demo.run import demo_policy_text  # the demo's own two-table policy
+
+    data = generate(120, seed=5)
+    Path("in").mkdir()
+    pq.write_table(data.subjects, "in/subjects.parquet")
+    pq.write_table(data.captures, "in/captures.parquet")
+    Path("policy.yaml").write_text(demo_policy_text())
+    _run_all(Path("policy.yaml"), Path("in"), "", "--batch-size", "50")
+    for table in ("subjects", "captures"):
+        local = pq.read_table(f"local/{table}.parquet")
+        for engine in ("ray", "spark"):
+            other = pq.read_table(f"{engine}/{table}.parquet")
+            assert local.schema.equals(other.schema, check_metadata=True), (engine, table)
+            clear = [c for c in local.column_names if c != "template"]
+            assert _same_bytes(local.select(clear), other.select(clear)), (engine, table)
+            if "template" in local.column_names:
+                a = _plain_templates(
+                    Path(f"local/{table}.parquet"), Path("policy.yaml"), ring, table
+                )
+                b = _plain_templates(
+                    Path(f"{engine}/{table}.parquet"), Path("policy.yaml"), ring, table
+                )
+                assert a.equals(b), (engine, table)
+
+
+@pytest.mark.slow
+def test_200k_rows_are_byte_identical_on_every_engine(engines: object, ring: Keyring) -> None:
+    """A table of 200k rows: ten batches, several in flight on Ray and Spark at once."""
+    n = 200_000
+    ids = pa.array([f"SUBJ-{i:08d}" for i in range(n)])
+    ts = pc.cast(pa.array(range(1_600_000_000, 1_600_000_000 + n), pa.int64()), pa.timestamp("s"))
+    ages = pa.array([None if i == 777 else i % 90 for i in range(n)], pa.int32())
+    tbl = pa.table({
+        "subject_id": ids,
+        "capture_ts": ts,
+        "age": ages,
+        "device_serial": pa.array([f"DEV-{i % 997:05d}" for i in range(n)]),
+        "site": pa.array(["A", "B", "C", "D"] * (n // 4)),
+    })  # fmt: skip
+    pq.write_table(tbl, "big.parquet", row_group_size=50_000)
+    Path("policy.yaml").write_text(
+        "version: 1\ndataset: big\nentities:\n  subject: {column: subject_id}\ncolumns:\n"
+        "  subject_id: {op: tokenize, domain: subject}\n"
+        "  capture_ts: {op: date_shift, entity: subject}\n"
+        "  age: {op: generalize, bucket: 10}\n"
+        "  device_serial: {op: hash, domain: device}\n"
+        "  site: {op: keep, quasi_identifier: true}\n"
+    )
+    _run_all(Path("policy.yaml"), Path("big.parquet"), ".parquet", "--batch-size", "20000")
+    assert pq.read_table("local.parquet").num_rows == n
+    for engine in ("ray", "spark"):  # the whole file, footer and metadata included
+        assert Path(f"{engine}.parquet").read_bytes() == Path("local.parquet").read_bytes()
+
+
+def test_mask_dataframe_equals_the_in_memory_masker(
+    engines: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BIOMASK_PASSPHRASE", "pw")
+    spark = engines
+    (tmp_path / "p.yaml").write_text(
+        "version: 1\ndataset: people\nentities:\n  subject: {column: subject_id}\ncolumns:\n"
+        "  subject_id: {op: tokenize, domain: subject}\n"
+        "  age: {op: generalize, bucket: 10}\n"
+        "  email: {op: email, domain: email}\n"
+    )
+    policy = load_policy(tmp_path / "p.yaml")
+    ring = Keyring.create(tmp_path / "k.json")
+    tbl = pa.table({
+        "subject_id": [f"S-{i:04d}" for i in range(40)],
+        "age": pa.array(list(range(40)), pa.int64()),
+        "email": [f"user{i}@example.org" for i in range(40)],
+    })  # fmt: skip
+    df = spark.createDataFrame(tbl.to_pandas()).repartition(3)  # type: ignore[attr-defined]
+    out = pa.Table.from_pandas(mask_dataframe(df, policy, ring).toPandas(), preserve_index=False)
+    assert out.num_rows == tbl.num_rows
+    assert pc.all(pc.is_null(out.column(REASON_COLUMN))).as_py()
+    expect = mask(tbl, policy, ring)
+    got = out.drop_columns([REASON_COLUMN]).sort_by("subject_id")
+    assert got.to_pylist() == expect.sort_by("subject_id").to_pylist()
+
+
+def test_a_spark_session_of_another_token_is_refused(engines: object) -> None:
+    with pytest.raises(Exception, match="already running with other worker keys"):
+        local_session(new_token())
