@@ -32,6 +32,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from biomask.masking.checkdigits import icao_check_digit
+
 __all__ = [
     "CAPTURES_SCHEMA_BASE",
     "FILLERS",
@@ -413,19 +415,13 @@ def _permute(index: IntArray, half: int, keys: npt.NDArray[np.uint64]) -> IntArr
 
 
 def _icao_check(text: str) -> int:
-    """ICAO 9303 check digit: weights 7, 3, 1 repeating; 0-9 as is, A-Z = 10-35, '<' = 0."""
-    total = 0
-    for i, ch in enumerate(text):
-        if ch.isdigit():
-            v = ord(ch) - 48
-        elif "A" <= ch <= "Z":
-            v = ord(ch) - 55
-        elif ch == "<":
-            v = 0
-        else:
-            raise ValueError(f"character {ch!r} is not allowed in an ICAO 9303 field")
-        total += v * (7, 3, 1)[i % 3]
-    return total % 10
+    """ICAO 9303 check digit of ``text`` as an int (:func:`biomask.masking.checkdigits`).
+
+    Strict: a field holds only ``0-9 A-Z <`` (upper case), which the demo's data keeps.
+    """
+    if any(not ("0" <= c <= "9" or "A" <= c <= "Z" or c == "<") for c in text):
+        raise ValueError("an ICAO 9303 field holds only 0-9, A-Z and <")
+    return int(icao_check_digit(text))
 
 
 def _passports(rng: np.random.Generator, n: int) -> pa.StringArray:

@@ -15,6 +15,8 @@ from typing import Any
 
 import regex
 
+from biomask.masking.checkdigits import icao_check_digit as _icao_check_digit
+
 __all__ = [
     "EMAIL_RE",
     "ICAO_RE",
@@ -396,17 +398,8 @@ ICAO_RE = regex.compile(r"(?=[A-Z0-9<]*\d)[A-Z0-9<]{8}\d")
 
 
 def icao_check_digit(body: str) -> int:
-    """ICAO 9303 check digit: weights 7, 3, 1; digits as is, A-Z = 10-35, '<' = 0."""
-    total = 0
-    for i, ch in enumerate(body):
-        if ch.isdigit():
-            v = ord(ch) - 48
-        elif "A" <= ch <= "Z":
-            v = ord(ch) - 55
-        else:
-            v = 0
-        total += v * (7, 3, 1)[i % 3]
-    return total % 10
+    """ICAO 9303 check digit of ``body`` as an int (:func:`biomask.masking.checkdigits`)."""
+    return int(_icao_check_digit(body))
 
 
 def icao_valid(value: str) -> bool:
