@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from biomask.connectors.base import DatasetRef
-from biomask.demo import DemoData, generate
+from biomask.demo import DemoData
 from biomask.demo.run import demo_policy_text
 from biomask.keys import Keyring
 from biomask.masking import Masker, OperatorContext
@@ -75,12 +75,6 @@ def bind(policy: Policy, ring: Keyring, data: DemoData, *, prepare: bool = True)
     if prepare:
         services["prepare"]()
     return Bound(policy, ring, services, maskers)
-
-
-@pytest.fixture(scope="session")
-def demo() -> DemoData:
-    """About 450 notes with ground truth, 150 subjects."""
-    return generate(150, seed=7)
 
 
 @pytest.fixture(scope="session")
