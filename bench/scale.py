@@ -4,8 +4,9 @@ Run:  python bench/scale.py [--rows 200000] [--repeat 2]
 
 1. Text-heavy masking (operator notes through the ``text`` operator, plus the structured
    columns) of the same captures: one process (``BIOMASK_TEXT_WORKERS=1``) vs
-   ``--engine ray`` with 2 workers on this machine; prints the speed-up (goal >= 1.6x on
-   2 cores): best of ``--repeat`` runs, the engines taking turns, every run's time shown.
+   ``--engine ray`` with 2 workers and ``--engine spark`` (``local[2]``) on this machine;
+   prints the speed-ups (goal >= 1.6x on 2 cores): best of ``--repeat`` runs, the engines
+   taking turns, every run's time shown. Spark runs when PySpark and Java are installed.
    The local engine's own detection pool (its default) is printed for reference:
    on one machine it already uses every core.
 2. The training feed over masked templates: ``MaskedTemplateDataset`` with decryption vs
@@ -17,7 +18,9 @@ Run:  python bench/scale.py [--rows 200000] [--repeat 2]
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,12 +91,16 @@ def main() -> None:
         (tmp / "policy.yaml").write_text(POLICY)
         biomask("keys", "init", "--keyring", "k.json", cwd=tmp)
         common = ["mask", "--policy", "policy.yaml", "--input", "in", "--keyring", "k.json"]
-        ones, rays = [], []
-        for k in range(args.repeat):  # taking turns: a slow spell hits both engines
+        ones, rays, sparks = [], [], []
+        has_spark = importlib.util.find_spec("pyspark") is not None and shutil.which("java")
+        for k in range(args.repeat):  # taking turns: a slow spell hits every engine
             over = ["--overwrite"] if k else []
             ones.append(biomask(*common, "--output", "local", *over, cwd=tmp, text_workers="1"))
             rays.append(biomask(*common, "--output", "ray.parquet", "--engine", "ray", *over,
                                 cwd=tmp))  # fmt: skip
+            if has_spark:
+                sparks.append(biomask(*common, "--output", "spark.parquet", "--engine", "spark",
+                                      *over, cwd=tmp))  # fmt: skip
         t_one, t_ray = min(ones), min(rays)
         t_pool = biomask(*common, "--output", "pool.parquet", cwd=tmp)
         n = caps.num_rows
@@ -105,6 +112,14 @@ def main() -> None:
         print(f"  Ray engine, 2 workers                   {n / t_ray:>9,.0f} rows/s  ({runs} s)")
         pairs = ", ".join(f"{a / b:.2f}x" for a, b in zip(ones, rays, strict=True))
         print(f"  speed-up: {t_one / t_ray:.2f}x  (goal >= 1.6x on 2 cores; run by run: {pairs})")
+        if sparks:
+            t_spark = min(sparks)
+            runs = ", ".join(f"{t:.1f}" for t in sparks)
+            print(f"  Spark engine, local[2]                  {n / t_spark:>9,.0f} rows/s  ({runs} s)")
+            pairs = ", ".join(f"{a / b:.2f}x" for a, b in zip(ones, sparks, strict=True))
+            print(f"  speed-up: {t_one / t_spark:.2f}x  (run by run: {pairs})")
+        else:
+            print("  Spark engine: skipped (needs pyspark and a Java runtime)")
         print(
             f"  for reference, the local engine with its own detection pool (default, one "
             f"worker per core): {n / t_pool:,.0f} rows/s ({t_pool:.1f} s); Ray vs it: "

@@ -26,6 +26,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,9 @@ def local_session(token: str, *, master: str = "local[2]") -> Any:
     same token: its workers' environment is fixed once they start.
     """
     session = _pyspark()
+    # PySpark warns on every pandas-backed call that it does not yet support pandas 3;
+    # biomask hands it Arrow, so the warning is noise in a CLI run
+    warnings.filterwarnings("ignore", message="PySpark does not yet", category=FutureWarning)
     active = session.getActiveSession()
     if active is not None:
         if active.sparkContext.getConf().get(_TOKEN_CONF) == token:
