@@ -57,7 +57,6 @@ from biomask.lineage import LineageRecorder
 from biomask.lineage.record import ColumnRecord, RunRecord
 from biomask.masking import Masker
 from biomask.masking.masker import MaskedBatch
-from biomask.masking.text.operator import lexicon_columns
 from biomask.policies import Policy
 
 __all__ = [
@@ -254,7 +253,7 @@ class WorkerSpec:
     table: str
     keyring_path: str | None = None
     keystore: str | None = None
-    preread: dict[str, pa.Table] = field(default_factory=dict)
+    preread: dict[str, pa.Table | None] = field(default_factory=dict)
     unmask: bool = False
     #: ``BIOMASK_TEXT_WORKERS`` inside a worker: the engine is the parallelism, so no
     #: nested text-detection pool (a caller's own setting is kept)
@@ -269,7 +268,7 @@ class WorkerSpec:
         services: dict[str, Any] = {"keystore_uri": self.keystore}
         cls = Unmasker if self.unmask else Masker
         masker = cls(self.policy, ring, table=self.table, services=services, threads=1)
-        _prepare(services, self.preread, unmask=self.unmask)
+        masker.prepare(self.preread)
         return masker
 
 
@@ -335,19 +334,21 @@ class LocalExecutor:
         return None
 
 
-def _preread(sources: dict[str, Source], columns: dict[str, list[str]]) -> dict[str, pa.Table]:
+def _preread(
+    sources: dict[str, Source], columns: dict[str, list[str]]
+) -> dict[str, pa.Table | None]:
     """Read the columns the Masker declared for its pre-pass, once, from each table's source.
 
     A source that cannot be read twice (standard input) is left out: its values are then
     found by NER and patterns only, and the lexicon names it as skipped.
     """
-    out: dict[str, pa.Table] = {}
+    out: dict[str, pa.Table | None] = {}
     for table, cols in columns.items():
         source = sources.get(table)
         if source is None:
             continue
         if not _rereadable(source):
-            out[table] = pa.table({})  # an empty table marks it skipped
+            out[table] = None  # the pre-pass says it skipped this table
             continue
         only = getattr(source, "column_batches", None)
         present = [c for c in cols if c in source.schema.names]
@@ -370,28 +371,6 @@ def _rereadable(source: Any) -> bool:
         return str(source.ref().uri) != "-"
     except Exception:  # a source that cannot even name itself is not read twice
         return False
-
-
-class _Unreadable:
-    """Stands for a table whose source could not be read twice (see :func:`_preread`)."""
-
-    rereadable = False
-
-    def ref(self) -> Any:  # pragma: no cover - never asked: rereadable answers first
-        raise BiomaskError("standard input")
-
-
-def _prepare(services: dict[str, Any], preread: dict[str, pa.Table], *, unmask: bool) -> None:
-    """Hand the pre-read columns to the Masker's services and run its pre-pass."""
-    from biomask.masking.api import TableSource
-
-    prepare = services.get("prepare")
-    if not callable(prepare) or unmask:  # unmask reverses nothing that needs it
-        return
-    services["sources"] = {
-        t: TableSource(tbl) if tbl.num_columns else _Unreadable() for t, tbl in preread.items()
-    }
-    prepare()
 
 
 def run_mask(
@@ -457,12 +436,9 @@ def run_mask(
     # The pre-pass: the columns the Masker declared (the text lexicon's known values) are
     # read here, once, and handed over; remote workers get the same tables.
     unmask = command == "unmask"
-    preread = (
-        _preread(sources, lexicon_columns(policy))
-        if callable(services.get("prepare")) and not unmask
-        else {}
-    )
-    _prepare(services, preread, unmask=unmask)
+    first = next(iter(maskers.values()))  # the tables' Maskers share one services dict
+    preread = _preread(sources, first.prepass_columns())
+    first.prepare(preread)
     executor: Executor = engine if engine is not None else LocalExecutor()
 
     key_ids = sorted({k for m in maskers.values() for k in m.key_ids})

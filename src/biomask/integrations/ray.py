@@ -194,19 +194,21 @@ def mask_dataset(
     ray = _ray()
     from biomask.connectors import open_source
     from biomask.keys import Keyring
+    from biomask.masking import Masker
     from biomask.masking.api import resolve_policy
-    from biomask.masking.text.operator import lexicon_columns
     from biomask.pipeline import WorkerSpec, _preread
 
     if on_quarantine not in ("mark", "fail"):
         raise BiomaskError(f"on_quarantine must be 'mark' or 'fail', not {on_quarantine!r}")
     pol = resolve_policy(policy)
-    sealed, token = Keyring.open(keyring_path).worker_handle()  # fails fast: passphrase
+    ring = Keyring.open(keyring_path)  # fails fast: passphrase
+    sealed, token = ring.worker_handle()
     tables = list(pol.table_specs())
     name = table or tables[0]
     lex = {name: lexicon_from} if isinstance(lexicon_from, str) else dict(lexicon_from or {})
     # the lexicon's columns are read here, once, and travel with the spec
-    preread = _preread({t: open_source(u) for t, u in lex.items()}, lexicon_columns(pol))
+    declared = Masker(pol, ring, table=name).prepass_columns()
+    preread = _preread({t: open_source(u) for t, u in lex.items()}, declared)
     spec = WorkerSpec(pol, sealed, name, str(Path(keyring_path).resolve()), keystore, preread)
     return ds.map_batches(
         _MaskBatches,

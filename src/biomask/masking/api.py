@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import pyarrow as pa
@@ -124,17 +123,11 @@ def mask(
         raise BiomaskError(
             f"mask() takes a pyarrow Table or a polars DataFrame, not {type(data).__name__}"
         )
-    services: dict[str, Any] = {}
-    masker = Masker(pol, keyring, table=table, services=services)
+    masker = Masker(pol, keyring, table=table)
     schema = masker.output_schema(tbl.schema)
-    prepare = services.get("prepare")
-    if callable(prepare):
-        # the text lexicon pre-pass, as the command line runs it: names, emails and phones
-        # of the linked columns become known values in the notes of the same rows
-        names = list(pol.table_specs())
-        name = table if table is not None else names[0]
-        services["sources"] = {name: TableSource(tbl)}
-        prepare()
+    # the text lexicon pre-pass, as the command line runs it: names, emails and phones
+    # of the linked columns become known values in the notes of the same rows
+    masker.prepare({masker.table: tbl})
     outs: list[pa.RecordBatch] = []
     quarantined: list[pa.RecordBatch] = []
     failed = 0
@@ -158,20 +151,3 @@ def mask(
         return result
     q_schema = masker._bind(tbl.schema)[1]
     return result, pa.Table.from_batches(quarantined, schema=q_schema)
-
-
-class TableSource:
-    """An in-memory table as a source that the text lexicon pre-pass can read."""
-
-    rereadable = True
-
-    def __init__(self, table: pa.Table) -> None:
-        self.table = table
-        self.schema = table.schema
-
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        return iter(self.table.to_batches())
-
-    def column_batches(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
-        present = [c for c in columns if c in self.table.column_names]
-        return iter(self.table.select(present).to_batches())

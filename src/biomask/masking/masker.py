@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,24 @@ class MaskedBatch:
     output: pa.RecordBatch
     quarantine: pa.RecordBatch | None
     stats: dict[str, int] = field(default_factory=dict)
+
+
+class _Preread:
+    """Pre-read columns of one table as the lexicon pre-pass reads them (no I/O)."""
+
+    def __init__(self, table: pa.Table | None) -> None:
+        self.table = table
+        #: None stands for a source that could not be read twice
+        self.rereadable = table is not None
+
+    def column_batches(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+        if self.table is None:
+            return iter(())
+        present = [c for c in columns if c in self.table.column_names]
+        return iter(self.table.select(present).to_batches())
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        return iter(self.table.to_batches() if self.table is not None else ())
 
 
 class Masker:
@@ -172,6 +191,37 @@ class Masker:
     def key_ids(self) -> list[str]:
         """Master key ids this table's operators use."""
         return sorted({k for op in self._ops.values() if (k := op.key_id) is not None})
+
+    # -- the pre-pass --------------------------------------------------------------------
+    def prepass_columns(self) -> dict[str, list[str]]:
+        """Columns of each table the run must read before masking, for this Masker.
+
+        The ``text`` operator's lexicon needs the values of the columns its linked domains
+        mask (names, e-mails, phones), in every table of the policy. The Masker declares
+        them; the caller (the pipeline) reads them and hands them to :meth:`prepare`, so no
+        operator reads data. Empty when no rule needs a pre-pass.
+        """
+        if not callable(self.services.get("prepare")):
+            return {}
+        from biomask.masking.text.operator import lexicon_columns
+
+        return lexicon_columns(self.policy)
+
+    def prepare(self, preread: Mapping[str, pa.Table | None]) -> None:
+        """Run the pre-pass on the columns :meth:`prepass_columns` asked for.
+
+        ``preread`` maps each table to its pre-read columns, or to None when its source
+        could not be read twice (standard input: its values are then found by NER and
+        patterns only, and the lexicon says so). Maskers sharing one services dict (one
+        run's tables) are prepared once.
+        """
+        prepare = self.services.get("prepare")
+        if not callable(prepare):
+            return
+        self.services["sources"] = {
+            t: _Preread(tbl) if tbl is not None else _Preread(None) for t, tbl in preread.items()
+        }
+        prepare()
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         """Check ``schema`` against the policy and return the output schema.
@@ -385,6 +435,14 @@ class Unmasker(Masker):
     not hold it is refused before anything is read, with a message that names only the
     (public) ids.
     """
+
+    def prepass_columns(self) -> dict[str, list[str]]:
+        """None: reversal needs no lexicon (text is not reversed)."""
+        return {}
+
+    def prepare(self, preread: Mapping[str, pa.Table | None]) -> None:
+        """Nothing to prepare (see :meth:`prepass_columns`)."""
+        return None
 
     def _check_keyring(self, schema: pa.Schema) -> str:
         meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
