@@ -250,10 +250,10 @@ def lexicon_columns(policy: Policy) -> dict[str, list[str]]:
 
 
 def prepare_lexicon(services: dict[str, Any], policy: Policy, keyring: Keyring) -> Lexicon:
-    """Fill the run's lexicon from the linked columns of every table's source.
+    """Fill the run's lexicon from the pre-read linked columns of every table.
 
-    The pipeline calls this (as ``services["prepare"]``) after binding every table and
-    before masking. Only the columns whose rule's domain a ``text`` rule links to are
+    :meth:`Masker.prepare` calls this (as ``services["prepare"]``) after binding every
+    table and before masking. Only the columns whose rule's domain a ``text`` rule links to are
     looked at. A source that cannot be read twice (JSON Lines on standard input) is
     skipped with a warning: its values are then found by NER and patterns only.
     """
