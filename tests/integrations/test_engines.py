@@ -148,7 +148,7 @@ def test_mask_dataframe_equals_the_in_memory_masker(
     policy = load_policy(tmp_path / "p.yaml")
     ring = Keyring.create(tmp_path / "k.json")
     tbl = pa.table({
-        "subject_id": [f"S-{i:04d}" for i in range(40)],
+        "subject_id": [f"S-{i:08d}" for i in range(40)],
         "age": pa.array(list(range(40)), pa.int64()),
         "email": [f"user{i}@example.org" for i in range(40)],
     })  # fmt: skip
