@@ -484,10 +484,22 @@ class Unmasker(Masker):
         self._bound_in = schema
         return self._bound
 
+    #: the reason a failed row gets when its operator gave none
+    _default_reason = "irreversible"
+
+    def _handles(self, op: Operator[Any]) -> bool:
+        """Whether this pass rewrites ``op``'s column (others are copied as they are)."""
+        return op.reversible
+
+    def _transform(
+        self, op: Operator[Any], values: pa.Array, ctx: OperatorContext, out_type: pa.DataType
+    ) -> pa.Array:
+        return op.reverse(values, ctx, self._key_id)
+
     @property
     def reversible_columns(self) -> list[str]:
         """Columns this unmasker reverses."""
-        return [n for n, op in self._ops.items() if op.reversible]
+        return [n for n, op in self._ops.items() if self._handles(op)]
 
     def mask_batch(self, batch: pa.RecordBatch) -> MaskedBatch:
         """Reverse one batch of masked data."""
@@ -506,19 +518,20 @@ class Unmasker(Masker):
         for name in order:
             values = batch.column(name)
             op = self._ops.get(name)
-            if op is None or not op.reversible:
+            if op is None or not self._handles(op):
                 arrays.append(values)
                 continue
             ctx = OperatorContext(
                 self.table, name, batch, entity_tokens, bad, reasons, stats, self._meta
             )
-            arrays.append(op.reverse(values, ctx, self._key_id))
+            arrays.append(self._transform(op, values, ctx, out_schema.field(name).type))
         out = pa.RecordBatch.from_arrays(arrays, schema=out_schema)
         if not bad.any():
             return MaskedBatch(out, None, stats)
         bad_rows = np.flatnonzero(bad)
         q = out.take(pa.array(bad_rows))
-        reason_col = pa.array([reasons.get(int(i), "irreversible") for i in bad_rows], pa.string())
+        default = self._default_reason
+        reason_col = pa.array([reasons.get(int(i), default) for i in bad_rows], pa.string())
         quarantine = pa.RecordBatch.from_arrays([*q.columns, reason_col], schema=q_schema)
         return MaskedBatch(out.take(pa.array(np.flatnonzero(~bad))), quarantine, stats)
 
@@ -543,39 +556,13 @@ class TemplateUpgrader(Unmasker):
         self._bound_in = schema
         return self._bound
 
-    @property
-    def reversible_columns(self) -> list[str]:
-        return [n for n, op in self._ops.items() if op.name == "encrypt"]
+    _default_reason = "unreadable"
 
-    def mask_batch(self, batch: pa.RecordBatch) -> MaskedBatch:
-        """Re-encrypt the template columns of one batch."""
-        out_schema, q_schema, order = self._bind(batch.schema)
-        n = batch.num_rows
-        bad = np.zeros(n, dtype=bool)
-        reasons: dict[int, str] = {}
-        stats: dict[str, int] = {}
-        entity_tokens = {
-            e: batch.column(spec.column)
-            for e, spec in self.policy.entities.items()
-            if spec.column in batch.schema.names
-        }
-        arrays = []
-        for name in order:
-            values = batch.column(name)
-            op = self._ops.get(name)
-            if op is None or op.name != "encrypt":
-                arrays.append(values)
-                continue
-            ctx = OperatorContext(
-                self.table, name, batch, entity_tokens, bad, reasons, stats, self._meta
-            )
-            plain = op.reverse(values, ctx, self._key_id)
-            arrays.append(op(plain, ctx).cast(out_schema.field(name).type))
-        out = pa.RecordBatch.from_arrays(arrays, schema=out_schema)
-        if not bad.any():
-            return MaskedBatch(out, None, stats)
-        bad_rows = np.flatnonzero(bad)
-        q = out.take(pa.array(bad_rows))
-        reason_col = pa.array([reasons.get(int(i), "unreadable") for i in bad_rows], pa.string())
-        quarantine = pa.RecordBatch.from_arrays([*q.columns, reason_col], schema=q_schema)
-        return MaskedBatch(out.take(pa.array(np.flatnonzero(~bad))), quarantine, stats)
+    def _handles(self, op: Operator[Any]) -> bool:
+        return op.name == "encrypt"
+
+    def _transform(
+        self, op: Operator[Any], values: pa.Array, ctx: OperatorContext, out_type: pa.DataType
+    ) -> pa.Array:
+        plain = op.reverse(values, ctx, self._key_id)
+        return op(plain, ctx).cast(out_type)
