@@ -429,7 +429,7 @@ def run_mask(
     else:
         (only,) = specs
         sources = {only: open_source(input_uri, batch_size=batch_size)}
-    services: dict[str, Any] = {"sources": sources, "keystore_uri": keystore}
+    services: dict[str, Any] = {"keystore_uri": keystore}  # pre-read columns: Masker.prepare
     factory = masker_factory or (lambda p, k, t, s: Masker(p, k, table=t, services=s))
     maskers = {t: factory(policy, keyring, t, services) for t in sources}
     out_schemas = {t: maskers[t].output_schema(sources[t].schema) for t in sources}
