@@ -92,7 +92,7 @@ def run_biomask(src: Path, dst: Path, policy: Path, batch_size: int = 65_536) ->
 
 def run_copy(src: Path, dst: Path) -> float:
     """Read and write back, nothing masked: the Parquet I/O floor on this machine."""
-    from biomask.connectors.files import parquet_options
+    from biomask.connectors.formats.parquet import parquet_options
 
     t = time.perf_counter()
     table = pq.read_table(src)

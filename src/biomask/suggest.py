@@ -303,7 +303,7 @@ def _tables_of(uri: str, sample: int) -> dict[str, pa.Table]:
         return {t: _sample(s, sample) for t, s in sources.items()}
     path = Path(uri)
     if "://" not in uri and path.is_dir():
-        from biomask.connectors.files import detect_format
+        from biomask.connectors import detect_format
 
         stems = sorted(
             {

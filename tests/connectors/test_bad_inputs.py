@@ -77,7 +77,7 @@ def test_csv_mixed_encodings_flag_rows(tmp_path: Path) -> None:
 
 
 def test_csv_oversize_field_flagged(tmp_path: Path) -> None:
-    from biomask.connectors.files import MAX_FIELD_BYTES
+    from biomask.connectors.formats import MAX_FIELD_BYTES
 
     p = tmp_path / "big.csv"
     p.write_bytes(b"id,blob\n1,small\n2," + b"x" * (MAX_FIELD_BYTES + 1) + b"\n")
@@ -96,9 +96,9 @@ def test_csv_ragged_rows(tmp_path: Path) -> None:
 
 
 def test_csv_type_change_after_first_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from biomask.connectors import files
+    from biomask.connectors.formats import csv
 
-    monkeypatch.setattr(files, "CSV_BLOCK_SIZE", 64)
+    monkeypatch.setattr(csv, "CSV_BLOCK_SIZE", 64)
     p = tmp_path / "types.csv"
     p.write_text("id,n\n" + "".join(f"{i},{i}\n" for i in range(40)) + f"41,{SECRET}\n")
     msg = error_of(str(p))

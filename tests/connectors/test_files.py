@@ -441,7 +441,7 @@ def test_ciphertext_columns_are_stored_without_compression_dictionary_or_statist
 ) -> None:
     """Random bytes gain nothing from zstd or a dictionary, and their min/max would be
     2 KiB of noise per row group; every other column, nested ones too, keeps them."""
-    from biomask.connectors.files import parquet_options
+    from biomask.connectors.formats.parquet import parquet_options
 
     n = 50
     schema = pa.schema(

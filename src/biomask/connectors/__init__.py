@@ -7,10 +7,12 @@
 ...     sink.write(batch)
 >>> sink.commit()                                            # doctest: +SKIP
 
-See ``docs/connectors.md`` for URIs, formats, atomicity and the reject column.
+See ``docs/connectors.md`` for URIs, formats, atomicity and the reject column. URIs are
+dispatched by :mod:`.registry`; file formats are registered in :mod:`.formats`.
 """
 
 from biomask.connectors.base import REJECT_COLUMN, DatasetRef, Sink, Source
+from biomask.connectors.formats import detect_format
 from biomask.connectors.registry import (
     display_uri,
     open_sink,
@@ -25,6 +27,7 @@ __all__ = [
     "DatasetRef",
     "Sink",
     "Source",
+    "detect_format",
     "display_uri",
     "open_sink",
     "open_source",

@@ -18,6 +18,7 @@ from biomask.types import REJECT_COLUMN, DatasetRef
 
 __all__ = ["REJECT_COLUMN", "DatasetRef", "Sink", "Source"]
 
+
 @runtime_checkable
 class Source(Protocol):
     """A stream of record batches."""

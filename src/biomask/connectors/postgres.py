@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import pyarrow as pa
 
 from biomask.connectors.base import REJECT_COLUMN, DatasetRef, Source
-from biomask.connectors.files import rechunk
+from biomask.connectors.batches import rechunk
 from biomask.errors import ConnectorError, OutputExistsError
 
 __all__ = [

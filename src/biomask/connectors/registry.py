@@ -4,6 +4,10 @@ A URI is ``-`` (JSON Lines on stdin/stdout), ``postgresql://...`` (or ``postgres
 ``file://PATH``, or a plain path: a file ending in .parquet, .csv, .jsonl or .arrow (and
 their aliases), or a directory of such files. Everything that names a URI in a message or
 in lineage goes through :func:`display_uri`, so a password never leaves this module.
+
+This module decides the *kind* of connector from the URI's scheme and shape; which file
+format a path holds is the business of the format registry,
+:mod:`biomask.connectors.formats`, asked by suffix.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import pyarrow as pa
 
 from biomask.connectors.base import Sink, Source
 from biomask.connectors.files import (
-    FORMATS,
     FileSink,
     FileSource,
     ParquetDirSink,
     StdinJsonlSource,
     StdoutJsonlSink,
-    detect_format,
 )
+from biomask.connectors.formats import detect_format, suffix_list
+from biomask.connectors.listing import table_entries
 from biomask.errors import ConnectorError
 from biomask.types import display_uri
 
@@ -46,9 +50,8 @@ _DEFAULT_SUFFIX = ".parquet"
 
 def _unsupported(uri: str) -> ConnectorError:
     return ConnectorError(
-        f"unsupported URI '{display_uri(uri)}': use a path ending in .parquet, .csv, .jsonl "
-        "or .arrow, a directory of them, '-' for JSON Lines on stdin/stdout, or "
-        "postgresql://..."
+        f"unsupported URI '{display_uri(uri)}': use a path ending in {suffix_list()}, "
+        "a directory of them, '-' for JSON Lines on stdin/stdout, or postgresql://..."
     )
 
 
@@ -166,23 +169,6 @@ def open_sink(
     raise _unsupported(uri)
 
 
-def _table_entries(root: Path) -> dict[str, list[Path]]:
-    """Table name -> candidate paths (``name.<suffix>`` files and ``name/`` directories)."""
-    found: dict[str, list[Path]] = {}
-    try:
-        entries = sorted(root.iterdir())
-    except OSError as exc:
-        raise ConnectorError(f"cannot read {root}: {exc.strerror or exc}") from exc
-    for entry in entries:
-        if entry.name.startswith((".", "_")):
-            continue
-        if entry.is_dir():
-            found.setdefault(entry.name, []).append(entry)
-        elif detect_format(entry) is not None:
-            found.setdefault(entry.stem, []).append(entry)
-    return found
-
-
 def open_tables(uri: str, names: Sequence[str], *, batch_size: int = 65_536) -> dict[str, Source]:
     """Open one source per table name, for multi-table policies.
 
@@ -208,7 +194,7 @@ def open_tables(uri: str, names: Sequence[str], *, batch_size: int = 65_536) -> 
             f"input {path} is a file; a multi-table policy needs a directory holding one "
             "file per table, or a postgresql:// URI"
         )
-    entries = _table_entries(path)
+    entries = table_entries(path)
     sources: dict[str, Source] = {}
     for name in names:
         cands = entries.get(name, [])
@@ -233,12 +219,12 @@ def _suffix_for(like: str, name: str) -> str:
     except ConnectorError:
         return _DEFAULT_SUFFIX
     if path.is_dir():
-        cands = _table_entries(path).get(name, [])
+        cands = table_entries(path).get(name, [])
         if len(cands) == 1:
             c = cands[0]
             return "/" if c.is_dir() else c.suffix
         return _DEFAULT_SUFFIX
-    return path.suffix if path.suffix.lower() in FORMATS else _DEFAULT_SUFFIX
+    return path.suffix if detect_format(path) is not None else _DEFAULT_SUFFIX
 
 
 def table_sink_uri(uri: str, name: str, like: str) -> str:

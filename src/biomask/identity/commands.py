@@ -22,13 +22,13 @@ from biomask.connectors import (
     DatasetRef,
     Sink,
     Source,
+    detect_format,
     display_uri,
     open_sink,
     open_source,
     open_tables,
     table_sink_uri,
 )
-from biomask.connectors.files import detect_format
 from biomask.identity.analysis import (
     DEFAULT_TRIALS,
     SetScores,
