@@ -156,7 +156,7 @@ def test_a_registered_format_works_everywhere_a_suffix_does(
     other change: nothing outside the format branches on a format's name."""
     monkeypatch.setattr(formats, "_BY_NAME", dict(formats._BY_NAME))
     monkeypatch.setattr(formats, "_BY_SUFFIX", dict(formats._BY_SUFFIX))
-    register(_Tsv())  # type: ignore[arg-type]
+    register(_Tsv())
     assert suffix_list() == ".parquet, .csv, .jsonl, .arrow or .tsv"
     table = pa.table({"id": [1, 2, 3], "name": ["a", "b", "c"]})
     (tmp_path / "export").mkdir()
