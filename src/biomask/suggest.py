@@ -303,14 +303,11 @@ def _tables_of(uri: str, sample: int) -> dict[str, pa.Table]:
         return {t: _sample(s, sample) for t, s in sources.items()}
     path = Path(uri)
     if "://" not in uri and path.is_dir():
-        from biomask.connectors import detect_format
+        from biomask.connectors.listing import table_entries
 
+        # one data file per table: an export; a directory of part files is one dataset
         stems = sorted(
-            {
-                p.stem
-                for p in path.iterdir()
-                if p.is_file() and not p.name.startswith((".", "_")) and detect_format(p)
-            }
+            name for name, found in table_entries(path).items() if any(p.is_file() for p in found)
         )
         if len(stems) > 1:
             sources = open_tables(uri, stems, batch_size=min(sample, 65_536))

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
 
 from biomask.connectors import DatasetRef
+from biomask.connectors.atomic import StagedFile
+from biomask.errors import ConnectorError
 from biomask.keys import Keyring
 from biomask.lineage import LineageRecorder, RunRecord
 from biomask.policies import Policy
@@ -36,11 +37,16 @@ def file_ref(path: Path, table: str | None = None) -> DatasetRef:
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:
-    """The report as indented JSON, written under a temporary name and renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """The report as indented JSON, staged like every file output (temporary name, fsync,
+    rename), replacing an earlier report of the same name."""
+    staged = StagedFile(path, overwrite=True)
+    assert staged.file is not None
+    try:
+        staged.file.write((json.dumps(report, indent=2, sort_keys=False) + "\n").encode())
+    except OSError as exc:
+        staged.abort()
+        raise ConnectorError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    staged.commit()
 
 
 class IdentityRun:
