@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from biomask.connectors.base import REJECT_COLUMN
 from biomask.connectors.batches import one_line
 from biomask.connectors.formats._text import flag_text, text_safe
 from biomask.connectors.formats.base import schema_drift
@@ -172,10 +173,15 @@ def _respell(name: str, col: pa.Array, typ: pa.DataType) -> tuple[pa.Array, pa.D
     return col, typ
 
 
+def _without_reject(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f for f in schema if f.name != REJECT_COLUMN], metadata=schema.metadata)
+
+
 class _Reader:
     def __init__(self, files: Sequence[Path]) -> None:
         self.first = files[0]
-        self._schema = _csv_infer(self.first)
+        # a header naming the reject column does not get to fill it: the row check does
+        self._schema = _without_reject(_csv_infer(self.first))
 
     @property
     def schema(self) -> pa.Schema:

@@ -424,7 +424,9 @@ class _Reader:
         self.first = files[0]
         self.batch_size = batch_size
         with _open_bin(self.first) as fh:
-            self._schema = JsonlReader(fh, str(self.first), batch_size).data_schema
+            schema = JsonlReader(fh, str(self.first), batch_size).data_schema
+        # a field named like the reject column does not get to fill it: the line check does
+        self._schema = pa.schema([f for f in schema if f.name != REJECT_COLUMN])
 
     @property
     def schema(self) -> pa.Schema:
