@@ -192,3 +192,19 @@ def test_hostile_values_never_reach_the_page_as_markup() -> None:
     assert "<script>" not in page and "<b>x</b>" not in page
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 60
     assert "&#x27;a&#x27;" in page and "&quot;q&quot;" in page
+
+
+def test_templates_are_package_data() -> None:
+    """A non-editable install ships the templates: pyproject's package-data names them."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["biomask"]
+    package = root / "src" / "biomask"
+    templates = sorted((package / "lineage" / "templates").iterdir())
+    assert {t.name for t in templates} >= {"dossier.html.j2", "charts.html.j2", "identity.html.j2"}
+    for t in templates:
+        rel = t.relative_to(package)
+        assert any(rel.match(p.removeprefix("**/")) for p in patterns), f"{rel} not shipped"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from biomask.lineage.dossier import _chart, _e, _table
 from biomask.lineage.identity_view import identity_section
 
 
@@ -28,7 +27,7 @@ def test_identity_section_draws_measures_histograms_and_shift() -> None:
         },
         "notes": ["signed with a throw-away key"],
     }
-    html = identity_section(report, _e, _table, _chart)
+    html = identity_section(report)
     assert html.startswith('<section id="identity">') and "identity filter" in html
     assert "<td>threshold</td><td>0.5</td>" in html
     assert "input impostor" in html and "input mated" in html and "<polyline" in html

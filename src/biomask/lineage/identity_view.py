@@ -5,16 +5,22 @@ thresholds and the FMR they meet, counts and retained fractions, the impostor an
 similarity histograms, KL divergences against a reference set, and the quasi-identifier
 distributions before and after (drawn with the bias examination's chart). Ids of people
 never appear in it: only counts.
+
+This module shapes the report for the ``identity_section`` macro of
+``templates/identity.html.j2`` (rows of the measures table, histogram geometry); the
+markup is in the template.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-__all__ = ["identity_section"]
+from biomask.lineage.render import chart_view, environment
+
+__all__ = ["histogram_view", "identity_section", "identity_view"]
 
 _SKIP = {"impostor", "mated", "quasi_identifiers", "notes", "histogram", "command"}
+_WIDTH, _HEIGHT, _PAD = 640, 180, 28
 
 
 def _flat(prefix: str, value: Any, rows: list[list[Any]]) -> None:
@@ -29,50 +35,39 @@ def _flat(prefix: str, value: Any, rows: list[list[Any]]) -> None:
         rows.append([prefix, value])
 
 
-def _histograms(dists: list[tuple[str, dict[str, Any]]], esc: Callable[[Any], str]) -> str:
-    """Overlaid histograms (as shares of each distribution) on one SVG, [-1, 1]."""
-    colours = ["#9aa5b4", "#2f6fb3", "#c0392b", "#116b2f"]
-    width, height, pad = 640, 180, 28
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + pad}" '
-        f'viewBox="0 0 {width} {height + pad}" role="img" aria-label="similarity histograms">',
-        f'<rect width="{width}" height="{height + pad}" fill="#ffffff"/>',
-    ]
+def histogram_view(dists: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Polylines of overlaid histograms (as shares of each distribution) over [-1, 1].
+
+    Every line is scaled to the highest share of any of them, so they compare on one axis.
+    """
     shares = []
     for _, d in dists:
         counts = d["histogram"]["counts"]
         total = max(sum(counts), 1)
         shares.append([c / total for c in counts])
     top = max((max(s) for s in shares if s), default=1.0) or 1.0
+    lines = []
     for k, ((name, _), share) in enumerate(zip(dists, shares, strict=True)):
         n = len(share)
-        pts = " ".join(
-            f"{i * width / n:.1f},{height - v / top * (height - 10):.1f}"
+        points = " ".join(
+            f"{i * _WIDTH / n:.1f},{_HEIGHT - v / top * (_HEIGHT - 10):.1f}"
             for i, v in enumerate(share)
         )
-        colour = colours[k % len(colours)]
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>')
-        parts.append(
-            f'<text x="{8 + 150 * k}" y="{height + 20}" font-size="11" fill="{colour}">'
-            f"{esc(name)}</text>"
-        )
-    for x, label in ((0, "-1"), (width / 2, "0"), (width - 12, "1")):
-        parts.append(f'<text x="{x}" y="{height + 8}" font-size="9" fill="#667085">{label}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+        lines.append({"name": name, "points": points, "label_x": 8 + 150 * k})
+    return {
+        "width": _WIDTH,
+        "full_height": _HEIGHT + _PAD,
+        "label_y": _HEIGHT + 20,
+        "tick_y": _HEIGHT + 8,
+        "ticks": [(0, "-1"), (_WIDTH / 2, "0"), (_WIDTH - 12, "1")],
+        "lines": lines,
+    }
 
 
-def identity_section(
-    report: dict[str, Any],
-    esc: Callable[[Any], str],
-    table: Callable[[list[str], list[list[Any]]], str],
-    chart: Callable[[str, dict[str, Any]], str],
-) -> str:
-    """The HTML of the identity section (escaped with the dossier's own helpers)."""
-    out = [f'<section id="identity"><h2>Identity hygiene: {esc(report.get("command", ""))}</h2>']
+def identity_view(report: dict[str, Any]) -> dict[str, Any]:
+    """What the identity section shows, ready for the template (values still unescaped)."""
     rows: list[list[Any]] = []
     _flat("", report, rows)
-    out.append(table(["Measure", "Value"], rows))
     dists: list[tuple[str, dict[str, Any]]] = []
 
     def collect(prefix: str, value: Any) -> None:
@@ -87,18 +82,24 @@ def identity_section(
                 collect(f"{k} ", v)
 
     collect("", report)
-    if dists:
-        out.append("<h3>Similarity distributions (share of pairs per 0.01 of cosine)</h3>")
-        out.append(_histograms(dists, esc))
     qis = report.get("quasi_identifiers") or {}
-    if qis:
-        out.append("<h3>Quasi-identifier distributions before and after</h3>")
-        for name, dist in qis.items():
-            out.append(
-                f"<h4>{esc(name)} (max shift {float(dist.get('max_abs_shift_pp', 0)):.2f} pp)</h4>"
-            )
-            out.append(chart(name, dist))
-    for note in report.get("notes") or []:
-        out.append(f'<p class="muted">{esc(note)}</p>')
-    out.append("</section>")
-    return "".join(out)
+    return {
+        "command": report.get("command", ""),
+        "rows": rows,
+        "histograms": histogram_view(dists) if dists else None,
+        "qis": [
+            {
+                "name": name,
+                "max_shift": float(dist.get("max_abs_shift_pp", 0)),
+                "chart": chart_view(dist),
+            }
+            for name, dist in qis.items()
+        ],
+        "notes": report.get("notes") or [],
+    }
+
+
+def identity_section(report: dict[str, Any]) -> str:
+    """The HTML of the identity section alone (the dossier page includes the same macro)."""
+    macro = environment().get_template("identity.html.j2").module.identity_section  # type: ignore[attr-defined]
+    return str(macro(identity_view(report)))
