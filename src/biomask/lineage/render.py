@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import html
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 __all__ = ["SHIFT_PP", "chart_view", "environment", "escape_cut"]
 
@@ -50,7 +52,13 @@ def escape_cut(value: Any, length: int) -> Markup:
 
 @cache
 def environment() -> Environment:
-    """The one Jinja2 environment for the lineage templates (built once, then reused)."""
+    """The one Jinja2 environment for the lineage templates (built once, then reused).
+
+    Jinja2 is imported here, not at module import: a process that never renders a page
+    (``biomask --help``, ``audit verify``) does not pay for it.
+    """
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
     env = Environment(
         loader=PackageLoader("biomask.lineage", "templates"),
         autoescape=True,
