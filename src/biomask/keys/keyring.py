@@ -359,7 +359,7 @@ class Keyring:
                     f"keyring {self.path} changed since it was opened (another rotation?); "
                     "open it again and retry"
                 )
-            if self._upgrade_pw is not None:  # version 1 or a weak KDF: rewrite with today's
+            if self._upgrade_pw is not None:  # version 1 or a weak KDF: use the current KDF
                 self._kdf = _new_kdf()
                 self._kek = _derive_kek(self._upgrade_pw, self._kdf, self.path)
                 self._upgrade_pw = None

@@ -165,7 +165,7 @@ def replay_chain(
 def prefix_head(directory: Path, count: int) -> str | None:
     """Hash of line ``count`` (the head after ``count`` entries), or None if shorter.
 
-    What a receipt is checked against: the log a receipt saw must be a prefix of today's.
+    What a receipt is checked against: the log a receipt saw must be a prefix of the current one.
     """
     if count == 0:
         return GENESIS
