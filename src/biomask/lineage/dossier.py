@@ -13,7 +13,9 @@ the law moves (the Digital Omnibus moves Art. 10(5) to a new Art. 4a) one table 
 every dossier names the table version it used.
 
 The HTML is one file with inline CSS and inline SVG charts: no script, no font, no image,
-no network, so it renders identically in an air-gapped audit room and in print.
+no network, so it renders identically in an air-gapped audit room and in print. This module
+gathers the data; the page's markup is ``templates/dossier.html.j2`` (rendered by
+:mod:`biomask.lineage.render`, every value escaped).
 """
 
 from __future__ import annotations

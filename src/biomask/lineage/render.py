@@ -9,8 +9,9 @@ escapes each value with :func:`html.escape` (``quote=True``) before Jinja's own 
 it. The two escape the same characters (``& < > " '``) but spell quotes differently
 (``&quot;``/``&#x27;`` here, ``&#34;``/``&#39;`` in markupsafe); the page is a signed
 artifact of the lineage directory whose bytes are recorded in the manifest and rewritten by
-``audit export``, so they keep the spelling the page has always had. ``None`` renders as
-an empty string. Only template markup (macro output) is ever emitted unescaped.
+``audit export``, so they keep the stdlib spelling the recorded pages use
+(``tests/lineage/test_dossier_golden.py``). ``None`` renders as an empty string. Only
+template markup (macro output) is ever emitted unescaped.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ _LABEL_W, _BAR_W = 170, 420
 
 
 def _finalize(value: Any) -> Any:
-    """Escape one output value the way the page always has (see the module docstring)."""
+    """Escape one output value with the stdlib spelling (see the module docstring)."""
     if hasattr(value, "__html__"):  # template markup (a macro's output): already safe
         return value
     return Markup(html.escape("" if value is None else str(value), quote=True))
@@ -42,8 +43,8 @@ def _finalize(value: Any) -> Any:
 def escape_cut(value: Any, length: int) -> Markup:
     """The first ``length`` characters of the escaped value (a chart label's width).
 
-    Marked raw on purpose: the value is escaped first and then cut, as chart labels always
-    were, so the bytes stay those of the recorded pages. Cutting escaped text only drops
+    Marked raw on purpose: the value is escaped first and then cut (an entity counts as its
+    characters), so the bytes match the recorded pages. Cutting escaped text only drops
     characters; at worst it leaves a partial entity (``&am``), which reads as text and can
     never open a tag.
     """
