@@ -353,6 +353,8 @@ def print_summary(summary: Any, *, to_stderr: bool = False, title: str = "masked
     for q in summary.quarantine:
         console.print(f"  quarantine: {q}")
     console.print(f"  lineage: {summary.lineage_dir}")
+    for note in getattr(summary, "notes", []):
+        console.print(f"  note: {note}")
 
 
 class _progress:

@@ -57,6 +57,7 @@ from biomask.lineage import LineageRecorder
 from biomask.lineage.record import ColumnRecord, RunRecord
 from biomask.masking import Masker
 from biomask.masking.masker import MaskedBatch
+from biomask.masking.operators.tokens import WEAK_STAT, weak_email_message
 from biomask.policies import Policy
 
 __all__ = [
@@ -169,10 +170,19 @@ class RunSummary:
     receipt: str | None = None
     #: output directories that did not exist and were created for this run
     created: list[str] = field(default_factory=list)
+    #: per ``email`` column, distinct addresses whose local part has a small shape (see
+    #: :func:`biomask.masking.operators.tokens.weak_email_message`)
+    weak_tokens: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows_per_second(self) -> float:
         return self.rows_in / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def notes(self) -> list[str]:
+        """What the user should know about the output that is no error: weakly hidden
+        tokens, with the fix."""
+        return [weak_email_message(c, n) for c, n in sorted(self.weak_tokens.items())]
 
 
 def default_lineage_dir(output_uri: str, dataset: str) -> Path:
@@ -582,6 +592,9 @@ def run_mask(
     record.text_detections = {
         k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("text:")
     }
+    record.weak_tokens = {
+        k[len(WEAK_STAT) :]: v for k, v in stats.items() if k.startswith(WEAK_STAT)
+    }
     record.ended_at = _now()
     recorder.complete()
     return RunSummary(
@@ -598,6 +611,7 @@ def run_mask(
         key_ids=key_ids,
         receipt=str(recorder.receipt) if recorder.receipt is not None else None,
         created=created,
+        weak_tokens=dict(sorted(record.weak_tokens.items())),
     )
 
 

@@ -75,6 +75,7 @@ class BiomaskMaskingRunFacet(RunFacet):
     quarantineReasons: dict[str, int]
     operatorCounts: dict[str, int]
     textDetections: dict[str, int]
+    weakTokens: dict[str, int]
 
     _additional_skip_redact: ClassVar[list[str]] = ["command", "policySha256", "keyIds"]
 
@@ -107,6 +108,7 @@ def _masking_facet(record: RunRecord) -> BiomaskMaskingRunFacet:
         quarantineReasons={str(k): int(v) for k, v in sorted(record.quarantine_reasons.items())},
         operatorCounts={str(k): int(v) for k, v in sorted(record.operator_counts.items())},
         textDetections={str(k): int(v) for k, v in sorted(record.text_detections.items())},
+        weakTokens={str(k): int(v) for k, v in sorted(record.weak_tokens.items())},
         producer=PRODUCER,
     )
 

@@ -51,6 +51,9 @@ class RunRecord:
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     operator_counts: dict[str, int] = field(default_factory=dict)
     text_detections: dict[str, int] = field(default_factory=dict)
+    #: per ``email`` column: distinct addresses whose local part was permuted within a
+    #: shape of fewer than 10^6 values (distinct tokens, weakly hidden)
+    weak_tokens: dict[str, int] = field(default_factory=dict)
     columns: list[ColumnRecord] = field(default_factory=list)
     started_at: str = field(
         default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")

@@ -411,6 +411,7 @@ class LineageRecorder:
                 "quarantine_reasons": dict(sorted(r.quarantine_reasons.items())),
                 "operator_counts": dict(sorted(r.operator_counts.items())),
                 "text_detections": dict(sorted(r.text_detections.items())),
+                "weak_tokens": dict(sorted(r.weak_tokens.items())),
             },
             "artifacts": artifacts,
         }

@@ -96,11 +96,16 @@ class Permuted:
         the value).
     failed:
         A cycle walk did not end (probability below 2**-400; in practice never).
+    weak:
+        Permuted, with ``small_ok``, within a shape of fewer than 10^6 values: distinct
+        from every other value's token, but hiding only as much as that small space holds.
+        All False without ``small_ok``.
     """
 
     values: pa.Array
     small: np.ndarray
     failed: np.ndarray
+    weak: np.ndarray
 
 
 class ShapePermutation:
@@ -171,7 +176,7 @@ class ShapePermutation:
         n = len(values)
         empty = np.zeros(n, dtype=bool)
         if n == 0:
-            return Permuted(values.cast(pa.string()), empty, empty)
+            return Permuted(values.cast(pa.string()), empty, empty, empty)
         arr, offs, buf = utf8_buffers(values)
         offsets = np.ascontiguousarray(offs - offs[0])
         data = np.frombuffer(buf, dtype=np.uint8)[int(offs[0]) : int(offs[-1])]
@@ -238,8 +243,10 @@ class ShapePermutation:
             )
         )
         failed = np.zeros(n, dtype=bool)
+        weak = np.zeros(n, dtype=bool)
         if small_ok:
             tiny = np.flatnonzero((flags == _SMALL) & (space > 1))
+            weak[tiny] = True
             if len(tiny):
                 # expected steps 2**20 / space; 64 times that fails with chance e**-64
                 steps = int(64 * (1 << 20) // int(space[tiny].min())) + 1
@@ -292,7 +299,7 @@ class ShapePermutation:
         out_offs = offsets if wide else offsets.astype(np.int32)
         kind = pa.LargeStringArray if wide else pa.StringArray
         res = kind.from_buffers(n, pa.py_buffer(out_offs), pa.py_buffer(out))
-        return Permuted(res.cast(pa.string()) if wide else res, flags == _SMALL, failed)
+        return Permuted(res.cast(pa.string()) if wide else res, flags == _SMALL, failed, weak)
 
     # -- long values: chunks, an unbalanced Feistel network of FF1 walks ----------------
     def _feistel(

@@ -16,6 +16,7 @@ a domain a ``text`` rule links to; the policy refuses shorter ones there).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from biomask.errors import PolicyError
+from biomask.keys.handles import KeyHandle
 from biomask.keys.primitives import DeterministicPrf, _native, hkdf
 from biomask.masking.ff1 import FF1
 from biomask.masking.fpe import ReversibleTokenizer
@@ -39,7 +41,17 @@ from biomask.masking.registry import (
 from biomask.masking.shape import codepoints, from_codepoints, prefix_lengths, utf8_buffers
 from biomask.policies.models import EmailOp, HashOp, PhoneOp, TokenizeOp
 
-__all__ = ["Email", "Hash", "Phone", "PhoneDigits", "Tokenize", "phone_digits", "phone_parts"]
+__all__ = [
+    "WEAK_STAT",
+    "Email",
+    "Hash",
+    "Phone",
+    "PhoneDigits",
+    "Tokenize",
+    "phone_digits",
+    "phone_parts",
+    "weak_email_message",
+]
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 #: what the email operator accepts: one "@", no spaces, a dot in the domain
@@ -53,6 +65,28 @@ SMALL_REASON = (
     "(length >= 32) or generalize"
 )
 WALK_REASON = "FF1 cycle walk did not end"
+#: run statistic (:meth:`OperatorContext.count`) of an ``email`` column's distinct
+#: addresses whose local part was permuted within a shape of fewer than 10^6 values; the
+#: key is this prefix and the column (``table.column`` in a multi-table policy)
+WEAK_STAT = "email_weak:"
+
+
+def weak_email_message(column: str, count: int) -> str:
+    """What the run summary says about ``count`` weak local parts of ``column``, and the fix.
+
+    Such a token is still distinct from every other address's, but its local part is one of
+    fewer than 10^6 values of the same shape (``info``, ``j.li``), so it hides little: a
+    guess at the original is checked by masking it again with the same keyring.
+    """
+    what = "address" if count == 1 else "addresses"
+    return (
+        f"email column '{column}': {count:,} distinct {what} with a local part of fewer "
+        "than 10^6 possible values of its shape (e.g. 'info', 'j.li'): their tokens never "
+        "merge with another address but hide the original weakly; to hide them, mask this "
+        "column with hash (length >= 32) or redact"
+    )
+
+
 #: (rows of distinct values, reason) pairs an operator reports
 Problems = list[tuple[np.ndarray, str]]
 
@@ -410,9 +444,15 @@ class Email(Operator[EmailOp]):
     shape is: it is permuted within its own small space (FF1 on its 2**20 minimum,
     cycle-walked back), so it never merges with another address either, but its token
     hides only as much as that space holds. Lengthening it instead would not be
-    collision-free: every longer shape is some other address's own shape. A local part
-    with no ASCII letter or digit (nothing to permute) is quarantined, as is a domain too
-    short to tokenize with ``keep_domain: false``.
+    collision-free: every longer shape is some other address's own shape. So that the
+    user learns it, the distinct addresses of a column with such a local part are counted
+    over the whole run (:data:`WEAK_STAT`; the run summary and lineage report them, with
+    the fix). A local part with no ASCII letter or digit (nothing to permute) is
+    quarantined, as is a domain too short to tokenize with ``keep_domain: false``.
+
+    Counting distinct values across batches is the one piece of state an instance keeps:
+    a sorted array of keyed 64-bit digests of the weak addresses' (lower-cased) tokens,
+    never the values; it changes no token. Each batch counts only the addresses it adds.
     """
 
     name = "email"
@@ -426,6 +466,12 @@ class Email(Operator[EmailOp]):
         self.domain_perm = ShapePermutation(
             binding.keyring.derive_token("email-domain", spec.domain), "email/domain"
         )
+        #: digests of the weak addresses seen so far in this run (sorted, distinct)
+        self._weak_seen = np.zeros(0, dtype=np.uint64)
+        self._weak_lock = threading.Lock()
+        self._weak_prf = DeterministicPrf(
+            KeyHandle(hkdf(handle._secret(), "email/weak-count", 32), handle.key_id, "email")
+        )
 
     @property
     def key_id(self) -> str | None:
@@ -436,14 +482,15 @@ class Email(Operator[EmailOp]):
 
     def tokens(self, uniq: pa.Array) -> tuple[pa.Array, np.ndarray]:
         """Tokens for distinct non-null values, and a mask of values that get none."""
-        out, problems = self._tokens(uniq)
+        out, problems, _ = self._tokens(uniq)
         bad = np.zeros(len(uniq), dtype=bool)
         for rows, _ in problems:
             bad |= rows
         return out, bad
 
-    def _tokens(self, uniq: pa.Array) -> tuple[pa.Array, Problems]:
-        """Tokens of distinct non-null values, and why some get none.
+    def _tokens(self, uniq: pa.Array) -> tuple[pa.Array, Problems, pa.Array]:
+        """Tokens of distinct non-null values, why some get none, and the tokens (lower
+        case) of the valid addresses whose local part is weak (:attr:`Permuted.weak`).
 
         Values that are not e-mails get meaningless tokens; their rows are quarantined and
         nulled.
@@ -468,12 +515,38 @@ class Email(Operator[EmailOp]):
             (local.failed, WALK_REASON),
         ]
         if self.spec.keep_domain:
-            return (_recase(uniq, local.values) if cased else local.values), problems
-        parts = pc.split_pattern(local.values, "@", max_splits=1)
-        domains = pc.list_element(parts, 1)
-        dom, dom_problems = self._domain_tokens(domains)
-        joined = pc.binary_join_element_wise(pc.list_element(parts, 0), dom, "@")
-        return (_recase(uniq, joined) if cased else joined), problems + dom_problems
+            lower = local.values
+        else:
+            parts = pc.split_pattern(local.values, "@", max_splits=1)
+            domains = pc.list_element(parts, 1)
+            dom, dom_problems = self._domain_tokens(domains)
+            lower = pc.binary_join_element_wise(pc.list_element(parts, 0), dom, "@")
+            problems += dom_problems
+        weak = local.weak.copy()
+        for rows, _ in problems:
+            weak &= ~rows
+        weak_tokens = lower.filter(pa.array(weak)) if weak.any() else lower.slice(0, 0)
+        return (_recase(uniq, lower) if cased else lower), problems, weak_tokens
+
+    def _count_weak(self, weak_tokens: pa.Array, ctx: OperatorContext) -> None:
+        """Add the weak addresses this batch adds to the run's count (:data:`WEAK_STAT`).
+
+        ``weak_tokens`` are distinct within the batch (tokens of distinct values); keyed
+        digests make them comparable across batches without holding any value.
+        """
+        if not len(weak_tokens):
+            return
+        seeds = self._weak_prf.seeds(weak_tokens)
+        digests = np.unique(np.ascontiguousarray(seeds[:, :8]).view(np.uint64).ravel())
+        with self._weak_lock:
+            seen = self._weak_seen
+            new = digests[~np.isin(digests, seen, assume_unique=True)]
+            if len(new):
+                self._weak_seen = np.union1d(seen, new)
+        if len(new):
+            b = self.binding
+            where = f"{b.table}.{b.column}" if b.policy.is_multi_table else b.column
+            ctx.count(f"{WEAK_STAT}{where}", len(new))
 
     def _domain_tokens(self, domains: pa.Array) -> tuple[pa.Array, Problems]:
         """Lower-cased domains with the part before the last dot permuted, the TLD kept
@@ -497,7 +570,8 @@ class Email(Operator[EmailOp]):
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
         enc = values.dictionary_encode()
-        out, problems = self._tokens(enc.dictionary)
+        out, problems, weak_tokens = self._tokens(enc.dictionary)
+        self._count_weak(weak_tokens, ctx)
         return _finish_all(enc, out, problems, ctx).cast(values.type)
 
 
