@@ -492,6 +492,11 @@ def run_mask(
     # Outputs are opened before the lineage directory is touched: an existing output, an
     # append to a file or an unknown URI refuses the run with the lineage as it was.
     try:
+        # The first table's first batch decodes on the reader's thread while the outputs
+        # open and the lineage starts (checking the signed head, hashing the inputs):
+        # reading writes nothing, and masking needs that batch before it can begin.
+        for t in list(sources)[:1]:
+            readers[t] = ReadAhead(sources[t].batches())
         for t in sources:
             uri = out_uris[t]
             _refuse_existing_quarantine(uri, overwrite)
@@ -518,6 +523,8 @@ def run_mask(
         recorder = LineageRecorder(lineage, keyring, record, policy=policy, receipt=receipt)
         recorder.start()
     except BaseException:
+        for r in readers.values():
+            r.close()
         for s in sinks:
             with contextlib.suppress(Exception):
                 s.abort()
