@@ -687,45 +687,50 @@ static PyObject *shape(PyObject *self, PyObject *args) {
 
 static uint64_t low_mask(int m) { return m >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << m) - 1); }
 
-/* ten rounds on the values slot[0..cnt) (indices into x); s1 holds each value's state */
+/* ten rounds on the values slot[0..cnt) (indices into x); s1 holds each value's state.
+ * Of a round's block only the last 8 bytes change (round byte and NUM(B)), so each value's
+ * first 8 bytes and the big-endian number of its last 8 are read once, not every round;
+ * the masks of both halves are found once too. */
 static int ff1_rounds(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
                       const unsigned char *s1, const Py_ssize_t *slot, int cnt, int decrypt,
                       unsigned char *blk, unsigned char *enc, uint64_t *A, uint64_t *B) {
-    unsigned char U[GROUP], V[GROUP], NB[GROUP];
+    unsigned char V[GROUP], SH[GROUP];
+    uint64_t MU[GROUP], MV[GROUP], HI[GROUP], LO[GROUP];
     for (int j = 0; j < cnt; j++) {
         Py_ssize_t i = slot[j];
         int n = (int)nbits[i], v = n - n / 2;
-        U[j] = (unsigned char)(n / 2);
+        uint64_t hi, lo;
         V[j] = (unsigned char)v;
-        NB[j] = (unsigned char)((v + 7) / 8);
+        SH[j] = (unsigned char)(8 * ((v + 7) / 8)); /* the round byte sits above NUM(B) */
+        MU[j] = low_mask(n / 2);
+        MV[j] = low_mask(v);
         A[j] = x[i] >> v;
-        B[j] = x[i] & low_mask(v);
+        B[j] = x[i] & MV[j];
+        memcpy(&hi, s1 + (Py_ssize_t)j * BLOCK, 8);
+        memcpy(&lo, s1 + (Py_ssize_t)j * BLOCK + 8, 8);
+        HI[j] = hi;
+        LO[j] = __builtin_bswap64(lo);
     }
     for (int r = 0; r < 10; r++) {
         int round = decrypt ? 9 - r : r;
+        const uint64_t *src = decrypt ? A : B, *mask = (round % 2 == 0) ? MU : MV;
         for (int j = 0; j < cnt; j++) {
-            int b = NB[j];
             unsigned char *q = blk + (Py_ssize_t)j * BLOCK;
-            uint64_t lo, src = decrypt ? A[j] : B[j];
-            memcpy(q, s1 + (Py_ssize_t)j * BLOCK, BLOCK);
-            /* the last 8 bytes, big-endian, XOR the round byte and NUM(B) (b <= 4 bytes) */
-            memcpy(&lo, q + 8, 8);
-            lo = __builtin_bswap64(lo) ^ ((uint64_t)round << (8 * b)) ^ src;
-            lo = __builtin_bswap64(lo);
+            uint64_t lo = __builtin_bswap64(LO[j] ^ ((uint64_t)round << SH[j]) ^ src[j]);
+            memcpy(q, &HI[j], 8);
             memcpy(q + 8, &lo, 8);
         }
         if (!ecb(ctx, enc, blk, cnt)) return 0;
         for (int j = 0; j < cnt; j++) {
-            int m = (round % 2 == 0) ? U[j] : V[j];
-            uint64_t mask = low_mask(m), y;
+            uint64_t m = mask[j], y;
             memcpy(&y, enc + (Py_ssize_t)j * BLOCK, 8);
-            y = __builtin_bswap64(y) & mask;
+            y = __builtin_bswap64(y) & m;
             if (decrypt) {
-                uint64_t c = (B[j] - y) & mask;
+                uint64_t c = (B[j] - y) & m;
                 B[j] = A[j];
                 A[j] = c;
             } else {
-                uint64_t c = (A[j] + y) & mask;
+                uint64_t c = (A[j] + y) & m;
                 A[j] = B[j];
                 B[j] = c;
             }
@@ -910,16 +915,30 @@ static PyObject *shape_scan(PyObject *self, PyObject *args) {
             unsigned char *q = ds + o[i];
             int any = value_span(kp, up, i, len, &lo, &hi);
             uint64_t v = 0, space = 1;
-            for (int64_t k = 0; k < len; k++) {
-                int c = (any && k >= lo && k < hi) ? byte_class(p[k]) : 0;
-                q[k] = c ? (unsigned char)c : (hide && k >= hi ? 0 : p[k]);
-                if (c == 1) a++;
-                if (c >= 2) b++;
-                if (c && b <= 13 && a <= ma[b]) {
+            /* kept head [0, lo) and tail [hi, len) as they are (the tail as zeros when
+             * hidden); only [lo, hi) is classified (empty when nothing may vary) */
+            if (!any) lo = hi;
+            memcpy(q, p, (size_t)lo);
+            for (int64_t k = lo; k < hi; k++) {
+                int c = byte_class(p[k]);
+                if (!c) {
+                    q[k] = p[k];
+                    continue;
+                }
+                q[k] = (unsigned char)c;
+                if (c == 1)
+                    a++;
+                else
+                    b++;
+                if (b <= 13 && a <= ma[b]) {
                     v = v * CLASS_RADIX[c] + (uint64_t)(p[k] - CLASS_BASE[c]);
                     space *= CLASS_RADIX[c];
                 }
             }
+            if (hide)
+                memset(q + hi, 0, (size_t)(len - hi));
+            else
+                memcpy(q + hi, p + hi, (size_t)(len - hi));
             x[i] = v;
             sp[i] = space;
             nc[i] = 0;
