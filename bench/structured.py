@@ -1,6 +1,7 @@
 """biomask vs presidio-structured on the same 10 structured columns, Parquet to Parquet.
 
 Run:  python bench/structured.py [--rows 100000] [--repeat 3] [--rss 1000000,5000000]
+      [--evidence RUNS]
 
 Both tools read the same generated Parquet file, mask the same ten columns and write
 Parquet. biomask runs its whole pipeline (policy, keyring, lineage included); presidio-
@@ -12,7 +13,9 @@ writes it back with biomask's Parquet writer settings, masking nothing: the floo
 Parquet-to-Parquet tool built on pyarrow (as biomask is) on this machine, and so the
 highest ratio such a tool could print here. The second part masks 1M- and 5M-row inputs with biomask, each in a fresh
 subprocess, and prints the peak RSS of each: memory must be bounded by the batch size,
-not the input size.
+not the input size. ``--evidence RUNS`` also times the lineage evidence (its own thread's
+CPU) with lineage's compiled helper and without it, runs taking turns: what the helper
+earns.
 """
 
 from __future__ import annotations
@@ -100,6 +103,49 @@ def run_copy(src: Path, dst: Path) -> float:
     return time.perf_counter() - t
 
 
+def evidence_cpu(src: Path, tmp: Path, policy: Path, runs: int) -> dict[bool, list[float]]:
+    """CPU seconds (thread time) of the lineage evidence per biomask run, with lineage's
+    compiled helper (biomask.lineage._evidence) and without it, runs taking turns.
+
+    The evidence (quasi-identifier counts, residual-PII scan) runs on its own thread; its
+    time is summed over the per-batch collection and the end-of-run work. The helper is
+    switched off for these calls only, so the masking and the PRF keep theirs.
+    """
+    import biomask.lineage.evidence as ev
+    from biomask.lineage.recorder import LineageRecorder
+
+    spent = [0.0]
+
+    def timed(fn):  # type: ignore[no-untyped-def]
+        def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+            t = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.thread_time() - t
+
+        return wrapper
+
+    saved = {n: getattr(LineageRecorder, n) for n in ("observe_input", "observe_output")}
+    saved["conclude_evidence"] = LineageRecorder.conclude_evidence
+    native = ev._native
+    out: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for name, fn in saved.items():
+            setattr(LineageRecorder, name, timed(fn))
+        for _ in range(runs):
+            for on in (True, False):
+                ev._native = native if on else (lambda: None)  # type: ignore[assignment]
+                spent[0] = 0.0
+                run_biomask(src, tmp / "evidence.parquet", policy)
+                out[on].append(spent[0])
+    finally:
+        ev._native = native  # type: ignore[assignment]
+        for name, fn in saved.items():
+            setattr(LineageRecorder, name, fn)
+    return out
+
+
 def run_presidio(src: Path, dst: Path) -> float:
     import datetime as dt
 
@@ -165,6 +211,13 @@ def main() -> None:
     ap.add_argument(
         "--rss", default="1000000,5000000", help="row counts for the RSS runs ('' to skip)"
     )
+    ap.add_argument(
+        "--evidence",
+        type=int,
+        default=0,
+        metavar="RUNS",
+        help="also time the lineage evidence with and without its compiled helper",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -190,6 +243,12 @@ def main() -> None:
               f" rows/s  ({each} s)")  # fmt: skip
         print(f"    the Parquet I/O floor here: a tool on pyarrow's reader and writer cannot beat"
               f" {p / c:.0f}x presidio-structured; biomask takes {b / c:.1f}x the floor's time (goal <= 2.3x)")  # fmt: skip
+        if args.evidence:
+            ev = evidence_cpu(src, tmp, policy, args.evidence)
+            on, off = min(ev[True]) * 1000, min(ev[False]) * 1000
+            print(f"  lineage evidence CPU per run, best of {args.evidence}: {on:.0f} ms with"
+                  f" biomask.lineage._evidence, {off:.0f} ms without ({off - on:.0f} ms saved"
+                  f" per {args.rows:,} rows)")  # fmt: skip
         sizes = [int(x) for x in args.rss.split(",") if x]
         if sizes:
             results = {n: rss_child(n, tmp, policy) for n in sizes}

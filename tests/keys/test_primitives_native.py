@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from biomask import _native
 from biomask.keys import primitives
 from biomask.keys.handles import KeyHandle
 from biomask.keys.primitives import DeterministicPrf, native_available, ragged_stream
@@ -28,9 +29,9 @@ from tests.native import kernels_path
 
 SECRET = bytes(range(32))
 PRF = DeterministicPrf(KeyHandle(SECRET, "00", "test"))
-BUILT = primitives._load_kernels() is not None
+BUILT = _native._import(primitives.PRF_HELPER) is not None
 PATHS = ["native", "numpy"] if BUILT else ["numpy"]
-needs_native = pytest.mark.skipif(not BUILT, reason="biomask.masking._kernels was not built")
+needs_native = pytest.mark.skipif(not BUILT, reason="biomask.keys._prf was not built")
 
 
 def _path(name: str) -> AbstractContextManager[None]:
@@ -53,7 +54,7 @@ def test_the_kernels_are_built_where_ci_requires_it() -> None:
     other test while the benchmarks measured something else."""
     if os.environ.get("BIOMASK_REQUIRE_NATIVE") != "1":
         pytest.skip("BIOMASK_REQUIRE_NATIVE is not set (CI sets it)")
-    assert BUILT, "biomask.masking._kernels was not built: C compiler or OpenSSL headers missing"
+    assert BUILT, "biomask.keys._prf was not built: C compiler or OpenSSL headers missing"
 
 
 @needs_native
@@ -193,7 +194,7 @@ def test_large_batches_cross_the_group_boundaries() -> None:
 
 @needs_native
 def test_kernels_check_every_offset_and_size() -> None:
-    from biomask.masking import _kernels
+    from biomask.keys import _prf as _kernels
 
     key = bytes(32)
     data = b"abcdef"

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from biomask.keys.primitives import _load_kernels
+from biomask import _native
 from biomask.lineage import evidence as ev
-from biomask.lineage.evidence import EvidenceCollector
+from biomask.lineage.evidence import EVIDENCE_HELPER, EvidenceCollector
 from biomask.policies import Policy, policy_from_dict
 from tests.lineage._evidence_reference import EvidenceCollector as Reference
 from tests.native import kernels_path
@@ -58,7 +58,7 @@ POLICY: dict[str, Any] = {
 }
 STRING_COLS = ["sid", "name", "mail", "code", "alias", "notes", "city"]
 
-KERNELS = _load_kernels()
+KERNELS = _native._import(EVIDENCE_HELPER)
 #: the paths every equivalence test runs: compiled (when built) and NumPy/Arrow
 PATHS = [True, False] if KERNELS is not None else [False]
 needs_kernels = pytest.mark.skipif(KERNELS is None, reason="compiled kernels not built")

@@ -19,12 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from biomask.keys import DeterministicPrf, Keyring, primitives
+from biomask import _native
+from biomask.keys import DeterministicPrf, Keyring
 from biomask.masking.shape import _class_table, shape_tokens
 from tests.native import kernels_path
 
 PRF = DeterministicPrf(Keyring.ephemeral().derive("tokenize", "kernels"))
-BUILT = primitives._load_kernels() is not None
+BUILT = _native._import("biomask.masking._kernels") is not None
 pytestmark = pytest.mark.skipif(not BUILT, reason="biomask.masking._kernels was not built")
 
 

@@ -33,10 +33,10 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-try:  # the compiled helper; absent where the package was installed without a compiler
-    from biomask.keys import _gcm
-except ImportError:  # pragma: no cover - depends on the install
-    _gcm = None  # type: ignore[assignment]
+from biomask._native import AEAD_SWITCH, load
+
+#: the compiled helper; None where the package was installed without a compiler
+_gcm = load("biomask.keys._gcm")
 
 __all__ = ["RowKeys", "Rows", "native_available", "open_rows", "seal_rows"]
 
@@ -46,7 +46,7 @@ TAG = 16
 
 def native_available() -> bool:
     """Whether the compiled helper is in use (not switched off by ``BIOMASK_NATIVE_AEAD=0``)."""
-    return _gcm is not None and os.environ.get("BIOMASK_NATIVE_AEAD", "1") != "0"
+    return _gcm is not None and os.environ.get(AEAD_SWITCH, "1") != "0"
 
 
 def _threads(n: int) -> int:

@@ -13,19 +13,18 @@ batch together (one AES-ECB call per 16-byte block position), and anything longe
 counter-mode keystream), because one big block-cipher call is orders of magnitude faster
 than many small ones.
 
-Where the package was built with a C compiler, the compiled helper
-:mod:`biomask.masking._kernels` does the same work in one pass over the Arrow buffers (the
+Where the package was built with a C compiler, the keys package's compiled helper
+:mod:`biomask.keys._prf` does the same work in one pass over the Arrow buffers (the
 CBC-MAC still batched over 256 values per AES call, the keystream 256 blocks per call),
 about ten times faster than the numpy code, which stays as the fallback with byte-identical
-output. ``BIOMASK_NATIVE_KERNELS=0`` forces the fallback; :func:`native_available` says
-which one runs.
+output. It is loaded by :func:`biomask._native.load`: ``BIOMASK_NATIVE_KERNELS=0`` forces
+the fallback, ``BIOMASK_REQUIRE_NATIVE=1`` makes a missing build an error;
+:func:`native_available` says which one runs.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from functools import cache
 from types import ModuleType
 from typing import NoReturn
 
@@ -35,41 +34,28 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from biomask._native import KERNELS_SWITCH, load
 from biomask.keys.handles import KeyHandle
 
 __all__ = ["DeterministicPrf", "hkdf", "native_available", "ragged_stream"]
 
 
-@cache
-def _load_kernels() -> ModuleType | None:
-    """The compiled helper, imported on first use.
-
-    Not at import time: ``biomask.masking``'s package import pulls in the operators, which
-    import this module, so a top-level import here would be circular.
-    """
-    try:
-        from biomask.masking import _kernels
-    except ImportError:  # pragma: no cover - depends on the install
-        return None
-    return _kernels
+#: the compiled helper of this package
+PRF_HELPER = "biomask.keys._prf"
 
 
 def _native() -> ModuleType | None:
-    """The compiled helper when it is built and not switched off, else None.
-
-    The environment is read on every call (not cached) so that ``BIOMASK_NATIVE_KERNELS``
-    can be flipped at run time, which is how the tests compare both paths.
-    """
-    if os.environ.get("BIOMASK_NATIVE_KERNELS", "1") == "0":
-        return None
-    return _load_kernels()
+    """The compiled PRF when it is built and not switched off (``BIOMASK_NATIVE_KERNELS=0``,
+    read on every call so the tests can compare both paths), else None."""
+    return load(PRF_HELPER, KERNELS_SWITCH)
 
 
 def native_available() -> bool:
-    """Whether the compiled kernels are in use (not switched off by ``BIOMASK_NATIVE_KERNELS=0``).
+    """Whether the compiled PRF is in use (not switched off by ``BIOMASK_NATIVE_KERNELS=0``).
 
-    They cover :meth:`DeterministicPrf.seeds`, :meth:`DeterministicPrf.stream`,
-    :func:`ragged_stream` and :func:`biomask.masking.shape.shape_tokens`.
+    It covers :meth:`DeterministicPrf.seeds`, :meth:`DeterministicPrf.stream` and
+    :func:`ragged_stream`; masking's and lineage's helpers say so for themselves
+    (:func:`biomask.masking.shape.native_available`).
     """
     return _native() is not None
 

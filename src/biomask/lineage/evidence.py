@@ -30,10 +30,11 @@ They watch the batches going into and out of the Masker and keep only what may b
   discarded at the end, so the in-memory digests could not be reversed even if dumped.
 
 Cost is a few column-wide passes per batch, no Python loop over rows and no per-batch
-sort. With the compiled helper (``_kernels.ev_scan``, switched off by
-``BIOMASK_NATIVE_KERNELS=0``), the values whose normal form is their ASCII lower case
-(ASCII, no whitespace but single spaces between words: nearly all) are classified,
-lower-cased, hashed and cut into candidates in one pass over the column's bytes; the
+sort. With lineage's compiled helper (:mod:`biomask.lineage._evidence`'s ``ev_scan``,
+loaded by :func:`biomask._native.load`, switched off by ``BIOMASK_NATIVE_KERNELS=0``), the
+values whose normal form is their ASCII lower case (ASCII, no whitespace but single spaces
+between words: nearly all) are classified, lower-cased, hashed and cut into candidates in
+one pass over the column's bytes; the
 others take the Arrow path below, in the same groups, so both paths keep the same digests.
 Without it, values are case-folded with Arrow's ASCII kernel and measured from their offsets
 when the column is ASCII; only values holding whitespace other than single spaces between
@@ -56,6 +57,7 @@ import re
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -63,10 +65,25 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from biomask.keys.primitives import _native
+from biomask._native import KERNELS_SWITCH, load
 from biomask.policies import Policy
 
-__all__ = ["TOP_CATEGORIES", "EvidenceCollector"]
+__all__ = ["TOP_CATEGORIES", "EvidenceCollector", "native_available"]
+
+#: lineage's compiled helper (built from lineage/_evidence.c)
+EVIDENCE_HELPER = "biomask.lineage._evidence"
+
+
+def _native() -> ModuleType | None:
+    """The compiled scan when it is built and not switched off (``BIOMASK_NATIVE_KERNELS=0``,
+    read on every call), else None."""
+    return load(EVIDENCE_HELPER, KERNELS_SWITCH)
+
+
+def native_available() -> bool:
+    """Whether the residual-PII scan runs in lineage's compiled helper."""
+    return _native() is not None
+
 
 TOP_CATEGORIES = 40
 """Categories kept per distribution; the rest are summed as ``(other)``."""
@@ -187,7 +204,7 @@ def _key(seed: int) -> tuple[int, int]:
 def _digest(off: np.ndarray, full: np.ndarray, k0: int, k1: int) -> np.ndarray:
     """Keyed 64-bit digests of the values ``full[off[i]:off[i + 1]]`` (NumPy).
 
-    The same function as ``_kernels.ev_hash`` (bit for bit): the bytes in 8-byte
+    The same function as ``_evidence.ev_hash`` (bit for bit): the bytes in 8-byte
     little-endian words (the last zero-padded) folded in with a multiply and a shift each,
     ``h = ((h ^ w) * P1) ^ >> 31`` from ``h = k0 ^ len * P0``, and MurmurHash3's 64-bit
     finalizer over ``h ^ k1``. The values are put in order of decreasing word count, so

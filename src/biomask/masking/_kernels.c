@@ -2,27 +2,26 @@
  * biomask.masking._kernels: the per-value loops under shaped tokens, in C.
  *
  * Why this exists: a string column of a hundred thousand distinct values (passport
- * numbers, subject ids) is masked by a keyed PRF seed per value (AES-256 CBC-MAC), a
- * keystream per value (AES-256 in counter mode) and a per-character replacement. In numpy
- * each of these is a chain of gathers, scatters and temporary arrays over every byte; here
- * each is one pass over the Arrow buffers, and the block cipher still runs in large
- * batches (one EVP call per group of blocks, never one per 16-byte block), because the
- * cost of an EVP call is close to that of the cipher itself on a single block.
+ * numbers, subject ids, e-mails) is masked by classifying every byte, reading the varying
+ * characters as one number, walking it through FF1 (ten AES rounds per value, cycle
+ * walking) and writing it back. In numpy each of these is a chain of gathers, scatters and
+ * temporary arrays over every byte; here each is one pass over the Arrow buffers, and the
+ * block cipher still runs in large batches (biomask/_aes.h). The keyed PRF under the
+ * tweaks and keystreams is the keys package's own helper (biomask.keys._prf).
  *
- * These are raw primitives behind biomask.keys.primitives and biomask.masking.shape,
+ * These are raw primitives behind biomask.masking.shape, permute, ff1 and the operators,
  * which keep numpy fallbacks with byte-identical output. Offsets and lengths come from
  * data files, so every one is checked against its buffer before any byte is touched, and
  * the UTF-8 decoder never reads past the value it decodes. The GIL is released around the
  * work; each call uses one EVP context of its own, so calls from many threads are safe.
  *
- *   cbc_mac(key, offsets, data, out)      seeds: out[16 i .. +16] = CBC-MAC of value i
- *   ctr_stream(key, seeds, lengths, out)  keystreams back to back, lengths[i] bytes each
  *   utf8_lengths(offsets, data, out)      code points per value
  *   shape(offsets, data, stream, table, keep, mode, prefix, out_data, out_offsets, wide)
  *                                         shaped tokens of UTF-8 values -> bytes used
  *   ff1_walk(key, x, nbits, tweaks, limit, decrypt, bad)
  *                                         FF1 radix 2, a tweak per value, cycle walking
  *   shape_scan / shape_place              the passes around it for shaped permutations
+ *   phone_scan / phone_positions / email_scan   layouts of phones and e-mails (_layout.c)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -30,283 +29,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_aes.h"
 #include "_buffers.h"
-#include "_evidence.h"
 #include "_layout.h"
-
-#define BLOCK 16
-#define KEY 32
-/* Blocks per EVP call: enough for AES-NI to pipeline and to amortize the call, small
- * enough (4 KiB in, 4 KiB out) to stay in L1 with the state of the values in flight. */
-#define GROUP 256
-
-static const unsigned char PRF_TAG[8] = {'b', 'm', '-', 'p', 'r', 'f', '-', '1'};
-
-/* An AES-256-ECB encryptor without padding; NULL (with a Python error set by the caller)
- * when OpenSSL refuses. */
-static EVP_CIPHER_CTX *ecb_encryptor(const unsigned char *key) {
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL) return NULL;
-    if (!EVP_EncryptInit_ex(ctx, EVP_aes_256_ecb(), NULL, key, NULL) ||
-        !EVP_CIPHER_CTX_set_padding(ctx, 0)) {
-        EVP_CIPHER_CTX_free(ctx);
-        return NULL;
-    }
-    return ctx;
-}
-
-static int ecb(EVP_CIPHER_CTX *ctx, unsigned char *out, const unsigned char *in, int nblocks) {
-    int outl = 0;
-    return EVP_EncryptUpdate(ctx, out, &outl, in, nblocks * BLOCK) && outl == nblocks * BLOCK;
-}
-
-static int key_ok(Py_buffer *key) {
-    if (key->len != KEY) {
-        PyErr_SetString(PyExc_ValueError, "key: expected 32 bytes");
-        return 0;
-    }
-    return 1;
-}
-
-static int out_size_ok(Py_buffer *out, Py_ssize_t want, const char *name) {
-    if (out->len != want) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd bytes, got %zd", name, want, out->len);
-        return 0;
-    }
-    return 1;
-}
-
-static void xor16(unsigned char *dst, const unsigned char *a, const unsigned char *b) {
-    uint64_t x[2], y[2];
-    memcpy(x, a, BLOCK);
-    memcpy(y, b, BLOCK);
-    x[0] ^= y[0];
-    x[1] ^= y[1];
-    memcpy(dst, x, BLOCK);
-}
-
-/* MASKS + 16 - k: k bytes 0xFF, then zeros (16 bytes read in all, for 0 <= k <= 16). */
-static const unsigned char MASKS[2 * BLOCK] = {
-    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
-
-static void and16(unsigned char *dst, const unsigned char *mask) {
-    uint64_t x[2], m[2];
-    memcpy(x, dst, BLOCK);
-    memcpy(m, mask, BLOCK);
-    x[0] &= m[0];
-    x[1] &= m[1];
-    memcpy(dst, x, BLOCK);
-}
-
-/* ------------------------------------------------------------------------------------ */
-/* CBC-MAC seeds                                                                         */
-/* ------------------------------------------------------------------------------------ */
-
-/*
- * Seed of value v (bytes d, length L): AES-256 CBC-MAC with a zero IV over
- *     [L as 8 big-endian bytes || "bm-prf-1"] || d zero-padded to a multiple of 16.
- * CBC-MAC is sequential within a value, so the batching is across values: GROUP slots
- * each hold one value in flight; every round builds the next block of every slot (the
- * length block for a fresh value, else its next data block XOR its chaining state),
- * encrypts all of them in one EVP call, and refills the slots whose value is done. Short
- * and long values mix freely without leaving slots idle until the very end.
- */
-static int mac_run(EVP_CIPHER_CTX *ctx, const int64_t *o, const unsigned char *data,
-                   int64_t data_len, Py_ssize_t n, unsigned char *out) {
-    unsigned char in[GROUP * BLOCK], state[GROUP * BLOCK];
-    Py_ssize_t slot_v[GROUP];
-    int64_t slot_pos[GROUP]; /* 0: the length block is next; k: data block k - 1 is next */
-    int active = 0;
-    Py_ssize_t next = 0;
-    while (active < GROUP && next < n) {
-        slot_v[active] = next++;
-        slot_pos[active++] = 0;
-    }
-    while (active > 0) {
-        for (int s = 0; s < active; s++) {
-            Py_ssize_t v = slot_v[s];
-            int64_t len = o[v + 1] - o[v];
-            unsigned char *blk = in + (Py_ssize_t)s * BLOCK;
-            if (slot_pos[s] == 0) {
-                uint64_t u = (uint64_t)len;
-                unsigned char be[8] = {(unsigned char)(u >> 56), (unsigned char)(u >> 48),
-                                       (unsigned char)(u >> 40), (unsigned char)(u >> 32),
-                                       (unsigned char)(u >> 24), (unsigned char)(u >> 16),
-                                       (unsigned char)(u >> 8),  (unsigned char)u};
-                memcpy(blk, be, 8);
-                memcpy(blk + 8, PRF_TAG, 8);
-                continue;
-            }
-            int64_t at = o[v] + BLOCK * (slot_pos[s] - 1);
-            int64_t take = o[v + 1] - at < BLOCK ? o[v + 1] - at : BLOCK;
-            unsigned char pad[BLOCK] = {0};
-            if (data_len - at >= BLOCK) {
-                /* 16 bytes are there to read (the rest belong to later values): load
-                 * them and zero what is past this value, without a variable memcpy. */
-                memcpy(pad, data + at, BLOCK);
-                and16(pad, MASKS + BLOCK - take);
-            } else {
-                memcpy(pad, data + at, (size_t)take);
-            }
-            xor16(blk, pad, state + (Py_ssize_t)s * BLOCK);
-        }
-        if (!ecb(ctx, state, in, active)) return 0;
-        /* Backwards, so that the last slot moved into a finished one was already advanced. */
-        for (int s = active - 1; s >= 0; s--) {
-            Py_ssize_t v = slot_v[s];
-            int64_t nb = (o[v + 1] - o[v] + BLOCK - 1) / BLOCK;
-            if (++slot_pos[s] <= nb) continue;
-            memcpy(out + v * BLOCK, state + (Py_ssize_t)s * BLOCK, BLOCK);
-            if (next < n) {
-                slot_v[s] = next++;
-                slot_pos[s] = 0;
-            } else if (s != --active) {
-                slot_v[s] = slot_v[active];
-                slot_pos[s] = slot_pos[active];
-                memcpy(state + (Py_ssize_t)s * BLOCK, state + (Py_ssize_t)active * BLOCK, BLOCK);
-            }
-        }
-    }
-    return 1;
-}
-
-static PyObject *cbc_mac(PyObject *self, PyObject *args) {
-    Py_buffer key, offs, data, out;
-    Py_ssize_t n = 0;
-    PyObject *result = NULL;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*", &key, &offs, &data, &out)) return NULL;
-    if (key_ok(&key) && offsets_ok(&offs, data.len, &n) &&
-        out_size_ok(&out, n * BLOCK, "out")) {
-        int ok = 0;
-        EVP_CIPHER_CTX *ctx = ecb_encryptor(key.buf);
-        if (ctx != NULL) {
-            Py_BEGIN_ALLOW_THREADS
-            ok = mac_run(ctx, offs.buf, data.buf, data.len, n, out.buf);
-            Py_END_ALLOW_THREADS
-            EVP_CIPHER_CTX_free(ctx);
-        }
-        if (ok) {
-            result = Py_None;
-            Py_INCREF(result);
-        } else {
-            PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused an AES-256-ECB operation");
-        }
-    }
-    PyBuffer_Release(&key);
-    PyBuffer_Release(&offs);
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&out);
-    return result;
-}
-
-/* ------------------------------------------------------------------------------------ */
-/* Counter-mode keystreams                                                               */
-/* ------------------------------------------------------------------------------------ */
-
-/* Copy the kept part of each encrypted block to the output; a whole block is written
- * where the output has room, since the next block's bytes overwrite the excess. */
-static unsigned char *emit(unsigned char *out, unsigned char *end, const unsigned char *enc,
-                           const int *take, int nblocks) {
-    for (int b = 0; b < nblocks; b++) {
-        if (end - out >= BLOCK)
-            memcpy(out, enc + b * BLOCK, BLOCK);
-        else
-            memcpy(out, enc + b * BLOCK, (size_t)take[b]);
-        out += take[b];
-    }
-    return out;
-}
-
-/*
- * Keystream of value i: blocks AES(seed_i with its last 4 bytes XOR the big-endian block
- * counter 0, 1, 2, ...), of which the first lengths[i] bytes are kept; the streams of all
- * values are written back to back. Blocks are generated GROUP at a time across values and
- * encrypted in one EVP call, then copied out in order (each block knows how much of it is
- * kept), so memory beyond the output is 8 KiB whatever the lengths.
- */
-static int ctr_run(EVP_CIPHER_CTX *ctx, const unsigned char *seeds, const int64_t *lengths,
-                   Py_ssize_t n, unsigned char *out, unsigned char *end) {
-    unsigned char in[GROUP * BLOCK], enc[GROUP * BLOCK];
-    int take[GROUP];
-    int fill = 0;
-    for (Py_ssize_t v = 0; v < n; v++) {
-        uint64_t s0, s1;
-        int64_t len = lengths[v];
-        uint32_t c = 0;
-        memcpy(&s0, seeds + v * BLOCK, 8);
-        memcpy(&s1, seeds + v * BLOCK + 8, 8);
-        for (int64_t at = 0; at < len; at += BLOCK, c++) {
-            /* The counter, big-endian, in the last 4 of the seed's second 8 bytes. */
-            unsigned char cb[8] = {0, 0, 0, 0, (unsigned char)(c >> 24), (unsigned char)(c >> 16),
-                                   (unsigned char)(c >> 8), (unsigned char)c};
-            uint64_t x;
-            unsigned char *blk = in + fill * BLOCK;
-            memcpy(&x, cb, 8);
-            x ^= s1;
-            memcpy(blk, &s0, 8);
-            memcpy(blk + 8, &x, 8);
-            take[fill++] = len - at < BLOCK ? (int)(len - at) : BLOCK;
-            if (fill == GROUP) {
-                if (!ecb(ctx, enc, in, fill)) return 0;
-                out = emit(out, end, enc, take, fill);
-                fill = 0;
-            }
-        }
-    }
-    if (fill > 0) {
-        if (!ecb(ctx, enc, in, fill)) return 0;
-        emit(out, end, enc, take, fill);
-    }
-    return 1;
-}
-
-static PyObject *ctr_stream(PyObject *self, PyObject *args) {
-    Py_buffer key, seeds, lengths, out;
-    PyObject *result = NULL;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*", &key, &seeds, &lengths, &out)) return NULL;
-    Py_ssize_t n = lengths.len / (Py_ssize_t)sizeof(int64_t);
-    const int64_t *ln = lengths.buf;
-    int ok = key_ok(&key) && aligned(&lengths, sizeof(int64_t), "lengths");
-    if (ok && (lengths.len % (Py_ssize_t)sizeof(int64_t) != 0 || seeds.len != n * BLOCK)) {
-        PyErr_SetString(PyExc_ValueError, "seeds: expected 16 bytes per int64 length");
-        ok = 0;
-    }
-    /* The sum is bounded by the output's size as it goes, so it cannot overflow; a
-     * counter past 2**32 blocks would repeat, so no single stream may be that long. */
-    int64_t total = 0;
-    for (Py_ssize_t i = 0; ok && i < n; i++) {
-        if (ln[i] < 0 || ln[i] > ((int64_t)1 << 36) || ln[i] > (int64_t)out.len - total) {
-            PyErr_SetString(PyExc_ValueError,
-                            "lengths: negative, over 2**36 bytes, or past the output");
-            ok = 0;
-        } else {
-            total += ln[i];
-        }
-    }
-    if (ok && out_size_ok(&out, (Py_ssize_t)total, "out")) {
-        EVP_CIPHER_CTX *ctx = ecb_encryptor(key.buf);
-        ok = 0;
-        if (ctx != NULL) {
-            Py_BEGIN_ALLOW_THREADS
-            ok = ctr_run(ctx, seeds.buf, ln, n, out.buf, (unsigned char *)out.buf + total);
-            Py_END_ALLOW_THREADS
-            EVP_CIPHER_CTX_free(ctx);
-        }
-        if (ok) {
-            result = Py_None;
-            Py_INCREF(result);
-        } else {
-            PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused an AES-256-ECB operation");
-        }
-    }
-    PyBuffer_Release(&key);
-    PyBuffer_Release(&seeds);
-    PyBuffer_Release(&lengths);
-    PyBuffer_Release(&out);
-    return result;
-}
 
 /* ------------------------------------------------------------------------------------ */
 /* UTF-8                                                                                 */
@@ -1060,27 +785,12 @@ static PyObject *shape_place(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"ev_hash", bm_ev_hash, METH_VARARGS,
-     "ev_hash(offsets, data, key, out) -> None: keyed 64-bit digest per value"},
-    {"ev_scan", bm_ev_scan, METH_VARARGS,
-     "ev_scan(offsets, data, key, candidates, status, whole, cand) -> (n_whole, n_cand, "
-     "spaced, n_slow): residual-PII scan digests of the plain ASCII values"},
-    {"ev_bits", bm_ev_bits, METH_VARARGS,
-     "ev_bits(keys, shift, table) -> None: sets the keys' bits in a one-bit-per-slot table"},
-    {"ev_probe", bm_ev_probe, METH_VARARGS,
-     "ev_probe(table, shift, probes, out) -> int: whether each probe's bit is set; how many"},
-    {"ev_distinct", bm_ev_distinct, METH_VARARGS,
-     "ev_distinct(offsets, data, key, first) -> int: first occurrence of each distinct value"},
     {"phone_scan", bm_phone_scan, METH_VARARGS,
      "phone_scan(offsets, data, keep, ndig) -> None: kept leading digits and digit count"},
     {"phone_positions", bm_phone_positions, METH_VARARGS,
      "phone_positions(offsets, data, keep, at) -> None: positions of the digits that change"},
     {"email_scan", bm_email_scan, METH_VARARGS,
      "email_scan(offsets, data, ok, local) -> None: valid address? code points before '@'"},
-    {"cbc_mac", cbc_mac, METH_VARARGS,
-     "cbc_mac(key, offsets, data, out) -> None: 16-byte AES-256 CBC-MAC seed per value"},
-    {"ctr_stream", ctr_stream, METH_VARARGS,
-     "ctr_stream(key, seeds, lengths, out) -> None: counter-mode keystreams back to back"},
     {"utf8_lengths", utf8_lengths, METH_VARARGS,
      "utf8_lengths(offsets, data, out) -> None: code points per value"},
     {"ff1_walk", ff1_walk, METH_VARARGS,
@@ -1097,7 +807,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
-                                    "Batched PRF seeds, keystreams and shaped tokens (OpenSSL).",
+                                    "Shaped permutations, shaped tokens, phone/e-mail layouts.",
                                     -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) {

@@ -1,18 +1,13 @@
-"""Type stub of the compiled helper (src/biomask/masking/_kernels.c).
+"""Type stub of masking's compiled helper (src/biomask/masking/_kernels.c, _layout.c).
 
-Used by :mod:`biomask.keys.primitives` and :mod:`biomask.masking.shape`, which keep numpy
-fallbacks with byte-identical output. Buffer arguments are anything with the buffer
+Loaded by :func:`biomask.masking.shape._native` (through :mod:`biomask._native`) for
+:mod:`biomask.masking.shape`, ``permute``, ``ff1`` and the token operators, which keep
+numpy fallbacks with byte-identical output. Buffer arguments are anything with the buffer
 protocol (bytes, numpy arrays, Arrow buffers); ``offsets`` and ``lengths`` are int64, and
 every ``out`` is a writable buffer of exactly the size the function fills.
 """
 
 from typing import Any
-
-def cbc_mac(key: bytes, offsets: Any, data: Any, out: Any, /) -> None:
-    """16-byte AES-256 CBC-MAC seed per value (``len(offsets) - 1`` values) into ``out``."""
-
-def ctr_stream(key: bytes, seeds: Any, lengths: Any, out: Any, /) -> None:
-    """AES-256 counter-mode keystreams, ``lengths[i]`` bytes each, back to back in ``out``."""
 
 def utf8_lengths(offsets: Any, data: Any, out: Any, /) -> None:
     """Code points per UTF-8 value into ``out`` (int64)."""
@@ -48,40 +43,6 @@ def phone_positions(offsets: Any, data: Any, keep: Any, at: Any, /) -> None:
 def email_scan(offsets: Any, data: Any, ok: Any, local: Any, /) -> None:
     """Per value: whether it is an address the email operator takes (``ok``, one byte) and
     the code points of its local part (``local``, int64)."""
-
-def ev_hash(offsets: Any, data: Any, key: bytes, out: Any, /) -> None:
-    """Keyed 64-bit digest of every value's bytes into ``out`` (uint64; ``key``: 16 bytes)."""
-
-def ev_scan(
-    offsets: Any,
-    data: Any,
-    key: bytes,
-    candidates: bool,
-    status: Any,
-    whole: Any,
-    cand: Any,
-    /,
-) -> tuple[int, int, int, int]:
-    """Residual-PII scan digests of the values whose normal form is their ASCII lower case.
-
-    ``status`` (one byte per value) gets 0 for those, 1 for other values without irregular
-    whitespace, 2 for values to split and join. ``whole`` gets the digests of the status-0
-    values of at least 3 bytes, ``cand`` (when ``candidates``) those of their words, tokens
-    and n-grams. Returns how many of each were written, 1 when a status 0 or 1 value holds
-    a space (else 0), and how many values are not status 0.
-    """
-
-def ev_bits(keys: Any, shift: int, table: Any, /) -> None:
-    """Sets bit ``(key >> shift) % (8 * len(table))`` of ``table`` for every uint64 key
-    (``table``: a power of two bytes)."""
-
-def ev_probe(table: Any, shift: int, probes: Any, out: Any, /) -> int:
-    """Per uint64 probe, whether its bit in ``table`` is set (``out``: one byte each); the
-    number set."""
-
-def ev_distinct(offsets: Any, data: Any, key: bytes, first: Any, /) -> int:
-    """Indices (int64, in order) of the first occurrence of every distinct value into
-    ``first`` (room for one per value); returns how many."""
 
 def ff1_walk(
     key: bytes,

@@ -32,6 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
+from biomask.masking.shape import _native
+
 __all__ = [
     "FF1",
     "MAX_LENGTH",
@@ -272,8 +274,6 @@ class FF1:
         bad = np.zeros(len(x), dtype=np.uint8)
         if len(x) == 0:
             return x, bad.view(bool)
-        from biomask.keys.primitives import _native
-
         native = _native()
         if native is not None and len(self._key) == 32:
             native.ff1_walk(self._key, x, nb.copy(), tw, lim, decrypt, bad, max_walk)

@@ -54,9 +54,17 @@ import pyarrow as pa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from biomask.keys.handles import KeyHandle
-from biomask.keys.primitives import DeterministicPrf, _native, hkdf
+from biomask.keys.primitives import DeterministicPrf, hkdf
 from biomask.masking.ff1 import FF1, MIN_DOMAIN, _ecb
-from biomask.masking.shape import DIGIT, KEEP, LOWER, UPPER, prefix_lengths, utf8_buffers
+from biomask.masking.shape import (
+    DIGIT,
+    KEEP,
+    LOWER,
+    UPPER,
+    _native,
+    prefix_lengths,
+    utf8_buffers,
+)
 
 __all__ = ["MIN_SPACE", "Permuted", "ShapePermutation", "byte_classes"]
 

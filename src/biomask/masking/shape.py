@@ -9,12 +9,13 @@ table lookup and replaced with one keystream, and the result is assembled direct
 Arrow buffers. There is no per-value Python: even the keyed PRF that seeds each value's
 stream runs as a few AES calls over the whole batch.
 
-Where the compiled helper :mod:`biomask.masking._kernels` is built, :func:`shape_tokens`
+Where masking's compiled helper :mod:`biomask.masking._kernels` is built, :func:`shape_tokens`
 skips the code point arrays altogether: it decodes the UTF-8 buffer, finds the prefix,
 classifies and replaces each character and writes the output buffers in one pass in C,
-after the seeds and keystream (also in C). That is about ten times faster, and the numpy
-path below stays as the fallback with byte-identical output
-(:func:`biomask.keys.primitives.native_available`).
+after the seeds and keystream (the keys package's helper). That is about ten times faster,
+and the numpy path below stays as the fallback with byte-identical output
+(:func:`native_available`). The same helper serves :mod:`biomask.masking.permute`,
+:mod:`biomask.masking.ff1` and the token operators, through :func:`_native`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from biomask.keys.primitives import DeterministicPrf, _native, ragged_stream
+from biomask._native import KERNELS_SWITCH, load
+from biomask.keys.primitives import DeterministicPrf, ragged_stream
 
 __all__ = [
     "DIGIT",
@@ -36,10 +38,27 @@ __all__ = [
     "char_classes",
     "codepoints",
     "from_codepoints",
+    "native_available",
     "prefix_lengths",
     "shape_tokens",
     "utf8_buffers",
 ]
+
+#: masking's compiled helper (built from masking/_kernels.c and _layout.c)
+KERNELS = "biomask.masking._kernels"
+
+
+def _native() -> ModuleType | None:
+    """Masking's compiled helper when it is built and not switched off
+    (``BIOMASK_NATIVE_KERNELS=0``, read on every call), else None."""
+    return load(KERNELS, KERNELS_SWITCH)
+
+
+def native_available() -> bool:
+    """Whether masking's compiled helper is in use (shaped tokens and permutations, FF1
+    walks, phone and e-mail layouts)."""
+    return _native() is not None
+
 
 KEEP, DIGIT, UPPER, LOWER = 0, 1, 2, 3
 _SEPARATORS = np.array([ord(c) for c in "-_/:."], dtype=np.uint32)

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from biomask.errors import PolicyError
 from biomask.keys.handles import KeyHandle
-from biomask.keys.primitives import DeterministicPrf, _native, hkdf
+from biomask.keys.primitives import DeterministicPrf, hkdf
 from biomask.masking.ff1 import FF1
 from biomask.masking.fpe import ReversibleTokenizer
 from biomask.masking.integers import MIN_BITS, permute_integers
@@ -38,7 +38,13 @@ from biomask.masking.registry import (
     map_distinct,
     register,
 )
-from biomask.masking.shape import codepoints, from_codepoints, prefix_lengths, utf8_buffers
+from biomask.masking.shape import (
+    _native,
+    codepoints,
+    from_codepoints,
+    prefix_lengths,
+    utf8_buffers,
+)
 from biomask.policies.models import EmailOp, HashOp, PhoneOp, TokenizeOp
 
 __all__ = [

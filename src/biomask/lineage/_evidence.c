@@ -1,4 +1,4 @@
-/* Kernels for biomask.lineage.evidence's residual-PII scan.
+/* biomask.lineage._evidence: kernels of biomask.lineage.evidence's residual-PII scan.
  *
  * ev_hash: a keyed 64-bit digest of every value of an Arrow string column, as is.
  * ev_scan: in one pass per value, what the collector's Arrow/NumPy path computes for the
@@ -31,7 +31,6 @@
 #include <string.h>
 
 #include "_buffers.h"
-#include "_evidence.h"
 
 #define MIN_TOKEN 3
 #define P0 0x9E3779B97F4A7C15ULL
@@ -124,7 +123,7 @@ static int read_key(Py_buffer *key, uint64_t *k0, uint64_t *k1) {
     return 1;
 }
 
-PyObject *bm_ev_hash(PyObject *self, PyObject *args) {
+static PyObject *bm_ev_hash(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer offs, data, key, out;
     if (!PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &key, &out)) return NULL;
@@ -305,7 +304,7 @@ static int candidates(cands *c, const unsigned char *p, int64_t len, int spaced)
     return 1;
 }
 
-PyObject *bm_ev_scan(PyObject *self, PyObject *args) {
+static PyObject *bm_ev_scan(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer offs, data, key, status, whole, cand;
     int want;
@@ -403,7 +402,7 @@ static int check_table(Py_buffer *table, Py_ssize_t shift, uint64_t *mask) {
     return 1;
 }
 
-PyObject *bm_ev_bits(PyObject *self, PyObject *args) {
+static PyObject *bm_ev_bits(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer keys, table;
     Py_ssize_t shift;
@@ -432,7 +431,7 @@ done:
     return ret;
 }
 
-PyObject *bm_ev_probe(PyObject *self, PyObject *args) {
+static PyObject *bm_ev_probe(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer table, probes, out;
     Py_ssize_t shift;
@@ -496,7 +495,7 @@ static inline int same(const unsigned char *a, const unsigned char *b, int64_t l
     return 1;
 }
 
-PyObject *bm_ev_distinct(PyObject *self, PyObject *args) {
+static PyObject *bm_ev_distinct(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer offs, data, key, first;
     if (!PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &key, &first)) return NULL;
@@ -551,4 +550,26 @@ done:
     PyBuffer_Release(&key);
     PyBuffer_Release(&first);
     return ret;
+}
+
+static PyMethodDef methods[] = {
+    {"ev_hash", bm_ev_hash, METH_VARARGS,
+     "ev_hash(offsets, data, key, out) -> None: keyed 64-bit digest per value"},
+    {"ev_scan", bm_ev_scan, METH_VARARGS,
+     "ev_scan(offsets, data, key, candidates, status, whole, cand) -> (n_whole, n_cand, "
+     "spaced, n_slow): residual-PII scan digests of the plain ASCII values"},
+    {"ev_bits", bm_ev_bits, METH_VARARGS,
+     "ev_bits(keys, shift, table) -> None: sets the keys' bits in a one-bit-per-slot table"},
+    {"ev_probe", bm_ev_probe, METH_VARARGS,
+     "ev_probe(table, shift, probes, out) -> int: whether each probe's bit is set; how many"},
+    {"ev_distinct", bm_ev_distinct, METH_VARARGS,
+     "ev_distinct(offsets, data, key, first) -> int: first occurrence of each distinct value"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_evidence",
+                                    "Residual-PII scan digests and set filters of lineage.",
+                                    -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__evidence(void) {
+    return PyModule_Create(&module);
 }

@@ -1,4 +1,5 @@
-/* Argument checks shared by the compiled kernels (_kernels.c, _layout.c, _evidence.c).
+/* Argument checks shared by biomask's compiled helpers (keys/_prf.c, masking/_kernels.c,
+ * masking/_layout.c, lineage/_evidence.c; see biomask/_native.py for how they load).
  *
  * Offsets and lengths come from data files and callers, so every kernel validates them
  * here, once, before it touches a byte of the buffers they point into. */
@@ -34,6 +35,15 @@ static inline int offsets_ok(Py_buffer *offs, Py_ssize_t size, Py_ssize_t *n) {
         return 0;
     }
     *n = m - 1;
+    return 1;
+}
+
+/* An output (or fixed-size input) argument of exactly `want` bytes. */
+static inline int out_size_ok(Py_buffer *out, Py_ssize_t want, const char *name) {
+    if (out->len != want) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd bytes, got %zd", name, want, out->len);
+        return 0;
+    }
     return 1;
 }
 
