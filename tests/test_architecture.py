@@ -29,6 +29,7 @@ FLOORS: dict[str, int] = {
     "masking": 3,
     "lineage": 3,
     "pipeline": 4,
+    "operations": 4,
     "suggest": 4,
     "integrations": 5,
     "identity": 5,

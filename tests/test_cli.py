@@ -688,3 +688,38 @@ def test_an_unknown_engine_is_one_clear_error() -> None:
 
     with pytest.raises(BiomaskError, match="unknown engine 'flink': use local, ray, spark"):
         executor("flink")
+
+
+def test_erase_after_rotate_tokens_reaches_the_one_key_by_new_token_old_token_or_id(
+    work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (work / "t.yaml").write_text(
+        POLICY + "  tpl: {op: encrypt, entity: subject, per_entity_key: true}\n"
+    )
+    table = pq.read_table(work / "in.parquet")
+    pq.write_table(table.append_column("tpl", pa.array([b"a" * 8] * 3)), work / "t.parquet")
+    assert main(mask_args(**{"--policy": "t.yaml", "--input": "t.parquet"})) == 0
+    first_key = json.loads((work / "keys.json").read_text())["token_key"]
+    assert main(["keys", "rotate-tokens", "--keyring", "keys.json"]) == 0
+    moved = mask_args(**{"--policy": "t.yaml", "--input": "t.parquet", "--output": "m.parquet"})
+    assert main(moved) == 0
+    old = pq.read_table(work / "out.parquet").column("subject_id")[0].as_py()
+    new = pq.read_table(work / "m.parquet").column("subject_id")[0].as_py()
+    assert old != new
+    capsys.readouterr()
+    assert main(["erase", "--keyring", "keys.json", "--subject", new]) != 0
+    assert one_error_line(capsys).startswith(
+        f"token key {json.loads((work / 'keys.json').read_text())['token_key']} is not the "
+        f"entity key {first_key} that names subject keys (the token keys were rotated): pass "
+        "--policy"
+    )
+    erase = ["erase", "--keyring", "keys.json", "--policy", "t.yaml"]
+    assert main([*erase, "--subject", new]) == 0
+    assert f"erased the template key of subject {new}" in capsys.readouterr().out
+    assert main([*erase, "--subject", old, "--token-key", first_key]) == 0
+    assert "already erased" in capsys.readouterr().out
+    assert main([*erase, "--subject-id", "SUBJ-00000002"]) == 0
+    out = capsys.readouterr().out
+    assert "erased the template key" in out and "SUBJ-00000002" not in out
+    assert main([*erase, "--subject-id", "SUBJ-00000002"]) == 0
+    assert "already erased" in capsys.readouterr().out

@@ -422,7 +422,34 @@ class _progress:
 @app.command("erase")
 def erase_cmd(
     keyring: KeyringOpt,
-    subject: Annotated[str, typer.Option("--subject", help="The subject's TOKEN (masked id).")],
+    subject: Annotated[
+        str | None,
+        typer.Option("--subject", help="The subject's TOKEN (masked id), as an output holds it."),
+    ] = None,
+    subject_id: Annotated[
+        str | None,
+        typer.Option("--subject-id", help="The subject's real id instead (needs --policy)."),
+    ] = None,
+    token_key: Annotated[
+        str | None,
+        typer.Option(
+            "--token-key",
+            help="The token key that made TOKEN (an older output's biomask.token_key_id); "
+            "default: the current one.",
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            help="The policy that masked the data: needed for --subject-id, and for a token "
+            "made after 'keys rotate-tokens'.",
+        ),
+    ] = None,
+    integer_ids: Annotated[
+        bool,
+        typer.Option("--integer-ids", help="The entity's id column holds integers."),
+    ] = False,
     entity: Annotated[str, typer.Option("--entity", help="Entity name in the policy.")] = "subject",
     keystore: KeystoreOpt = None,
     lineage: LineageOpt = None,
@@ -430,29 +457,38 @@ def erase_cmd(
 ) -> None:
     """Destroy one subject's template key: every copy of their templates becomes unreadable."""
     from biomask.keys import Keyring
-    from biomask.keys.keystore import default_keystore_uri, open_keystore
-    from biomask.lineage import record_event
+    from biomask.operations import erase_subject
 
-    ring = Keyring.open(keyring)
-    uri = keystore or default_keystore_uri(ring.path, ring.keyring_id)
-    store = open_keystore(uri, create=False)
-    target = lineage or keyring.with_name(keyring.name + ".lineage")
-    _check_lineage(target, ring)
-    dek_id = f"e:{entity}:{subject}"
-    n = 1 if store.erase(dek_id) else 0
-    if n == 0:
-        if store.erased([dek_id]):
-            _out().print(f"the template key of {entity} {subject} was already erased")
-            return
-        raise BiomaskError(f"no template key for {entity} token {subject} in {store.uri}")
-    receipt = record_event(
-        target,
-        ring,
-        "erase",
-        {"entity": entity, "subject_token": subject, "keystore": store.uri, "keys_deleted": n},
+    def _typed(value: str | None, what: str) -> str | int | None:
+        if value is None or not integer_ids:
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            raise BiomaskError(f"{what} is not an integer (--integer-ids)") from None
+
+    pol = None
+    if policy is not None:
+        from biomask.policies import load_policy
+
+        pol = load_policy(policy)
+    result = erase_subject(
+        Keyring.open(keyring),
+        entity=entity,
+        token=_typed(subject, "--subject"),
+        token_key=token_key,
+        subject_id=_typed(subject_id, "--subject-id"),
+        policy=pol,
+        keystore=keystore,
+        lineage_dir=lineage,
     )
-    _out().print(f"erased the template key of {entity} {subject}: its templates are unreadable")
-    _receipt(str(receipt), receipts)
+    if not result.erased:
+        _out().print(f"the template key of {entity} {result.subject} was already erased")
+        return
+    _out().print(
+        f"erased the template key of {entity} {result.subject}: its templates are unreadable"
+    )
+    _receipt(result.receipt, receipts)
 
 
 @app.command("rekey")

@@ -347,3 +347,54 @@ def test_token_key_is_stable_across_rotation_and_old_files_use_their_first_key(
     path.write_text(json.dumps(doc))
     with pytest.raises(KeyringError, match="changed without the passphrase"):
         Keyring.open(path, "pw")
+
+
+def test_the_entity_key_is_pinned_through_every_rotation_and_covered_by_the_mac(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "k.json"
+    ring = Keyring.create(path, "pw")
+    first = ring.entity_key_id
+    assert first == ring.token_key_id == ring.primary_key_id
+    ring.rotate()
+    Keyring.open(path, "pw").rotate_tokens()
+    Keyring.open(path, "pw").rotate()
+    again = Keyring.open(path, "pw")
+    assert again.entity_key_id == first != again.token_key_id
+    assert json.loads(path.read_text())["entity_key"] == first
+    # a view under another token key keeps the pinned entity key and cannot rotate
+    view = again.tokens_under(first)
+    assert view.token_key_id == first == view.entity_key_id
+    with pytest.raises(KeyringError, match="view cannot rotate"):
+        view.rotate_tokens()
+    with pytest.raises(KeyringError, match="not in this keyring"):
+        again.tokens_under("00000000")
+    # moved without the passphrase: the MAC refuses it
+    doc = json.loads(path.read_text())
+    doc["entity_key"] = again.token_key_id
+    path.write_text(json.dumps(doc))
+    with pytest.raises(KeyringError, match="changed without the passphrase"):
+        Keyring.open(path, "pw")
+
+
+def test_a_keyring_file_without_an_entity_key_pins_its_token_key(tmp_path: Path) -> None:
+    """Key stores named before the field existed keep their names: the names were the
+    tokens, so the entity key is the file's token key (its first key without one)."""
+    from biomask.keys.keyring import _header_mac
+
+    path = tmp_path / "k.json"
+    ring = Keyring.create(path, "pw")
+    ring.rotate_tokens()
+    token_key = ring.token_key_id
+    doc = json.loads(path.read_text())
+    del doc["entity_key"], doc["mac"]
+    doc["mac"] = _header_mac(ring._kek, doc)
+    path.write_text(json.dumps(doc))
+    opened = Keyring.open(path, "pw")
+    assert opened.entity_key_id == token_key
+    opened.rotate_tokens()  # saved with the field now, still pinned
+    assert Keyring.open(path, "pw").entity_key_id == token_key
+    del doc["token_key"], doc["mac"]
+    doc["mac"] = _header_mac(ring._kek, doc)
+    path.write_text(json.dumps(doc))
+    assert Keyring.open(path, "pw").entity_key_id == opened.key_ids[0]

@@ -7,6 +7,7 @@ File format (JSON, version 2)::
       "kdf": {"name": "scrypt", "salt": "<b64>", "n": 131072, "r": 8, "p": 1},
       "primary": "<8 hex key id>",
       "token_key": "<8 hex key id>",
+      "entity_key": "<8 hex key id>",
       "keys": [{"id": "<8 hex>", "created": "<ISO 8601>", "wrapped": "<b64 nonce|ct>"}],
       "signing": {"id": "<8 hex>", "wrapped": "<b64>", "public": "<b64 raw Ed25519>"},
       "mac": "<hex HMAC-SHA256 over the canonical JSON of every other field>"
@@ -31,12 +32,20 @@ Rotation adds a new primary and keeps the old keys for reading. Domain keys are 
 with HKDF-SHA256 from a master key and the purpose and domain name, so a leaked domain key
 exposes no other domain.
 
-Token keys (tokens, pseudonyms, date offsets, subject key names: everything that must
+Token keys (tokens, pseudonyms, date offsets: everything that must
 agree between runs for joins to survive) derive from the ``token_key`` master key, not from
 the primary: rotating the encryption keys changes no token. Only
 :meth:`Keyring.rotate_tokens` moves ``token_key``, and from then on new outputs no longer
 join earlier ones. A keyring file without the field (written before it existed) uses its
 first (oldest) key.
+
+Subject key names (the ids of per-subject template keys, ``e:<entity>:<name>``) must
+outlive even :meth:`Keyring.rotate_tokens`, or ``erase`` would miss the keys a subject got
+before it. They derive from the ``entity_key`` master key, pinned when the keyring is
+created (its first token key) and never moved by ``rotate`` or ``rotate_tokens``. A
+keyring file without the field pins its token key (its first key when it has none
+either), so the names an existing key store holds stay the names. The header MAC covers
+the field like every other.
 """
 
 from __future__ import annotations
@@ -126,10 +135,18 @@ class Keyring:
         kdf: dict[str, Any] | None,
         kek: bytes | None,
         token_key: str | None = None,
+        entity_key: str | None = None,
+        view: bool = False,
     ) -> None:
         self._keyring_id = keyring_id
         #: the master key token keys derive from (default: the first, oldest key)
         self._token_key = next(iter(masters)) if token_key is None else token_key
+        #: the master key subject key names derive from: pinned, never rotated (default:
+        #: the token key, which is where names came from before the field existed)
+        self._entity_key = self._token_key if entity_key is None else entity_key
+        #: a view of another keyring (:meth:`tokens_under`): it shares that keyring's keys,
+        #: so it must never add one
+        self._view = view
         self._masters = masters
         self._created = created
         self._primary = primary
@@ -195,6 +212,7 @@ class Keyring:
             entries = list(doc["keys"])
             primary = str(doc["primary"])
             token_key = doc.get("token_key")
+            entity_key = doc.get("entity_key")
             signing = dict(doc["signing"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise KeyringError(f"{p} is not a biomask keyring (unreadable or corrupt)") from exc
@@ -226,6 +244,8 @@ class Keyring:
             raise KeyringError(f"{p} is corrupt: its primary key id is not among its keys")
         if token_key is not None and str(token_key) not in masters:
             raise KeyringError(f"{p} is corrupt: its token key id is not among its keys")
+        if entity_key is not None and str(entity_key) not in masters:
+            raise KeyringError(f"{p} is corrupt: its entity key id is not among its keys")
         ring = cls(
             keyring_id=ring_id,
             masters=masters,
@@ -237,6 +257,7 @@ class Keyring:
             kdf=kdf,
             kek=kek,
             token_key=None if token_key is None else str(token_key),
+            entity_key=None if entity_key is None else str(entity_key),
         )
         ring._opened_digest = hashlib.sha256(raw).hexdigest()
         if version != _VERSION or int(kdf["n"]) < _SCRYPT_N:
@@ -258,6 +279,7 @@ class Keyring:
             "kdf": self._kdf,
             "primary": self._primary,
             "token_key": self._token_key,
+            "entity_key": self._entity_key,
             "keys": [
                 {
                     "id": kid,
@@ -323,9 +345,10 @@ class Keyring:
     def rotate_tokens(self) -> str:
         """Add a new key and make it both the primary and the token key; save; its id.
 
-        Every token, pseudonym, date offset and subject key name changes: outputs masked
-        from now on no longer join outputs masked before. Old keys stay, so earlier
-        reversible tokens still unmask and earlier templates still decrypt.
+        Every token, pseudonym and date offset changes: outputs masked from now on no
+        longer join outputs masked before. Subject key names do not change (they derive
+        from :attr:`entity_key_id`), so one subject keeps one template key. Old keys stay,
+        so earlier reversible tokens still unmask and earlier templates still decrypt.
         """
         return self._rotate(tokens=True)
 
@@ -333,6 +356,43 @@ class Keyring:
     def token_key_id(self) -> str:
         """Id of the master key that token keys derive from (see :meth:`derive_token`)."""
         return self._token_key
+
+    @property
+    def entity_key_id(self) -> str:
+        """Id of the master key that subject key names derive from; never rotated.
+
+        The name of a subject's template key is the subject's token computed under this
+        key (:meth:`tokens_under`), so one subject keeps one key through every
+        :meth:`rotate` and :meth:`rotate_tokens`, and ``erase`` reaches all of it.
+        """
+        return self._entity_key
+
+    def tokens_under(self, key_id: str) -> Keyring:
+        """This keyring as seen by token operators whose token key is ``key_id``.
+
+        What subject key names (``key_id`` = :attr:`entity_key_id`) and the inversion of a
+        token made under an older token key need: the same master keys, another token key.
+        The view cannot sign, save or rotate (it has no passphrase or signing key); its
+        ``path`` is the keyring's, which locates the default key store.
+        """
+        if key_id not in self._masters:
+            raise KeyringError(
+                f"key id {key_id} is not in this keyring (the data was masked with another keyring)"
+            )
+        return Keyring(
+            keyring_id=self._keyring_id,
+            masters=self._masters,
+            created=self._created,
+            primary=self._primary,
+            signing_id="",
+            signing_seed=b"",
+            path=self.path,
+            kdf=None,
+            kek=None,
+            token_key=key_id,
+            entity_key=self._entity_key,
+            view=True,
+        )
 
     def derive_token(self, purpose: str, domain: str = "", key_id: str | None = None) -> KeyHandle:
         """A token key: :meth:`derive` from the token key (not the primary) by default.
@@ -344,6 +404,8 @@ class Keyring:
         return self.derive(purpose, domain, self._token_key if key_id is None else key_id)
 
     def _rotate(self, *, tokens: bool) -> str:
+        if self._view:
+            raise KeyringError("a keyring view cannot rotate: rotate the keyring it came from")
         if self.path is None:
             kid = self._add_primary()
             if tokens:
@@ -458,6 +520,7 @@ class Keyring:
             "keyring_id": self._keyring_id,
             "primary": self._primary,
             "token_key": self._token_key,
+            "entity_key": self._entity_key,
             "keys": {kid: _b64(k) for kid, k in self._masters.items()},
             "created": self._created,
         }
@@ -488,8 +551,10 @@ class Keyring:
             masters = {str(k): _unb64(v) for k, v in doc["keys"].items()}
             primary = str(doc["primary"])
             token_key = doc.get("token_key")
-            if token_key is not None and str(token_key) not in masters:
-                raise ValueError("token key")
+            entity_key = doc.get("entity_key")
+            for kid in (token_key, entity_key):
+                if kid is not None and str(kid) not in masters:
+                    raise ValueError("token key")
         except (InvalidTag, ValueError, KeyError, TypeError, UnicodeDecodeError):
             raise KeyringError(
                 "the worker's key handle does not open with its token (a token from another run?)"
@@ -505,6 +570,7 @@ class Keyring:
             kdf=None,
             kek=None,
             token_key=None if token_key is None else str(token_key),
+            entity_key=None if entity_key is None else str(entity_key),
         )
 
     def public_key_raw(self) -> bytes:

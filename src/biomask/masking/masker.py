@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from biomask.errors import KeyringError, PolicyError, SchemaError
 from biomask.keys import Keyring
+from biomask.masking.entities import SubjectNames
 from biomask.masking.registry import (
     BatchMemo,
     Binding,
@@ -32,7 +33,6 @@ from biomask.policies.models import Policy, TableSpec
 from biomask.types import REASON_COLUMN, REJECT_COLUMN
 
 __all__ = ["REASON_COLUMN", "REJECT_COLUMN", "MaskedBatch", "Masker", "Unmasker"]
-
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -168,6 +168,8 @@ class Masker:
             self._ops[name] = cls(op_spec, binding)
         self._bound: tuple[pa.Schema, pa.Schema, list[str]] | None = None
         self._bound_in: pa.Schema | None = None
+        #: subject key names after ``keys rotate-tokens`` (built on first need)
+        self._names: SubjectNames | None = None
 
     # -- schema ------------------------------------------------------------------------
     def _field(self, column: str) -> str:
@@ -340,6 +342,7 @@ class Masker:
         for ename, ent in self.policy.entities.items():
             ent_by_col.setdefault(ent.column, []).append(ename)
         entity_tokens: dict[str, pa.Array] = {}
+        entity_names: dict[str, pa.Array] = {}
         memo = BatchMemo()
         flagged = bad.copy()
         # Each column gets its own failure mask, merged below in column order, so the
@@ -350,7 +353,13 @@ class Masker:
             if self._ops[name].keeps_column or name in ent_by_col:
                 todo.append(name)
                 ctxs[name] = OperatorContext(
-                    self.table, name, batch, entity_tokens, flagged.copy(), memo=memo
+                    self.table,
+                    name,
+                    batch,
+                    entity_tokens,
+                    flagged.copy(),
+                    memo=memo,
+                    entity_names=entity_names,
                 )
         # Entity columns first, with every column that does not read entity tokens; then
         # the columns that do (date shifts, templates), once the tokens exist.
@@ -361,6 +370,7 @@ class Masker:
                 entity_tokens[ename] = results[name]
         for name, col in results.items():  # e.g. the row keys templates are bound to
             memo.put(("masked", name), col)
+        entity_names.update(self._entity_names(batch, entity_tokens, later))
         results.update(self._run(batch, later, ctxs))
         stats: dict[str, int] = {}
         for name in todo:
@@ -387,6 +397,29 @@ class Masker:
         reason_col = pa.array([reasons.get(int(i), "unmaskable") for i in bad_rows], pa.string())
         quarantine = pa.RecordBatch.from_arrays([*q.columns, reason_col], schema=q_schema)
         return MaskedBatch(masked.take(good_idx), quarantine, stats)
+
+    def _entity_names(
+        self, batch: pa.RecordBatch, entity_tokens: dict[str, pa.Array], columns: list[str]
+    ) -> dict[str, pa.Array]:
+        """Subject key names of the entities the ``columns``' operators declare.
+
+        While the token key is the entity key the names are the tokens (no work at all).
+        After ``keys rotate-tokens`` they are the raw ids masked by the entity column's
+        rule under the entity key, once per distinct value (:mod:`biomask.masking.entities`).
+        """
+        wanted = {e for c in columns if (e := self._ops[c].names_entity) is not None}
+        if not wanted:
+            return {}
+        ring = self.keyring
+        if ring.token_key_id == ring.entity_key_id:
+            return {e: entity_tokens[e] for e in wanted if e in entity_tokens}
+        if self._names is None:
+            self._names = SubjectNames(self.policy, ring, self.table)
+        return {
+            e: self._names.from_values(e, batch.column(self.policy.entities[e].column))
+            for e in wanted
+            if e in entity_tokens
+        }
 
     #: a rule failing on every value of at least this many rows of one batch is a policy
     #: problem (wrong format, a reversible rule on a tiny domain), not bad data

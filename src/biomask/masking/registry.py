@@ -117,6 +117,11 @@ class OperatorContext:
     metadata: dict[str, str] = field(default_factory=dict)
     #: per-batch values shared between columns (see :class:`BatchMemo`)
     memo: BatchMemo = field(default_factory=BatchMemo)
+    #: per entity, each row's subject key name: its token under the keyring's entity key
+    #: (:attr:`biomask.keys.Keyring.entity_key_id`); the Masker fills it for the entities
+    #: of :attr:`Operator.names_entity`, and it is the row's token while the token key is
+    #: the entity key
+    entity_names: dict[str, pa.Array] = field(default_factory=dict)
 
     def quarantine(self, rows: np.ndarray | pa.Array, reason: str) -> None:
         """Mark rows (a boolean mask) as unmaskable, with a reason naming the column."""
@@ -157,6 +162,16 @@ class Operator(ABC, Generic[S]):
     @property
     def key_id(self) -> str | None:
         """Id of the master key this operator's keys come from (for lineage), if any."""
+        return None
+
+    @property
+    def names_entity(self) -> str | None:
+        """The entity whose subject key names (``ctx.entity_names``) this operator needs.
+
+        Per-subject template keys are named by the subject's token under the keyring's
+        pinned entity key, which the Masker computes (once per distinct value) only for the
+        entities operators declare here.
+        """
         return None
 
     def check(self, dtype: pa.DataType) -> str | None:

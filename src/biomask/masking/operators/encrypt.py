@@ -9,8 +9,11 @@ row::
   row was written; the data key itself is unwrapped with the key id its key-store row names,
   which ``biomask rekey`` may have moved on to a newer key;
 - ``dek_id`` (ASCII/UTF-8, at most 255 bytes) names the data key (DEK) in the key store:
-  ``run:<random>`` for the key one run shares over the column, or ``e:<entity>:<token>``
-  with ``per_entity_key: true`` (``<token>`` is the row's *masked* entity token);
+  ``run:<random>`` for the key one run shares over the column, or ``e:<entity>:<name>``
+  with ``per_entity_key: true`` (:func:`biomask.keys.envelope.subject_key_id`; ``<name>``
+  is the subject's token under the keyring's pinned entity key, which is the row's
+  *masked* entity token until ``keys rotate-tokens``, and stays the subject's name after
+  it: :mod:`biomask.masking.entities`);
 - the nonce is random (``os.urandom``, never derived from the value): equal templates give
   different ciphertexts. This column is the one documented exception to the Masker's
   byte-for-byte determinism; tokens and every other column stay deterministic;
@@ -54,9 +57,11 @@ import pyarrow.compute as pc
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from biomask.errors import DecryptionError, KeyringError
+from biomask.errors import BiomaskError, DecryptionError, KeyringError
 from biomask.keys import Keyring, aead
+from biomask.keys.envelope import is_subject_key_id, subject_key_prefix
 from biomask.keys.keystore import KeyStore, Row, default_keystore_uri, open_keystore
+from biomask.masking.entities import SubjectNames, as_binary
 from biomask.masking.registry import Binding, Operator, OperatorContext, register
 from biomask.policies.models import EncryptOp
 
@@ -301,6 +306,10 @@ class Encrypt(Operator[EncryptOp]):
     def reversible(self) -> bool:
         return True
 
+    @property
+    def names_entity(self) -> str | None:
+        return self.spec.entity if self.spec.per_entity_key else None
+
     def check(self, dtype: pa.DataType) -> str | None:
         ent = self.spec.entity
         if ent is not None:
@@ -444,7 +453,49 @@ class Encrypt(Operator[EncryptOp]):
         return (col.fill_null(b"") if nulls.any() else col), nulls
 
     def _entity_id_prefix(self) -> bytes:
-        return f"e:{self.spec.entity}:".encode()
+        assert self.spec.entity is not None
+        return subject_key_prefix(self.spec.entity).encode()
+
+    def _subject_names(self, ctx: OperatorContext, tok: pa.Array) -> pa.Array:
+        """Per row, the name of its subject's key (binary; see the module docstring).
+
+        The Masker hands the names over (``ctx.entity_names``); the token is the name while
+        the token key is the entity key. Otherwise (a caller that masks batches without
+        the Masker) they are computed here from the batch's raw entity column.
+        """
+        assert self.spec.entity is not None
+        names = ctx.entity_names.get(self.spec.entity)
+        if names is not None:
+            return as_binary(names)
+        ring = self.binding.keyring
+        if ring.token_key_id == ring.entity_key_id:
+            return tok
+        column = self.binding.policy.entities[self.spec.entity].column
+        names = SubjectNames(self.binding.policy, ring, self.binding.table).from_values(
+            self.spec.entity, ctx.batch.column(column)
+        )
+        return as_binary(names)
+
+    def _expected_names(self, ctx: OperatorContext, tok: pa.Array) -> pa.Array | None:
+        """Per row of masked data, its subject's key name; None where it cannot be told.
+
+        Data masked under the entity key (every output until ``keys rotate-tokens``, and
+        files that name no token key) carry the names as their tokens. Later outputs'
+        tokens are turned back into ids with the key that made them and masked under the
+        entity key; for a rule whose tokens cannot be inverted (``hash``) there is no
+        name to compare, and the associated data's binding of the token is the check.
+        """
+        assert self.spec.entity is not None
+        ring = self.binding.keyring
+        made_with = ctx.metadata.get("biomask.token_key_id")
+        if made_with is None or made_with == ring.entity_key_id:
+            return tok
+        names = SubjectNames(self.binding.policy, ring, self.binding.table)
+        try:
+            entity_col = ctx.entity_tokens[self.spec.entity]
+            return as_binary(names.from_tokens(self.spec.entity, entity_col, made_with))
+        except BiomaskError:  # not invertible: nothing to compare with
+            return None
 
     # -- keys -----------------------------------------------------------------------------
     def _deks(self, dek_ids: list[str], *, create: bool) -> dict[str, bytes]:
@@ -497,7 +548,12 @@ class Encrypt(Operator[EncryptOp]):
         kid = bytes.fromhex(self.binding.keyring.primary_key_id)
         if self.spec.per_entity_key:
             self._reject(ok & tok_null, "template has no subject token to key it", ctx, ok)
-            enc = tok.dictionary_encode()
+            named = self._subject_names(ctx, tok)
+            if named is not tok and named.null_count:
+                nameless = pc.is_null(named).to_numpy(zero_copy_only=False)
+                self._reject(ok & nameless, "template has no subject token to key it", ctx, ok)
+                named = named.fill_null(b"")
+            enc = named.dictionary_encode()
             uniq: list[bytes] = enc.dictionary.to_pylist()
             which = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
             pre = self._entity_id_prefix()
@@ -617,7 +673,7 @@ class Encrypt(Operator[EncryptOp]):
             except UnicodeDecodeError:
                 raise DecryptionError() from None
         tok, _ = self._tokens(ctx, n)
-        self._check_entity_ids(dek_ids, which, rows, tok)
+        self._check_entity_ids(dek_ids, which, rows, tok, ctx)
         deks = self._open_keys(dek_ids)
         # a subject's missing key is an erasure (its id matches the row's token, checked
         # above); a missing run key is a wrong key store or tampering
@@ -703,30 +759,44 @@ class Encrypt(Operator[EncryptOp]):
         return headers, which
 
     def _check_entity_ids(
-        self, dek_ids: list[str], which: np.ndarray, rows: np.ndarray, tok: pa.Array
+        self,
+        dek_ids: list[str],
+        which: np.ndarray,
+        rows: np.ndarray,
+        tok: pa.Array,
+        ctx: OperatorContext,
     ) -> None:
-        """A subject's key may only open that subject's rows: the id must name the token.
+        """A subject's key may only open that subject's rows: the id must name the subject.
 
         The AAD already binds the token, but checking the id first means a swapped row or
         a changed key id is refused even where the named key was erased (instead of being
-        mistaken for an erasure).
+        mistaken for an erasure). The name is the row's token (data masked under the entity
+        key, and key stores named before the entity key existed) or the row's subject's
+        name under the entity key (:meth:`_expected_names`). The names the headers give
+        are offered to the re-encryption of ``rekey --upgrade`` (``ctx.entity_names``).
         """
-        if not any(d.startswith("e:") for d in dek_ids):
+        if not any(is_subject_key_id(d) for d in dek_ids):
             return
         pre = self._entity_id_prefix().decode() if self.spec.entity is not None else None
         named: list[bytes | None] = []
         for d in dek_ids:
-            if not d.startswith("e:"):
+            if not is_subject_key_id(d):
                 named.append(None)
             elif pre is None or not d.startswith(pre):
                 raise DecryptionError()
             else:
                 named.append(d[len(pre) :].encode())
-        want = pa.array(named, pa.binary()).take(pa.array(which[rows]))
-        got = tok.take(pa.array(rows))
-        same = pc.equal(want, got)
+        assert self.spec.entity is not None
+        per_row = pa.array(named, pa.binary()).take(pa.array(which))
+        want = per_row.take(pa.array(rows))
+        same = pc.equal(want, tok.take(pa.array(rows)))
         if not pc.all(pc.or_kleene(same, pc.is_null(want))).as_py():
-            raise DecryptionError()
+            expected = self._expected_names(ctx, tok)
+            if expected is not None:
+                same = pc.or_kleene(same, pc.equal(want, expected.take(pa.array(rows))))
+                if not pc.all(pc.or_kleene(same, pc.is_null(want))).as_py():
+                    raise DecryptionError()
+        ctx.entity_names[self.spec.entity] = per_row
 
     @staticmethod
     def _out_layout(

@@ -368,6 +368,43 @@ class Tokenize(Operator[TokenizeOp]):
             res = self.fpe.decrypt(enc.dictionary, key_id)
         return _finish(enc, res.values, res.bad, res.reason, ctx).cast(values.type)
 
+    def invert(self, uniq: pa.Array) -> pa.Array:
+        """The values whose tokens are ``uniq`` (distinct, non-null); null where none is.
+
+        Every token this rule gives is a permutation of its value (FF1, or the keyed
+        permutation of shapes and integers), so the key that made a token also undoes it:
+        ``erase`` turns a subject's token back into the id to name the subject's key. A
+        string that no value of this rule maps to (a small shape, a wrong check digit) is
+        null, never a guess.
+        """
+        if pa.types.is_integer(uniq.type):
+            if self.fpe is not None:
+                res = self.fpe.integers(uniq, self._key_id, decrypt=True)
+                values, bad = res.values, res.bad
+            else:
+                values, bad = permute_integers(self._int_ff1, uniq, decrypt=True)
+        elif self.fpe is not None:
+            res = self.fpe.decrypt(uniq, self._key_id)
+            values, bad = res.values, res.bad
+        else:
+            check = self.spec.format != "shape"
+            upto = None
+            bad = np.zeros(len(uniq), dtype=bool)
+            if check:  # the check digit is outside the permutation, recomputed after it
+                _, offs, _ = utf8_buffers(uniq)
+                upto = np.diff(offs) - 1
+                bad |= ~_check_digit_valid(uniq, self.spec.format)
+            prefix = self.spec.prefix
+            keep = "auto" if prefix == "auto" else _prefix_bytes(uniq, prefix)
+            perm = self.perm.permute(
+                uniq, keep=keep, upto=upto, tail_in_tweak=not check, decrypt=True
+            )
+            values = _fix_check_digit(perm.values, self.spec.format) if check else perm.values
+            bad |= perm.small | perm.failed
+        if bad.any():
+            values = pc.if_else(pa.array(bad), pa.scalar(None, values.type), values)
+        return values
+
 
 def _finish_all(
     enc: pa.DictionaryArray, out: pa.Array, problems: Problems, ctx: OperatorContext
