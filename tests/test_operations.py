@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from biomask.errors import BiomaskError
 from biomask.keys import Keyring
 from biomask.masking import Masker, Unmasker
 from biomask.masking.entities import SubjectNames
-from biomask.operations import erase_subject
+from biomask.operations import erase_subject, rekey, rotate_keys, rotate_token_keys
 from biomask.policies import parse_policy
 
 POLICY = parse_policy(
@@ -166,3 +167,34 @@ def test_errors_are_one_line_each(ring: Keyring, tmp_path: Path) -> None:
     )
     with pytest.raises(BiomaskError, match="cannot be turned back into ids"):
         erase_subject(ring, token="ab" * 16, policy=hashed)
+
+
+def test_rotations_and_rekey_return_what_they_did_and_record_it(
+    ring: Keyring, tmp_path: Path
+) -> None:
+    from biomask.keys.keystore import open_keystore
+    from biomask.lineage.head import check_head
+
+    lin = tmp_path / "lin"
+    mask(ring, batch())
+    first = ring.primary_key_id
+    rot = rotate_keys(ring, lineage_dir=lin)
+    assert (rot.old_key_id, rot.token_key_id) == (first, first) != (rot.new_key_id,) * 2
+    tok = rotate_token_keys(ring, lineage_dir=lin)
+    assert tok.old_key_id == first and tok.new_key_id == tok.token_key_id == ring.primary_key_id
+    assert ring.entity_key_id == first
+    res = rekey(ring, lineage_dir=lin)
+    assert (res.rewrapped, res.key_id) == (4, ring.primary_key_id)
+    store = open_keystore(str(tmp_path / "k.json.keystore.sqlite"), create=False)
+    assert {k for _, k, _ in store.rows()} == {ring.primary_key_id}
+    lines = (lin / "audit.jsonl").read_text().splitlines()
+    kinds = [json.loads(line)["kind"] for line in lines]
+    assert kinds == ["key.rotate", "key.rotate_tokens", "key.rekey"]
+    assert rot.receipt != tok.receipt != res.receipt
+    check_head(lin, ring)
+    # a tampered lineage directory refuses the next rotation before it happens
+    (lin / "audit.jsonl").write_text((lin / "audit.jsonl").read_text().replace("rekey", "rekex"))
+    before = (tmp_path / "k.json").read_bytes()
+    with pytest.raises(BiomaskError):
+        rotate_keys(ring, lineage_dir=lin)
+    assert (tmp_path / "k.json").read_bytes() == before

@@ -122,24 +122,15 @@ def keys_rotate(
 ) -> None:
     """Add a new primary (encryption) key; old keys stay for reading. Tokens do not change."""
     from biomask.keys import Keyring
-    from biomask.lineage import record_event
+    from biomask.operations import rotate_keys
 
-    ring = Keyring.open(keyring)
-    old = ring.primary_key_id
-    target = lineage or keyring.with_name(keyring.name + ".lineage")
-    _check_lineage(target, ring)  # a tampered log refuses the rotation before it happens
-    new = ring.rotate()
-    receipt = record_event(
-        target,
-        ring,
-        "key.rotate",
-        {"keyring_id": ring.keyring_id, "old_key_id": old, "new_key_id": new},
-    )
+    res = rotate_keys(Keyring.open(keyring), lineage_dir=lineage)
     _out().print(
-        f"rotated keyring {keyring}: new primary key {new} (old key {old} kept for reading); "
-        f"tokens still derive from key {ring.token_key_id}, so outputs keep joining earlier ones"
+        f"rotated keyring {keyring}: new primary key {res.new_key_id} (old key "
+        f"{res.old_key_id} kept for reading); tokens still derive from key "
+        f"{res.token_key_id}, so outputs keep joining earlier ones"
     )
-    _receipt(str(receipt), receipts)
+    _receipt(res.receipt, receipts)
 
 
 @keys_app.command("rotate-tokens")
@@ -150,26 +141,18 @@ def keys_rotate_tokens(
 
     Outputs masked after this no longer join outputs masked before it (subjects get new
     tokens). Use it when token keys may have leaked; 'keys rotate' is enough otherwise.
+    Template key names do not change: 'erase' still finds one key per subject.
     """
     from biomask.keys import Keyring
-    from biomask.lineage import record_event
+    from biomask.operations import rotate_token_keys
 
-    ring = Keyring.open(keyring)
-    old = ring.token_key_id
-    target = lineage or keyring.with_name(keyring.name + ".lineage")
-    _check_lineage(target, ring)
-    new = ring.rotate_tokens()
-    receipt = record_event(
-        target,
-        ring,
-        "key.rotate_tokens",
-        {"keyring_id": ring.keyring_id, "old_token_key_id": old, "new_token_key_id": new},
-    )
+    res = rotate_token_keys(Keyring.open(keyring), lineage_dir=lineage)
     _out().print(
-        f"rotated the token keys of keyring {keyring}: tokens now derive from key {new} "
-        f"(was {old}). Outputs masked from now on will NOT join outputs masked earlier."
+        f"rotated the token keys of keyring {keyring}: tokens now derive from key "
+        f"{res.new_key_id} (was {res.old_key_id}). Outputs masked from now on will NOT join "
+        "outputs masked earlier."
     )
-    _receipt(str(receipt), receipts)
+    _receipt(res.receipt, receipts)
 
 
 @keys_app.command("export-public")
@@ -517,9 +500,7 @@ def rekey_cmd(
 ) -> None:
     """Re-wrap every stored template key under the primary key (templates untouched)."""
     from biomask.keys import Keyring
-    from biomask.keys.keystore import default_keystore_uri, open_keystore
-    from biomask.lineage import record_event
-    from biomask.masking.operators.encrypt import rewrap
+    from biomask.operations import rekey
 
     if upgrade:
         if policy is None or input is None or output is None:
@@ -538,29 +519,9 @@ def rekey_cmd(
         print_summary(summary, title="re-encrypted")
         _receipt(summary.receipt, receipts)
         return
-    ring = Keyring.open(keyring)
-    store = open_keystore(
-        keystore or default_keystore_uri(ring.path, ring.keyring_id), create=False
-    )
-    target = lineage or keyring.with_name(keyring.name + ".lineage")
-    _check_lineage(target, ring)
-    n = rewrap(store, ring)
-    receipt = record_event(
-        target,
-        ring,
-        "key.rekey",
-        {"keyring_id": ring.keyring_id, "new_key_id": ring.primary_key_id, "rewrapped": n},
-    )
-    _out().print(f"re-wrapped {n} template keys under key {ring.primary_key_id}")
-    _receipt(str(receipt), receipts)
-
-
-def _check_lineage(directory: Path, ring: Any) -> None:
-    """Refuse a key operation whose lineage directory would refuse its event afterwards."""
-    from biomask.lineage.head import check_head
-
-    if directory.is_dir():
-        check_head(directory, ring)
+    res = rekey(Keyring.open(keyring), keystore=keystore, lineage_dir=lineage)
+    _out().print(f"re-wrapped {res.rewrapped} template keys under key {res.key_id}")
+    _receipt(res.receipt, receipts)
 
 
 # -- audit --------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Key and template workflows that are not mask runs: erase (and, beside it, the others).
+"""Key and template workflows that are not mask runs: rotate, rotate tokens, rekey, erase.
 
 Each function does the whole workflow (open the key store, check the lineage directory
 before changing anything, change it, record a signed event) and returns a typed result;
-the CLI only parses arguments and prints these results.
+the CLI only parses arguments and prints these results. ``rekey --upgrade`` rewrites
+data, so it is a run of the pipeline (:func:`biomask.pipeline.run_upgrade_templates`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,21 @@ from biomask.keys.keystore import default_keystore_uri, open_keystore
 from biomask.lineage import record_event
 from biomask.lineage.head import check_head
 from biomask.masking.entities import SubjectNames
+from biomask.masking.operators.encrypt import rewrap
 from biomask.policies.models import Policy
 
-__all__ = ["EraseResult", "check_lineage", "default_lineage", "erase_subject", "subject_key_name"]
+__all__ = [
+    "EraseResult",
+    "RekeyResult",
+    "RotateResult",
+    "check_lineage",
+    "default_lineage",
+    "erase_subject",
+    "rekey",
+    "rotate_keys",
+    "rotate_token_keys",
+    "subject_key_name",
+]
 
 
 def default_lineage(keyring: Keyring) -> Path:
@@ -35,6 +48,93 @@ def check_lineage(directory: Path, keyring: Keyring) -> None:
     """Refuse a key operation whose lineage directory would refuse its event afterwards."""
     if directory.is_dir():
         check_head(directory, keyring)
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    """What a rotation did (``keys rotate`` or ``keys rotate-tokens``).
+
+    Attributes
+    ----------
+    old_key_id, new_key_id:
+        The primary key before and after (``keys rotate``), or the token key before and
+        after (``keys rotate-tokens``, where the new key is the primary too).
+    token_key_id:
+        The key tokens derive from after the rotation.
+    receipt:
+        The lineage receipt after the event.
+    """
+
+    old_key_id: str
+    new_key_id: str
+    token_key_id: str
+    receipt: str
+
+
+def rotate_keys(keyring: Keyring, *, lineage_dir: Path | None = None) -> RotateResult:
+    """Add a new primary (encryption) key and record it; no token changes.
+
+    The lineage directory is checked first: a tampered one refuses the rotation before it
+    happens (it would refuse the event afterwards).
+    """
+    old = keyring.primary_key_id
+    target = lineage_dir or default_lineage(keyring)
+    check_lineage(target, keyring)
+    new = keyring.rotate()
+    receipt = record_event(
+        target,
+        keyring,
+        "key.rotate",
+        {"keyring_id": keyring.keyring_id, "old_key_id": old, "new_key_id": new},
+    )
+    return RotateResult(old, new, keyring.token_key_id, str(receipt))
+
+
+def rotate_token_keys(keyring: Keyring, *, lineage_dir: Path | None = None) -> RotateResult:
+    """New token keys and record it: every token, pseudonym and date offset changes.
+
+    Subject key names do not (they derive from the pinned entity key), so ``erase`` still
+    reaches one key per subject.
+    """
+    old = keyring.token_key_id
+    target = lineage_dir or default_lineage(keyring)
+    check_lineage(target, keyring)
+    new = keyring.rotate_tokens()
+    receipt = record_event(
+        target,
+        keyring,
+        "key.rotate_tokens",
+        {"keyring_id": keyring.keyring_id, "old_token_key_id": old, "new_token_key_id": new},
+    )
+    return RotateResult(old, new, keyring.token_key_id, str(receipt))
+
+
+@dataclass(frozen=True)
+class RekeyResult:
+    """What ``rekey`` did: how many template keys it re-wrapped, under which key."""
+
+    rewrapped: int
+    key_id: str
+    receipt: str
+
+
+def rekey(
+    keyring: Keyring, *, keystore: str | None = None, lineage_dir: Path | None = None
+) -> RekeyResult:
+    """Re-wrap every stored template key under the primary key (templates untouched)."""
+    store = open_keystore(
+        keystore or default_keystore_uri(keyring.path, keyring.keyring_id), create=False
+    )
+    target = lineage_dir or default_lineage(keyring)
+    check_lineage(target, keyring)
+    n = rewrap(store, keyring)
+    receipt = record_event(
+        target,
+        keyring,
+        "key.rekey",
+        {"keyring_id": keyring.keyring_id, "new_key_id": keyring.primary_key_id, "rewrapped": n},
+    )
+    return RekeyResult(n, keyring.primary_key_id, str(receipt))
 
 
 @dataclass(frozen=True)
