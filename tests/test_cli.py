@@ -592,6 +592,7 @@ def test_summary_says_what_templates_are_bound_to(
 def test_rekey_upgrade_rewrites_version_1_templates_bound_to_their_row(
     work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import biomask.keys.envelope as env
     import biomask.masking.operators.encrypt as enc
 
     (work / "t.yaml").write_text(
@@ -604,10 +605,10 @@ def test_rekey_upgrade_rewrites_version_1_templates_bound_to_their_row(
     templates = [b"t1" * 8, b"t2" * 8, b"t3" * 8]
     pq.write_table(table.append_column("tpl", pa.array(templates)), work / "t.parquet")
     with monkeypatch.context() as m:  # the version 1 writer
-        m.setattr(enc, "MAGIC", enc.MAGIC_V1)
+        m.setattr(env, "MAGIC", env.MAGIC_V1)
         m.setattr(enc.Encrypt, "_aad_prefix_v2", enc.Encrypt._aad_prefix)
-        m.setattr(enc, "_mids_v2", lambda tok, rk, rows: enc._row_tokens(tok, rows))
-        m.setattr(enc, "_lp", lambda h: b"|" + h)
+        m.setattr(env, "mids_v2", lambda tok, rk, rows: env.row_tokens(tok, rows))
+        m.setattr(env, "lp", lambda h: b"|" + h)
         assert main(mask_args(**{"--policy": "t.yaml", "--input": "t.parquet"})) == 0
     old = pq.read_table(work / "out.parquet")
     assert {bytes(v)[:4] for v in old.column("tpl").to_pylist()} == {b"BMT\x01"}

@@ -15,12 +15,11 @@ import pyarrow as pa
 
 from biomask.errors import BiomaskError, KeyringError
 from biomask.keys import Keyring
-from biomask.keys.envelope import subject_key_id
+from biomask.keys.envelope import erase_subject_key, rewrap
 from biomask.keys.keystore import default_keystore_uri, open_keystore
 from biomask.lineage import record_event
 from biomask.lineage.head import check_head
 from biomask.masking.entities import SubjectNames
-from biomask.masking.operators.encrypt import rewrap
 from biomask.policies.models import Policy
 
 __all__ = [
@@ -276,10 +275,10 @@ def erase_subject(
     store = open_keystore(uri, create=False)
     target = lineage_dir or default_lineage(keyring)
     check_lineage(target, keyring)
-    dek_id = subject_key_id(entity, name)
-    if not store.erase(dek_id):
-        if store.erased([dek_id]):
-            return EraseResult(entity, said, dek_id, False, store.uri, None)
+    dek_id, outcome = erase_subject_key(store, entity, name)
+    if outcome == "already erased":
+        return EraseResult(entity, said, dek_id, False, store.uri, None)
+    if outcome == "missing":
         raise BiomaskError(f"no template key for {entity} token {said} in {store.uri}")
     receipt = record_event(
         target,

@@ -12,9 +12,9 @@ import pytest
 
 from biomask.errors import DecryptionError, KeyringError
 from biomask.keys import Keyring
+from biomask.keys.envelope import rewrap
 from biomask.keys.keystore import open_keystore
 from biomask.masking import Masker, Unmasker
-from biomask.masking.operators.encrypt import rewrap
 from biomask.policies import parse_policy
 
 POLICY = parse_policy(
@@ -345,14 +345,15 @@ def test_row_key_refuses_a_swap_between_two_captures_of_one_subject(ring: Keyrin
 def test_version_1_ciphertexts_still_decrypt(
     ring: Keyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import biomask.keys.envelope as env
     import biomask.masking.operators.encrypt as enc
 
     b = batch(6)
     with monkeypatch.context() as m:  # the version 1 writer: "|"-joined AAD, no row key
-        m.setattr(enc, "MAGIC", enc.MAGIC_V1)
+        m.setattr(env, "MAGIC", env.MAGIC_V1)
         m.setattr(enc.Encrypt, "_aad_prefix_v2", enc.Encrypt._aad_prefix)
-        m.setattr(enc, "_mids_v2", lambda tok, rk, rows: enc._row_tokens(tok, rows))
-        m.setattr(enc, "_lp", lambda h: b"|" + h)
+        m.setattr(env, "mids_v2", lambda tok, rk, rows: env.row_tokens(tok, rows))
+        m.setattr(env, "lp", lambda h: b"|" + h)
         old = Masker(POLICY, ring).mask_batch(b).output
     assert old.column("face")[0].as_py()[:4] == b"BMT\x01"
     new = Masker(POLICY, ring).mask_batch(b).output

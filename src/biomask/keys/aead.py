@@ -10,7 +10,7 @@ byte-identical output; ``BIOMASK_NATIVE_AEAD=0`` forces that loop.
 
 This module is a raw primitive, like :mod:`biomask.keys.primitives`: it chooses no nonce
 and manages no key. The safe recipe (random nonces, key ids in headers, associated data
-bound to the row) is :class:`biomask.masking.operators.encrypt.Encrypt`.
+bound to the row) is :mod:`biomask.keys.envelope`.
 
 Every row ``i`` of a call uses::
 

@@ -1,157 +1,63 @@
-"""The ``encrypt`` operator: AES-256-GCM envelope encryption of biometric templates.
+"""The ``encrypt`` operator: templates sealed with envelope encryption, per Arrow column.
 
-Ciphertext layout (version 2; version 1 has the same layout), one ``binary`` value per
-row::
+A thin adapter: it reads a template column's bytes zero-copy (binary, or lists of floats),
+finds each row's entity token, row key token and data key, and hands them to
+:mod:`biomask.keys.envelope`, which owns the ciphertext format, the associated data, the
+data keys and their wrapping, the key-store cache, ``rewrap`` and erasure. Unmasking
+parses the headers there, opens the rows' keys (a subject's missing key is an erasure:
+its rows are quarantined, ``subject key erased``) and writes the plaintexts back in the
+column's original Arrow type, without per-row byte objects.
 
-    b"BMT" | version u8 (=2) | key_id 4 bytes | dek_id_len u8 | dek_id | nonce 12 | ct+tag
+With ``per_entity_key: true`` a row's data key is its subject's
+(``e:<entity>:<name>``), named by the subject's token under the keyring's pinned entity
+key (:mod:`biomask.masking.entities`): the row's own token until ``keys rotate-tokens``,
+the same name after it.
 
-- ``key_id`` is the keyring key (8 hex digits, stored as 4 bytes) that was primary when the
-  row was written; the data key itself is unwrapped with the key id its key-store row names,
-  which ``biomask rekey`` may have moved on to a newer key;
-- ``dek_id`` (ASCII/UTF-8, at most 255 bytes) names the data key (DEK) in the key store:
-  ``run:<random>`` for the key one run shares over the column, or ``e:<entity>:<name>``
-  with ``per_entity_key: true`` (:func:`biomask.keys.envelope.subject_key_id`; ``<name>``
-  is the subject's token under the keyring's pinned entity key, which is the row's
-  *masked* entity token until ``keys rotate-tokens``, and stays the subject's name after
-  it: :mod:`biomask.masking.entities`);
-- the nonce is random (``os.urandom``, never derived from the value): equal templates give
-  different ciphertexts. This column is the one documented exception to the Masker's
-  byte-for-byte determinism; tokens and every other column stay deterministic;
-- the associated data (version 2) is the length-prefixed parts (4-byte big-endian length,
-  then the bytes) ``biomask/template/v2``, dataset, table, column, the row's entity token,
-  the row's ``row_key`` token (empty without ``row_key``) and the header, so a ciphertext
-  moved to another row (with ``row_key``), subject, column, table or dataset, or given
-  another header, does not decrypt. Version 1 (``|``-joined, no row key) still decrypts;
-  ``biomask rekey --upgrade`` rewrites it as version 2.
-
-A DEK is 32 random bytes, wrapped with AES-256-GCM under the key-encryption key
-``keyring.derive("kek", "templates", key_id)`` (associated data: the dek_id). Wrapped DEKs
-live in a key store (:mod:`biomask.keys.keystore`), never raw and never in the data files:
-rotation re-wraps them (``biomask rekey``, :func:`rewrap`) without touching a template, and
-deleting one subject's DEK (``biomask erase``) makes every copy of their templates
-unreadable.
+The nonce is random: equal templates give different ciphertexts. This column is the one
+documented exception to the Masker's byte-for-byte determinism; tokens and every other
+column stay deterministic.
 
 Failures: a swapped, truncated or modified ciphertext, or a wrong key, raises
 :class:`~biomask.errors.DecryptionError` for the whole run, whose only message is
 "decryption failed". A row whose subject key was erased is not an attack but a known fact,
-so unmask quarantines it ("subject key erased") and decrypts the rest.
-
-Speed: no per-row Python. Headers, nonces, offsets and validity are numpy over the column;
-the AES-GCM work of a whole batch is one call into :mod:`biomask.keys.aead` (OpenSSL on a
-few threads without the GIL), reading Arrow's buffers and writing one output buffer, from
-which the output column is built without per-row byte objects.
+so unmask quarantines it and decrypts the rest.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import secrets
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from biomask.errors import BiomaskError, DecryptionError, KeyringError
-from biomask.keys import Keyring, aead
-from biomask.keys.envelope import is_subject_key_id, subject_key_prefix
-from biomask.keys.keystore import KeyStore, Row, default_keystore_uri, open_keystore
+from biomask.keys import Keyring, envelope
+from biomask.keys.envelope import (
+    HEADER_FIXED,
+    MAGIC,
+    MAGIC_V1,
+    is_subject_key_id,
+    rewrap,
+    subject_key_prefix,
+)
+from biomask.keys.keystore import KeyStore
 from biomask.masking.entities import SubjectNames, as_binary
 from biomask.masking.registry import Binding, Operator, OperatorContext, register
 from biomask.policies.models import EncryptOp
+from biomask.types import binary_parts
 
 __all__ = ["HEADER_FIXED", "MAGIC", "MAGIC_V1", "Encrypt", "keystore_for", "rewrap"]
-
-#: magic and format version (2: length-prefixed associated data with the row key)
-MAGIC = b"BMT\x02"
-#: the first format: "|"-joined associated data, no row key (still decrypts)
-MAGIC_V1 = b"BMT\x01"
-#: bytes before the dek_id: magic+version (4), key id (4), dek_id length (1)
-HEADER_FIXED = 9
-_NONCE = 12
-_TAG = 16
-_KEK_DOMAIN = "templates"
-_STORES: dict[str, KeyStore] = {}
-_STORES_LOCK = threading.Lock()
 
 
 def keystore_for(services: dict[str, Any], keyring: Keyring, *, create: bool = True) -> KeyStore:
     """The key store a run uses: ``services["keystore_uri"]`` or the keyring's default.
 
-    Stores are cached per URI in the process, so the operators of every column (and every
-    Masker of a multi-table run) share one connection. Only masking creates a store
-    (``create``); reading one that does not exist is an error.
+    One per URI in the process (:func:`biomask.keys.envelope.keystore`). Only masking
+    creates a store (``create``); reading one that does not exist is an error.
     """
-    uri = services.get("keystore_uri") or default_keystore_uri(keyring.path, keyring.keyring_id)
-    if "://" not in uri and not uri.startswith("memory:"):
-        uri = str(Path(uri).resolve())
-    with _STORES_LOCK:
-        store = _STORES.get(uri)
-        if store is None:
-            store = open_keystore(uri, create=create)
-            _STORES[uri] = store
-    return store
-
-
-class _Keks:
-    """A keyring's key-encryption keys for one operation, each derived once.
-
-    A derivation is an HKDF (about 10 µs), and one batch with per-subject keys wraps or
-    unwraps a DEK per subject, all under one or two KEKs. Not kept beyond the operation:
-    key material lives no longer than it is used.
-    """
-
-    def __init__(self, keyring: Keyring) -> None:
-        self.keyring = keyring
-        self._by_id: dict[str, AESGCM] = {}
-
-    def _kek(self, key_id: str) -> AESGCM:
-        kek = self._by_id.get(key_id)
-        if kek is None:
-            kek = AESGCM(self.keyring.derive("kek", _KEK_DOMAIN, key_id)._secret())
-            self._by_id[key_id] = kek
-        return kek
-
-    def wrap(self, dek_id: str, dek: bytes) -> Row:
-        kid = self.keyring.primary_key_id
-        nonce = secrets.token_bytes(_NONCE)
-        return dek_id, kid, nonce + self._kek(kid).encrypt(nonce, dek, dek_id.encode())
-
-    def unwrap(self, dek_id: str, key_id: str, wrapped: bytes) -> bytes:
-        try:
-            return self._kek(key_id).decrypt(wrapped[:_NONCE], wrapped[_NONCE:], dek_id.encode())
-        except (InvalidTag, ValueError, KeyringError):  # KeyringError: a key id we do not hold
-            raise DecryptionError() from None
-
-
-def rewrap(store: KeyStore, keyring: Keyring) -> int:
-    """Re-wrap every data key not under the primary key; returns how many changed.
-
-    Template ciphertexts name their data key by id, so none of them is touched: after
-    ``biomask keys rotate`` and ``biomask rekey`` the old master key is needed only for
-    ciphertexts' tokens and FF1 values, not for templates.
-
-    Raises
-    ------
-    DecryptionError
-        A stored key does not unwrap with this keyring (another keyring's store, or a
-        modified row); nothing is changed then.
-    """
-    primary = keyring.primary_key_id
-    keks = _Keks(keyring)
-    changed = [
-        keks.wrap(dek_id, keks.unwrap(dek_id, key_id, wrapped))
-        for dek_id, key_id, wrapped in store.rows()
-        if key_id != primary
-    ]
-    if changed:
-        store.replace(changed)
-    return len(changed)
+    return envelope.keystore(services.get("keystore_uri"), keyring, create=create)
 
 
 def _type_name(t: pa.DataType) -> str:
@@ -183,93 +89,6 @@ def _parse_type(name: str) -> pa.DataType:
 
 def _is_list(t: pa.DataType) -> bool:
     return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
-
-
-def _binary_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Data buffer and row offsets (int64) of a binary/large_binary array, zero-copy."""
-    n = len(arr)
-    bufs = arr.buffers()
-    width = np.int64 if pa.types.is_large_binary(arr.type) else np.int32
-    offs = np.frombuffer(bufs[1], width)[arr.offset : arr.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    return data, offs
-
-
-class _Recycler:
-    """Output buffers of one batch handed back for the next once Arrow lets them go.
-
-    A template column's output is one buffer of batch size (200 MB for 100k templates).
-    Fresh memory of that size faults in every page on first write, and on a virtual
-    machine that costs about as much as the AES-GCM work itself (on 2 cores: 0.2 s to
-    touch 200 MB of new pages, against 0.25 s to decrypt into them). Allocators hand big
-    blocks back to the OS soon after they are freed (mimalloc's purge delay is 10 ms), so
-    without the free list a pipeline that holds batch N while it decrypts N + 1 would pay
-    that on every batch.
-
-    Each buffer given out is an Arrow foreign buffer whose owner object puts the block
-    back on a short free list when the last reference goes (the Parquet writer is done
-    with it, the training step dropped its tensor). Only blocks of at least ``MIN_BYTES``
-    are kept, at most ``KEEP`` of them: memory stays bounded by the batch size. A reused
-    block holds a previous batch's bytes; every caller overwrites each byte it hands on
-    (rows are written whole, gaps are zeroed), as with any allocator's reused memory.
-    """
-
-    MIN_BYTES = 1 << 20
-    KEEP = 3
-
-    def __init__(self) -> None:
-        self._free: list[np.ndarray] = []
-        self._lock = threading.Lock()
-
-    def alloc(self, nbytes: int) -> np.ndarray:
-        if nbytes < self.MIN_BYTES:
-            return np.frombuffer(pa.allocate_buffer(nbytes, memory_pool=_POOL), np.uint8)
-        size = -(-nbytes // self.MIN_BYTES) * self.MIN_BYTES  # whole MiB: sizes repeat
-        block = None
-        with self._lock:
-            for i, b in enumerate(self._free):
-                if b.nbytes == size:
-                    block = self._free.pop(i)
-                    break
-        if block is None:
-            block = np.empty(size, np.uint8)
-        # a writable view whose owner chain ends in the lease: ctypes, as numpy cannot
-        # hang an arbitrary owner on a view and Arrow's foreign buffers are read-only
-        view = (ctypes.c_uint8 * nbytes).from_address(block.ctypes.data)
-        view._lease = _Lease(self, block)  # type: ignore[attr-defined]
-        return np.frombuffer(memoryview(view), np.uint8)
-
-    def give_back(self, block: np.ndarray) -> None:
-        with self._lock:
-            self._free.append(block)
-            del self._free[: -self.KEEP]
-
-
-class _Lease:
-    """Owner of a recycled block while Arrow or numpy holds a view of it."""
-
-    __slots__ = ("_block", "_home")
-
-    def __init__(self, home: _Recycler, block: np.ndarray) -> None:
-        self._home, self._block = home, block
-
-    def __del__(self) -> None:
-        self._home.give_back(self._block)
-
-
-def _output_pool() -> pa.MemoryPool:
-    try:
-        return pa.mimalloc_memory_pool()
-    except NotImplementedError:  # a pyarrow built without mimalloc
-        return pa.default_memory_pool()
-
-
-_POOL = _output_pool()
-_alloc = _Recycler().alloc
-
-
-def _validity(ok: np.ndarray) -> pa.Buffer:
-    return pa.py_buffer(np.packbits(ok, bitorder="little").tobytes())
 
 
 @register
@@ -352,7 +171,7 @@ class Encrypt(Operator[EncryptOp]):
         n = len(values)
         ok = pc.is_valid(values).to_numpy(zero_copy_only=False).copy()
         if not _is_list(t):
-            raw, offs = _binary_parts(values)
+            raw, offs = binary_parts(values)
             starts, nbytes = offs[:-1], np.diff(offs)
             if self.spec.dim is not None:
                 want = self.spec.dim * 4
@@ -413,21 +232,11 @@ class Encrypt(Operator[EncryptOp]):
     def _aad_prefix(self) -> bytes:
         """Version 1's prefix (still read)."""
         b = self.binding
-        parts = [b"biomask/template/v1", b.policy.dataset.encode(), b.table.encode(),
-                 b.column.encode(), b""]  # fmt: skip
-        return b"|".join(parts)
+        return envelope.aad_prefix_v1(b.policy.dataset, b.table, b.column)
 
     def _aad_prefix_v2(self) -> bytes:
         b = self.binding
-        return b"".join(
-            _lp(x)
-            for x in (
-                b"biomask/template/v2",
-                b.policy.dataset.encode(),
-                b.table.encode(),
-                b.column.encode(),
-            )
-        )
+        return envelope.aad_prefix_v2(b.policy.dataset, b.table, b.column)
 
     def _row_keys(
         self, ctx: OperatorContext, n: int, *, masked: bool
@@ -499,14 +308,8 @@ class Encrypt(Operator[EncryptOp]):
 
     # -- keys -----------------------------------------------------------------------------
     def _deks(self, dek_ids: list[str], *, create: bool) -> dict[str, bytes]:
-        keks = _Keks(self.binding.keyring)
-        if create:
-            found = self.store.get_or_create(
-                dek_ids, lambda ids: [keks.wrap(d, secrets.token_bytes(32)) for d in ids]
-            )
-        else:
-            found = self._store_for(create=False).get(dek_ids)
-        return {d: keks.unwrap(d, k, w) for d, (k, w) in found.items()}
+        store = self.store if create else self._store_for(create=False)
+        return envelope.data_keys(store, self.binding.keyring, dek_ids, create=create)
 
     def _open_keys(self, dek_ids: list[str]) -> dict[str, bytes]:
         """The data keys that open these ids; run keys are unwrapped once per operator.
@@ -533,7 +336,7 @@ class Encrypt(Operator[EncryptOp]):
     def _run_key(self) -> tuple[bytes, bytes]:
         with self._lock:
             if self._run_dek is None:
-                dek_id = f"run:{secrets.token_hex(12)}"
+                dek_id = envelope.run_key_id()
                 self._run_dek = (dek_id.encode(), self._deks([dek_id], create=True)[dek_id])
             return self._run_dek
 
@@ -545,7 +348,6 @@ class Encrypt(Operator[EncryptOp]):
         rk, rk_null = self._row_keys(ctx, n, masked=True)
         if self.spec.row_key is not None:
             self._reject(ok & rk_null, f"template has no {self.spec.row_key} to bind it", ctx, ok)
-        kid = bytes.fromhex(self.binding.keyring.primary_key_id)
         if self.spec.per_entity_key:
             self._reject(ok & tok_null, "template has no subject token to key it", ctx, ok)
             named = self._subject_names(ctx, tok)
@@ -556,12 +358,15 @@ class Encrypt(Operator[EncryptOp]):
             enc = named.dictionary_encode()
             uniq: list[bytes] = enc.dictionary.to_pylist()
             which = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-            pre = self._entity_id_prefix()
-            long_ = np.array([len(pre) + len(u) > 255 for u in uniq], dtype=bool)
+            pre = len(self._entity_id_prefix())
+            long_ = np.array([pre + len(u) > 255 for u in uniq], dtype=bool)
             if len(uniq):
                 self._reject(ok & long_[which], "subject token too long for a key id", ctx, ok)
             used = np.unique(which[ok])
-            names = [(pre + uniq[u]).decode() for u in used.tolist()]
+            assert self.spec.entity is not None
+            names = [
+                envelope.subject_key_id(self.spec.entity, uniq[u].decode()) for u in used.tolist()
+            ]
             deks = self._deks(names, create=True) if names else {}
             # per row: index into `used` (the row's DEK and header)
             slot = np.zeros(max(len(uniq), 1), dtype=np.int64)
@@ -573,62 +378,16 @@ class Encrypt(Operator[EncryptOp]):
             run_id, run_key = self._run_key()
             ids, keys = [run_id], [run_key]
             which = np.zeros(n, dtype=np.int64)
-        headers = [MAGIC + kid + bytes([len(d)]) + d for d in ids]
-        head_len = np.array([len(h) for h in headers], dtype=np.int64)[which] if ids else which
-        out_len = np.where(ok, head_len + _NONCE + nbytes + _TAG, 0)
-        offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(out_len, out=offsets[1:])
-        out = _alloc(int(offsets[-1]))
-        rows = np.flatnonzero(ok)
-        nonces = np.frombuffer(os.urandom(_NONCE * len(rows)), np.uint8).reshape(-1, _NONCE)
-        self._write_headers(out, offsets, rows, which, headers, head_len, nonces)
-        if len(rows):
-            mid, mid_off = _mids_v2(tok, rk, rows)
-            aead.seal_rows(
-                aead.RowKeys(keys),
-                aead.Rows(
-                    key_idx=which[rows] if len(keys) > 1 else None,
-                    nonce_buf=nonces.reshape(-1),
-                    nonce_at=np.arange(len(rows), dtype=np.int64) * _NONCE,
-                    src=raw, src_at=starts[rows], length=nbytes[rows],
-                    prefix=self._aad_prefix_v2(), mid=mid, mid_off=mid_off,
-                    tails=[_lp(h) for h in headers],
-                    dst=out, dst_at=offsets[rows] + head_len[rows] + _NONCE,
-                ),
-            )  # fmt: skip
-        return pa.Array.from_buffers(
-            pa.large_binary(), n, [_validity(ok), pa.py_buffer(offsets), pa.py_buffer(out)],
-            null_count=int(n - len(rows)),
-        ).cast(pa.binary())  # fmt: skip
-
-    @staticmethod
-    def _write_headers(
-        out: np.ndarray,
-        offsets: np.ndarray,
-        rows: np.ndarray,
-        which: np.ndarray,
-        headers: list[bytes],
-        head_len: np.ndarray,
-        nonces: np.ndarray,
-    ) -> None:
-        """Header and nonce of every row, with numpy: one strided copy when rows are alike."""
-        if not len(rows):
-            return
-        lengths = np.diff(offsets)[rows]
-        if len(headers) == 1 and len(rows) == len(which) and (lengths == lengths[0]).all():
-            grid = out.reshape(len(rows), int(lengths[0]))  # every row the same shape
-            h = len(headers[0])
-            grid[:, :h] = np.frombuffer(headers[0], np.uint8)
-            grid[:, h : h + _NONCE] = nonces
-            return
-        for h in np.unique(head_len[rows]).tolist():
-            sel = head_len[rows] == h
-            r = rows[sel]
-            mat = np.frombuffer(b"".join(hd for hd in headers if len(hd) == h), np.uint8)
-            pos = np.cumsum([len(hd) == h for hd in headers]) - 1  # header -> row of mat
-            mat = mat.reshape(-1, h)[pos[which[r]]]
-            idx = offsets[r][:, None] + np.arange(h + _NONCE)[None, :]
-            out[idx] = np.concatenate([mat, nonces[sel]], axis=1)
+        return envelope.seal(
+            self.binding.keyring.primary_key_id,
+            ids,
+            keys,
+            which,
+            (raw, starts, nbytes, ok),
+            tok,
+            rk,
+            self._aad_prefix_v2(),
+        )
 
     # -- unmask ---------------------------------------------------------------------------
     def reverse(self, values: pa.Array, ctx: OperatorContext, key_id: str) -> pa.Array:
@@ -645,40 +404,16 @@ class Encrypt(Operator[EncryptOp]):
         """
         n = len(values)
         target = self.reversed_type(values.type, ctx.metadata)
-        if pa.types.is_large_binary(values.type) or pa.types.is_binary(values.type):
-            arr = values
-        else:
-            raise DecryptionError()
-        data, offs = _binary_parts(arr)
-        valid = pc.is_valid(arr).to_numpy(zero_copy_only=False)
-        rows = np.flatnonzero(valid)
-        starts, lens = offs[:-1], np.diff(offs)
-        if (lens[rows] < HEADER_FIXED + _NONCE + _TAG).any():
-            raise DecryptionError()
-        head = data[starts[rows][:, None] + np.arange(HEADER_FIXED)[None, :]]
-        magic = head[:, :3] == np.frombuffer(MAGIC[:3], np.uint8)
-        version = np.zeros(n, dtype=np.uint8)
-        version[rows] = head[:, 3]
-        if not magic.all() or not np.isin(version[rows], (1, 2)).all():
-            raise DecryptionError()
-        head_len = np.zeros(n, dtype=np.int64)
-        head_len[rows] = HEADER_FIXED + head[:, 8].astype(np.int64)
-        if (lens[rows] < head_len[rows] + _NONCE + _TAG).any():
-            raise DecryptionError()
-        headers, which = self._distinct_headers(data, starts, rows, head_len)
-        dek_ids: list[str] = []
-        for h in headers:
-            try:
-                dek_ids.append(h[HEADER_FIXED:].decode("utf-8"))
-            except UnicodeDecodeError:
-                raise DecryptionError() from None
+        h = envelope.read_headers(values)
+        dek_ids = h.dek_ids
+        rows = np.flatnonzero(h.valid)
         tok, _ = self._tokens(ctx, n)
-        self._check_entity_ids(dek_ids, which, rows, tok, ctx)
+        self._check_entity_ids(dek_ids, h.which, rows, tok, ctx)
         deks = self._open_keys(dek_ids)
-        # a subject's missing key is an erasure (its id matches the row's token, checked
+        # a subject's missing key is an erasure (its id matches the row's subject, checked
         # above); a missing run key is a wrong key store or tampering
         missing = np.array([d not in deks for d in dek_ids], dtype=bool)
-        if any(m and not d.startswith("e:") for d, m in zip(dek_ids, missing, strict=True)):
+        if any(m and not is_subject_key_id(d) for d, m in zip(dek_ids, missing, strict=True)):
             raise DecryptionError()
         if missing.any():  # erased (a tombstone says so), or a store that lost keys
             gone = [d for d, m in zip(dek_ids, missing, strict=True) if m]
@@ -690,73 +425,19 @@ class Encrypt(Operator[EncryptOp]):
                     "was masked with, or it is damaged or incomplete (e.g. a SQLite store "
                     "copied without its -wal file)"
                 )
-        ok = valid.copy()
+        ok = h.valid.copy()
         if missing.any():
             erased = np.zeros(n, dtype=bool)
-            erased[rows] = missing[which[rows]]
+            erased[rows] = missing[h.which[rows]]
             ctx.quarantine(erased, "subject key erased")
             ok &= ~erased
             rows = np.flatnonzero(ok)
-        plen = lens - head_len - _NONCE - _TAG
+        plen = h.plain_len
         out, o_offs = self._out_layout(target, plen, rows, n)
-        if len(rows):
-            # one key per distinct header (two headers may name one data key, e.g. written
-            # before and after a rotation); headers of erased keys have no rows left
-            live = [i for i, d in enumerate(dek_ids) if d in deks]
-            slot = np.zeros(len(headers), np.int64)
-            slot[live] = np.arange(len(live))
-            rk, _ = self._row_keys(ctx, n, masked=False)
-            for ver in (1, 2):  # a batch may mix rows of files written in both formats
-                sel = rows[version[rows] == ver]
-                if not len(sel):
-                    continue
-                if ver == 1:
-                    mid, mid_off = _row_tokens(tok, sel)
-                    prefix, tails = self._aad_prefix(), [b"|" + headers[i] for i in live]
-                else:
-                    mid, mid_off = _mids_v2(tok, rk, sel)
-                    prefix, tails = self._aad_prefix_v2(), [_lp(headers[i]) for i in live]
-                at = starts[sel] + head_len[sel]
-                opened = aead.open_rows(
-                    aead.RowKeys([deks[dek_ids[i]] for i in live]),
-                    aead.Rows(
-                        key_idx=slot[which[sel]] if len(live) > 1 else None,
-                        nonce_buf=data, nonce_at=at, src=data, src_at=at + _NONCE,
-                        length=plen[sel], prefix=prefix, mid=mid, mid_off=mid_off,
-                        tails=tails, dst=out, dst_at=o_offs[sel],
-                    ),
-                )  # fmt: skip
-                if not opened:
-                    raise DecryptionError()
+        rk, _ = self._row_keys(ctx, n, masked=False)
+        prefixes = (self._aad_prefix(), self._aad_prefix_v2())
+        envelope.open_rows(h, rows, deks, tok, rk, prefixes, out, o_offs)
         return _to_type(out, o_offs, plen, ok, target)
-
-    @staticmethod
-    def _distinct_headers(
-        data: np.ndarray, starts: np.ndarray, rows: np.ndarray, head_len: np.ndarray
-    ) -> tuple[list[bytes], np.ndarray]:
-        """The distinct headers, and per row the index of its header (hash-based, numpy)."""
-        which = np.zeros(len(starts), dtype=np.int64)
-        headers: list[bytes] = []
-        for h in np.unique(head_len[rows]).tolist():
-            r = rows[head_len[rows] == h]
-            step = int(starts[r[1]] - starts[r[0]]) if len(r) > 1 else 0
-            if step >= h and (np.diff(starts[r]) == step).all():
-                # rows of one length back to back (fixed-size templates): a strided view
-                base = data[int(starts[r[0]]) :]
-                mat = np.lib.stride_tricks.as_strided(base, (len(r), h), (step, 1))
-            else:
-                mat = data[starts[r][:, None] + np.arange(h)[None, :]]
-            if (mat == mat[0]).all():  # one data key: the common, shared-key case
-                which[r] = len(headers)
-                headers.append(mat[0].tobytes())
-                continue
-            fixed = pa.Array.from_buffers(
-                pa.binary(h), len(r), [None, pa.py_buffer(np.ascontiguousarray(mat))]
-            )
-            enc = fixed.dictionary_encode()
-            which[r] = len(headers) + enc.indices.to_numpy(zero_copy_only=False)
-            headers.extend(enc.dictionary.to_pylist())
-        return headers, which
 
     def _check_entity_ids(
         self,
@@ -812,7 +493,7 @@ class Encrypt(Operator[EncryptOp]):
             if (plen[rows] != slot).any():
                 raise DecryptionError()  # the type in the metadata does not fit the data
             o_offs = np.arange(n + 1, dtype=np.int64) * slot
-            out = _alloc(n * slot)
+            out = envelope.alloc(n * slot)
             gaps = np.ones(n, dtype=bool)
             gaps[rows] = False
             out.reshape(n, slot)[gaps] = 0  # null rows: defined bytes, not pool leftovers
@@ -823,39 +504,7 @@ class Encrypt(Operator[EncryptOp]):
         sizes[rows] = plen[rows]
         o_offs = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(sizes, out=o_offs[1:])
-        return _alloc(int(o_offs[-1])), o_offs
-
-
-def _lp(part: bytes) -> bytes:
-    """One length-prefixed part of the associated data: 4-byte big-endian length, bytes."""
-    return len(part).to_bytes(4, "big") + part
-
-
-def _mids_v2(tok: pa.Array, rk: pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per selected row, ``_lp(entity token) + _lp(row key)``: one buffer and its offsets."""
-    t_data, t_off = _row_tokens(tok, rows)
-    r_data, r_off = _row_tokens(rk, rows)
-    tl, rl = np.diff(t_off), np.diff(r_off)
-    size = 8 + tl + rl
-    off = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(size, out=off[1:])
-    out = np.empty(int(off[-1]), dtype=np.uint8)
-    start = off[:-1]
-    for k, shift in enumerate((24, 16, 8, 0)):
-        out[start + k] = (tl >> shift) & 0xFF
-        out[start + 4 + tl + k] = (rl >> shift) & 0xFF
-    for data, o, ln, at in ((t_data, t_off, tl, start + 4), (r_data, r_off, rl, start + 8 + tl)):
-        total = int(ln.sum())
-        if total:
-            rel = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(ln) - ln, ln)
-            out[np.repeat(at, ln) + rel] = data[np.repeat(o[:-1], ln) + rel]
-    return out, off
-
-
-def _row_tokens(tok: pa.Array, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Data and offsets of the selected rows' tokens (the AADs' middles), zero-copy when
-    every row is selected."""
-    return _binary_parts(tok if len(rows) == len(tok) else tok.take(pa.array(rows)))
+        return envelope.alloc(int(o_offs[-1])), o_offs
 
 
 def _to_type(
@@ -866,7 +515,7 @@ def _to_type(
     nulls = int(n - ok.sum())
     if not _is_list(t):
         arr = pa.Array.from_buffers(
-            pa.large_binary(), n, [_validity(ok), pa.py_buffer(offsets), pa.py_buffer(out)],
+            pa.large_binary(), n, [envelope.validity(ok), pa.py_buffer(offsets), pa.py_buffer(out)],
             null_count=nulls,
         )  # fmt: skip
         return arr.cast(t)
@@ -874,10 +523,14 @@ def _to_type(
     itemsize = value_type.bit_width // 8
     child = pa.Array.from_buffers(value_type, len(out) // itemsize, [None, pa.py_buffer(out)])
     if pa.types.is_fixed_size_list(t):
-        return pa.Array.from_buffers(t, n, [_validity(ok)], null_count=nulls, children=[child])
+        return pa.Array.from_buffers(
+            t, n, [envelope.validity(ok)], null_count=nulls, children=[child]
+        )
     item = offsets // itemsize
     if pa.types.is_large_list(t):
         buf = pa.py_buffer(item.astype(np.int64))
     else:
         buf = pa.py_buffer(item.astype(np.int32))
-    return pa.Array.from_buffers(t, n, [_validity(ok), buf], null_count=nulls, children=[child])
+    return pa.Array.from_buffers(
+        t, n, [envelope.validity(ok), buf], null_count=nulls, children=[child]
+    )
