@@ -273,12 +273,14 @@ class Encrypt(Operator[EncryptOp]):
         the Masker) they are computed here from the batch's raw entity column.
         """
         assert self.spec.entity is not None
+        ring = self.binding.keyring
+        if ring.token_key_id == ring.entity_key_id:
+            # no rotate-tokens since the key was pinned: every token this keyring made or
+            # still reads is a name (key stores named before the pin included)
+            return tok
         names = ctx.entity_names.get(self.spec.entity)
         if names is not None:
             return as_binary(names)
-        ring = self.binding.keyring
-        if ring.token_key_id == ring.entity_key_id:
-            return tok
         column = self.binding.policy.entities[self.spec.entity].column
         names = SubjectNames(self.binding.policy, ring, self.binding.table).from_values(
             self.spec.entity, ctx.batch.column(column)
