@@ -386,7 +386,9 @@ def _get_or_create(
     """
     ids = list(dict.fromkeys(dek_ids))
     found = select(ids)
-    missing = [d for d in ids if d not in found]
+    # sorted: two writers inserting overlapping ids take the unique index's row locks in
+    # one order, so they wait for each other instead of deadlocking (PostgreSQL)
+    missing = sorted(d for d in ids if d not in found)
     if missing:
         insert(make(missing))
         found.update(select(missing))
