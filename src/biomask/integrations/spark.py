@@ -27,7 +27,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -241,6 +241,7 @@ class SparkExecutor:
 def mask_dataframe(
     df: Any, policy: PolicyLike, keyring: Keyring | str | os.PathLike[str],
     *, table: str | None = None, keystore: str | None = None,
+    lexicon_from: str | Mapping[str, str] | None = None,
 ) -> Any:  # fmt: skip
     """Mask a Spark ``DataFrame`` of one policy table with ``mapInArrow``.
 
@@ -249,20 +250,26 @@ def mask_dataframe(
     :meth:`~biomask.keys.Keyring.worker_handle`): the keyring is sealed under that token
     here, in the driver, and never pickled.
 
+    Parameters
+    ----------
+    lexicon_from:
+        The input URI (or ``{table: URI}``) the ``text`` operator's known values are read
+        from, here in the driver, as :func:`biomask.integrations.ray.mask_dataset` does.
+        Without it names in notes are found by NER and patterns only.
+
     Returns
     -------
     pyspark.sql.DataFrame
         The policy's output columns and ``_biomask_reason`` (null when masked completely;
         a quarantined row is masked wherever possible and never passes through in clear).
-        Lazy, as Spark DataFrames are. The text lexicon is not pre-read here: names in
-        notes are found by NER and patterns only.
+        Lazy, as Spark DataFrames are.
     """
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from biomask.keys import Keyring
     from biomask.masking import Masker
     from biomask.masking.api import resolve_policy
-    from biomask.pipeline import WorkerSpec
+    from biomask.pipeline import WorkerSpec, table_services
 
     pol = resolve_policy(policy)
     ring = keyring if isinstance(keyring, Keyring) else Keyring.open(keyring)
@@ -275,10 +282,11 @@ def mask_dataframe(
     sealed, _ = ring.worker_handle(token=token)
     name = table or next(iter(pol.table_specs()))
     path = str(ring.path) if ring.path is not None else None
-    spec = WorkerSpec(pol, sealed, name, path, keystore)
+    services = table_services(pol, ring, name, lexicon_from=lexicon_from, keystore=keystore)
+    spec = WorkerSpec(pol, sealed, name, path, services)
     in_schema = pa.schema([pa.field(f.name, _arrow_type(f.dataType)) for f in df.schema])
-    masker = Masker(pol, ring, table=name, services={"keystore_uri": keystore})
-    out_schema = masker.output_schema(in_schema).append(pa.field(REASON_COLUMN, pa.string()))
+    out_schema = Masker(pol, ring, table=name).output_schema(in_schema)
+    out_schema = out_schema.append(pa.field(REASON_COLUMN, pa.string()))
 
     def run(parts: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         m = _masker(spec)

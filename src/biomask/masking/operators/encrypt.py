@@ -46,7 +46,6 @@ import os
 import secrets
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -58,6 +57,7 @@ from biomask.errors import DecryptionError, KeyringError
 from biomask.keys import Keyring, aead
 from biomask.keys.keystore import KeyStore, Row, default_keystore_uri, open_keystore
 from biomask.masking.registry import Binding, Operator, OperatorContext, register
+from biomask.masking.services import RunNeeds, RunServices
 from biomask.policies.models import EncryptOp
 
 __all__ = ["HEADER_FIXED", "MAGIC", "MAGIC_V1", "Encrypt", "keystore_for", "rewrap"]
@@ -75,14 +75,14 @@ _STORES: dict[str, KeyStore] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def keystore_for(services: dict[str, Any], keyring: Keyring, *, create: bool = True) -> KeyStore:
-    """The key store a run uses: ``services["keystore_uri"]`` or the keyring's default.
+def keystore_for(services: RunServices, keyring: Keyring, *, create: bool = True) -> KeyStore:
+    """The key store a run uses: ``services.keystore_uri`` or the keyring's default.
 
     Stores are cached per URI in the process, so the operators of every column (and every
     Masker of a multi-table run) share one connection. Only masking creates a store
     (``create``); reading one that does not exist is an error.
     """
-    uri = services.get("keystore_uri") or default_keystore_uri(keyring.path, keyring.keyring_id)
+    uri = services.keystore_uri or default_keystore_uri(keyring.path, keyring.keyring_id)
     if "://" not in uri and not uri.startswith("memory:"):
         uri = str(Path(uri).resolve())
     with _STORES_LOCK:
@@ -277,12 +277,24 @@ class Encrypt(Operator[EncryptOp]):
     def __init__(self, spec: EncryptOp, binding: Binding) -> None:
         super().__init__(spec, binding)
         self._store: KeyStore | None = None
+        self._services = RunServices()
         self._run_dek: tuple[bytes, bytes] | None = None
         #: run data keys already unwrapped by this operator's unmasking (see _open_keys)
         self._opened: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
     # -- operator contract ----------------------------------------------------------------
+    def needs(self) -> RunNeeds:
+        """The key store (per-subject and run data keys are wrapped there)."""
+        return RunNeeds(keystore=True)
+
+    def prepare(self, services: RunServices) -> None:
+        """Remember the run's key store URI; the store opens on first use."""
+        with self._lock:
+            # keys taken from another store must not outlive the switch
+            self._services, self._store, self._run_dek = services, None, None
+            self._opened.clear()
+
     @property
     def store(self) -> KeyStore:
         """The run's key store (opened on first use: a policy check needs none)."""
@@ -290,7 +302,7 @@ class Encrypt(Operator[EncryptOp]):
 
     def _store_for(self, *, create: bool) -> KeyStore:
         if self._store is None:
-            self._store = keystore_for(self.binding.services, self.binding.keyring, create=create)
+            self._store = keystore_for(self._services, self.binding.keyring, create=create)
         return self._store
 
     @property
