@@ -162,22 +162,19 @@ def run_biomask(
     """Seconds, masked notes, and the share of distinct sentences that needed the NER."""
     from biomask.demo.run import demo_policy_text
     from biomask.keys import Keyring
-    from biomask.masking import Masker, OperatorContext
+    from biomask.masking import Masker, OperatorContext, RunNeeds
     from biomask.masking.text.engine import ALWAYS_DETECTED, detect, get_engine
+    from biomask.pipeline import read_services
     from biomask.policies import parse_policy
 
     policy = parse_policy(demo_policy_text(), source="enrolment-policy.yaml")
     ring = Keyring.ephemeral()
     captures = pa.table({"operator_notes": pa.array(notes, pa.string())})
-    services: dict[str, Any] = {
-        "sources": {
-            "subjects": _Memory(data.subjects, "subjects"),
-            "captures": _Memory(captures, "captures"),
-        }
+    sources = {
+        "subjects": _Memory(data.subjects, "subjects"),
+        "captures": _Memory(captures, "captures"),
     }
-    maskers = {
-        t: Masker(policy, ring, table=t, services=services) for t in ("subjects", "captures")
-    }
+    maskers = {t: Masker(policy, ring, table=t) for t in sources}
     op = maskers["captures"].operators["operator_notes"]
     op.workers, op.pool_min = workers, 0
     get_engine(MODEL, "en")  # model load is not timed (the same for Presidio)
@@ -193,8 +190,10 @@ def run_biomask(
         )
     values = captures["operator_notes"].combine_chunks()
     t = time.perf_counter()
-    if lexicon:
-        services["prepare"]()
+    if lexicon:  # the run's handshake, as the pipeline makes it: declare, read, hand over
+        services = read_services(sources, RunNeeds.union(m.needs() for m in maskers.values()))
+        for m in maskers.values():
+            m.prepare(services)
     # the row's subject, as the Masker hands it over (the token of subject_id; the raw id
     # here: any string keys the offset the same way)
     ents = {"subject": pa.array(subjects, pa.string())} if subjects is not None else {}

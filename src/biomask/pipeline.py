@@ -9,16 +9,18 @@ Order of a run:
 
 1. open every source and bind every table's Masker to its schema, so a policy problem
    (unlisted column, wrong type) stops the run before anything is written;
-2. start the lineage record (OpenLineage START, audit entry);
-3. stream batches source -> Masker -> sink (+ quarantine sink), observing evidence;
-2. open every output sink (an existing output without ``overwrite``, ``append`` to a
+2. the handshake: the Maskers declare what they need before the first batch (the text
+   lexicon's columns, the key store; :meth:`Masker.needs`), :func:`read_services` reads
+   it through the sources, once, and every Masker (and every remote worker) gets the
+   same frozen :class:`~biomask.masking.RunServices`;
+3. open every output sink (an existing output without ``overwrite``, ``append`` to a
    file, an unknown URI: refused here, before the lineage directory is touched);
-3. start the lineage record: lock the directory, check its signed head, write START;
-4. stream batches source -> Masker -> sink (+ quarantine sink), observing evidence;
-5. check the quarantine limit (default: 1% of the rows), commit every sink atomically,
+4. start the lineage record: lock the directory, check its signed head, write START;
+5. stream batches source -> Masker -> sink (+ quarantine sink), observing evidence;
+6. check the quarantine limit (default: 1% of the rows), commit every sink atomically,
    then write COMPLETE, the run's manifest and the signed head.
 
-On any failure after step 3 every sink is aborted (nothing appears under the final names)
+On any failure after step 4 every sink is aborted (nothing appears under the final names)
 and the failure is recorded as this run's own entry; earlier runs' lineage is untouched.
 The error is re-raised for the caller to report.
 """
@@ -31,7 +33,7 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +57,7 @@ from biomask.errors import BiomaskError, OutputExistsError, QuarantineLimitError
 from biomask.keys import Keyring
 from biomask.lineage import LineageRecorder
 from biomask.lineage.record import ColumnRecord, RunRecord
-from biomask.masking import Masker
+from biomask.masking import Masker, RunNeeds, RunServices
 from biomask.masking.masker import MaskedBatch
 from biomask.masking.operators.tokens import WEAK_STAT, weak_email_message
 from biomask.policies import Policy
@@ -70,8 +72,10 @@ __all__ = [
     "WorkerSpec",
     "check_output",
     "default_lineage_dir",
+    "read_services",
     "run_mask",
     "run_unmask",
+    "table_services",
 ]
 
 #: (table, rows done so far, rows in the table when known) -> None
@@ -254,31 +258,30 @@ class WorkerSpec:
     ``sealed_keys`` is :meth:`Keyring.worker_handle`'s sealed half; the token that opens it
     reaches workers separately (their environment), so neither the work's arguments nor
     the environment alone hold a key, and the passphrase never leaves the driver.
-    ``preread`` holds the columns the lexicon pre-pass declared, read once by the
-    pipeline: workers build the same lexicon as the driver without reading the input.
+    ``services`` is the run's own :class:`RunServices` (the columns the Masker declared,
+    read once by the pipeline; the key store): workers prepare the same Masker as the
+    driver without reading the input.
     """
 
     policy: Policy
     sealed_keys: bytes
     table: str
     keyring_path: str | None = None
-    keystore: str | None = None
-    preread: dict[str, pa.Table | None] = field(default_factory=dict)
+    services: RunServices = field(default_factory=RunServices)
     unmask: bool = False
     #: ``BIOMASK_TEXT_WORKERS`` inside a worker: the engine is the parallelism, so no
     #: nested text-detection pool (a caller's own setting is kept)
     text_workers: str = field(default_factory=lambda: os.environ.get("BIOMASK_TEXT_WORKERS", "1"))
 
     def masker(self, token: str) -> Masker:
-        """The worker's Masker (one column thread: the engine is the parallelism)."""
+        """The worker's Masker, prepared (one column thread: the engine is the parallelism)."""
         from biomask.masking import Unmasker
 
         os.environ["BIOMASK_TEXT_WORKERS"] = self.text_workers  # this process is the worker's
         ring = Keyring.from_worker_handle(self.sealed_keys, token, self.keyring_path)
-        services: dict[str, Any] = {"keystore_uri": self.keystore}
         cls = Unmasker if self.unmask else Masker
-        masker = cls(self.policy, ring, table=self.table, services=services, threads=1)
-        masker.prepare(self.preread)
+        masker = cls(self.policy, ring, table=self.table, threads=1)
+        masker.prepare(self.services)
         return masker
 
 
@@ -344,36 +347,63 @@ class LocalExecutor:
         return None
 
 
-def _preread(
-    sources: dict[str, Source], columns: dict[str, list[str]]
-) -> dict[str, pa.Table | None]:
-    """Read the columns the Masker declared for its pre-pass, once, from each table's source.
+def read_services(
+    sources: Mapping[str, Source], needs: RunNeeds, *, keystore: str | None = None
+) -> RunServices:
+    """Read what the Maskers declared (:meth:`Masker.needs`), once, through the sources.
 
-    A source that cannot be read twice (standard input) is left out: its values are then
-    found by NER and patterns only, and the lexicon names it as skipped.
+    Only the declared columns are read (a projection where the source can push it down:
+    Parquet, Arrow, PostgreSQL). A source that cannot be read twice (standard input) is
+    not read here: it is named in :attr:`RunServices.unreadable`, and the lexicon says it
+    skipped it. The key store URI is kept only when some rule uses a key store.
+    Every engine's workers receive the result as it is, so none of them reads the input.
     """
-    out: dict[str, pa.Table | None] = {}
-    for table, cols in columns.items():
+    tables: dict[str, pa.Table] = {}
+    unreadable: set[str] = set()
+    for table, cols in needs.preread.items():
         source = sources.get(table)
         if source is None:
             continue
         if not _rereadable(source):
-            out[table] = None  # the pre-pass says it skipped this table
+            unreadable.add(table)
             continue
-        only = getattr(source, "column_batches", None)
         present = [c for c in cols if c in source.schema.names]
         if not present:
             continue
+        only = getattr(source, "column_batches", None)
         if only is not None:
             batches = only(present)
         else:
             batches = (b.select(present) for b in source.batches())
         schema = pa.schema([source.schema.field(c) for c in present])
-        out[table] = pa.Table.from_batches(list(batches), schema=schema)
-    return out
+        tables[table] = pa.Table.from_batches(list(batches), schema=schema)
+    return RunServices(
+        tables, frozenset(unreadable), keystore_uri=keystore if needs.keystore else None
+    )
+
+
+def table_services(
+    policy: Policy,
+    keyring: Keyring,
+    table: str,
+    *,
+    lexicon_from: str | Mapping[str, str] | None = None,
+    keystore: str | None = None,
+) -> RunServices:
+    """The services of one table masked outside :func:`run_mask` (a Ray or Spark dataset).
+
+    The same handshake as a run: the table's Masker declares its needs and the declared
+    columns are read from ``lexicon_from`` (an input URI, or ``{table: URI}`` for the
+    tables of a multi-table policy). Without it the lexicon has no known values: names in
+    notes are then found by NER and patterns only.
+    """
+    uris = {table: lexicon_from} if isinstance(lexicon_from, str) else dict(lexicon_from or {})
+    needs = Masker(policy, keyring, table=table).needs()
+    return read_services({t: open_source(u) for t, u in uris.items()}, needs, keystore=keystore)
 
 
 def _rereadable(source: Any) -> bool:
+    """Whether ``source`` can be read again for the pre-read (standard input cannot)."""
     flag = getattr(source, "rereadable", None)
     if flag is not None:
         return bool(flag)
@@ -396,7 +426,7 @@ def run_mask(
     max_quarantine: QuarantineLimit | int | float | str | None = None,
     progress: ProgressFn | None = None,
     command: str = "mask",
-    masker_factory: Callable[[Policy, Keyring, str, dict[str, Any]], Masker] | None = None,
+    masker_factory: Callable[[Policy, Keyring, str], Masker] | None = None,
     keystore: str | None = None,
     receipt: str | None = None,
     engine: Executor | None = None,
@@ -439,16 +469,18 @@ def run_mask(
     else:
         (only,) = specs
         sources = {only: open_source(input_uri, batch_size=batch_size)}
-    services: dict[str, Any] = {"keystore_uri": keystore}  # pre-read columns: Masker.prepare
-    factory = masker_factory or (lambda p, k, t, s: Masker(p, k, table=t, services=s))
-    maskers = {t: factory(policy, keyring, t, services) for t in sources}
+    factory = masker_factory or (lambda p, k, t: Masker(p, k, table=t))
+    maskers = {t: factory(policy, keyring, t) for t in sources}
     out_schemas = {t: maskers[t].output_schema(sources[t].schema) for t in sources}
-    # The pre-pass: the columns the Masker declared (the text lexicon's known values) are
-    # read here, once, and handed over; remote workers get the same tables.
+    # The handshake: the Maskers declare what they need (the text lexicon's columns, the
+    # key store), it is read here, once, and handed to every table's Masker in one object;
+    # remote workers get the same object with their spec.
     unmask = command == "unmask"
-    first = next(iter(maskers.values()))  # the tables' Maskers share one services dict
-    preread = _preread(sources, first.prepass_columns())
-    first.prepare(preread)
+    services = read_services(
+        sources, RunNeeds.union(m.needs() for m in maskers.values()), keystore=keystore
+    )
+    for m in maskers.values():
+        m.prepare(services)
     executor: Executor = engine if engine is not None else LocalExecutor()
 
     key_ids = sorted({k for m in maskers.values() for k in m.key_ids})
@@ -519,7 +551,7 @@ def run_mask(
             sealed, token = keyring.worker_handle(token=executor.worker_token)
             path = str(Path(keyring.path).resolve()) if keyring.path is not None else None
             for t, job in jobs.items():
-                job.spec = WorkerSpec(policy, sealed, t, path, keystore, preread, unmask)
+                job.spec = WorkerSpec(policy, sealed, t, path, services, unmask)
         recorder = LineageRecorder(lineage, keyring, record, policy=policy, receipt=receipt)
         recorder.start()
     except BaseException:
@@ -737,7 +769,7 @@ def run_unmask(
         input_uri,
         output_uri,
         command="unmask",
-        masker_factory=lambda p, k, t, s: Unmasker(p, k, table=t, services=s),
+        masker_factory=lambda p, k, t: Unmasker(p, k, table=t),
         **kwargs,
     )
 
@@ -763,6 +795,6 @@ def run_upgrade_templates(
         input_uri,
         output_uri,
         command="rekey-upgrade",
-        masker_factory=lambda p, k, t, s: TemplateUpgrader(p, k, table=t, services=s),
+        masker_factory=lambda p, k, t: TemplateUpgrader(p, k, table=t),
         **kwargs,
     )

@@ -1,13 +1,15 @@
 """One pipeline, three engines: local, Ray and Spark write the same bytes, lineage verified.
 
 One local Spark session (``local[2]``) and one local Ray (2 CPUs) serve the module:
-starting either costs seconds. Template ciphertexts differ by design (random nonces, a
-data key per worker), so they are compared after decryption.
+starting either costs seconds (one more JVM starts in a CLI process, to see what a user's
+terminal gets). Template ciphertexts differ by design (random nonces, a data key per
+worker), so they are compared after decryption.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,6 +136,81 @@ def test_200k_rows_are_byte_identical_on_every_engine(engines: object, ring: Key
         assert Path(f"{engine}.parquet").read_bytes() == Path("local.parquet").read_bytes()
 
 
+def _notes_table(n: int) -> pa.Table:
+    """``n`` captures with e-mails, names, free-text notes and templates, made column-wise.
+
+    Notes come from a small pool (the text operator analyses each distinct note once per
+    batch, as on real data where notes repeat), but they name the rows' own people and
+    e-mail addresses, and one in eight carries a date that shifts by the row's subject.
+    """
+    import numpy as np
+
+    given = ["Isabel", "Ana", "Selma", "Tomas", "Mei", "Kwame", "Olga", "Ravi"]
+    family = ["Petrosyan", "Lindqvist", "Abdellaoui", "Novak", "Chen", "Mensah", "Ivanova"]
+    i = np.arange(n)
+    names = [f"{given[k % 8]} {family[k % 7]}" for k in range(56)]
+    full = pa.array(names).take(pa.array(i % 56))
+    pool = [
+        *(f"Call {nm} back about the recapture." for nm in names[:24]),
+        *(f"Mail sent to user{k}@example.org by {names[k]}." for k in range(24)),
+        *(f"{names[k]} enrolled on 12/03/2021, sensor cleaned." for k in range(8)),
+        "Sensor cleaned.",
+        None,
+    ]
+    rng = np.random.default_rng(7)
+    templates = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
+    return pa.table({
+        "subject_id": pc.binary_join_element_wise("SUBJ-", pa.array([f"{k:08d}" for k in i]), ""),
+        "capture_ts": pc.cast(pa.array(1_600_000_000 + i * 37, pa.int64()), pa.timestamp("s")),
+        "full_name": full,
+        "email": pa.array([f"user{k}@example.org" for k in i]),
+        "note": pa.array(pool).take(pa.array(i % len(pool))),
+        "age": pa.array(i % 90, pa.int32()),
+        "template": pa.array([t.tobytes() for t in templates], pa.binary()),
+    })  # fmt: skip
+
+
+@pytest.mark.slow
+def test_200k_rows_with_text_and_templates_are_identical_on_every_engine(
+    engines: object, ring: Keyring
+) -> None:
+    """Ids, dates, e-mails, names, notes (with the run's lexicon) and templates at 200k rows.
+
+    Every column but the templates is compared byte for byte; the templates after
+    decryption (their nonces and run data keys differ by design). Each run's lineage
+    verifies (``_run_all``).
+    """
+    n = 200_000
+    pq.write_table(_notes_table(n), "notes.parquet", row_group_size=50_000)
+    Path("policy.yaml").write_text(
+        "version: 1\ndataset: notes\nentities:\n  subject: {column: subject_id}\ncolumns:\n"
+        "  subject_id: {op: tokenize, domain: subject}\n"
+        "  capture_ts: {op: date_shift, entity: subject}\n"
+        "  full_name: {op: pseudonym, domain: person}\n"
+        "  email: {op: email, domain: email}\n"
+        "  note: {op: text, entities: {PERSON: person, EMAIL_ADDRESS: email}}\n"
+        "  age: {op: generalize, bucket: 10, quasi_identifier: true}\n"
+        "  template: {op: encrypt, entity: subject}\n"
+    )
+    _run_all(Path("policy.yaml"), Path("notes.parquet"), ".parquet", "--batch-size", "50000")
+    local = pq.read_table("local.parquet")
+    assert local.num_rows == n
+    clear = [c for c in local.column_names if c != "template"]
+    plain = _plain_templates(Path("local.parquet"), Path("policy.yaml"), ring, None)
+    for engine in ("ray", "spark"):
+        other = pq.read_table(f"{engine}.parquet")
+        assert other.num_rows == n, engine
+        assert local.schema.equals(other.schema, check_metadata=True), engine
+        for c in clear:
+            assert _same_bytes(local.select([c]), other.select([c])), (engine, c)
+        assert plain.equals(
+            _plain_templates(Path(f"{engine}.parquet"), Path("policy.yaml"), ring, None)
+        )
+    # the notes were masked, with the run's own tokens
+    notes = local.column("note").to_pylist()
+    assert not any(re.search(r"Petrosyan|Lindqvist|\buser\d+@", t) for t in notes if t)
+
+
 def test_mask_dataframe_equals_the_in_memory_masker(
     engines: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,3 +241,57 @@ def test_mask_dataframe_equals_the_in_memory_masker(
 def test_a_spark_session_of_another_token_is_refused(engines: object) -> None:
     with pytest.raises(Exception, match="already running with other worker keys"):
         local_session(new_token())
+
+
+def test_the_jvm_startup_noise_is_dropped_and_everything_else_passes() -> None:
+    import threading
+
+    from biomask.integrations.spark import _pump
+
+    src_r, src_w = os.pipe()
+    out_r, out_w = os.pipe()
+    lines = [
+        b"WARNING: Using incubator modules: jdk.incubator.vector\n",
+        b'Setting default log level to "WARN".\n',
+        b"To adjust logging level use sc.setLogLevel(newLevel). For SparkR, use setLogLevel(n).\n",
+        b"26/12/04 08:00:00 WARN NativeCodeLoader: Unable to load native-hadoop library\n",
+        b"26/12/04 08:00:01 ERROR Executor: Exception in task 0.0\n",
+        b"Traceback (most recent call last):\n",
+    ]
+    t = threading.Thread(target=_pump, args=(src_r, {"fd": out_w}, threading.Lock()))
+    t.start()
+    os.write(src_w, b"".join(lines))
+    os.close(src_w)
+    t.join(timeout=10)
+    os.close(out_w)
+    with os.fdopen(out_r, "rb") as got:
+        assert got.read() == b"".join(lines[4:])  # errors of the run still reach the user
+
+
+def test_spark_engine_prints_no_jvm_startup_lines(tmp_path: Path) -> None:
+    """A normal ``--engine spark`` run that starts its own JVM: stderr stays empty."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BIOMASK_PASSPHRASE": "pw"}
+    env.pop("RAY_ADDRESS", None)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "biomask", *args]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    assert cli("keys", "init", "--keyring", "k.json").returncode == 0
+    pq.write_table(pa.table({"id": [f"S-{i:08d}" for i in range(50)]}), tmp_path / "in.parquet")
+    (tmp_path / "p.yaml").write_text(
+        "version: 1\ndataset: d\ncolumns:\n  id: {op: tokenize, domain: subject}\n"
+    )
+    res = cli(
+        "mask", "--policy", "p.yaml", "--input", "in.parquet", "--output", "out.parquet",
+        "--keyring", "k.json", "--engine", "spark",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    for noise in ("Using incubator modules", "Setting default log level", "setLogLevel",
+                  "NativeCodeLoader"):  # fmt: skip
+        assert noise not in res.stderr, res.stderr
+    assert res.stderr == ""
+    assert "masked 50 rows -> 50 out" in res.stdout

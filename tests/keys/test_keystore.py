@@ -12,8 +12,16 @@ import pytest
 
 from biomask.keys import Keyring
 from biomask.keys.keystore import SqliteKeyStore, open_keystore
-from biomask.masking import Masker
+from biomask.masking import Masker, RunServices
 from biomask.policies import parse_policy
+
+
+def _with_store(masker: Masker, uri: str) -> Masker:
+    """``masker`` handed the run's key store, as the pipeline hands it (Masker.prepare)."""
+    assert masker.needs().keystore  # encrypt declares it
+    masker.prepare(RunServices(keystore_uri=uri))
+    return masker
+
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -58,7 +66,7 @@ POLICY = (
 def _mask_in_process(args: tuple[str, str, int]) -> int:
     keyring_path, uri, seed = args
     ring = Keyring.open(keyring_path, "pw")
-    m = Masker(parse_policy(POLICY), ring, services={"keystore_uri": uri})
+    m = _with_store(Masker(parse_policy(POLICY), ring), uri)
     order = np.random.default_rng(seed).permutation(400)
     b = pa.RecordBatch.from_pydict(
         {
@@ -111,7 +119,7 @@ def _wrapped_key(store_path: Path, ring: Keyring) -> tuple[str, bytes]:
     batch = pa.RecordBatch.from_pydict(
         {"sid": ["SUBJ-000001", "SUBJ-000002"], "t": [b"\x01" * 64, b"\x02" * 64]}
     )
-    out = Masker(pol, ring, services={"keystore_uri": str(store_path)}).mask_batch(batch).output
+    out = _with_store(Masker(pol, ring), str(store_path)).mask_batch(batch).output
     dek_id = f"e:subject:{out.column('sid')[0].as_py()}"
     return dek_id, open_keystore(str(store_path)).get([dek_id])[dek_id][1]
 
@@ -209,10 +217,10 @@ def test_store_copied_without_its_wal_is_an_error_not_an_erasure(tmp_path: Path)
     )
     batch = pa.RecordBatch.from_pydict({"sid": ["SUBJ-000001"], "t": [b"\x01" * 64]})
     live = tmp_path / "live.sqlite"
-    out = Masker(pol, ring, services={"keystore_uri": str(live)}).mask_batch(batch).output
+    out = _with_store(Masker(pol, ring), str(live)).mask_batch(batch).output
     assert (tmp_path / "live.sqlite-wal").stat().st_size > 0  # the key is still in the WAL
     shutil.copy(live, tmp_path / "copy.sqlite")  # the file alone
-    unmask = Unmasker(pol, ring, services={"keystore_uri": str(tmp_path / "copy.sqlite")})
+    unmask = _with_store(Unmasker(pol, ring), str(tmp_path / "copy.sqlite"))
     with pytest.raises(KeyringError) as err:
         unmask.mask_batch(out)
     assert str(err.value) == (

@@ -281,7 +281,7 @@ class TemplateSet:
                 "needs --keyring and the --policy that encrypted it"
             )
         if self._unmasker is None:
-            from biomask.masking import Unmasker
+            from biomask.masking import RunServices, Unmasker
 
             specs = self.policy.table_specs()
             table = self.table or _template_table(self.policy, self.template_column)
@@ -290,8 +290,10 @@ class TemplateSet:
                     f"{self.name}: policy '{self.policy.dataset}' has no table with an "
                     f"encrypted column '{self.template_column}'; name it with --table"
                 )
-            services: dict[str, Any] = {"keystore_uri": self.keystore}
-            self._unmasker = Unmasker(self.policy, self.keyring, table=table, services=services)
+            unmasker = Unmasker(self.policy, self.keyring, table=table)
+            # decrypting needs only the key store (Unmasker.needs): no pre-read
+            unmasker.prepare(RunServices(keystore_uri=self.keystore))
+            self._unmasker = unmasker
         # only the template and the entity tokens its associated data binds go through the
         # unmasker, with row numbers to tell which rows opened: a reversible id column is
         # never reversed here

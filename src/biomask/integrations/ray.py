@@ -192,24 +192,19 @@ def mask_dataset(
         The masked rows (lazy: nothing runs until it is consumed).
     """
     ray = _ray()
-    from biomask.connectors import open_source
     from biomask.keys import Keyring
-    from biomask.masking import Masker
     from biomask.masking.api import resolve_policy
-    from biomask.pipeline import WorkerSpec, _preread
+    from biomask.pipeline import WorkerSpec, table_services
 
     if on_quarantine not in ("mark", "fail"):
         raise BiomaskError(f"on_quarantine must be 'mark' or 'fail', not {on_quarantine!r}")
     pol = resolve_policy(policy)
     ring = Keyring.open(keyring_path)  # fails fast: passphrase
     sealed, token = ring.worker_handle()
-    tables = list(pol.table_specs())
-    name = table or tables[0]
-    lex = {name: lexicon_from} if isinstance(lexicon_from, str) else dict(lexicon_from or {})
-    # the lexicon's columns are read here, once, and travel with the spec
-    declared = Masker(pol, ring, table=name).prepass_columns()
-    preread = _preread({t: open_source(u) for t, u in lex.items()}, declared)
-    spec = WorkerSpec(pol, sealed, name, str(Path(keyring_path).resolve()), keystore, preread)
+    name = table or next(iter(pol.table_specs()))
+    # what the Masker declares is read here, once, and travels with the spec
+    services = table_services(pol, ring, name, lexicon_from=lexicon_from, keystore=keystore)
+    spec = WorkerSpec(pol, sealed, name, str(Path(keyring_path).resolve()), services)
     return ds.map_batches(
         _MaskBatches,
         fn_constructor_args=(spec, on_quarantine),

@@ -22,12 +22,16 @@ builds such a session (``local[2]`` by default, no UI, no network, quiet logs).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import logging
 import os
+import re
 import sys
 import tempfile
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -49,6 +53,17 @@ _LOG4J = (
     "rootLogger.level = error\nrootLogger.appenderRef.stderr.ref = console\n"
     "appender.console.type = Console\nappender.console.name = console\n"
     "appender.console.target = SYSTEM_ERR\nappender.console.layout.type = PatternLayout\n"
+    # PySpark's gateway counts as an interactive shell: without a level of its own Spark
+    # lowers the console to WARN and prints two lines saying so
+    "logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer\n"
+    "logger.gateway.level = error\n"
+)
+#: what the JVM prints on its standard error while it starts, whatever the log4j setup: the
+#: JDK's notice of the incubator module Spark loads, Spark's shell-level notice, Hadoop's
+#: note that it found no native library. Nothing in them concerns the run.
+_STARTUP_NOISE = re.compile(
+    rb"^(?:WARNING: Using incubator modules|Setting default log level|"
+    rb"To adjust logging level use sc\.setLogLevel|.*\bWARN NativeCodeLoader\b)"
 )
 
 
@@ -62,6 +77,56 @@ def _pyspark() -> Any:
     return SparkSession
 
 
+def _pump(read_fd: int, out: dict[str, int], lock: threading.Lock) -> None:
+    """Copy the JVM's standard error to ours, line by line, without its startup noise."""
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        for line in iter(pipe.readline, b""):
+            if _STARTUP_NOISE.match(line):
+                continue
+            with lock, contextlib.suppress(OSError):
+                os.write(out["fd"], line)
+
+
+@contextlib.contextmanager
+def _jvm_stderr_filtered() -> Iterator[None]:
+    """Start the JVM inside this block with its standard error going through :func:`_pump`.
+
+    PySpark starts the JVM as a child that inherits file descriptor 2, and some of its
+    startup lines are printed before (or beside) any logging setup: no Spark setting turns
+    them off. So while the JVM starts, descriptor 2 is a pipe; the JVM keeps that pipe as
+    its standard error for its whole life and a thread passes every other line on (errors
+    of the run still reach the terminal). This process's descriptor 2 is restored on exit.
+    Nothing is done when the JVM already runs or descriptor 2 cannot be duplicated.
+    """
+    from pyspark import SparkContext
+
+    if SparkContext._gateway is not None or os.name != "posix":
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    lock = threading.Lock()
+    out = {"fd": saved}  # while fd 2 is the pipe, lines go to the real stderr
+    threading.Thread(
+        target=_pump, args=(read_fd, out, lock), name="biomask-spark-stderr", daemon=True
+    ).start()
+    sys.stderr.flush()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        with lock:
+            os.dup2(saved, 2)
+            out["fd"] = 2
+            os.close(saved)
+
+
 def new_token() -> str:
     """A fresh worker token for :func:`local_session` (32 random bytes, base64)."""
     return base64.b64encode(os.urandom(32)).decode("ascii")
@@ -71,7 +136,8 @@ def local_session(token: str, *, master: str = "local[2]") -> Any:
     """A local Spark session whose Python workers hold ``token`` and never the passphrase.
 
     ``token`` opens the sealed key handles this session's jobs carry (see the module
-    docstring). Logs are quiet (errors only), the UI is off and Spark binds to the
+    docstring). Logs are quiet (errors only; the JVM's startup lines never reach the
+    terminal, see :func:`_jvm_stderr_filtered`), the UI is off and Spark binds to the
     loopback interface only. An active session is reused only if it was built with the
     same token: its workers' environment is fixed once they start.
     """
@@ -94,22 +160,24 @@ def local_session(token: str, *, master: str = "local[2]") -> Any:
     # the JVM and the Python workers it forks copy this environment: never the passphrase
     saved = os.environ.pop(PASSPHRASE_ENV, None)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    logging.getLogger("py4j").setLevel(logging.ERROR)  # its connection notices
     try:
-        spark = (
-            session.builder.master(master)
-            .appName("biomask")
-            .config("spark.ui.enabled", "false")
-            .config("spark.ui.showConsoleProgress", "false")
-            # the workers run this interpreter: it has biomask and its dependencies
-            .config("spark.pyspark.python", sys.executable)
-            .config("spark.pyspark.driver.python", sys.executable)
-            .config("spark.driver.host", "127.0.0.1")
-            .config("spark.driver.bindAddress", "127.0.0.1")
-            .config("spark.driver.extraJavaOptions", quiet)
-            .config("spark.sql.shuffle.partitions", "2")
-            .config(_TOKEN_CONF, token)
-            .getOrCreate()
-        )
+        with _jvm_stderr_filtered():
+            spark = (
+                session.builder.master(master)
+                .appName("biomask")
+                .config("spark.ui.enabled", "false")
+                .config("spark.ui.showConsoleProgress", "false")
+                # the workers run this interpreter: it has biomask and its dependencies
+                .config("spark.pyspark.python", sys.executable)
+                .config("spark.pyspark.driver.python", sys.executable)
+                .config("spark.driver.host", "127.0.0.1")
+                .config("spark.driver.bindAddress", "127.0.0.1")
+                .config("spark.driver.extraJavaOptions", quiet)
+                .config("spark.sql.shuffle.partitions", "2")
+                .config(_TOKEN_CONF, token)
+                .getOrCreate()
+            )
     finally:
         if saved is not None:
             os.environ[PASSPHRASE_ENV] = saved
@@ -241,6 +309,7 @@ class SparkExecutor:
 def mask_dataframe(
     df: Any, policy: PolicyLike, keyring: Keyring | str | os.PathLike[str],
     *, table: str | None = None, keystore: str | None = None,
+    lexicon_from: str | Mapping[str, str] | None = None,
 ) -> Any:  # fmt: skip
     """Mask a Spark ``DataFrame`` of one policy table with ``mapInArrow``.
 
@@ -249,20 +318,26 @@ def mask_dataframe(
     :meth:`~biomask.keys.Keyring.worker_handle`): the keyring is sealed under that token
     here, in the driver, and never pickled.
 
+    Parameters
+    ----------
+    lexicon_from:
+        The input URI (or ``{table: URI}``) the ``text`` operator's known values are read
+        from, here in the driver, as :func:`biomask.integrations.ray.mask_dataset` does.
+        Without it names in notes are found by NER and patterns only.
+
     Returns
     -------
     pyspark.sql.DataFrame
         The policy's output columns and ``_biomask_reason`` (null when masked completely;
         a quarantined row is masked wherever possible and never passes through in clear).
-        Lazy, as Spark DataFrames are. The text lexicon is not pre-read here: names in
-        notes are found by NER and patterns only.
+        Lazy, as Spark DataFrames are.
     """
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from biomask.keys import Keyring
     from biomask.masking import Masker
     from biomask.masking.api import resolve_policy
-    from biomask.pipeline import WorkerSpec
+    from biomask.pipeline import WorkerSpec, table_services
 
     pol = resolve_policy(policy)
     ring = keyring if isinstance(keyring, Keyring) else Keyring.open(keyring)
@@ -275,10 +350,11 @@ def mask_dataframe(
     sealed, _ = ring.worker_handle(token=token)
     name = table or next(iter(pol.table_specs()))
     path = str(ring.path) if ring.path is not None else None
-    spec = WorkerSpec(pol, sealed, name, path, keystore)
+    services = table_services(pol, ring, name, lexicon_from=lexicon_from, keystore=keystore)
+    spec = WorkerSpec(pol, sealed, name, path, services)
     in_schema = pa.schema([pa.field(f.name, _arrow_type(f.dataType)) for f in df.schema])
-    masker = Masker(pol, ring, table=name, services={"keystore_uri": keystore})
-    out_schema = masker.output_schema(in_schema).append(pa.field(REASON_COLUMN, pa.string()))
+    out_schema = Masker(pol, ring, table=name).output_schema(in_schema)
+    out_schema = out_schema.append(pa.field(REASON_COLUMN, pa.string()))
 
     def run(parts: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         m = _masker(spec)

@@ -83,6 +83,22 @@ def verified_files(
     return files
 
 
+def _prepared_unmasker(
+    policy: Any, keyring_path: str | os.PathLike[str], table: str | None, keystore: str | None
+) -> Any:
+    """An Unmasker for the feed, prepared as every run's is (:meth:`Masker.needs`).
+
+    Decrypting templates needs only the key store (per-subject data keys live there), so
+    the run services hold nothing else: the feed reads no column besides its own batches.
+    """
+    from biomask.keys import Keyring
+    from biomask.masking import RunServices, Unmasker
+
+    um = Unmasker(policy, Keyring.open(keyring_path), table=table)
+    um.prepare(RunServices(keystore_uri=keystore))
+    return um
+
+
 class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
     """Batches of decrypted templates (``[B, dim]`` float32) with their token columns.
 
@@ -117,6 +133,9 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
     public_key:
         The auditor's copy of the signing key; without it the keyring's own public key
         (never the key stored in the lineage directory).
+    keystore:
+        Where the run kept its template data keys (default: the keyring's
+        ``<keyring>.keystore.sqlite``; a PostgreSQL URI for a shared one).
     decrypt:
         False yields the ciphertexts as they are stored, as a ``[B, length]`` uint8 tensor
         when every row has the same length (else flat, with ``<column>_offsets``): the same
@@ -139,6 +158,7 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
         binary_dtype: str = "float32",
         dtype: str | None = "float32",
         shape: Sequence[int] | None = None,
+        keystore: str | None = None,
     ) -> None:
         from biomask.masking.api import resolve_policy
 
@@ -150,6 +170,7 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
         self.columns = list(columns)
         self.batch_size = batch_size
         self.decrypt = decrypt
+        self.keystore = keystore
         self.layout = _Layout(template_column, binary_dtype, dtype, shape)
         lineage = (
             Path(lineage_dir) if lineage_dir else self.data.with_name(self.data.name + ".lineage")
@@ -163,14 +184,11 @@ class MaskedTemplateDataset(IterableDataset):  # type: ignore[type-arg]
         ]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        from biomask.keys import Keyring
-        from biomask.masking import Unmasker
-
         info = get_worker_info()
         groups = self.row_groups
         if info is not None:
             groups = groups[info.id :: info.num_workers]
-        unmasker = Unmasker(self.policy, Keyring.open(self.keyring_path), table=self.table)
+        unmasker = _prepared_unmasker(self.policy, self.keyring_path, self.table, self.keystore)
         entity_cols = {e.column for e in self.policy.entities.values()}
         # a template bound to its row (row_key) needs that row's key to decrypt
         specs = self.policy.table_specs()
@@ -355,6 +373,7 @@ def decrypting_collate_fn(
     binary_dtype: str = "float32",
     dtype: str | None = "float32",
     shape: Sequence[int] | None = None,
+    keystore: str | None = None,
 ) -> Any:
     """A Ray Data collate function that decrypts templates in the training process.
 
@@ -364,9 +383,9 @@ def decrypting_collate_fn(
     data's signed lineage is verified first, as for :class:`MaskedTemplateDataset`, and
     the key ids come from the verified files' metadata (Ray drops it from batches). The
     returned object is thread-safe (Ray calls it from several threads): each thread gets
-    its own unmasker. ``template_column``, ``binary_dtype``, ``dtype`` and ``shape`` are
-    those of :class:`MaskedTemplateDataset`; ragged templates are refused here (a Ray
-    batch is one tensor per column): pass ``shape``, or use the dataset.
+    its own unmasker. ``template_column``, ``binary_dtype``, ``dtype``, ``shape`` and
+    ``keystore`` are those of :class:`MaskedTemplateDataset`; ragged templates are refused
+    here (a Ray batch is one tensor per column): pass ``shape``, or use the dataset.
     """
     from ray.data.collate_fn import ArrowBatchCollateFn
 
@@ -388,11 +407,7 @@ def decrypting_collate_fn(
         def _unmasker(self) -> Any:
             um = getattr(self._local, "unmasker", None)
             if um is None:
-                from biomask.keys import Keyring
-                from biomask.masking import Unmasker
-
-                um = Unmasker(pol, Keyring.open(keyring_path), table=table)
-                self._local.unmasker = um
+                um = self._local.unmasker = _prepared_unmasker(pol, keyring_path, table, keystore)
             return um
 
         def __call__(self, batch: pa.Table) -> Any:

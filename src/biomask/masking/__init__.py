@@ -9,6 +9,7 @@ from biomask.masking.registry import (
     operator_names,
     register,
 )
+from biomask.masking.services import RunNeeds, RunServices
 
 __all__ = [
     "REASON_COLUMN",
@@ -18,6 +19,8 @@ __all__ = [
     "Masker",
     "Operator",
     "OperatorContext",
+    "RunNeeds",
+    "RunServices",
     "Unmasker",
     "get_operator",
     "operator_names",

@@ -10,6 +10,7 @@ import pyarrow as pa
 from biomask.errors import BiomaskError, QuarantineLimitError
 from biomask.keys import Keyring
 from biomask.masking.masker import Masker
+from biomask.masking.services import RunServices
 from biomask.policies import Policy, load_policy, policy_from_dict
 
 if TYPE_CHECKING:
@@ -125,9 +126,10 @@ def mask(
         )
     masker = Masker(pol, keyring, table=table)
     schema = masker.output_schema(tbl.schema)
-    # the text lexicon pre-pass, as the command line runs it: names, emails and phones
-    # of the linked columns become known values in the notes of the same rows
-    masker.prepare({masker.table: tbl})
+    # the run's handshake, as the pipeline makes it: what the Masker declares (the text
+    # lexicon's linked columns) is taken from the rows given, so names, e-mails and phones
+    # of those columns become known values in the notes of the same rows
+    masker.prepare(RunServices.from_tables({masker.table: tbl}, masker.needs()))
     outs: list[pa.RecordBatch] = []
     quarantined: list[pa.RecordBatch] = []
     failed = 0

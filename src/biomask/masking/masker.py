@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from biomask.masking.registry import (
     OperatorContext,
     get_operator,
 )
+from biomask.masking.services import RunNeeds, RunServices
 from biomask.policies.models import Policy, TableSpec
 from biomask.types import REASON_COLUMN, REJECT_COLUMN
 
@@ -88,26 +88,14 @@ class MaskedBatch:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-class _Preread:
-    """Pre-read columns of one table as the lexicon pre-pass reads them (no I/O)."""
-
-    def __init__(self, table: pa.Table | None) -> None:
-        self.table = table
-        #: None stands for a source that could not be read twice
-        self.rereadable = table is not None
-
-    def column_batches(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
-        if self.table is None:
-            return iter(())
-        present = [c for c in columns if c in self.table.column_names]
-        return iter(self.table.select(present).to_batches())
-
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        return iter(self.table.to_batches() if self.table is not None else ())
-
-
 class Masker:
     """Apply one table's rules of a policy to batches of that table.
+
+    A run is a handshake (:mod:`biomask.masking.services`): build the Masker (every rule
+    is checked and bound, no I/O), ask what it :meth:`needs`, read that, hand it over with
+    :meth:`prepare`, then :meth:`mask_batch` as often as there are batches. A Masker that
+    is never prepared still masks, on defaults (no known values for the text lexicon, the
+    keyring's default key store): that is what a quick check or a test wants.
 
     Parameters
     ----------
@@ -117,8 +105,6 @@ class Masker:
         The keyring whose primary key derives every domain key.
     table:
         Which table of a multi-table policy; may be omitted for a single-table policy.
-    services:
-        Shared helpers for operators (the text operator's lexicon), by name.
     threads:
         How many columns of a batch are masked at once (default: :func:`default_threads`).
         The output does not depend on it.
@@ -130,7 +116,6 @@ class Masker:
         keyring: Keyring,
         *,
         table: str | None = None,
-        services: dict[str, Any] | None = None,
         threads: int | None = None,
     ) -> None:
         self.threads = default_threads() if threads is None else max(1, threads)
@@ -151,7 +136,6 @@ class Masker:
         self.keyring = keyring
         self.table = table
         self.spec: TableSpec = specs[table]
-        self.services = services if services is not None else {}
         self.unlisted = self.spec.unlisted or policy.unlisted
         self._ops: dict[str, Operator[Any]] = {}
         for name, op_spec in self.spec.columns.items():
@@ -164,7 +148,7 @@ class Masker:
                     line=self._line(name),
                     field=self._field(name),
                 ) from None
-            binding = Binding(policy, keyring, table, name, self.services)
+            binding = Binding(policy, keyring, table, name)
             self._ops[name] = cls(op_spec, binding)
         self._bound: tuple[pa.Schema, pa.Schema, list[str]] | None = None
         self._bound_in: pa.Schema | None = None
@@ -194,36 +178,31 @@ class Masker:
         """Master key ids this table's operators use."""
         return sorted({k for op in self._ops.values() if (k := op.key_id) is not None})
 
-    # -- the pre-pass --------------------------------------------------------------------
-    def prepass_columns(self) -> dict[str, list[str]]:
-        """Columns of each table the run must read before masking, for this Masker.
+    # -- the run's services ---------------------------------------------------------------
+    def _served(self) -> list[Operator[Any]]:
+        """The operators that take part in this pass (all of them, for masking)."""
+        return list(self._ops.values())
+
+    def needs(self) -> RunNeeds:
+        """What this table's rules need from the run before the first batch.
 
         The ``text`` operator's lexicon needs the values of the columns its linked domains
-        mask (names, e-mails, phones), in every table of the policy. The Masker declares
-        them; the caller (the pipeline) reads them and hands them to :meth:`prepare`, so no
-        operator reads data. Empty when no rule needs a pre-pass.
+        mask (names, e-mails, phones) in every table of the policy; ``encrypt`` needs the
+        key store. The Masker only declares them: the caller reads them (the pipeline
+        through its connectors, once for all tables and engines) and hands them over with
+        :meth:`prepare`, so no operator reads data. Empty when nothing is needed.
         """
-        if not callable(self.services.get("prepare")):
-            return {}
-        from biomask.masking.text.operator import lexicon_columns
+        return RunNeeds.union(op.needs() for op in self._served())
 
-        return lexicon_columns(self.policy)
+    def prepare(self, services: RunServices) -> None:
+        """Hand every rule what :meth:`needs` declared, before the first batch.
 
-    def prepare(self, preread: Mapping[str, pa.Table | None]) -> None:
-        """Run the pre-pass on the columns :meth:`prepass_columns` asked for.
-
-        ``preread`` maps each table to its pre-read columns, or to None when its source
-        could not be read twice (standard input: its values are then found by NER and
-        patterns only, and the lexicon says so). Maskers sharing one services dict (one
-        run's tables) are prepared once.
+        One ``services`` object serves every table of a run (and, pickled, every remote
+        worker): what is derived from it, such as the text lexicon, is built once per
+        process and shared, so each table and engine masks notes with the same lexicon.
         """
-        prepare = self.services.get("prepare")
-        if not callable(prepare):
-            return
-        self.services["sources"] = {
-            t: _Preread(tbl) if tbl is not None else _Preread(None) for t, tbl in preread.items()
-        }
-        prepare()
+        for op in self._served():
+            op.prepare(services)
 
     def output_schema(self, schema: pa.Schema) -> pa.Schema:
         """Check ``schema`` against the policy and return the output schema.
@@ -469,13 +448,9 @@ class Unmasker(Masker):
     (public) ids.
     """
 
-    def prepass_columns(self) -> dict[str, list[str]]:
-        """None: reversal needs no lexicon (text is not reversed)."""
-        return {}
-
-    def prepare(self, preread: Mapping[str, pa.Table | None]) -> None:
-        """Nothing to prepare (see :meth:`prepass_columns`)."""
-        return None
+    def _served(self) -> list[Operator[Any]]:
+        """Only the rules this pass rewrites: text is not reversed, so it needs no lexicon."""
+        return [op for op in self._ops.values() if self._handles(op)]
 
     def _check_keyring(self, schema: pa.Schema) -> str:
         meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}

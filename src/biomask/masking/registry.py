@@ -7,7 +7,6 @@ derived once per run, not once per value. Operators do no I/O.
 
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from biomask.keys import Keyring
+from biomask.masking.memo import Memo
+from biomask.masking.services import RunNeeds, RunServices
 
 if TYPE_CHECKING:
     from biomask.policies.models import Policy
@@ -34,7 +35,6 @@ __all__ = [
 ]
 
 S = TypeVar("S")
-V = TypeVar("V")
 
 
 @dataclass
@@ -51,49 +51,25 @@ class Binding:
         The table the column belongs to.
     column:
         The column name.
-    services:
-        Shared helpers keyed by name (e.g. the text operator's lexicon), set by the Masker.
+
+    What operators need from the run itself (pre-read columns, the key store) is not
+    here: they declare it (:meth:`Operator.needs`) and receive it later, in
+    :meth:`Operator.prepare`, once the caller has read it.
     """
 
     policy: Policy
     keyring: Keyring
     table: str
     column: str
-    services: dict[str, Any] = field(default_factory=dict)
 
 
-class BatchMemo:
+class BatchMemo(Memo):
     """Values computed once per batch and shared by the columns of that batch.
 
     Two ``date_shift`` columns bound to one entity need the same per-row offsets; the first
     column to ask computes them and the other waits for that result rather than repeating
     the work, also when the columns are masked on different threads.
     """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._locks: dict[Any, threading.Lock] = {}
-        self._values: dict[Any, Any] = {}
-
-    def get(self, key: Any, compute: Callable[[], V]) -> V:
-        """The value stored under ``key``, computing it with ``compute()`` the first time."""
-        with self._lock:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            if key not in self._values:
-                self._values[key] = compute()
-            value: V = self._values[key]
-            return value
-
-    def put(self, key: Any, value: Any) -> None:
-        """Offer a value that other columns may use (:meth:`peek`)."""
-        with self._lock:
-            self._values.setdefault(key, value)
-
-    def peek(self, key: Any) -> Any | None:
-        """The value stored under ``key``, or None (never computes anything)."""
-        with self._lock:
-            return self._values.get(key)
 
 
 @dataclass
@@ -171,6 +147,23 @@ class Operator(ABC, Generic[S]):
         Per-subject template keys are named by the subject's token under the keyring's
         pinned entity key, which the Masker computes (once per distinct value) only for the
         entities operators declare here.
+        """
+        return None
+
+    def needs(self) -> RunNeeds:
+        """What this operator needs from the run before the first batch (default: nothing).
+
+        Declared, never fetched: an operator does no I/O, so what it needs beyond a batch
+        (another table's columns, the key store's location) is read by the caller and
+        handed to :meth:`prepare`.
+        """
+        return RunNeeds()
+
+    def prepare(self, services: RunServices) -> None:
+        """Take what :meth:`needs` declared, once, before the first batch (default: nothing).
+
+        Not calling it is allowed: the operator then runs on its defaults (an empty
+        lexicon, the keyring's default key store), as a Masker used on its own does.
         """
         return None
 

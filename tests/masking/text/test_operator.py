@@ -19,11 +19,11 @@ from biomask.keys import Keyring
 from biomask.masking import Masker
 from biomask.masking.operators.names import FAMILY, GIVEN, normalize_name, split_name
 from biomask.masking.operators.tokens import phone_parts
-from biomask.masking.text import Lexicon, prepare_lexicon
+from biomask.masking.text import Lexicon
 from biomask.masking.text.quality import measure
 from biomask.policies import Policy, policy_from_dict
 
-from .conftest import Bound, MemorySource
+from .conftest import Bound, MemorySource, prepared
 
 
 def _occurs(needle: str, hay: str) -> bool:
@@ -205,15 +205,11 @@ def _one_person_policy(**text: Any) -> Policy:
 def _run_notes(
     policy: Policy, ring: Keyring, people: pa.Table, notes: list[str | None], prepare: bool = True
 ) -> tuple[list[str | None], pa.Table]:
-    services: dict[str, Any] = {
-        "sources": {
-            "people": MemorySource(people, "people"),
-            "notes": MemorySource(pa.table({"note": pa.array(notes, pa.string())}), "notes"),
-        }
+    sources = {
+        "people": MemorySource(people, "people"),
+        "notes": MemorySource(pa.table({"note": pa.array(notes, pa.string())}), "notes"),
     }
-    maskers = {t: Masker(policy, ring, table=t, services=services) for t in ("people", "notes")}
-    if prepare:
-        services["prepare"]()
+    maskers, _ = prepared(policy, ring, sources, prepare=prepare)
     masked_people = pa.Table.from_batches(
         [maskers["people"].mask_batch(people.to_batches()[0]).output]
     )
@@ -327,7 +323,7 @@ def test_same_note_same_output_in_any_batch(bound: Bound) -> None:
 
 
 def test_lexicon_holds_no_plaintext(bound: Bound, demo: DemoData) -> None:
-    lex: Lexicon = bound.services["text.lexicon"]
+    lex: Lexicon = bound.op().lexicon
     assert lex.prepared and len(lex) > 400
     dump = repr(vars(lex))
     for name in demo.subjects["full_name"].to_pylist()[:50]:
@@ -345,13 +341,13 @@ def test_prepass_skips_a_source_that_cannot_be_read_twice(
     policy: Policy, text_ring: Keyring, demo: DemoData
 ) -> None:
     jsonl = b'{"subject_id": "SUBJ-1", "full_name": "Ana Lee"}\n'
-    services: dict[str, Any] = {
-        "sources": {
-            "subjects": StdinJsonlSource(stream=io.BytesIO(jsonl)),
-            "captures": MemorySource(demo.captures, "captures"),
-        }
+    sources = {
+        "subjects": StdinJsonlSource(stream=io.BytesIO(jsonl)),
+        "captures": MemorySource(demo.captures, "captures"),
     }
-    lex = prepare_lexicon(services, policy, text_ring)
+    maskers, services = prepared(policy, text_ring, sources)
+    assert services.unreadable == {"subjects"} and "subjects" not in services.preread
+    lex = maskers["captures"].operators["operator_notes"].lexicon
     assert lex.prepared and lex.skipped == ["subjects"] and len(lex) == 0
 
 

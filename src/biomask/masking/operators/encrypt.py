@@ -26,7 +26,6 @@ so unmask quarantines it and decrypts the rest.
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -45,19 +44,20 @@ from biomask.keys.envelope import (
 from biomask.keys.keystore import KeyStore
 from biomask.masking.entities import SubjectNames, as_binary
 from biomask.masking.registry import Binding, Operator, OperatorContext, register
+from biomask.masking.services import RunNeeds, RunServices
 from biomask.policies.models import EncryptOp
 from biomask.types import binary_parts
 
 __all__ = ["HEADER_FIXED", "MAGIC", "MAGIC_V1", "Encrypt", "keystore_for", "rewrap"]
 
 
-def keystore_for(services: dict[str, Any], keyring: Keyring, *, create: bool = True) -> KeyStore:
-    """The key store a run uses: ``services["keystore_uri"]`` or the keyring's default.
+def keystore_for(services: RunServices, keyring: Keyring, *, create: bool = True) -> KeyStore:
+    """The key store a run uses: ``services.keystore_uri`` or the keyring's default.
 
     One per URI in the process (:func:`biomask.keys.envelope.keystore`). Only masking
     creates a store (``create``); reading one that does not exist is an error.
     """
-    return envelope.keystore(services.get("keystore_uri"), keyring, create=create)
+    return envelope.keystore(services.keystore_uri, keyring, create=create)
 
 
 def _type_name(t: pa.DataType) -> str:
@@ -101,12 +101,24 @@ class Encrypt(Operator[EncryptOp]):
     def __init__(self, spec: EncryptOp, binding: Binding) -> None:
         super().__init__(spec, binding)
         self._store: KeyStore | None = None
+        self._services = RunServices()
         self._run_dek: tuple[bytes, bytes] | None = None
         #: run data keys already unwrapped by this operator's unmasking (see _open_keys)
         self._opened: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
     # -- operator contract ----------------------------------------------------------------
+    def needs(self) -> RunNeeds:
+        """The key store (per-subject and run data keys are wrapped there)."""
+        return RunNeeds(keystore=True)
+
+    def prepare(self, services: RunServices) -> None:
+        """Remember the run's key store URI; the store opens on first use."""
+        with self._lock:
+            # keys taken from another store must not outlive the switch
+            self._services, self._store, self._run_dek = services, None, None
+            self._opened.clear()
+
     @property
     def store(self) -> KeyStore:
         """The run's key store (opened on first use: a policy check needs none)."""
@@ -114,7 +126,7 @@ class Encrypt(Operator[EncryptOp]):
 
     def _store_for(self, *, create: bool) -> KeyStore:
         if self._store is None:
-            self._store = keystore_for(self.binding.services, self.binding.keyring, create=create)
+            self._store = keystore_for(self._services, self.binding.keyring, create=create)
         return self._store
 
     @property

@@ -9,15 +9,21 @@ policies from sample data (which read the input) are :mod:`biomask.suggest`.
 
 from biomask.masking.text.engine import Detection, TextEngine, check_model, get_engine
 from biomask.masking.text.lexicon import Lexicon
-from biomask.masking.text.operator import TextOperator, linked_domains, prepare_lexicon
+from biomask.masking.text.operator import (
+    TextOperator,
+    build_lexicon,
+    lexicon_columns,
+    linked_domains,
+)
 
 __all__ = [
     "Detection",
     "Lexicon",
     "TextEngine",
     "TextOperator",
+    "build_lexicon",
     "check_model",
     "get_engine",
+    "lexicon_columns",
     "linked_domains",
-    "prepare_lexicon",
 ]

@@ -3,9 +3,9 @@
 A name in ``subjects.full_name`` is the strongest evidence there is that the same word in
 ``captures.operator_notes`` is that person, whatever the NER model thinks of the sentence.
 So before masking, the Masker declares the columns of every table whose rule's domain a
-``text`` rule links to (``Masker.prepass_columns``), the pipeline reads them once and hands
-them back (``Masker.prepare``), and their values are remembered here;
-the text operator then finds them in notes in any case, accent and order ("Isabel
+``text`` rule links to (``Masker.needs``), the pipeline reads them once and hands them
+back (``Masker.prepare``, in the run's ``RunServices``), and their values are remembered
+here; the text operator then finds them in notes in any case, accent and order ("Isabel
 Petrosyan", "PETROSYAN, Isabel", "petrosyan").
 
 The lexicon never holds plaintext. Every entry is 64 bits of a keyed PRF (AES CBC-MAC,

@@ -72,6 +72,7 @@ from biomask.masking.registry import (
     is_string_type,
     register,
 )
+from biomask.masking.services import RunNeeds, RunServices
 from biomask.masking.text.dates import DateMatch, find_dates
 from biomask.masking.text.engine import (
     ALWAYS_DETECTED,
@@ -98,9 +99,9 @@ from biomask.policies.models import (
 __all__ = [
     "LinkedDomain",
     "TextOperator",
+    "build_lexicon",
     "lexicon_columns",
     "linked_domains",
-    "prepare_lexicon",
 ]
 
 log = logging.getLogger("biomask.text")
@@ -203,7 +204,6 @@ def _default_spec(entity_type: str, domain: str) -> Any:
 def _build_linked(
     policy: Policy,
     keyring: Keyring,
-    services: dict[str, Any],
     domain: str,
     entity_type: str,
     fallback_table: str,
@@ -211,10 +211,10 @@ def _build_linked(
     for table, tspec in policy.table_specs().items():
         for column, spec in tspec.columns.items():
             if spec.op != "text" and spec.domain_name == domain:
-                op = get_operator(spec.op)(spec, Binding(policy, keyring, table, column, services))
+                op = get_operator(spec.op)(spec, Binding(policy, keyring, table, column))
                 return LinkedDomain(domain, _kind(spec.op), op, table, column)
     spec = _default_spec(entity_type, domain)
-    op = get_operator(spec.op)(spec, Binding(policy, keyring, fallback_table, domain, services))
+    op = get_operator(spec.op)(spec, Binding(policy, keyring, fallback_table, domain))
     return LinkedDomain(domain, _kind(spec.op), op, fallback_table, f"<text:{domain}>")
 
 
@@ -232,9 +232,10 @@ def linked_domains(policy: Policy) -> dict[str, str]:
 def lexicon_columns(policy: Policy) -> dict[str, list[str]]:
     """The columns the lexicon pre-pass reads, per table: what a run must pre-read.
 
-    Declared here, read by the caller (the pipeline reads them from its sources, once,
-    and hands them over as in-memory tables): the operator itself does no I/O. A column
-    qualifies when its rule's domain is one a ``text`` rule links to.
+    Declared here (:meth:`TextOperator.needs`), read by the caller (the pipeline reads them
+    from its sources, once, and hands them over in :class:`RunServices`): the operator
+    itself does no I/O. A column qualifies when its rule's domain is one a ``text`` rule
+    links to.
     """
     linked = linked_domains(policy)
     out: dict[str, list[str]] = {}
@@ -249,31 +250,29 @@ def lexicon_columns(policy: Policy) -> dict[str, list[str]]:
     return out
 
 
-def prepare_lexicon(services: dict[str, Any], policy: Policy, keyring: Keyring) -> Lexicon:
-    """Fill the run's lexicon from the pre-read linked columns of every table.
+def build_lexicon(policy: Policy, keyring: Keyring, services: RunServices) -> Lexicon:
+    """The run's lexicon, from the pre-read linked columns of every table.
 
-    :meth:`Masker.prepare` calls this (as ``services["prepare"]``) after binding every
-    table and before masking. Only the columns whose rule's domain a ``text`` rule links to are
-    looked at. A source that cannot be read twice (JSON Lines on standard input) is
-    skipped with a warning: its values are then found by NER and patterns only.
+    Only the columns whose rule's domain a ``text`` rule links to are looked at, each
+    through the operator its own column rule gives it, so a known name is remembered with
+    the pseudonym the column gets. A table the run could not read twice (JSON Lines on
+    standard input) is listed as skipped, with a warning: its values are then found by
+    NER and patterns only. Every ``text`` operator of a run shares the one lexicon
+    (:meth:`RunServices.shared`).
     """
-    lex: Lexicon = services.setdefault(_LEXICON, Lexicon())
-    if lex.prepared:
-        return lex
+    lex = Lexicon()
     linked = linked_domains(policy)
-    sources: dict[str, Any] = services.get("sources") or {}
     for table, tspec in policy.table_specs().items():
         cols: list[tuple[str, LinkedDomain]] = []
         for column, spec in tspec.columns.items():
             domain = spec.domain_name
             if spec.op == "text" or domain is None or domain not in linked:
                 continue
-            op = get_operator(spec.op)(spec, Binding(policy, keyring, table, column, services))
+            op = get_operator(spec.op)(spec, Binding(policy, keyring, table, column))
             cols.append((column, LinkedDomain(domain, _kind(spec.op), op, table, column)))
-        source = sources.get(table)
-        if not cols or source is None:
+        if not cols:
             continue
-        if not _rereadable(source):
+        if table in services.unreadable:
             lex.skipped.append(table)
             log.warning(
                 "table %s is read from standard input, which cannot be read twice: its "
@@ -281,25 +280,17 @@ def prepare_lexicon(services: dict[str, Any], policy: Policy, keyring: Keyring) 
                 table,
             )
             continue
-        only = getattr(source, "column_batches", None)
-        batches = only([c for c, _ in cols]) if only is not None else source.batches()
-        for batch in batches:
+        preread = services.preread.get(table)
+        if preread is None:
+            continue
+        present = [c for c, _ in cols if c in preread.column_names]
+        for batch in preread.select(present).to_batches():
             names = batch.schema.names
             for column, link in cols:
                 if column in names:
                     lex.add(link.domain, link.kind, batch.column(column), link.mapper)
     lex.prepared = True
     return lex
-
-
-def _rereadable(source: Any) -> bool:
-    flag = getattr(source, "rereadable", None)
-    if flag is not None:
-        return bool(flag)
-    try:
-        return str(source.ref().uri) != "-"
-    except Exception:  # a source that cannot even name itself is not read twice
-        return False
 
 
 # -- the operator ------------------------------------------------------------------------
@@ -365,7 +356,7 @@ class TextOperator(Operator[TextOp]):
         for etype, domain in self.links.items():
             if domain not in self.linked:
                 self.linked[domain] = _build_linked(
-                    policy, binding.keyring, binding.services, domain, etype, binding.table
+                    policy, binding.keyring, domain, etype, binding.table
                 )
         self._type_of_domain = {d: t for t, d in reversed(list(self.links.items()))}
         self.person_domain = self.links.get("PERSON")
@@ -373,23 +364,23 @@ class TextOperator(Operator[TextOp]):
         self._vocabulary: Vocabulary | None = None
         #: share of the last batch's distinct segments that went through the NER model
         self.last_ner_share = 1.0
-        services = binding.services
-        if _LEXICON not in services:
-            services[_LEXICON] = Lexicon()
-            previous = services.get("prepare")
-            keyring = binding.keyring
-
-            def prepare() -> None:
-                if callable(previous):
-                    previous()
-                prepare_lexicon(services, policy, keyring)
-
-            services["prepare"] = prepare
-        self.lexicon: Lexicon = services[_LEXICON]
+        #: the run's known values; empty (NER and patterns only) until :meth:`prepare`
+        self.lexicon = Lexicon()
         self.workers = default_workers()
         self.pool_min = POOL_MIN
         self.date_entity, self.date_shift = self._bind_dates(spec, binding, field)
         self._dates: list[dict[int, DateMatch]] = []
+
+    def needs(self) -> RunNeeds:
+        """The linked columns of every table, for the lexicon (:func:`lexicon_columns`)."""
+        cols = lexicon_columns(self.binding.policy)
+        return RunNeeds({t: tuple(c) for t, c in cols.items()})
+
+    def prepare(self, services: RunServices) -> None:
+        """Take the run's lexicon, built once per run from the pre-read columns."""
+        policy, keyring = self.binding.policy, self.binding.keyring
+        key = (_LEXICON, policy.sha256, keyring.keyring_id, keyring.token_key_id)
+        self.lexicon = services.shared(key, lambda: build_lexicon(policy, keyring, services))
 
     def _bind_dates(
         self, spec: TextOp, binding: Binding, field: str

@@ -72,11 +72,10 @@ class BiomaskTokenizer:
             )
         self.entities = dict(entities)
         table = next(iter(policy.table_specs()))
-        services: dict[str, Any] = {}
         self._links: dict[str, LinkedDomain] = {}
         for etype, domain in self.entities.items():
             if domain not in self._links:
-                self._links[domain] = _build_linked(policy, keyring, services, domain, etype, table)
+                self._links[domain] = _build_linked(policy, keyring, domain, etype, table)
         self._cache: dict[tuple[str, str], str] = {}
 
     def token(self, value: str, entity_type: str) -> str:
