@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,7 +30,13 @@ def mask(rule: str, values: list[str]) -> tuple[list[str | None], list[str]]:
 
 
 # ids of many shapes: kept prefixes, separators, digits, letters of both cases, long ones
-ID = st.from_regex(r"([A-Z]{1,6}-)?[A-Za-z0-9]{6,30}([-/.][A-Za-z0-9]{1,8})?", fullmatch=True)
+ID = st.from_regex(
+    r"([A-Z]{1,6}-)?[A-Za-z0-9]{6,30}([-/.][A-Za-z0-9]{1,8})?", fullmatch=True
+).filter(
+    # ``AAAAAA/0``: prefix auto keeps ``AAAAAA/`` and leaves a too-small shape, which is
+    # quarantined by design (test_too_small_shape_is_quarantined_with_the_fix_named)
+    lambda v: not re.fullmatch(r"[A-Z]{1,6}[-/.][A-Za-z0-9]{1,8}", v)
+)
 
 
 @settings(max_examples=60, deadline=None)
