@@ -21,12 +21,14 @@ builds such a session (``local[2]`` by default, no UI, no network, quiet logs).
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import json
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -153,9 +155,7 @@ def local_session(token: str, *, master: str = "local[2]") -> Any:
             "a Spark session is already running with other worker keys: stop it first, "
             "or mask with mask_dataframe() on a session from local_session()"
         )
-    log4j = os.path.join(tempfile.mkdtemp(prefix="biomask-spark-"), "log4j2.properties")
-    with open(log4j, "w", encoding="utf-8") as fh:
-        fh.write(_LOG4J)
+    log4j = _log4j_file()
     quiet = f"-Dlog4j.configurationFile=file:{log4j} -Dlog4j2.configurationFile=file:{log4j}"
     # the JVM and the Python workers it forks copy this environment: never the passphrase
     saved = os.environ.pop(PASSPHRASE_ENV, None)
@@ -183,6 +183,22 @@ def local_session(token: str, *, master: str = "local[2]") -> Any:
             os.environ[PASSPHRASE_ENV] = saved
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def _log4j_file() -> str:
+    """The JVM's log configuration: one file per process, removed when the process ends."""
+    global _LOG4J_PATH
+    if _LOG4J_PATH is None or not os.path.exists(_LOG4J_PATH):
+        folder = tempfile.mkdtemp(prefix="biomask-spark-")
+        path = os.path.join(folder, "log4j2.properties")
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(_LOG4J)
+        atexit.register(shutil.rmtree, folder, True)
+        _LOG4J_PATH = path
+    return _LOG4J_PATH
+
+
+_LOG4J_PATH: str | None = None
 
 
 # -- workers -------------------------------------------------------------------------------
@@ -213,6 +229,22 @@ def _unipc(blob: bytes) -> pa.RecordBatch:
 
 
 _WIRE = "seq long, output binary, quarantine binary, stats string"
+#: largest batch (Arrow bytes) sent to Spark as one row; larger ones go as row slices
+ROW_BYTES = 16 << 20
+#: most Arrow bytes one Spark job carries through the driver JVM
+WINDOW_BYTES = 64 << 20
+
+
+def _slices(batch: pa.RecordBatch, limit: int) -> Iterator[pa.RecordBatch]:
+    """``batch`` as consecutive row slices of about ``limit`` bytes at most (zero-copy)."""
+    size = batch.nbytes
+    if size <= limit or batch.num_rows < 2:
+        yield batch
+        return
+    parts = min(batch.num_rows, -(-size // limit))
+    step = -(-batch.num_rows // parts)
+    for start in range(0, batch.num_rows, step):
+        yield batch.slice(start, step)
 
 
 def _mask_wire(spec: WorkerSpec) -> Any:
@@ -236,8 +268,12 @@ def _mask_wire(spec: WorkerSpec) -> Any:
 class SparkExecutor:
     """``--engine spark``: the pipeline's batches masked by Spark's Python workers, in order.
 
-    Batches go to Spark in windows of a few per core (memory stays bounded by the batch
-    size); each window is one Spark job of ``mapInArrow`` over one row per batch.
+    Batches go to Spark in windows of a few per core; each window is one Spark job of
+    ``mapInArrow`` over one row per batch. A batch travels through the driver JVM as one
+    binary value, in and out, so the JVM's heap (PySpark's default: 1 GiB) bounds what a
+    window may hold: a batch larger than :data:`ROW_BYTES` goes as row slices of at most
+    that size, and a window holds at most :data:`WINDOW_BYTES`. Tokens are per value, so
+    the slices mask to the same bytes; only the pipeline sees more, smaller batches.
 
     Parameters
     ----------
@@ -271,11 +307,14 @@ class SparkExecutor:
         assert job.spec is not None and self._spark is not None
         cores = max(1, int(self._spark.sparkContext.defaultParallelism))
         window: list[pa.RecordBatch] = []
+        held = 0
         for batch in batches:
-            window.append(batch)
-            if len(window) >= 2 * cores:
-                yield from self._run(job.spec, window, cores)
-                window = []
+            for part in _slices(batch, ROW_BYTES):
+                if window and (len(window) >= 2 * cores or held + part.nbytes > WINDOW_BYTES):
+                    yield from self._run(job.spec, window, cores)
+                    window, held = [], 0
+                window.append(part)
+                held += part.nbytes
         if window:
             yield from self._run(job.spec, window, cores)
 
