@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute
 import pyarrow.parquet as pq
 
+from biomask.connectors.listing import list_data_files
 from biomask.connectors.overlap import read_ahead
 from biomask.errors import BiomaskError, MissingDependencyError, VerificationError
 from biomask.types import binary_parts
@@ -71,7 +72,9 @@ def verified_files(
         public_key = ring.public_key_pem()
     report = verify(lineage_dir, public_key=public_key, keyring=ring)
     listed = set(report.outputs)
-    files = sorted(data.rglob("*.parquet")) if data.is_dir() else [data]
+    files = (
+        [f for f in list_data_files(data) if f.suffix == ".parquet"] if data.is_dir() else [data]
+    )
     for f in files:
         if f.resolve() not in listed:
             raise VerificationError(
