@@ -32,7 +32,8 @@ __all__ = ["SubjectNames", "as_binary"]
 
 
 def as_binary(values: pa.Array) -> pa.Array:
-    """Tokens (string, integer or dictionary) as binary, the form key names are made of."""
+    """Tokens or row keys (string, integer or dictionary) as binary: the form key names
+    and associated data are made of."""
     if pa.types.is_dictionary(values.type):
         values = values.cast(values.type.value_type)
     if not pa.types.is_binary(values.type):

@@ -230,13 +230,7 @@ class Encrypt(Operator[EncryptOp]):
         """The rows' entity tokens as binary (empty without an entity), and which are null."""
         if self.spec.entity is None:
             return pa.repeat(pa.scalar(b"", pa.binary()), n), np.zeros(n, dtype=bool)
-        tok = ctx.entity_tokens[self.spec.entity]
-        if pa.types.is_dictionary(tok.type):
-            tok = tok.cast(tok.type.value_type)
-        if not pa.types.is_binary(tok.type):
-            if not (pa.types.is_string(tok.type) or pa.types.is_large_string(tok.type)):
-                tok = tok.cast(pa.string())
-            tok = tok.cast(pa.binary())
+        tok = as_binary(ctx.entity_tokens[self.spec.entity])
         if not tok.null_count:  # the common case: no copy, no per-batch mask work
             return tok, np.zeros(len(tok), dtype=bool)
         return tok.fill_null(b""), pc.is_null(tok).to_numpy(zero_copy_only=False)
@@ -262,14 +256,7 @@ class Encrypt(Operator[EncryptOp]):
         if name is None:
             return pa.repeat(pa.scalar(b"", pa.binary()), n), np.zeros(n, dtype=bool)
         col = ctx.memo.peek(("masked", name)) if masked else None
-        if col is None:
-            col = ctx.batch.column(name)
-        if pa.types.is_dictionary(col.type):
-            col = col.cast(col.type.value_type)
-        if not pa.types.is_binary(col.type):
-            if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-                col = col.cast(pa.string())
-            col = col.cast(pa.binary())
+        col = as_binary(ctx.batch.column(name) if col is None else col)
         nulls = pc.is_null(col).to_numpy(zero_copy_only=False)
         return (col.fill_null(b"") if nulls.any() else col), nulls
 
