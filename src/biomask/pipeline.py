@@ -553,7 +553,6 @@ def run_mask(
             for t, job in jobs.items():
                 job.spec = WorkerSpec(policy, sealed, t, path, services, unmask)
         recorder = LineageRecorder(lineage, keyring, record, policy=policy, receipt=receipt)
-        recorder.start()
     except BaseException:
         for r in readers.values():
             r.close()
@@ -562,6 +561,11 @@ def run_mask(
                 s.abort()
         raise
 
+    # The lineage starts (lock, signed head checked, inputs hashed, START written) on the
+    # evidence thread while the first batch is masked: most of it waits on fsync, and
+    # masking writes nothing that commits. The first masked batch waits for it, so a
+    # refused directory still stops the run before any count is recorded or anything is
+    # committed.
     evidence = _Evidence(recorder)
     try:
         executor.open(token)
@@ -574,6 +578,7 @@ def run_mask(
             reader = readers.get(t) or readers.setdefault(t, ReadAhead(source.batches()))
             # the next batch decodes on the reader's thread meanwhile
             for batch, res in executor.map(jobs[t], iter(reader)):
+                evidence.started()
                 evidence.submit(t, batch, res.output)
                 record.rows_in += batch.num_rows
                 out_sinks[t].write(res.output)
@@ -597,6 +602,7 @@ def run_mask(
                 done += batch.num_rows
                 if progress is not None:
                     progress(t, done, total)
+        evidence.started()
         limit.check(record.rows_quarantined, record.rows_in, final=True)
         # The residual-PII scan and the other end-of-run evidence run on the evidence
         # thread while the last batches are encoded; both finish before anything commits.
@@ -606,7 +612,10 @@ def run_mask(
                 s.flush()
         evidence.drain()
         for s in sinks:
-            s.commit()
+            if isinstance(s, WriteBehind):
+                s.commit(on_sealed=recorder.prehash)
+            else:
+                s.commit()
     except BaseException as exc:
         for r in readers.values():  # stop reading ahead
             r.close()
@@ -616,6 +625,11 @@ def run_mask(
                 s.abort()
         with contextlib.suppress(Exception):
             executor.close()
+        refused = evidence.start_error()
+        if refused is not None:  # the lineage refused the run: nothing of it is recorded
+            if refused is exc:
+                raise
+            raise refused from None
         err = _unwrap(exc)
         record.error = str(err) if isinstance(err, BiomaskError) else type(err).__name__
         record.ended_at = _now()
@@ -701,6 +715,20 @@ class _Evidence:
         self._recorder = recorder
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="biomask-evidence")
         self._pending: deque[Future[None]] = deque()
+        # the first task: everything the recorder observes comes after its start
+        self._start = self._pool.submit(recorder.start)
+
+    def started(self) -> None:
+        """Wait until the lineage has started; raises its refusal (a held lock, a head
+        that does not match)."""
+        self._start.result()
+
+    def start_error(self) -> BaseException | None:
+        """The error the lineage start raised, once the evidence thread has stopped; None
+        when it started, or never ran (then :meth:`LineageRecorder.fail` starts it)."""
+        if not self._start.done() or self._start.cancelled():
+            return None
+        return self._start.exception()
 
     def _observe(self, table: str, before: pa.RecordBatch, after: pa.RecordBatch) -> None:
         self._recorder.observe_input(table, before)

@@ -476,7 +476,7 @@ def test_ciphertext_columns_are_stored_without_compression_dictionary_or_statist
 
 def test_distinct_string_columns_get_no_dictionary_or_statistics(tmp_path: Path) -> None:
     """Tokens of ids have nothing to share in a dictionary and their min/max prune
-    nothing; a column that repeats keeps both. The first batch decides, so an empty
+    nothing; distinct numbers lose only the dictionary; a column that repeats keeps both. The first batch decides, so an empty
     output is still a valid Parquet file."""
     n = 3000
     table = pa.table(
@@ -484,6 +484,7 @@ def test_distinct_string_columns_get_no_dictionary_or_statistics(tmp_path: Path)
             "token": [f"TK-{i * 7919 % 100_003:06d}" for i in range(n)],
             "city": [("Lyon", "Oslo", "Kyiv")[i % 3] for i in range(n)],
             "age": list(range(n)),
+            "grade": [i % 7 for i in range(n)],
         }
     )
     sink = open_sink(str(tmp_path / "out.parquet"), table.schema)
@@ -495,6 +496,10 @@ def test_distinct_string_columns_get_no_dictionary_or_statistics(tmp_path: Path)
     assert "RLE_DICTIONARY" not in cols["token"].encodings and not cols["token"].is_stats_set
     assert "RLE_DICTIONARY" in cols["city"].encodings and cols["city"].is_stats_set
     assert cols["age"].is_stats_set and cols["token"].compression == "ZSTD"
+    # numbers that mostly differ get no dictionary but keep min/max (they prune by range);
+    # numbers that repeat keep both
+    assert "RLE_DICTIONARY" not in cols["age"].encodings
+    assert "RLE_DICTIONARY" in cols["grade"].encodings and cols["grade"].is_stats_set
     assert pq.read_table(tmp_path / "out.parquet").equals(table)
     empty = open_sink(str(tmp_path / "empty.parquet"), table.schema)
     empty.commit()

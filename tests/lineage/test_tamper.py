@@ -179,6 +179,8 @@ def test_tampering_is_refused_by_verify_and_by_the_next_run(site: Site, case: st
     assert msg.endswith("nothing was written") and "\n" not in msg
     assert tree_bytes(site.lineage) == before  # the refused run wrote nothing
     assert not (site.root / "out3.parquet").exists()
+    # the first batch was masked while the head was checked: its staged output is gone too
+    assert not list(site.root.glob(".out3.parquet.tmp-*"))
 
 
 def test_the_public_links_alone_miss_a_recomputed_edit_the_keyring_does_not(site: Site) -> None:
@@ -234,6 +236,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_lock(site: Site) -
             "written (set BIOMASK_LINEAGE_LOCK_WAIT=SECONDS to wait)"
         )
         assert tree_bytes(site.lineage) == before
+        assert not list(site.root.glob(".out3.parquet.tmp-*"))
         with pytest.raises(LineageError, match="locked by another run"):
             record_event(site.lineage, site.ring, "erase", {"subject_token": "T2"})
     assert tree_bytes(site.lineage) == before

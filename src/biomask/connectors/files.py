@@ -276,6 +276,7 @@ class FileSink:
         self.schema = with_metadata(strip_reject(schema), metadata)
         self._staged = StagedFile(path, overwrite=overwrite, append=append)
         self._files: tuple[Path, ...] = ()
+        self._sealed = False
         assert self._staged.file is not None
         try:
             self._writer = fmt.open_writer(self._staged.file, self.schema)
@@ -301,17 +302,30 @@ class FileSink:
         except pa.ArrowException as exc:
             raise ConnectorError(f"cannot write {self.path}: {one_line(exc)}") from exc
 
+    def seal(self) -> tuple[Path, ...]:
+        """Finish the file (the format's footer) and hand its bytes to the OS, uncommitted.
+
+        Returns the temporary file, whose bytes are now final: the pipeline hashes it for
+        lineage while :meth:`commit` waits on fsync (the rename keeps the inode, so the
+        digest stays valid). :meth:`commit` seals first if this was not called.
+        """
+        if self._staged.file is None:
+            raise ConnectorError(f"cannot commit {self.path}: the sink was aborted")
+        if not self._sealed:
+            try:
+                self._writer.close()
+                self._staged.file.flush()
+            except OSError as exc:
+                self.abort()
+                raise ConnectorError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            self._sealed = True
+        return (self._staged.path,)
+
     def commit(self) -> None:
         """Finish the file, fsync it and rename it to the final name."""
         if self._staged.committed:
             return
-        if self._staged.file is None:
-            raise ConnectorError(f"cannot commit {self.path}: the sink was aborted")
-        try:
-            self._writer.close()
-        except OSError as exc:
-            self.abort()
-            raise ConnectorError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        self.seal()
         self._staged.commit()
         self._files = (self.path.resolve(),)
 
@@ -319,7 +333,7 @@ class FileSink:
         """Delete the temporary file; the final name is untouched."""
         if self._staged.committed:
             return
-        if self._staged.file is not None:
+        if self._staged.file is not None and not self._sealed:
             with contextlib.suppress(Exception):  # closing a half-written file may fail
                 self._writer.close()
         self._staged.abort()

@@ -18,8 +18,9 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -137,11 +138,25 @@ class WriteBehind:
         """Wait until every queued batch is written."""
         self._wait(0)
 
-    def commit(self) -> None:
-        """Write what is queued, then commit; nothing is committed if a write failed."""
+    def commit(self, on_sealed: Callable[[Path], None] | None = None) -> None:
+        """Write what is queued, then commit; nothing is committed if a write failed.
+
+        With ``on_sealed``, a sink that can seal its files first (:meth:`FileSink.seal`)
+        does so, and ``on_sealed`` is called here with each sealed file while the worker
+        fsyncs and renames it: lineage hashes the output during the fsync, not after it.
+        """
         try:
             self._wait(0)
-            self._pool.submit(self.sink.commit).result()
+            seal = getattr(self.sink, "seal", None)
+            sealed: tuple[Path, ...] = ()
+            if on_sealed is not None and seal is not None:
+                sealed = self._pool.submit(seal).result()
+            done = self._pool.submit(self.sink.commit)
+            try:
+                for path in sealed:
+                    on_sealed(path)  # type: ignore[misc]
+            finally:
+                done.result()
         finally:
             self._close()
 
