@@ -58,6 +58,25 @@ def test_email_domain_tokenized_keeps_tld() -> None:
     assert t.endswith(".org") and "clinic" not in t and EMAIL_RE.match(t)
 
 
+def test_email_domains_are_tokenized_once_each_and_consistently() -> None:
+    """Each distinct domain is permuted once per batch: addresses sharing a domain share
+    its token, in any batch; distinct domains stay distinct; a domain too short to permute
+    quarantines only its own rows."""
+    m = masker("  e: {op: email, domain: email, keep_domain: false}\n  k: {op: keep}\n")
+    doms = ["clinic.example.org", "border-agency.gov", "mail.example.com"]
+    emails = [f"person.number{i:03d}@{doms[i % 3]}" for i in range(300)] + ["someone@ab.io"]
+    out, q = run(m, e=emails, k=list(range(len(emails))))
+    got = out.column("e").to_pylist()
+    by_dom: dict[str, set[str]] = {}
+    for e, t in zip(emails, got, strict=False):
+        by_dom.setdefault(e.split("@")[1], set()).add(t.split("@")[1])
+    assert all(len(v) == 1 for v in by_dom.values()) and len({*map(min, by_dom.values())}) == 3
+    assert len(set(got)) == len(got)
+    assert q is not None and q.column("k").to_pylist() == [300]
+    again, _ = run(m, e=emails[::-1][1:], k=list(range(300)))
+    assert sorted(again.column("e").to_pylist()) == sorted(got)
+
+
 def test_short_email_local_parts_never_merge() -> None:
     m = masker("  e: {op: email, domain: email}\n")
     values = [f"{a}{b}@clinic.example" for a in "abcdefghij" for b in "xyz"] + ["j@clinic.example"]

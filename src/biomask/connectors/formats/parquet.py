@@ -59,9 +59,8 @@ def parquet_options(
       coordinates, shifted dates) get no dictionary either, but keep their min/max
       statistics, which prune row groups by time or range: the dictionary of such a
       column only grows until it falls back, and its pages come out larger. On the
-      structured bench's output this writes in 74 ms instead of 86 ms, into 6.9 MB
-      instead of 7.3 MB (``python bench/structured.py`` prints the write alone as its
-      floor).
+      structured bench's output this writes in 77 ms instead of 89 ms, into 6.9 MB
+      instead of 7.3 MB (best of 9; docs/connectors.md).
 
     The choices depend only on the first batch, so the same input still gives the same
     bytes.

@@ -593,7 +593,17 @@ class Email(Operator[EmailOp]):
 
     def _domain_tokens(self, domains: pa.Array) -> tuple[pa.Array, Problems]:
         """Lower-cased domains with the part before the last dot permuted, the TLD kept
-        (and in the tweak)."""
+        (and in the tweak).
+
+        A column's addresses share a handful of domains: each distinct domain is permuted
+        once (a 65,536-address batch with 12 domains: 12 FF1 walks, not 65,536).
+        """
+        enc = domains.dictionary_encode()
+        rows = enc.indices.to_numpy(zero_copy_only=False)
+        out, problems = self._distinct_domain_tokens(enc.dictionary)
+        return out.take(enc.indices), [(bad[rows], why) for bad, why in problems]
+
+    def _distinct_domain_tokens(self, domains: pa.Array) -> tuple[pa.Array, Problems]:
         _, offs, buf = utf8_buffers(domains)
         data = np.frombuffer(buf, dtype=np.uint8)[int(offs[0]) : int(offs[-1])]
         offsets = offs - offs[0]
