@@ -3,8 +3,8 @@
 - ``biomask.keys._gcm``: batched AES-256-GCM (the ``encrypt`` operator's AEAD).
 - ``biomask.keys._prf``: the keys PRF: AES CBC-MAC seeds and counter-mode keystreams over
   whole Arrow string buffers.
-- ``biomask.masking._kernels``: masking's shaped permutations (FF1 walks), shaped tokens
-  and phone/e-mail layouts.
+- ``biomask.masking._kernels``: masking's shaped permutations (FF1 walks) and phone/e-mail
+  layouts.
 - ``biomask.lineage._evidence``: lineage's residual-PII scan digests.
 
 All link OpenSSL's libcrypto except ``_evidence``; the headers they share (argument checks,

@@ -6,8 +6,8 @@ it (by name, so this module, on the bottom floor, imports none of them itself):
 - ``biomask.keys._prf``: the keys PRF (AES CBC-MAC seeds, counter-mode keystreams), for
   :mod:`biomask.keys.primitives`;
 - ``biomask.keys._gcm``: batched AES-256-GCM, for :mod:`biomask.keys.aead`;
-- ``biomask.masking._kernels``: shaped permutations, shaped tokens and phone/e-mail
-  layouts, for :mod:`biomask.masking.shape` and the modules that use it;
+- ``biomask.masking._kernels``: shaped permutations (FF1 walks) and phone/e-mail layouts,
+  for :mod:`biomask.masking.shape` and the modules that use it;
 - ``biomask.lineage._evidence``: the residual-PII scan digests, for
   :mod:`biomask.lineage.evidence`.
 

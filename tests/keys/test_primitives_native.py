@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from biomask import _native
 from biomask.keys import primitives
 from biomask.keys.handles import KeyHandle
-from biomask.keys.primitives import DeterministicPrf, native_available, ragged_stream
+from biomask.keys.primitives import DeterministicPrf, native_available
 from tests.native import kernels_path
 
 SECRET = bytes(range(32))
@@ -107,13 +107,23 @@ def test_seeds_and_streams_match_aes_by_hand(path: str) -> None:
     with _path(path):
         seeds = PRF.seeds([VALUE, b"", LONG])
         stream = PRF.stream([VALUE, LONG], 40)
-        flat = ragged_stream(PRF, [VALUE, b"", LONG], np.array([5, 0, 33]))
     assert seeds.tobytes() == _seed_by_hand(VALUE) + _seed_by_hand(b"") + _seed_by_hand(LONG)
     assert stream.tobytes() == _stream_by_hand(VALUE, 40) + _stream_by_hand(LONG, 40)
-    assert flat.tobytes() == _stream_by_hand(VALUE, 5) + _stream_by_hand(LONG, 33)
     # pinned too: a change of construction (not just of code path) changes every token
     assert seeds[0].tobytes().hex() == "289d5c28bc38718e8bf5fd3ecf13f796"
     assert stream[0, :16].tobytes().hex() == "7c0a2590adae533fa24852a200558ef4"
+
+
+@needs_native
+def test_the_compiled_keystream_takes_a_length_per_value() -> None:
+    """``ctr_stream`` writes keystreams of any lengths back to back (``stream`` passes equal
+    ones): empty and partial-block streams too, pinned to AES by hand."""
+    from biomask.keys import _prf
+
+    seeds = PRF.seeds([VALUE, b"", LONG])
+    out = np.empty(38, np.uint8)
+    _prf.ctr_stream(_hkdf("prf/aes-ctr"), seeds, np.array([5, 0, 33], np.int64), out)
+    assert out.tobytes() == _stream_by_hand(VALUE, 5) + _stream_by_hand(LONG, 33)
 
 
 # -- native == numpy ----------------------------------------------------------------------
@@ -154,22 +164,6 @@ def test_seeds_stream_and_integers_agree(
 
 
 @needs_native
-@settings(max_examples=150, deadline=None)
-@given(
-    pairs=st.lists(st.tuples(st.binary(max_size=70), st.integers(0, 100)), max_size=40),
-    arrow=st.booleans(),
-)
-def test_ragged_stream_agrees(pairs: list[tuple[bytes, int]], arrow: bool) -> None:
-    values: Any = [v for v, _ in pairs]
-    if arrow:
-        values = pa.array(values, pa.binary())
-    lengths = np.array([n for _, n in pairs], dtype=np.int64)
-    a, b = _both(lambda: ragged_stream(PRF, values, lengths))
-    assert a == b
-    assert len(a) == lengths.sum()
-
-
-@needs_native
 def test_nulls_are_seeded_as_empty_values_on_both_paths() -> None:
     arr = pa.array([b"x", None, b""], pa.binary())
     a, b = _both(lambda: PRF.seeds(arr))
@@ -184,8 +178,7 @@ def test_large_batches_cross_the_group_boundaries() -> None:
     values = [rng.bytes(int(n)) for n in rng.integers(0, 90, 3000)]
     a, b = _both(lambda: PRF.seeds(values))
     assert a == b
-    lengths = rng.integers(0, 50, 3000)
-    a, b = _both(lambda: ragged_stream(PRF, values, lengths))
+    a, b = _both(lambda: PRF.stream(values, 40))
     assert a == b
 
 

@@ -1,67 +1,27 @@
-import string
+"""The kept prefixes of shaped values (:func:`biomask.masking.shape.prefix_lengths`)."""
 
 import pyarrow as pa
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from biomask.keys import DeterministicPrf, Keyring
-from biomask.masking.shape import shape_tokens
-
-RING = Keyring.ephemeral()
-PRF = DeterministicPrf(RING.derive("tokenize", "t"))
+from biomask.masking.shape import codepoints, prefix_lengths
 
 
-def cls(c: str) -> str:
-    if c.isdigit():
-        return "d"
-    if c.isalpha():
-        return "U" if c.isupper() else "l"
-    return c
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(
-        st.text(alphabet=string.ascii_letters + string.digits + "-_ ./:@", max_size=40),
-        min_size=1,
-        max_size=30,
-    )
-)
-def test_shape_keeps_length_classes_separators(values: list[str]) -> None:
-    out = shape_tokens(PRF, pa.array(values, pa.string()), prefix=None).to_pylist()
-    for v, t in zip(values, out, strict=True):
-        assert len(t) == len(v)
-        assert [cls(c) for c in v] == [cls(c) for c in t]
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.text(max_size=20), min_size=1, max_size=20))
-def test_any_unicode_keeps_length_and_is_deterministic(values: list[str]) -> None:
-    arr = pa.array(values, pa.string())
-    a = shape_tokens(PRF, arr).to_pylist()
-    b = shape_tokens(PRF, pa.array(list(reversed(values)), pa.string())).to_pylist()
-    assert a == list(reversed(b))
-    assert [len(x) for x in a] == [len(x) for x in values]
+def _keep(values: list[str], prefix: str | None) -> list[int]:
+    cps, offsets = codepoints(pa.array(values, pa.string()))
+    out: list[int] = prefix_lengths(cps, offsets, prefix).tolist()
+    return out
 
 
 def test_auto_prefix() -> None:
-    out = shape_tokens(
-        PRF, pa.array(["BIO-41937913", "SUBJ-00012345", "AB12", "ABCDEFG-1"])
-    ).to_pylist()
-    assert out[0].startswith("BIO-") and out[0] != "BIO-41937913"
-    assert out[1].startswith("SUBJ-")
-    assert not out[2].startswith("AB") or out[2][2:] != "12"
-    assert not out[3].startswith("ABCDEFG")  # more than six letters is not a fixed prefix
+    """1-6 upper-case ASCII letters, a separator, and at least one character after it."""
+    values = ["BIO-41937913", "SUBJ-00012345", "DV/7", "X.1", "AB12", "ABCDEFG-1", "AB-"]
+    assert _keep(values, "auto") == [4, 5, 3, 2, 0, 0, 0]
+    assert _keep(["A1-2", "-AB", "ab-1", "ÉB-1", ""], "auto") == [0, 0, 0, 0, 0]
 
 
 def test_literal_prefix() -> None:
-    out = shape_tokens(PRF, pa.array(["XY1234", "ZZ9999"]), prefix="XY").to_pylist()
-    assert out[0].startswith("XY")
-    assert not out[1].startswith("ZZ9999")
+    assert _keep(["XY1234", "ZZ9999", "X", "xY12"], "XY") == [2, 0, 0, 0]
+    assert _keep(["É12", "E12"], "É") == [1, 0]  # code points, not bytes
 
 
-def test_domains_differ() -> None:
-    other = DeterministicPrf(RING.derive("tokenize", "u"))
-    a = shape_tokens(PRF, pa.array(["SUBJ-00012345"])).to_pylist()
-    b = shape_tokens(other, pa.array(["SUBJ-00012345"])).to_pylist()
-    assert a != b
+def test_no_prefix() -> None:
+    assert _keep(["BIO-41937913", ""], None) == [0, 0]

@@ -6,8 +6,8 @@
  * counter mode). The block cipher runs in large batches across values (biomask/_aes.h),
  * and each value's bytes are read once from the Arrow buffers.
  *
- * These are raw primitives behind biomask.keys.primitives (DeterministicPrf,
- * ragged_stream), which keeps a numpy/cryptography fallback with byte-identical output.
+ * These are raw primitives behind biomask.keys.primitives (DeterministicPrf's seeds and
+ * streams), which keeps a numpy/cryptography fallback with byte-identical output.
  * Offsets and lengths are checked against their buffers before any byte is touched; the
  * GIL is released around the work; each call uses an EVP context of its own.
  *

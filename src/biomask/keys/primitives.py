@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from biomask._native import KERNELS_SWITCH, load
 from biomask.keys.handles import KeyHandle
 
-__all__ = ["DeterministicPrf", "hkdf", "native_available", "ragged_stream"]
+__all__ = ["DeterministicPrf", "hkdf", "native_available"]
 
 
 #: the compiled helper of this package
@@ -53,9 +53,9 @@ def _native() -> ModuleType | None:
 def native_available() -> bool:
     """Whether the compiled PRF is in use (not switched off by ``BIOMASK_NATIVE_KERNELS=0``).
 
-    It covers :meth:`DeterministicPrf.seeds`, :meth:`DeterministicPrf.stream` and
-    :func:`ragged_stream`; masking's and lineage's helpers say so for themselves
-    (:func:`biomask.masking.shape.native_available`).
+    It covers :meth:`DeterministicPrf.seeds` and :meth:`DeterministicPrf.stream` (so
+    :meth:`DeterministicPrf.integers` too); masking's and lineage's helpers say so for
+    themselves (:func:`biomask.masking.shape.native_available`).
     """
     return _native() is not None
 
@@ -179,42 +179,6 @@ def _binary_buffers(values: Sequence[bytes] | pa.Array) -> tuple[np.ndarray, np.
     offs = np.frombuffer(bufs[1], dtype=np.int64)[values.offset : values.offset + len(values) + 1]
     data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
     return offs, data
-
-
-def ragged_stream(
-    prf: DeterministicPrf, values: Sequence[bytes], lengths: np.ndarray
-) -> np.ndarray:
-    """Concatenated keystreams: ``lengths[i]`` bytes for value ``i``, one flat uint8 array.
-
-    Memory is proportional to ``sum(lengths)``, not ``len(values) * max(lengths)``, so one
-    long value in a column does not blow up the batch.
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.uint8)
-    seeds = prf.seeds(values)
-    native = _native()
-    if native is not None:
-        if len(lengths) != len(seeds) or int(lengths.min()) < 0:
-            raise ValueError("ragged_stream: one non-negative length per value")
-        ks = np.empty(total, dtype=np.uint8)
-        native.ctr_stream(prf._aes, seeds, np.ascontiguousarray(lengths), ks)
-        return ks
-    nblocks = (lengths + 15) // 16
-    owner = np.repeat(np.arange(len(values)), nblocks)
-    starts = np.cumsum(nblocks) - nblocks
-    ctr = (np.arange(int(nblocks.sum())) - np.repeat(starts, nblocks)).astype(">u4")
-    blocks = seeds[owner].copy()
-    blocks[:, 12:16] ^= ctr.view(np.uint8).reshape(-1, 4)
-    enc = Cipher(algorithms.AES(prf._aes), modes.ECB()).encryptor()
-    flat = np.frombuffer(enc.update(blocks.tobytes()) + enc.finalize(), dtype=np.uint8)
-    # keep the first lengths[i] bytes of each value's 16*nblocks[i] bytes
-    block_starts = np.repeat(starts * 16, lengths)
-    val_starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    idx = block_starts + (np.arange(total) - val_starts)
-    out: np.ndarray = flat[idx]
-    return out
 
 
 def mac_hex(key: KeyHandle, data: bytes) -> str:

@@ -7,17 +7,14 @@
  * walking) and writing it back. In numpy each of these is a chain of gathers, scatters and
  * temporary arrays over every byte; here each is one pass over the Arrow buffers, and the
  * block cipher still runs in large batches (biomask/_aes.h). The keyed PRF under the
- * tweaks and keystreams is the keys package's own helper (biomask.keys._prf).
+ * tweaks is the keys package's own helper (biomask.keys._prf).
  *
- * These are raw primitives behind biomask.masking.shape, permute, ff1 and the operators,
- * which keep numpy fallbacks with byte-identical output. Offsets and lengths come from
- * data files, so every one is checked against its buffer before any byte is touched, and
- * the UTF-8 decoder never reads past the value it decodes. The GIL is released around the
- * work; each call uses one EVP context of its own, so calls from many threads are safe.
+ * These are raw primitives behind biomask.masking.permute, ff1 and the operators (loaded
+ * through biomask.masking.shape), which keep numpy fallbacks with byte-identical output.
+ * Offsets and lengths come from data files, so every one is checked against its buffer
+ * before any byte is touched. The GIL is released around the work; each call uses one EVP
+ * context of its own, so calls from many threads are safe.
  *
- *   utf8_lengths(offsets, data, out)      code points per value
- *   shape(offsets, data, stream, table, keep, mode, prefix, out_data, out_offsets, wide)
- *                                         shaped tokens of UTF-8 values -> bytes used
  *   ff1_walk(key, x, nbits, tweaks, limit, decrypt, bad)
  *                                         FF1 radix 2, a tweak per value, cycle walking
  *   shape_scan / shape_place              the passes around it for shaped permutations
@@ -34,93 +31,8 @@
 #include "_layout.h"
 
 /* ------------------------------------------------------------------------------------ */
-/* UTF-8                                                                                 */
+/* The "auto" prefix of shaped values                                                    */
 /* ------------------------------------------------------------------------------------ */
-
-/* Code points in p[0 .. len): bytes that are not continuation bytes (10xxxxxx). */
-static int64_t count_cps(const unsigned char *p, int64_t len) {
-    int64_t k = 0;
-    for (int64_t i = 0; i < len; i++) k += (p[i] & 0xC0) != 0x80;
-    return k;
-}
-
-/* Whether p[0 .. len) is all ASCII (then code points are bytes), 8 bytes at a time. */
-static int all_ascii(const unsigned char *p, int64_t len) {
-    uint64_t acc = 0, w;
-    int64_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        memcpy(&w, p + i, 8);
-        acc |= w;
-    }
-    for (; i < len; i++) acc |= p[i];
-    return (acc & 0x8080808080808080ULL) == 0;
-}
-
-static PyObject *utf8_lengths(PyObject *self, PyObject *args) {
-    Py_buffer offs, data, out;
-    Py_ssize_t n = 0;
-    PyObject *result = NULL;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "y*y*w*", &offs, &data, &out)) return NULL;
-    if (offsets_ok(&offs, data.len, &n) && aligned(&out, sizeof(int64_t), "out") &&
-        out_size_ok(&out, n * (Py_ssize_t)sizeof(int64_t), "out")) {
-        const int64_t *o = offs.buf;
-        const unsigned char *d = data.buf;
-        int64_t *cnt = out.buf;
-        Py_BEGIN_ALLOW_THREADS
-        if (all_ascii(d + o[0], o[n] - o[0]))
-            for (Py_ssize_t v = 0; v < n; v++) cnt[v] = o[v + 1] - o[v];
-        else
-            for (Py_ssize_t v = 0; v < n; v++) cnt[v] = count_cps(d + o[v], o[v + 1] - o[v]);
-        Py_END_ALLOW_THREADS
-        result = Py_None;
-        Py_INCREF(result);
-    }
-    PyBuffer_Release(&offs);
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&out);
-    return result;
-}
-
-/*
- * Byte length of the UTF-8 sequence at p[0 .. avail) and its code point in *cp; 0 when
- * the sequence is malformed or runs past `avail` (never reads beyond it).
- */
-static int decode(const unsigned char *p, int64_t avail, uint32_t *cp) {
-    unsigned char c = p[0];
-    int len;
-    uint32_t v;
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    if (c >= 0xC2 && c <= 0xDF) {
-        len = 2;
-        v = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        len = 3;
-        v = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        len = 4;
-        v = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (avail < len) return 0;
-    for (int i = 1; i < len; i++) {
-        if ((p[i] & 0xC0) != 0x80) return 0;
-        v = (v << 6) | (p[i] & 0x3F);
-    }
-    *cp = v;
-    return len;
-}
-
-/* ------------------------------------------------------------------------------------ */
-/* Shaped tokens                                                                         */
-/* ------------------------------------------------------------------------------------ */
-
-enum { KEEP = 0, DIGIT = 1, UPPER = 2, LOWER = 3 };
-enum { MODE_KEEP = 0, MODE_AUTO = 1, MODE_LITERAL = 2 };
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && defined(__GNUC__)
 #define SWAR 1 /* 8 bytes as one little-endian word: byte i is bits 8i .. 8i + 7 */
@@ -157,238 +69,6 @@ static int64_t auto_prefix(const unsigned char *p, int64_t len, int64_t avail) {
     unsigned char c = k < len ? p[k] : 0;
     int sep = (c == '-') | (c == '_') | (c == '/') | (c == ':') | (c == '.');
     return (k >= 1) & (k <= 6) & (len > k + 1) & sep ? k + 1 : 0;
-}
-
-typedef struct {
-    const int64_t *o;
-    const unsigned char *data;
-    int64_t data_len;
-    Py_ssize_t n;
-    const unsigned char *stream;
-    int64_t stream_len;
-    const unsigned char *table;
-    const int64_t *keep; /* MODE_KEEP: per value; NULL keeps nothing */
-    int mode;
-    const unsigned char *prefix; /* MODE_LITERAL: its UTF-8 bytes and code points */
-    int64_t prefix_len, prefix_cps;
-    unsigned char *out;
-    void *out_off;
-    int wide;             /* out_off is int64 (else int32) */
-    const int64_t *upto;  /* per value: code points to shape, the rest copied; NULL: all */
-} shape_job;
-
-/* Leading code points of value v (bytes p[0 .. len)) to keep unchanged. */
-static int64_t value_keep(const shape_job *j, Py_ssize_t v, const unsigned char *p, int64_t len) {
-    if (j->mode == MODE_AUTO) return auto_prefix(p, len, j->data + j->data_len - p);
-    if (j->mode == MODE_LITERAL)
-        return len >= j->prefix_len && memcmp(p, j->prefix, (size_t)j->prefix_len) == 0
-                   ? j->prefix_cps
-                   : 0;
-    return j->keep != NULL ? j->keep[v] : 0;
-}
-
-static void put_offset(const shape_job *j, Py_ssize_t v, int64_t at) {
-    if (j->wide)
-        ((int64_t *)j->out_off)[v] = at;
-    else
-        ((int32_t *)j->out_off)[v] = (int32_t)at;
-}
-
-/* Whether the table classes ASCII as Python does ('0'-'9' digits, 'A'-'Z' upper, 'a'-'z'
- * lower, the rest kept): then shape_ascii may class ASCII by arithmetic. */
-static int table_is_ascii(const unsigned char *table) {
-    for (int c = 0; c < 0x80; c++) {
-        int want = c >= '0' && c <= '9' ? DIGIT : c >= 'A' && c <= 'Z' ? UPPER
-                 : c >= 'a' && c <= 'z' ? LOWER : KEEP;
-        if (table[c] != want) return 0;
-    }
-    return 1;
-}
-
-/*
- * All values ASCII (the usual id column): every character is one byte and one keystream
- * pair, in order across the whole buffer, so the replacement is one flat, branch-free
- * loop that the compiler vectorizes; the kept prefixes are then copied back value by
- * value, and the output offsets are the input's, shifted to start at 0.
- */
-/* The flat replacement of shape_ascii over in[0 .. m), keystream pairs at s. */
-static void shape_ascii_flat(const unsigned char *in, const unsigned char *s, int64_t m,
-                             unsigned char *out) {
-    for (int64_t i = 0; i < m; i++) {
-        /* 16-bit lanes throughout, so that the vectorized loop packs 8 or 16 per op. */
-        uint16_t c = in[i], r;
-        memcpy(&r, s + 2 * i, 2); /* native order, as numpy's .view(np.uint16) */
-        uint16_t d = (uint16_t)('0' + r % 10), u = (uint16_t)('A' + r % 26), x = c;
-        x = (uint16_t)(c - '0') < 10 ? d : x;
-        x = (uint16_t)(c - 'A') < 26 ? u : x;
-        x = (uint16_t)(c - 'a') < 26 ? (uint16_t)(u + 32) : x;
-        out[i] = (unsigned char)x;
-    }
-}
-
-static void shape_ascii(const shape_job *j) {
-    const int64_t *o = j->o, base = o[0], m = o[j->n] - base;
-    unsigned char *out = j->out;
-    if (j->wide)
-        for (Py_ssize_t v = 0; v <= j->n; v++) ((int64_t *)j->out_off)[v] = o[v] - base;
-    else
-        for (Py_ssize_t v = 0; v <= j->n; v++) ((int32_t *)j->out_off)[v] = (int32_t)(o[v] - base);
-    /* A few KiB of values at a time, so that the prefixes are put back while in L1. */
-    for (Py_ssize_t v0 = 0; v0 < j->n; v0 += GROUP) {
-        Py_ssize_t v1 = v0 + GROUP < j->n ? v0 + GROUP : j->n;
-        shape_ascii_flat(j->data + o[v0], j->stream + 2 * (o[v0] - base), o[v1] - o[v0],
-                         out + (o[v0] - base));
-        if (j->mode == MODE_KEEP && j->keep == NULL) continue;
-        for (Py_ssize_t v = v0; v < v1; v++) {
-            int64_t len = o[v + 1] - o[v];
-            int64_t keep = value_keep(j, v, j->data + o[v], len);
-            if (keep <= 0) continue;
-            keep = keep < len ? keep : len;
-            unsigned char *dst = out + (o[v] - base);
-            const unsigned char *src = j->data + o[v];
-#ifdef SWAR
-            if (keep < 8 && m - (o[v] - base) >= 8 && j->data_len - o[v] >= 8) {
-                /* A short prefix: blend 8 bytes rather than call memcpy per value. */
-                uint64_t a, b, mask = (1ULL << (8 * keep)) - 1;
-                memcpy(&a, dst, 8);
-                memcpy(&b, src, 8);
-                a = (a & ~mask) | (b & mask);
-                memcpy(dst, &a, 8);
-                continue;
-            }
-#endif
-            memcpy(dst, src, (size_t)keep);
-        }
-    }
-}
-
-/* 1: done; 0: malformed UTF-8; -1: the keystream is not 2 bytes per code point. */
-static int shape_run(const shape_job *j, int64_t *used) {
-    unsigned char *w = j->out;
-    int64_t sp = 0;
-    int64_t span = j->o[j->n] - j->o[0];
-    if (j->stream_len == 2 * span && table_is_ascii(j->table) &&
-        all_ascii(j->data + j->o[0], span)) {
-        shape_ascii(j);
-        *used = span;
-        return 1;
-    }
-    for (Py_ssize_t v = 0; v < j->n; v++) {
-        const unsigned char *p = j->data + j->o[v];
-        int64_t len = j->o[v + 1] - j->o[v];
-        int64_t keep = value_keep(j, v, p, len);
-        int64_t upto = j->upto != NULL ? j->upto[v] : INT64_MAX;
-        put_offset(j, v, w - j->out);
-        int64_t pos = 0;
-        for (int64_t i = 0; i < len; pos++) {
-            unsigned char c = p[i], rep[4];
-            uint16_t r;
-            if (pos >= upto) { /* the rest of the value is kept, and draws no keystream */
-                memcpy(w, p + i, (size_t)(len - i));
-                w += len - i;
-                break;
-            }
-            if (sp + 2 > j->stream_len) return -1;
-            memcpy(&r, j->stream + sp, 2);
-            sp += 2;
-            /* All four candidates, then an index: no branch on the character class,
-             * which is close to random in ids that mix letters and digits. */
-            rep[KEEP] = c;
-            rep[DIGIT] = (unsigned char)('0' + r % 10);
-            rep[UPPER] = (unsigned char)('A' + r % 26);
-            rep[LOWER] = (unsigned char)('a' + r % 26);
-            if (c < 0x80) {
-                *w++ = rep[pos < keep ? KEEP : j->table[c] & 3];
-                i++;
-                continue;
-            }
-            uint32_t cp;
-            int k = decode(p + i, len - i, &cp);
-            if (k == 0) return 0;
-            int cls = pos < keep ? KEEP : cp < 0x10000 ? j->table[cp] & 3 : LOWER;
-            if (cls == KEEP) {
-                memcpy(w, p + i, (size_t)k);
-                w += k;
-            } else {
-                *w++ = rep[cls];
-            }
-            i += k;
-        }
-    }
-    if (sp != j->stream_len) return -1;
-    put_offset(j, j->n, w - j->out);
-    *used = w - j->out;
-    return 1;
-}
-
-static PyObject *shape(PyObject *self, PyObject *args) {
-    Py_buffer offs, data, stream, table, keep, prefix, out, out_off, upto;
-    int mode, wide;
-    Py_ssize_t n = 0;
-    PyObject *result = NULL;
-    (void)self;
-    memset(&keep, 0, sizeof keep);
-    memset(&upto, 0, sizeof upto);
-    if (!PyArg_ParseTuple(args, "y*y*y*y*z*iy*w*w*p|z*", &offs, &data, &stream, &table, &keep,
-                          &mode, &prefix, &out, &out_off, &wide, &upto))
-        return NULL;
-    int ok = offsets_ok(&offs, data.len, &n);
-    const int64_t *o = offs.buf;
-    int64_t span = ok ? o[n] - o[0] : 0;
-    if (ok && table.len != 0x10000) {
-        PyErr_SetString(PyExc_ValueError, "table: expected 65536 class bytes");
-        ok = 0;
-    }
-    if (ok && (mode < MODE_KEEP || mode > MODE_LITERAL)) {
-        PyErr_SetString(PyExc_ValueError, "mode: 0 (keep array), 1 (auto) or 2 (literal)");
-        ok = 0;
-    }
-    if (ok && keep.buf != NULL && keep.len != n * (Py_ssize_t)sizeof(int64_t)) {
-        PyErr_SetString(PyExc_ValueError, "keep: expected one int64 per value");
-        ok = 0;
-    }
-    if (ok && upto.buf != NULL && upto.len != n * (Py_ssize_t)sizeof(int64_t)) {
-        PyErr_SetString(PyExc_ValueError, "upto: expected one int64 per value");
-        ok = 0;
-    }
-    ok = ok && (upto.buf == NULL || aligned(&upto, sizeof(int64_t), "upto")) &&
-         (keep.buf == NULL || aligned(&keep, sizeof(int64_t), "keep")) &&
-         aligned(&out_off, wide ? sizeof(int64_t) : sizeof(int32_t), "out_offsets");
-    /* Every character becomes itself or one ASCII byte: the output is never longer. */
-    if (ok && out.len < span) {
-        PyErr_SetString(PyExc_ValueError, "out_data: smaller than the input values");
-        ok = 0;
-    }
-    if (ok && (out_off.len != (n + 1) * (wide ? 8 : 4) || (!wide && span > INT32_MAX))) {
-        PyErr_SetString(PyExc_ValueError, "out_offsets: wrong size for n + 1 offsets");
-        ok = 0;
-    }
-    if (ok) {
-        shape_job j = {o, data.buf, data.len, n, stream.buf, stream.len, table.buf, keep.buf, mode,
-                       prefix.buf, prefix.len, 0, out.buf, out_off.buf, wide, upto.buf};
-        int64_t used = 0;
-        int rc;
-        j.prefix_cps = count_cps(prefix.buf, prefix.len);
-        Py_BEGIN_ALLOW_THREADS
-        rc = shape_run(&j, &used);
-        Py_END_ALLOW_THREADS
-        if (rc == 1)
-            result = PyLong_FromLongLong(used);
-        else if (rc == 0)
-            PyErr_SetString(PyExc_ValueError, "data: malformed UTF-8");
-        else
-            PyErr_SetString(PyExc_ValueError, "stream: expected 2 bytes per code point");
-    }
-    PyBuffer_Release(&offs);
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&stream);
-    PyBuffer_Release(&table);
-    if (keep.buf != NULL) PyBuffer_Release(&keep);
-    if (upto.buf != NULL) PyBuffer_Release(&upto);
-    PyBuffer_Release(&prefix);
-    PyBuffer_Release(&out);
-    PyBuffer_Release(&out_off);
-    return result;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -791,23 +471,18 @@ static PyMethodDef methods[] = {
      "phone_positions(offsets, data, keep, at) -> None: positions of the digits that change"},
     {"email_scan", bm_email_scan, METH_VARARGS,
      "email_scan(offsets, data, ok, local) -> None: valid address? code points before '@'"},
-    {"utf8_lengths", utf8_lengths, METH_VARARGS,
-     "utf8_lengths(offsets, data, out) -> None: code points per value"},
     {"ff1_walk", ff1_walk, METH_VARARGS,
      "ff1_walk(key, x, nbits, tweaks, limit, decrypt, bad) -> None: FF1 (radix 2) with a "
      "tweak per value, cycle-walked into [0, limit)"},
     {"shape_scan", shape_scan, METH_VARARGS,
      "shape_scan(offsets, data, keep, upto, hide_tail, maxa, desc, x, space, flags, "
-     "chunk_x, chunk_space, nchunks) -> None"},
+     "chunk_x, chunk_space, nchunks[, auto_prefix]) -> None"},
     {"shape_place", shape_place, METH_VARARGS,
      "shape_place(offsets, data, keep, upto, x, flags, chunk_x, nchunks, out) -> None"},
-    {"shape", shape, METH_VARARGS,
-     "shape(offsets, data, stream, table, keep, mode, prefix, out_data, out_offsets, wide) "
-     "-> int (bytes written to out_data)"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
-                                    "Shaped permutations, shaped tokens, phone/e-mail layouts.",
+                                    "Shaped permutations (FF1 walks), phone/e-mail layouts.",
                                     -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) {

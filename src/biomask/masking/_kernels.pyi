@@ -1,38 +1,13 @@
 """Type stub of masking's compiled helper (src/biomask/masking/_kernels.c, _layout.c).
 
 Loaded by :func:`biomask.masking.shape._native` (through :mod:`biomask._native`) for
-:mod:`biomask.masking.shape`, ``permute``, ``ff1`` and the token operators, which keep
-numpy fallbacks with byte-identical output. Buffer arguments are anything with the buffer
+:mod:`biomask.masking.permute`, ``ff1`` and the token operators, which keep numpy
+fallbacks with byte-identical output. Buffer arguments are anything with the buffer
 protocol (bytes, numpy arrays, Arrow buffers); ``offsets`` and ``lengths`` are int64, and
 every ``out`` is a writable buffer of exactly the size the function fills.
 """
 
 from typing import Any
-
-def utf8_lengths(offsets: Any, data: Any, out: Any, /) -> None:
-    """Code points per UTF-8 value into ``out`` (int64)."""
-
-def shape(
-    offsets: Any,
-    data: Any,
-    stream: Any,
-    table: Any,
-    keep: Any | None,
-    mode: int,
-    prefix: bytes,
-    out_data: Any,
-    out_offsets: Any,
-    wide: bool,
-    upto: Any | None = None,
-    /,
-) -> int:
-    """Shaped tokens of UTF-8 values; returns the bytes written to ``out_data``.
-
-    ``mode`` 0 keeps ``keep[i]`` leading code points (none when ``keep`` is None), 1 the
-    ``"auto"`` prefix, 2 the literal UTF-8 ``prefix``; ``out_offsets`` is int64 when
-    ``wide``, else int32. With ``upto``, only the first ``upto[i]`` code points of a value
-    are shaped (and draw keystream); the rest is copied.
-    """
 
 def phone_scan(offsets: Any, data: Any, keep: Any, ndig: Any, /) -> None:
     """Per phone number: leading digits kept (country code or trunk 0), and digit count."""
@@ -74,10 +49,13 @@ def shape_scan(
     chunk_x: Any,
     chunk_space: Any,
     nchunks: Any,
+    auto_prefix: bool = False,
     /,
 ) -> None:
     """Classes, tweak descriptors, mixed-radix numbers and flags of shaped values; the
-    chunks of long values, back to back."""
+    chunks of long values, back to back. With ``auto_prefix``, ``keep[i]`` is first set to
+    the value's ``"auto"`` prefix (1-6 upper-case ASCII letters and a separator), as
+    :func:`biomask.masking.shape.prefix_lengths` finds it."""
 
 def shape_place(
     offsets: Any,
