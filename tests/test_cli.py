@@ -624,6 +624,53 @@ def test_rekey_upgrade_rewrites_version_1_templates_bound_to_their_row(
     assert pq.read_table(work / "u.parquet").column("tpl").to_pylist() == templates
 
 
+def test_rekey_upgrade_after_rotate_tokens_keeps_each_subject_on_its_one_key(
+    work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 1 templates masked before ``keys rotate-tokens`` and upgraded after it: the
+    file's tokens are under the old token key (the pinned entity key), and the upgrade
+    keeps every subject on the key its templates always had, so they decrypt, and one
+    erase (by the subject's new token) makes them unreadable while the others stay."""
+    import biomask.keys.envelope as env
+    import biomask.masking.operators.encrypt as enc
+
+    (work / "t.yaml").write_text(
+        POLICY
+        + "  cap: {op: tokenize, domain: capture}\n"
+        + "  tpl: {op: encrypt, entity: subject, per_entity_key: true, row_key: cap}\n"
+    )
+    table = pq.read_table(work / "in.parquet")
+    table = table.append_column("cap", pa.array(["CAP-000001", "CAP-000002", "CAP-000003"]))
+    templates = [b"t1" * 8, b"t2" * 8, b"t3" * 8]
+    pq.write_table(table.append_column("tpl", pa.array(templates)), work / "t.parquet")
+    with monkeypatch.context() as m:  # the version 1 writer
+        m.setattr(env, "MAGIC", env.MAGIC_V1)
+        m.setattr(enc.Encrypt, "_aad_prefix_v2", enc.Encrypt._aad_prefix)
+        m.setattr(env, "mids_v2", lambda tok, rk, rows: env.row_tokens(tok, rows))
+        m.setattr(env, "lp", lambda h: b"|" + h)
+        assert main(mask_args(**{"--policy": "t.yaml", "--input": "t.parquet"})) == 0
+    assert main(["keys", "rotate-tokens", "--keyring", "keys.json"]) == 0
+    up = ["rekey", "--keyring", "keys.json", "--upgrade", "--policy", "t.yaml"]
+    assert main([*up, "--input", "out.parquet", "--output", "v2.parquet"]) == 0
+    v2 = pq.read_table(work / "v2.parquet")
+    assert {bytes(v)[:4] for v in v2.column("tpl").to_pylist()} == {b"BMT\x02"}
+    un = ["unmask", "--policy", "t.yaml", "--keyring", "keys.json"]
+    assert main([*un, "--input", "v2.parquet", "--output", "u.parquet"]) == 0
+    assert pq.read_table(work / "u.parquet").column("tpl").to_pylist() == templates
+    # the subject's token in outputs masked from now on names the same one key
+    moved = mask_args(**{"--policy": "t.yaml", "--input": "t.parquet", "--output": "m.parquet"})
+    assert main(moved) == 0
+    new = pq.read_table(work / "m.parquet").column("subject_id")[0].as_py()
+    erase = ["erase", "--keyring", "keys.json", "--policy", "t.yaml", "--subject", new]
+    assert main(erase) == 0
+    assert f"erased the template key of subject {new}" in capsys.readouterr().out
+    after = [*un, "--input", "v2.parquet", "--output", "u2.parquet", "--max-quarantine", "3"]
+    assert main(after) == 0
+    # rows of the erased subject (SUBJ-00000001: rows 0 and 2) are unreadable, row 1 is not
+    readable = pq.read_table(work / "u2.parquet").column("tpl").to_pylist()
+    assert readable == [templates[1]]
+
+
 def test_a_column_of_too_small_shapes_is_one_line_and_nothing_written(
     work: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
