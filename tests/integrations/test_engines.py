@@ -243,6 +243,33 @@ def test_a_spark_session_of_another_token_is_refused(engines: object) -> None:
         local_session(new_token())
 
 
+def test_the_spark_worker_token_is_on_no_command_line(engines: object) -> None:
+    """PySpark passes session settings to spark-submit as arguments, which ``ps`` shows to
+    every user: the token reaches the local workers through the JVM's environment only,
+    the session's settings name it by fingerprint, and this process's environment does
+    not keep it."""
+    import glob
+
+    from biomask.integrations.spark import session_token
+
+    conf = engines.sparkContext.getConf()  # type: ignore[attr-defined]
+    token = session_token(conf)
+    assert token and conf.get("spark.executorEnv.BIOMASK_WORKER_TOKEN") is None
+    assert conf.get("spark.biomask.workerTokenId") and token not in str(conf.getAll())
+    assert "BIOMASK_WORKER_TOKEN" not in os.environ
+    # the workers hold it: a job that opens the key handle in them runs (the other tests)
+    engines.range(4).count()  # type: ignore[attr-defined]
+    seen = []
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(path, "rb") as fh:
+                if token.encode() in fh.read():
+                    seen.append(path)
+        except OSError:  # a process that ended meanwhile
+            continue
+    assert seen == []
+
+
 def test_the_jvm_startup_noise_is_dropped_and_everything_else_passes() -> None:
     import threading
 

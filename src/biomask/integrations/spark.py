@@ -14,9 +14,15 @@ Two entry points:
   row masked completely), the quarantine choice of :func:`biomask.integrations.ray.mask_dataset`.
 
 Keys reach the workers as on Ray: a sealed key handle travels with the function, its token
-in the workers' environment (``spark.executorEnv.BIOMASK_WORKER_TOKEN``), and the session's
-JVM is started without ``BIOMASK_PASSPHRASE`` in its environment. :func:`local_session`
-builds such a session (``local[2]`` by default, no UI, no network, quiet logs).
+in the workers' environment (``BIOMASK_WORKER_TOKEN``), and the session's JVM is started
+without ``BIOMASK_PASSPHRASE`` in its environment. :func:`local_session` builds such a
+session (``local[2]`` by default, no UI, no network, quiet logs). On a local master the
+token is in the JVM's environment when it starts, which its Python workers inherit, never
+on its command line: PySpark passes every session setting to ``spark-submit`` as a
+``--conf`` argument, which any user of the machine can read with ``ps``. The session
+records only a fingerprint of the token (``spark.biomask.workerTokenId``). A cluster
+master has no shared environment: there the token travels as
+``spark.executorEnv.BIOMASK_WORKER_TOKEN``, visible on the driver's command line.
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ if TYPE_CHECKING:
 __all__ = ["SparkExecutor", "local_session", "mask_dataframe", "new_token"]
 
 _TOKEN_CONF = f"spark.executorEnv.{WORKER_TOKEN_ENV}"
+_TOKEN_ID_CONF = "spark.biomask.workerTokenId"
+#: tokens of the local sessions this process started, by fingerprint (never in a conf)
+_TOKENS: dict[str, str] = {}
 _LOG4J = (
     "rootLogger.level = error\nrootLogger.appenderRef.stderr.ref = console\n"
     "appender.console.type = Console\nappender.console.name = console\n"
@@ -134,6 +143,27 @@ def new_token() -> str:
     return base64.b64encode(os.urandom(32)).decode("ascii")
 
 
+def _token_id(token: str) -> str:
+    """A fingerprint of ``token`` that names it in a session's settings without holding it."""
+    import hashlib
+
+    return hashlib.sha256(b"biomask worker token id\0" + token.encode()).hexdigest()[:32]
+
+
+def session_token(conf: Any) -> str | None:
+    """The worker token of the session whose ``SparkConf`` is ``conf``, or None.
+
+    A session from :func:`local_session` names its token by fingerprint only; the token is
+    then known to this process. Otherwise it is the session's
+    ``spark.executorEnv.BIOMASK_WORKER_TOKEN``.
+    """
+    tid = conf.get(_TOKEN_ID_CONF)
+    if tid and tid in _TOKENS:
+        return _TOKENS[tid]
+    token = conf.get(_TOKEN_CONF)
+    return str(token) if token else None
+
+
 def local_session(token: str, *, master: str = "local[2]") -> Any:
     """A local Spark session whose Python workers hold ``token`` and never the passphrase.
 
@@ -149,7 +179,7 @@ def local_session(token: str, *, master: str = "local[2]") -> Any:
     warnings.filterwarnings("ignore", message="PySpark does not yet", category=FutureWarning)
     active = session.getActiveSession()
     if active is not None:
-        if active.sparkContext.getConf().get(_TOKEN_CONF) == token:
+        if session_token(active.sparkContext.getConf()) == token:
             return active
         raise BiomaskError(
             "a Spark session is already running with other worker keys: stop it first, "
@@ -157,13 +187,19 @@ def local_session(token: str, *, master: str = "local[2]") -> Any:
         )
     log4j = _log4j_file()
     quiet = f"-Dlog4j.configurationFile=file:{log4j} -Dlog4j2.configurationFile=file:{log4j}"
-    # the JVM and the Python workers it forks copy this environment: never the passphrase
+    # the JVM and the Python workers it forks copy this environment: never the passphrase;
+    # on a local master the worker token, which the JVM keeps and this process drops again
     saved = os.environ.pop(PASSPHRASE_ENV, None)
+    local = master.startswith("local")
+    had_token = os.environ.get(WORKER_TOKEN_ENV)
+    if local:
+        os.environ[WORKER_TOKEN_ENV] = token
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     logging.getLogger("py4j").setLevel(logging.ERROR)  # its connection notices
+    tid = _token_id(token)
     try:
         with _jvm_stderr_filtered():
-            spark = (
+            builder = (
                 session.builder.master(master)
                 .appName("biomask")
                 .config("spark.ui.enabled", "false")
@@ -175,12 +211,19 @@ def local_session(token: str, *, master: str = "local[2]") -> Any:
                 .config("spark.driver.bindAddress", "127.0.0.1")
                 .config("spark.driver.extraJavaOptions", quiet)
                 .config("spark.sql.shuffle.partitions", "2")
-                .config(_TOKEN_CONF, token)
-                .getOrCreate()
+                .config(_TOKEN_ID_CONF, tid)
             )
+            if not local:  # no shared environment: the setting is the only way there
+                builder = builder.config(_TOKEN_CONF, token)
+            spark = builder.getOrCreate()
     finally:
         if saved is not None:
             os.environ[PASSPHRASE_ENV] = saved
+        if had_token is None:
+            os.environ.pop(WORKER_TOKEN_ENV, None)
+        else:
+            os.environ[WORKER_TOKEN_ENV] = had_token
+    _TOKENS[tid] = token
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
@@ -291,7 +334,7 @@ class SparkExecutor:
         active = _pyspark().getActiveSession()
         #: a running session's workers hold its token already: the run seals under it
         self.worker_token: str | None = (
-            active.sparkContext.getConf().get(_TOKEN_CONF) if active is not None else None
+            session_token(active.sparkContext.getConf()) if active is not None else None
         )
 
     def open(self, token: str | None) -> None:
@@ -352,9 +395,9 @@ def mask_dataframe(
 ) -> Any:  # fmt: skip
     """Mask a Spark ``DataFrame`` of one policy table with ``mapInArrow``.
 
-    The DataFrame's session must come from :func:`local_session` with this keyring's
-    worker token (or carry ``spark.executorEnv.BIOMASK_WORKER_TOKEN`` otherwise set from
-    :meth:`~biomask.keys.Keyring.worker_handle`): the keyring is sealed under that token
+    The DataFrame's session must come from :func:`local_session` in this process (or
+    carry ``spark.executorEnv.BIOMASK_WORKER_TOKEN`` otherwise set from
+    :meth:`~biomask.keys.Keyring.worker_handle`): the keyring is sealed under its token
     here, in the driver, and never pickled.
 
     Parameters
@@ -380,7 +423,7 @@ def mask_dataframe(
 
     pol = resolve_policy(policy)
     ring = keyring if isinstance(keyring, Keyring) else Keyring.open(keyring)
-    token = df.sparkSession.sparkContext.getConf().get(_TOKEN_CONF)
+    token = session_token(df.sparkSession.sparkContext.getConf())
     if not token:
         raise BiomaskError(
             f"this Spark session's workers have no {WORKER_TOKEN_ENV}: build it with "
