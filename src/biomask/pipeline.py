@@ -669,13 +669,21 @@ def run_mask(
 
 
 def _unwrap(exc: BaseException) -> BaseException:
-    """The biomask error inside an engine's wrapper (a Ray task error, a Spark Py4J error)."""
+    """The biomask error inside an engine's wrapper (a Ray task error, a Spark Py4J error).
+
+    A Ray task error is an instance of the error it wraps (Ray subclasses it) and its text
+    is the worker's traceback, so the error in its ``cause`` is taken first.
+    """
     seen = 0
     cur: BaseException | None = exc
     while cur is not None and seen < 8:
-        if isinstance(cur, BiomaskError):
+        inner = getattr(cur, "cause", None)
+        if isinstance(inner, BaseException):
+            cur = inner
+        elif isinstance(cur, BiomaskError):
             return cur
-        cur = getattr(cur, "cause", None) or cur.__cause__
+        else:
+            cur = cur.__cause__
         seen += 1
     return exc
 

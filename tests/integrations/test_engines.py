@@ -238,6 +238,29 @@ def test_mask_dataframe_equals_the_in_memory_masker(
     assert got.to_pylist() == expect.sort_by("subject_id").to_pylist()
 
 
+def test_a_policy_error_in_a_worker_is_the_one_line_the_local_engine_prints(
+    engines: object, ring: Keyring, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Raised inside a Ray actor or a Spark Python worker (a column of shapes too small to
+    permute), the error reaches the user as the local engine's one line, not as the
+    engine's wrapper (whose text is the worker's traceback), and nothing is written."""
+    pq.write_table(pa.table({"sid": ["A-1", "A-2", "A-3"]}), "small.parquet")
+    Path("small.yaml").write_text(
+        "version: 1\ndataset: d\ncolumns:\n  sid: {op: tokenize, domain: s}\n"
+    )
+    said = {}
+    for engine in ENGINES:
+        args = ["mask", "--policy", "small.yaml", "--input", "small.parquet"]
+        args += ["--keyring", "k.json", "--output", f"{engine}.parquet", "--engine", engine]
+        capsys.readouterr()
+        assert main(args) != 0, engine
+        said[engine] = capsys.readouterr().err
+        assert not Path(f"{engine}.parquet").exists(), engine
+    assert said["local"].startswith("biomask: error: small.yaml:4: columns.sid: tokenize on")
+    assert said["local"].count("\n") == 1 and "Traceback" not in said["local"]
+    assert said["ray"] == said["local"] and said["spark"] == said["local"]
+
+
 def test_a_spark_session_of_another_token_is_refused(engines: object) -> None:
     with pytest.raises(Exception, match="already running with other worker keys"):
         local_session(new_token())
@@ -359,3 +382,27 @@ def test_spark_sends_a_large_batch_as_bounded_row_slices(
     local, spark = pq.read_table("local.parquet"), pq.read_table("spark.parquet")
     assert spark.num_rows == n
     assert _same_bytes(local, spark)
+
+
+def test_worker_errors_cross_the_spark_wire_as_themselves() -> None:
+    from biomask.errors import (
+        BiomaskError,
+        ConnectorError,
+        DecryptionError,
+        KeyringError,
+        PolicyError,
+    )
+    from biomask.integrations.spark import _error_row, _raise_error_row
+
+    sent: list[BiomaskError] = [
+        PolicyError("too small", path="p.yaml", line=4, field="columns.sid"),
+        DecryptionError(),
+        ConnectorError("key store k.sqlite not found"),
+        KeyringError("wrong passphrase"),
+    ]
+    for exc in sent:
+        with pytest.raises(type(exc)) as info:
+            _raise_error_row(_error_row(exc))
+        assert type(info.value) is type(exc) and str(info.value) == str(exc)
+    with pytest.raises(BiomaskError, match=r"^odd$"):  # a name it does not know: the base
+        _raise_error_row('{"type": "SystemExit", "message": "odd"}')

@@ -271,7 +271,7 @@ def _unipc(blob: bytes) -> pa.RecordBatch:
     return pa.ipc.open_stream(blob).read_next_batch()
 
 
-_WIRE = "seq long, output binary, quarantine binary, stats string"
+_WIRE = "seq long, output binary, quarantine binary, stats string, error string"
 #: largest batch (Arrow bytes) sent to Spark as one row; larger ones go as row slices
 ROW_BYTES = 16 << 20
 #: most Arrow bytes one Spark job carries through the driver JVM
@@ -290,19 +290,68 @@ def _slices(batch: pa.RecordBatch, limit: int) -> Iterator[pa.RecordBatch]:
         yield batch.slice(start, step)
 
 
+def _error_row(exc: BiomaskError) -> str:
+    """A biomask error raised in a worker, as the wire carries it back to the driver."""
+    from biomask.errors import PolicyError
+
+    row: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if isinstance(exc, PolicyError):
+        row.update(message=exc.message, path=exc.path, line=exc.line, field=exc.field)
+    return json.dumps(row)
+
+
+def _raise_error_row(text: str) -> None:
+    """Raise in the driver the biomask error a worker sent (:func:`_error_row`).
+
+    Spark would report a failed task as its own exception whose text is the worker's
+    traceback; sent in band, the error reaches the user as the one line the local engine
+    prints, and the JVM logs no failed task.
+    """
+    from biomask import errors
+
+    row = json.loads(text)
+    found = getattr(errors, str(row.get("type")), None)
+    cls: type[BiomaskError] = (
+        found if isinstance(found, type) and issubclass(found, BiomaskError) else BiomaskError
+    )
+    if issubclass(cls, errors.PolicyError):
+        policy_error: type[errors.PolicyError] = cls
+        raise policy_error(row["message"], path=row["path"], line=row["line"], field=row["field"])
+    if issubclass(cls, errors.DecryptionError):
+        raise errors.DecryptionError()
+    raise cls(row["message"])
+
+
 def _mask_wire(spec: WorkerSpec) -> Any:
-    """The ``mapInArrow`` function of the executor: IPC batch in, IPC masked batch out."""
+    """The ``mapInArrow`` function of the executor: IPC batch in, IPC masked batch out.
+
+    A :class:`~biomask.errors.BiomaskError` (a policy that does not fit the data, a key
+    store that is missing) is returned in the ``error`` column instead of failing the
+    task; anything else fails it, as a bug should.
+    """
 
     def run(parts: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         masker = _masker(spec)
         for part in parts:
             seqs, blobs = part.column(0).to_pylist(), part.column(1).to_pylist()
-            res = [masker.mask_batch(_unipc(b)) for b in blobs]
+            try:
+                res = [masker.mask_batch(_unipc(b)) for b in blobs]
+            except BiomaskError as exc:
+                n = len(seqs)
+                yield pa.record_batch({
+                    "seq": pa.array(seqs, pa.int64()),
+                    "output": pa.nulls(n, pa.binary()),
+                    "quarantine": pa.nulls(n, pa.binary()),
+                    "stats": pa.nulls(n, pa.string()),
+                    "error": pa.array([_error_row(exc)] * n, pa.string()),
+                })  # fmt: skip
+                continue
             yield pa.record_batch({
                 "seq": pa.array(seqs, pa.int64()),
                 "output": pa.array([_ipc(r.output) for r in res], pa.binary()),
                 "quarantine": pa.array([_ipc(r.quarantine) for r in res], pa.binary()),
                 "stats": pa.array([json.dumps(r.stats) for r in res], pa.string()),
+                "error": pa.nulls(len(res), pa.string()),
             })  # fmt: skip
 
     return run
@@ -370,6 +419,9 @@ class SparkExecutor:
         got = sorted(df.mapInArrow(_mask_wire(spec), _WIRE).collect(), key=lambda r: r[0])
         if len(got) != len(window):
             raise BiomaskError(f"Spark returned {len(got)} of {len(window)} batches")
+        for row in got:  # the first batch, in input order, that a worker refused
+            if row["error"] is not None:
+                _raise_error_row(row["error"])
         for row in got:
             q = row["quarantine"]
             res = MaskedBatch(
