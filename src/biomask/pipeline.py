@@ -51,6 +51,7 @@ from biomask.connectors import (
     quarantine_uri,
     table_sink_uri,
 )
+from biomask.connectors.base import Partitioned, Projecting, RowEstimating
 from biomask.connectors.overlap import ReadAhead, WriteBehind
 from biomask.connectors.registry import data_suffix, is_postgres_uri
 from biomask.errors import BiomaskError, OutputExistsError, QuarantineLimitError
@@ -370,9 +371,8 @@ def read_services(
         present = [c for c in cols if c in source.schema.names]
         if not present:
             continue
-        only = getattr(source, "column_batches", None)
-        if only is not None:
-            batches = only(present)
+        if isinstance(source, Projecting):
+            batches = source.column_batches(present)
         else:
             batches = (b.select(present) for b in source.batches())
         schema = pa.schema([source.schema.field(c) for c in present])
@@ -404,9 +404,6 @@ def table_services(
 
 def _rereadable(source: Any) -> bool:
     """Whether ``source`` can be read again for the pre-read (standard input cannot)."""
-    flag = getattr(source, "rereadable", None)
-    if flag is not None:
-        return bool(flag)
     try:
         return str(source.ref().uri) != "-"
     except Exception:  # a source that cannot even name itself is not read twice
@@ -571,8 +568,7 @@ def run_mask(
         executor.open(token)
         for t, source in sources.items():
             done = 0
-            estimate = getattr(source, "row_estimate", None)
-            total = estimate() if callable(estimate) else None
+            total = source.row_estimate() if isinstance(source, RowEstimating) else None
             if progress is not None:
                 progress(t, 0, total)
             reader = readers.get(t) or readers.setdefault(t, ReadAhead(source.batches()))
@@ -766,7 +762,7 @@ class _Evidence:
 
 def _partitions(source: Source, schema: pa.Schema) -> tuple[str, ...]:
     """Hive partition columns of the input that survive masking (kept on output)."""
-    cols = tuple(getattr(source, "partition_by", ()) or ())
+    cols = tuple(source.partition_by) if isinstance(source, Partitioned) else ()
     return tuple(c for c in cols if c in schema.names)
 
 

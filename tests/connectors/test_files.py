@@ -436,6 +436,35 @@ def test_column_batches_equal_the_selected_columns(tmp_path: Path, fmt: str) -> 
     assert got.column_names == ["b", "a"] and got.equals(want)
 
 
+def test_file_connectors_declare_their_capabilities(tmp_path: Path) -> None:
+    """The pipeline asks a connector what it can do through the protocols of
+    ``connectors.base``, never by probing names; a file source and sink declare theirs."""
+    from biomask.connectors import open_sink, open_source
+    from biomask.connectors.base import (
+        Partitioned,
+        Projecting,
+        RowEstimating,
+        Sealing,
+        Sink,
+        Source,
+    )
+
+    table = pa.table({"a": ["x", "y"], "b": [1, 2]})
+    write(str(tmp_path / "in.parquet"), table)
+    src = open_source(str(tmp_path / "in.parquet"))
+    assert isinstance(src, Source) and isinstance(src, Projecting)
+    assert isinstance(src, RowEstimating) and src.row_estimate() == 2
+    assert isinstance(src, Partitioned) and src.partition_by == []
+    sink = open_sink(str(tmp_path / "out.parquet"), table.schema)
+    assert isinstance(sink, Sink) and isinstance(sink, Sealing)
+    sink.write(table.to_batches()[0])
+    (staged,) = sink.seal()
+    assert staged.exists() and not (tmp_path / "out.parquet").exists()
+    assert pq.read_table(staged).equals(table)  # sealed: the bytes are final, uncommitted
+    sink.commit()
+    assert not staged.exists() and pq.read_table(tmp_path / "out.parquet").equals(table)
+
+
 def test_ciphertext_columns_are_stored_without_compression_dictionary_or_statistics(
     tmp_path: Path,
 ) -> None:

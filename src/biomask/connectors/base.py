@@ -9,14 +9,24 @@ under the final name.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 
 from biomask.types import REJECT_COLUMN, DatasetRef
 
-__all__ = ["REJECT_COLUMN", "DatasetRef", "Sink", "Source"]
+__all__ = [
+    "REJECT_COLUMN",
+    "DatasetRef",
+    "Partitioned",
+    "Projecting",
+    "RowEstimating",
+    "Sealing",
+    "Sink",
+    "Source",
+]
 
 
 @runtime_checkable
@@ -52,3 +62,41 @@ class Sink(Protocol):
     def ref(self) -> DatasetRef:
         """The dataset as lineage names it (after commit, with its files)."""
         ...
+
+
+# -- optional capabilities: a connector declares them by having the member ---------------
+
+
+@runtime_checkable
+class Projecting(Protocol):
+    """A source that reads only some columns (Parquet, Arrow: only their column chunks).
+
+    The pipeline's pre-read of the columns a run needs (the ``text`` lexicon) uses it;
+    other sources are read whole and the columns selected afterwards.
+    """
+
+    def column_batches(self, columns: Sequence[str]) -> Iterator[pa.RecordBatch]: ...
+
+
+@runtime_checkable
+class RowEstimating(Protocol):
+    """A source that knows its row count before reading (Parquet footers, PostgreSQL
+    statistics), for progress bars; None when it cannot tell."""
+
+    def row_estimate(self) -> int | None: ...
+
+
+@runtime_checkable
+class Partitioned(Protocol):
+    """A source read from hive-partitioned folders: the partition columns, so an output
+    can keep the input's layout."""
+
+    partition_by: list[str]
+
+
+@runtime_checkable
+class Sealing(Protocol):
+    """A sink whose files can be finished before its commit (:meth:`FileSink.seal`):
+    lineage hashes them while the commit's fsync runs."""
+
+    def seal(self) -> tuple[Path, ...]: ...

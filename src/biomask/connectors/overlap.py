@@ -25,7 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from biomask.connectors.base import DatasetRef, Sink
+from biomask.connectors.base import DatasetRef, Sealing, Sink
 
 __all__ = ["ReadAhead", "WriteBehind", "read_ahead"]
 
@@ -147,10 +147,9 @@ class WriteBehind:
         """
         try:
             self._wait(0)
-            seal = getattr(self.sink, "seal", None)
             sealed: tuple[Path, ...] = ()
-            if on_sealed is not None and seal is not None:
-                sealed = self._pool.submit(seal).result()
+            if on_sealed is not None and isinstance(self.sink, Sealing):
+                sealed = self._pool.submit(self.sink.seal).result()
             done = self._pool.submit(self.sink.commit)
             try:
                 for path in sealed:
