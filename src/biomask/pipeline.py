@@ -609,7 +609,7 @@ def run_mask(
         evidence.drain()
         for s in sinks:
             if isinstance(s, WriteBehind):
-                s.commit(on_sealed=recorder.prehash)
+                s.commit(on_sealed=recorder.prehash_open)
             else:
                 s.commit()
     except BaseException as exc:

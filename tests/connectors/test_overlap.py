@@ -126,3 +126,28 @@ def test_read_ahead_object_starts_reading_at_once_and_closes() -> None:
         assert started.wait(2)  # before anything asked for a batch
         assert [b.column(0)[0].as_py() for b in reader] == [0, 1, 2]
     assert list(reader) == []
+
+
+def test_a_sealed_output_is_hashed_through_its_handle_even_once_renamed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The commit may rename a small file into place before lineage reads it: the handle
+    opened before the commit still reads it, and the digest is the final file's."""
+    import hashlib
+
+    from biomask.connectors import open_sink
+
+    final = tmp_path / "out.csv"
+    table = pa.table({"a": ["x", "y", "z"], "b": [1, 2, 3]})
+    sink = WriteBehind(open_sink(str(final), table.schema))
+    sink.write(table.to_batches()[0])
+    got: list[str] = []
+
+    def on_sealed(fh) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 10
+        while not final.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)  # let the worker rename it first: the race this guards
+        assert final.exists()
+        got.append(hashlib.file_digest(fh, "sha256").hexdigest())
+
+    sink.commit(on_sealed=on_sealed)
+    assert got == [hashlib.sha256(final.read_bytes()).hexdigest()]
+    assert not list(tmp_path.glob(".out.csv.tmp-*"))

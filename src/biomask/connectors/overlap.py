@@ -16,6 +16,7 @@ in order.
 from __future__ import annotations
 
 import contextlib
+import io
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -138,24 +139,28 @@ class WriteBehind:
         """Wait until every queued batch is written."""
         self._wait(0)
 
-    def commit(self, on_sealed: Callable[[Path], None] | None = None) -> None:
+    def commit(self, on_sealed: Callable[[io.FileIO], None] | None = None) -> None:
         """Write what is queued, then commit; nothing is committed if a write failed.
 
         With ``on_sealed``, a sink that can seal its files first (:meth:`FileSink.seal`)
-        does so, and ``on_sealed`` is called here with each sealed file while the worker
-        fsyncs and renames it: lineage hashes the output during the fsync, not after it.
+        does so, and ``on_sealed`` is called here with each sealed file, open for reading,
+        while the worker fsyncs and renames it: lineage hashes the output during the
+        fsync, not after it. The files are opened before the commit starts, so the rename
+        cannot take one away.
         """
         try:
             self._wait(0)
             sealed: tuple[Path, ...] = ()
             if on_sealed is not None and isinstance(self.sink, Sealing):
                 sealed = self._pool.submit(self.sink.seal).result()
-            done = self._pool.submit(self.sink.commit)
-            try:
-                for path in sealed:
-                    on_sealed(path)  # type: ignore[misc]
-            finally:
-                done.result()
+            with contextlib.ExitStack() as files:
+                handles = [files.enter_context(open(p, "rb", buffering=0)) for p in sealed]
+                done = self._pool.submit(self.sink.commit)
+                try:
+                    for fh in handles:
+                        on_sealed(fh)  # type: ignore[misc]
+                finally:
+                    done.result()
         finally:
             self._close()
 

@@ -23,6 +23,8 @@ says the run never finished.
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import traceback
 from pathlib import Path
 from typing import Any
@@ -224,6 +226,20 @@ class LineageRecorder:
         its size and modification time at the end; a file that changed is hashed again.
         """
         self._digest(path)
+
+    def prehash_open(self, fh: io.FileIO) -> None:
+        """Hash a finished file through a handle opened on it, as :meth:`prehash` does.
+
+        The pipeline opens a sealed output before its commit renames it into place and
+        hashes it while the commit's fsync runs: the handle follows the inode through the
+        rename, which a path would not.
+        """
+        st = os.fstat(fh.fileno())
+        fh.seek(0)
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        size = fh.tell()
+        if size == st.st_size:
+            self._known[(st.st_dev, st.st_ino)] = (size, st.st_mtime_ns, digest)
 
     def _digest(self, path: Path) -> tuple[str, int]:
         """SHA-256 and size of ``path``, from the cache when the file is unchanged.
