@@ -589,9 +589,9 @@ def test_summary_says_what_templates_are_bound_to(
     assert "no row_key" in json.dumps(dossier)
 
 
-def test_rekey_upgrade_rewrites_version_1_templates_bound_to_their_row(
-    work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _mask_version_1_templates(work: Path, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Mask three templates (two subjects, a row key) with the version 1 writer into
+    out.parquet under t.yaml; returns the templates in clear."""
     import biomask.keys.envelope as env
     import biomask.masking.operators.encrypt as enc
 
@@ -610,6 +610,13 @@ def test_rekey_upgrade_rewrites_version_1_templates_bound_to_their_row(
         m.setattr(env, "mids_v2", lambda tok, rk, rows: env.row_tokens(tok, rows))
         m.setattr(env, "lp", lambda h: b"|" + h)
         assert main(mask_args(**{"--policy": "t.yaml", "--input": "t.parquet"})) == 0
+    return templates
+
+
+def test_rekey_upgrade_rewrites_version_1_templates_bound_to_their_row(
+    work: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    templates = _mask_version_1_templates(work, monkeypatch)
     old = pq.read_table(work / "out.parquet")
     assert {bytes(v)[:4] for v in old.column("tpl").to_pylist()} == {b"BMT\x01"}
     args = ["rekey", "--keyring", "keys.json", "--upgrade", "--policy", "t.yaml"]
@@ -631,24 +638,7 @@ def test_rekey_upgrade_after_rotate_tokens_keeps_each_subject_on_its_one_key(
     file's tokens are under the old token key (the pinned entity key), and the upgrade
     keeps every subject on the key its templates always had, so they decrypt, and one
     erase (by the subject's new token) makes them unreadable while the others stay."""
-    import biomask.keys.envelope as env
-    import biomask.masking.operators.encrypt as enc
-
-    (work / "t.yaml").write_text(
-        POLICY
-        + "  cap: {op: tokenize, domain: capture}\n"
-        + "  tpl: {op: encrypt, entity: subject, per_entity_key: true, row_key: cap}\n"
-    )
-    table = pq.read_table(work / "in.parquet")
-    table = table.append_column("cap", pa.array(["CAP-000001", "CAP-000002", "CAP-000003"]))
-    templates = [b"t1" * 8, b"t2" * 8, b"t3" * 8]
-    pq.write_table(table.append_column("tpl", pa.array(templates)), work / "t.parquet")
-    with monkeypatch.context() as m:  # the version 1 writer
-        m.setattr(env, "MAGIC", env.MAGIC_V1)
-        m.setattr(enc.Encrypt, "_aad_prefix_v2", enc.Encrypt._aad_prefix)
-        m.setattr(env, "mids_v2", lambda tok, rk, rows: env.row_tokens(tok, rows))
-        m.setattr(env, "lp", lambda h: b"|" + h)
-        assert main(mask_args(**{"--policy": "t.yaml", "--input": "t.parquet"})) == 0
+    templates = _mask_version_1_templates(work, monkeypatch)
     assert main(["keys", "rotate-tokens", "--keyring", "keys.json"]) == 0
     up = ["rekey", "--keyring", "keys.json", "--upgrade", "--policy", "t.yaml"]
     assert main([*up, "--input", "out.parquet", "--output", "v2.parquet"]) == 0
