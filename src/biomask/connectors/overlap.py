@@ -21,7 +21,6 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -150,15 +149,16 @@ class WriteBehind:
         """
         try:
             self._wait(0)
-            sealed: tuple[Path, ...] = ()
-            if on_sealed is not None and isinstance(self.sink, Sealing):
-                sealed = self._pool.submit(self.sink.seal).result()
+            if on_sealed is None or not isinstance(self.sink, Sealing):
+                self._pool.submit(self.sink.commit).result()
+                return
+            sealed = self._pool.submit(self.sink.seal).result()
             with contextlib.ExitStack() as files:
                 handles = [files.enter_context(open(p, "rb", buffering=0)) for p in sealed]
                 done = self._pool.submit(self.sink.commit)
                 try:
                     for fh in handles:
-                        on_sealed(fh)  # type: ignore[misc]
+                        on_sealed(fh)
                 finally:
                     done.result()
         finally:

@@ -112,10 +112,16 @@ def _dataset_digest(path: Path) -> tuple[str, int]:
     """
     try:
         with path.open("rb", buffering=0) as fh:
-            digest = hashlib.file_digest(fh, "sha256")
-            return digest.hexdigest(), fh.tell()
+            return _handle_digest(fh)
     except OSError as exc:
         raise LineageError(f"cannot read {path} to hash it: {exc.strerror}") from None
+
+
+def _handle_digest(fh: io.FileIO) -> tuple[str, int]:
+    """SHA-256 (hex) and size of the file open as ``fh``, read from its start."""
+    fh.seek(0)
+    digest = hashlib.file_digest(fh, "sha256")
+    return digest.hexdigest(), fh.tell()
 
 
 def _dataset_version(files: list[dict[str, Any]]) -> str | None:
@@ -235,9 +241,11 @@ class LineageRecorder:
         rename, which a path would not.
         """
         st = os.fstat(fh.fileno())
-        fh.seek(0)
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        size = fh.tell()
+        self._remember(st, *_handle_digest(fh))
+
+    def _remember(self, st: os.stat_result, digest: str, size: int) -> None:
+        """Cache ``digest`` for the file ``st`` describes (stat taken before hashing),
+        unless the file's size changed while it was read."""
         if size == st.st_size:
             self._known[(st.st_dev, st.st_ino)] = (size, st.st_mtime_ns, digest)
 
@@ -255,8 +263,7 @@ class LineageRecorder:
         if known is not None and known[:2] == (st.st_size, st.st_mtime_ns):
             return known[2], known[0]
         digest, size = _dataset_digest(path)
-        if size == st.st_size:
-            self._known[(st.st_dev, st.st_ino)] = (size, st.st_mtime_ns, digest)
+        self._remember(st, digest, size)
         return digest, size
 
     def conclude_evidence(self) -> None:
