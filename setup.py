@@ -8,7 +8,8 @@
 - ``biomask.lineage._evidence``: lineage's residual-PII scan digests.
 
 All link OpenSSL's libcrypto except ``_evidence``; the headers they share (argument checks,
-AES-ECB in groups of blocks) are in ``src/biomask``. Everything else is in pyproject.toml.
+AES-ECB in groups of blocks, keyed string digests and the table of distinct values) are in
+``src/biomask``. Everything else is in pyproject.toml.
 Without a C compiler or OpenSSL's headers the install still succeeds and biomask uses its
 pure-Python/numpy code instead (same bytes, slower); one loader, ``biomask._native``,
 imports them, and ``BIOMASK_REQUIRE_NATIVE=1`` makes a missing helper an error.
@@ -41,7 +42,7 @@ setup(
             "biomask.masking._kernels",
             sources=["src/biomask/masking/_kernels.c", "src/biomask/masking/_layout.c"],
             include_dirs=["src/biomask"],
-            depends=[*SHARED, "src/biomask/masking/_layout.h"],
+            depends=[*SHARED, "src/biomask/_distinct.h", "src/biomask/masking/_layout.h"],
             libraries=["crypto"],
             extra_compile_args=FLAGS,
             optional=True,
@@ -50,7 +51,7 @@ setup(
             "biomask.lineage._evidence",
             sources=["src/biomask/lineage/_evidence.c"],
             include_dirs=["src/biomask"],
-            depends=["src/biomask/_buffers.h"],
+            depends=["src/biomask/_buffers.h", "src/biomask/_distinct.h"],
             extra_compile_args=FLAGS,
             optional=True,
         ),

@@ -55,7 +55,6 @@ class DatasetRef:
     schema: pa.Schema | None = field(default=None, compare=False)
 
 
-
 def display_uri(uri: str) -> str:
     """The URI with any password removed (userinfo and ``password=`` query parameter).
 
@@ -83,7 +82,6 @@ def display_uri(uri: str) -> str:
     except ValueError:
         # Unparseable: show only the scheme rather than risk echoing a secret.
         return uri.split("://", 1)[0] + "://…"
-
 
 
 def binary_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -8,13 +8,10 @@
  *   long) and, on request, the digests of its candidates (words, tokens, 2-3 token
  *   n-grams). Every other value is only classified, for the caller's Arrow path.
  *
- * The digest (the same as evidence.py's NumPy _digest, bit for bit): over the bytes in
- * 8-byte little-endian words, the last one zero-padded,
- *     h = k0 ^ (len * P0);  for each word w: h = (h ^ w) * P1; h ^= h >> 31;
- *     h ^= k1;  h = fmix64(h)   (MurmurHash3's finalizer)
- * with a random per-run key (k0, k1). It is not a cryptographic MAC: the digests never
- * leave the process and are dropped at the end of the run, and a collision can only add
- * a false hit, never hide a real one.
+ * The digest is _distinct.h's (the same as evidence.py's NumPy _digest, bit for bit) under
+ * a random per-run key (k0, k1). It is not a cryptographic MAC: the digests never leave
+ * the process and are dropped at the end of the run, and a collision can only add a false
+ * hit, never hide a real one.
  *
  * ev_distinct: the first occurrence of every distinct value (Arrow's `unique`, exact).
  * ev_bits / ev_probe: the one-bit-per-slot filters of the final set comparison.
@@ -31,77 +28,11 @@
 #include <string.h>
 
 #include "_buffers.h"
+#include "_distinct.h"
 
 #define MIN_TOKEN 3
-#define P0 0x9E3779B97F4A7C15ULL
-#define P1 0xBF58476D1CE4E5B9ULL
 
 enum { FAST = 0, OTHER = 1, SPLIT = 2 }; /* ev_scan's status per value */
-
-#define ONES 0x0101010101010101ULL
-#define HIGH 0x8080808080808080ULL
-
-static inline uint64_t load8(const unsigned char *p) {
-    uint64_t w;
-    memcpy(&w, p, 8);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    w = __builtin_bswap64(w);
-#endif
-    return w;
-}
-
-/* The len bytes at p as a little-endian word, zero-padded when len < 8. Reads 8 bytes
- * when p + 8 <= end (the end of the buffer p points into), else byte by byte. */
-static inline uint64_t load_le(const unsigned char *p, int64_t len, const unsigned char *end) {
-    if (len >= 8) return load8(p);
-    if (p + 8 <= end) return load8(p) & ((1ULL << (8 * len)) - 1);
-    uint64_t w = 0;
-    for (int64_t i = 0; i < len; i++) w |= (uint64_t)p[i] << (8 * i);
-    return w;
-}
-
-/* ASCII lower case of a word whose bytes are all below 0x80 (no carry crosses a byte). */
-static inline uint64_t lower8(uint64_t w) {
-    uint64_t upper = (w + 0x3F * ONES) & ~(w + 0x25 * ONES) & HIGH;
-    return w | (upper >> 2);
-}
-
-static inline uint64_t mix(uint64_t h, uint64_t w) {
-    h = (h ^ w) * P1;
-    return h ^ (h >> 31);
-}
-
-static inline uint64_t fin(uint64_t h, uint64_t k1) {
-    h ^= k1;
-    h ^= h >> 33;
-    h *= 0xFF51AFD7ED558CCDULL;
-    h ^= h >> 33;
-    h *= 0xC4CEB9FE1A85EC53ULL;
-    h ^= h >> 33;
-    return h;
-}
-
-static uint64_t digest(const unsigned char *p, int64_t len, const unsigned char *end, uint64_t k0,
-                       uint64_t k1, int lower) {
-    uint64_t h = k0 ^ ((uint64_t)len * P0);
-    if (len <= 16 && p + 16 <= end) {
-        /* the same, without a branch to mispredict: both words read, the empty ones
-         * (all of a value's past its end) left out by selection */
-        uint64_t m0 = len >= 8 ? ~0ULL : (1ULL << ((8 * len) & 63)) - 1;
-        uint64_t m1 = len >= 16 ? ~0ULL : len <= 8 ? 0 : (1ULL << ((8 * (len - 8)) & 63)) - 1;
-        uint64_t w0 = load8(p) & m0, w1 = load8(p + 8) & m1;
-        if (lower) w0 = lower8(w0), w1 = lower8(w1);
-        uint64_t h1 = mix(h, w0);
-        uint64_t h2 = mix(h1, w1);
-        h = len > 8 ? h2 : len > 0 ? h1 : h;
-        return fin(h, k1);
-    }
-    for (int64_t i = 0; i < len; i += 8) {
-        uint64_t w = load_le(p + i, len - i, end);
-        h = mix(h, lower ? lower8(w) : w);
-    }
-    return fin(h, k1);
-}
 
 /* Valid offsets (see _buffers.h), and the longest value's length. */
 static int check_offsets(Py_buffer *offs, Py_buffer *data, Py_ssize_t *n, int64_t *longest) {
@@ -463,88 +394,30 @@ done:
 }
 
 /* ev_distinct: the index of the first occurrence of every distinct value, in order (what
- * Arrow's hash `unique` keeps), for the columns whose values repeat. An open-addressing
- * table of (digest, index) grows as distinct values come; equal digests are confirmed
- * byte for byte, so the result is exact whatever the digests. */
-typedef struct {
-    uint64_t digest;
-    int64_t first; /* -1: empty */
-} slot;
-
-static int grow(slot **table, uint64_t *mask) {
-    uint64_t size = (*mask + 1) * 2;
-    slot *bigger = malloc(size * sizeof(slot));
-    if (bigger == NULL) return 0;
-    for (uint64_t i = 0; i < size; i++) bigger[i].first = -1;
-    for (uint64_t i = 0; i <= *mask; i++) {
-        if ((*table)[i].first < 0) continue;
-        uint64_t s = (*table)[i].digest & (size - 1);
-        while (bigger[s].first >= 0) s = (s + 1) & (size - 1);
-        bigger[s] = (*table)[i];
-    }
-    free(*table);
-    *table = bigger;
-    *mask = size - 1;
-    return 1;
-}
-
-static inline int same(const unsigned char *a, const unsigned char *b, int64_t len) {
-    if (len > 16) return memcmp(a, b, (size_t)len) == 0;
-    for (int64_t i = 0; i < len; i++)
-        if (a[i] != b[i]) return 0;
-    return 1;
-}
-
+ * Arrow's hash `unique` keeps), for the columns whose values repeat (_distinct.h's table). */
 static PyObject *bm_ev_distinct(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer offs, data, key, first;
     if (!PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &key, &first)) return NULL;
     PyObject *ret = NULL;
-    Py_ssize_t n;
+    Py_ssize_t n, count = 0;
     int64_t longest;
-    uint64_t k0, k1, mask = 255;
-    slot *table = NULL;
+    uint64_t k0, k1;
     if (!check_offsets(&offs, &data, &n, &longest) || !read_key(&key, &k0, &k1)) goto done;
     if (first.len != n * 8) {
         PyErr_SetString(PyExc_ValueError, "first must be int64, one per value");
         goto done;
     }
-    table = malloc((mask + 1) * sizeof(slot));
-    if (table == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (uint64_t i = 0; i <= mask; i++) table[i].first = -1;
     const int64_t *o = (const int64_t *)offs.buf;
     const unsigned char *p = (const unsigned char *)data.buf, *end = p + data.len;
-    int64_t *f = (int64_t *)first.buf;
-    Py_ssize_t count = 0;
-    int ok = 1;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t v = 0; v < n && ok; v++) {
-        int64_t len = o[v + 1] - o[v];
-        uint64_t d = digest(p + o[v], len, end, k0, k1, 0);
-        uint64_t s = d & mask;
-        for (;; s = (s + 1) & mask) {
-            slot *t = &table[s];
-            if (t->first < 0) {
-                t->digest = d;
-                t->first = v;
-                f[count++] = v;
-                if ((uint64_t)count * 2 > mask) ok = grow(&table, &mask);
-                break;
-            }
-            int64_t u = t->first;
-            if (t->digest == d && o[u + 1] - o[u] == len && same(p + o[u], p + o[v], len)) break;
-        }
-    }
+    count = distinct_run(o, p, end, n, NULL, k0, k1, (int64_t *)first.buf, NULL);
     Py_END_ALLOW_THREADS
-    if (!ok)
+    if (count < 0)
         PyErr_NoMemory();
     else
         ret = PyLong_FromSsize_t(count);
 done:
-    free(table);
     PyBuffer_Release(&offs);
     PyBuffer_Release(&data);
     PyBuffer_Release(&key);

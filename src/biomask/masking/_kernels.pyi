@@ -70,3 +70,9 @@ def shape_place(
     /,
 ) -> None:
     """Write permuted numbers back as characters of the same classes into ``out``."""
+
+def distinct(offsets: Any, data: Any, key: bytes, valid: Any, first: Any, index: Any, /) -> int:
+    """Arrow's dictionary_encode of a string column: the row of each distinct value's first
+    occurrence (``first``, int64), each row's value number (``index``, int32; -1 where
+    ``valid``, one byte per row or empty for none null, says it is null); returns how many
+    distinct values there are."""

@@ -25,7 +25,13 @@ import pyarrow.compute as pc
 
 from biomask.errors import BiomaskError
 from biomask.keys import Keyring
-from biomask.masking.registry import Binding, Operator, OperatorContext, get_operator
+from biomask.masking.registry import (
+    Binding,
+    Operator,
+    OperatorContext,
+    dictionary_encode,
+    get_operator,
+)
 from biomask.policies.models import Policy
 
 __all__ = ["SubjectNames", "as_binary"]
@@ -104,7 +110,7 @@ class SubjectNames:
         if pa.types.is_large_string(values.type):  # operators work on 32-bit offsets
             values = values.cast(pa.string())
         op = self._op(entity, self.keyring.entity_key_id)
-        enc = values.dictionary_encode()
+        enc = dictionary_encode(values)
         uniq = enc.dictionary
         ctx = OperatorContext(
             op.binding.table,
@@ -134,6 +140,6 @@ class SubjectNames:
                 f"entity '{entity}''s column is masked with '{op.name}', whose tokens cannot be "
                 "turned back into ids: name the subject by its id (--subject-id) instead"
             )
-        enc = tokens.dictionary_encode()
+        enc = dictionary_encode(tokens)
         raw = invert(enc.dictionary)
         return self.from_values(entity, raw.take(enc.indices))

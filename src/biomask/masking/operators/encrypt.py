@@ -43,7 +43,13 @@ from biomask.keys.envelope import (
 )
 from biomask.keys.keystore import KeyStore
 from biomask.masking.entities import SubjectNames, as_binary
-from biomask.masking.registry import Binding, Operator, OperatorContext, register
+from biomask.masking.registry import (
+    Binding,
+    Operator,
+    OperatorContext,
+    dictionary_encode,
+    register,
+)
 from biomask.masking.services import RunNeeds, RunServices
 from biomask.policies.models import EncryptOp
 from biomask.types import binary_parts
@@ -356,7 +362,7 @@ class Encrypt(Operator[EncryptOp]):
                 nameless = pc.is_null(named).to_numpy(zero_copy_only=False)
                 self._reject(ok & nameless, "template has no subject token to key it", ctx, ok)
                 named = named.fill_null(b"")
-            enc = named.dictionary_encode()
+            enc = dictionary_encode(named)
             uniq: list[bytes] = enc.dictionary.to_pylist()
             which = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
             pre = len(self._entity_id_prefix())

@@ -23,7 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from biomask.keys.primitives import DeterministicPrf
-from biomask.masking.registry import Binding, Operator, OperatorContext, register
+from biomask.masking.registry import (
+    Binding,
+    Operator,
+    OperatorContext,
+    dictionary_encode,
+    register,
+)
 from biomask.policies.models import PseudonymOp
 
 __all__ = ["FAMILY", "GIVEN", "NameMapper", "Pseudonym", "normalize_name", "split_name"]
@@ -233,14 +239,14 @@ class NameMapper:
             if not found.null_count:
                 return found.to_numpy().astype(np.int32, copy=False), vocab
             miss = pc.is_null(found)
-            enc = pieces.filter(miss).dictionary_encode()
+            enc = dictionary_encode(pieces.filter(miss))
             if size + len(enc.dictionary) <= _MAX_VOCAB:
                 gid = found.fill_null(0).to_numpy().astype(np.int32)
                 gid[miss.to_numpy(zero_copy_only=False)] = enc.indices.to_numpy() + size
                 grown, moved = self._grow(vocab, enc.dictionary)
                 self._vocab = grown  # (another thread may replace it: use ours)
                 return moved[gid], grown
-        enc = pieces.dictionary_encode()  # first batch, or a vocabulary grown too large
+        enc = dictionary_encode(pieces)  # first batch, or a vocabulary grown too large
         grown, moved = self._grow(_NO_VOCAB, enc.dictionary)
         self._vocab = grown
         return moved[enc.indices.to_numpy()], grown

@@ -13,7 +13,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from biomask.keys.primitives import DeterministicPrf
-from biomask.masking.registry import Binding, Operator, OperatorContext, is_string_type, register
+from biomask.masking.registry import (
+    Binding,
+    Operator,
+    OperatorContext,
+    dictionary_encode,
+    is_string_type,
+    register,
+)
 from biomask.policies.models import DateShiftOp, GeneralizeOp
 
 __all__ = ["DATE_FORMATS", "DateShift", "Generalize", "entity_max_days"]
@@ -80,7 +87,7 @@ class DateShift(Operator[DateShiftOp]):
         here. Either way the PRF runs once per distinct token.
         """
         if distinct is None:
-            enc = tokens.cast(pa.string()).dictionary_encode()
+            enc = dictionary_encode(tokens.cast(pa.string()))
             indices, raw = enc.indices, enc.dictionary
         else:
             indices, raw = distinct

@@ -34,6 +34,7 @@ from biomask.masking.registry import (
     Binding,
     Operator,
     OperatorContext,
+    dictionary_encode,
     is_string_type,
     map_distinct,
     register,
@@ -289,7 +290,7 @@ class Tokenize(Operator[TokenizeOp]):
         return out, [(res.small, SMALL_REASON), (res.failed, WALK_REASON)]
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
-        enc = values.dictionary_encode()
+        enc = dictionary_encode(values)
         uniq = enc.dictionary
         if pa.types.is_integer(values.type):
             out, bad, reason = self._integer_tokens(uniq)
@@ -361,7 +362,7 @@ class Tokenize(Operator[TokenizeOp]):
 
     def reverse(self, values: pa.Array, ctx: OperatorContext, key_id: str) -> pa.Array:
         assert self.fpe is not None
-        enc = values.dictionary_encode()
+        enc = dictionary_encode(values)
         if pa.types.is_integer(values.type):
             res = self.fpe.integers(enc.dictionary, key_id, decrypt=True)
         else:
@@ -598,7 +599,7 @@ class Email(Operator[EmailOp]):
         A column's addresses share a handful of domains: each distinct domain is permuted
         once (a 65,536-address batch with 12 domains: 12 FF1 walks, not 65,536).
         """
-        enc = domains.dictionary_encode()
+        enc = dictionary_encode(domains)
         rows = enc.indices.to_numpy(zero_copy_only=False)
         out, problems = self._distinct_domain_tokens(enc.dictionary)
         return out.take(enc.indices), [(bad[rows], why) for bad, why in problems]
@@ -622,7 +623,7 @@ class Email(Operator[EmailOp]):
         ]
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
-        enc = values.dictionary_encode()
+        enc = dictionary_encode(values)
         out, problems, weak_tokens = self._tokens(enc.dictionary)
         self._count_weak(weak_tokens, ctx)
         return _finish_all(enc, out, problems, ctx).cast(values.type)
@@ -831,7 +832,7 @@ class Phone(Operator[PhoneOp]):
         return self.spec.reversible
 
     def reverse(self, values: pa.Array, ctx: OperatorContext, key_id: str) -> pa.Array:
-        enc = values.dictionary_encode()
+        enc = dictionary_encode(values)
         lay = phone_digits(enc.dictionary)
         bad = lay.bad.copy()
         digits = self._ff1(
@@ -841,7 +842,7 @@ class Phone(Operator[PhoneOp]):
         return _finish(enc, out, bad, "not a reversible phone token", ctx).cast(values.type)
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
-        enc = values.dictionary_encode()
+        enc = dictionary_encode(values)
         out, bad = self.tokens(enc.dictionary)
         return _finish(
             enc,

@@ -48,6 +48,7 @@ from biomask.masking.operators.names import (
     split_name,
 )
 from biomask.masking.operators.tokens import phone_digits
+from biomask.masking.registry import dictionary_encode
 from biomask.masking.text.words import fold as fold_word
 from biomask.masking.text.words import sentence_start, unbalanced_close
 
@@ -298,7 +299,7 @@ class Lexicon:
         f = pa.concat_arrays([a.cast(pa.string()) for a in pairs_f])
         if len(g) == 0:
             return
-        genc, fenc = g.dictionary_encode(), f.dictionary_encode()
+        genc, fenc = dictionary_encode(g), dictionary_encode(f)
         gn = pa.array([normalize_name(x) for x in genc.dictionary.to_pylist()], pa.string())
         fn = pa.array([normalize_name(x) for x in fenc.dictionary.to_pylist()], pa.string())
         keys = self._pair_keys(gn.take(genc.indices), fn.take(fenc.indices))
@@ -360,7 +361,7 @@ class Lexicon:
         words = pa.concat_arrays([a.cast(pa.string()) for a in part_words])
         bits = np.concatenate(role_bits) if role_bits else np.zeros(0, np.int64)
         # normalize once per distinct written part (Python, but over a name vocabulary)
-        enc = words.dictionary_encode()
+        enc = dictionary_encode(words)
         norm = pa.array([normalize_name(w) for w in enc.dictionary.to_pylist()], pa.string())
         roles.add(self._hash("n", norm.take(enc.indices)), bits)
         if mapper is None:
@@ -369,7 +370,7 @@ class Lexicon:
         f = pa.concat_arrays([a.cast(pa.string()) for a in pairs_f])
         if len(g) == 0:
             return
-        genc, fenc = g.dictionary_encode(), f.dictionary_encode()
+        genc, fenc = dictionary_encode(g), dictionary_encode(f)
         gnorm = [normalize_name(x) for x in genc.dictionary.to_pylist()]
         fnorm = pa.array([normalize_name(x) for x in fenc.dictionary.to_pylist()], pa.string())
         # the pseudonym's initial for each distinct given name, in one PRF call

@@ -68,6 +68,7 @@ from biomask.masking.registry import (
     Binding,
     Operator,
     OperatorContext,
+    dictionary_encode,
     get_operator,
     is_string_type,
     register,
@@ -442,7 +443,7 @@ class TextOperator(Operator[TextOp]):
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
         if len(values) == 0 or values.null_count == len(values):
             return values
-        enc = values.dictionary_encode()
+        enc = dictionary_encode(values)
         limit = self.spec.max_text_bytes
         sizes = pc.binary_length(enc.dictionary.cast(pa.string())).to_numpy(zero_copy_only=False)
         too_big = sizes > limit
