@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from biomask import _native
-from biomask.masking.registry import _DISTINCT_KEY, dictionary_encode, map_distinct
+from biomask.masking.registry import _DISTINCT_KEY, dictionary_encode, expand, map_distinct
 from tests.native import kernels_path
 
 BUILT = _native._import("biomask.masking._kernels") is not None
@@ -68,6 +68,24 @@ def test_dictionary_encode_other_types_are_arrows() -> None:
     blobs = pa.array([b"\xff", b"\xff", None], pa.binary())
     assert dictionary_encode(blobs).equals(blobs.dictionary_encode())
     assert len(dictionary_encode(pa.array([], pa.string())).dictionary) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(values)
+def test_expand_equals_take(items: list[str | None]) -> None:
+    arr = pa.array(items, pa.string())
+    enc = dictionary_encode(arr)
+    per_value = pa.array([f"<{v}>" for v in enc.dictionary.to_pylist()], pa.string())
+    assert expand(per_value, enc.indices).equals(per_value.take(enc.indices))
+
+
+def test_expand_skips_the_take_only_when_every_row_is_its_own_value() -> None:
+    ids = pa.array(["b", "a", "c"])
+    enc = dictionary_encode(ids)
+    per_value = pa.array(["B", "A", "C"])
+    assert expand(per_value, enc.indices) is per_value  # no copy
+    with_null = dictionary_encode(pa.array(["b", None, "a"]))
+    assert expand(pa.array(["B", "A"]), with_null.indices).to_pylist() == ["B", None, "A"]
 
 
 def test_map_distinct_runs_once_per_distinct_value() -> None:

@@ -30,6 +30,7 @@ from biomask.masking.registry import (
     Operator,
     OperatorContext,
     dictionary_encode,
+    expand,
     get_operator,
 )
 from biomask.policies.models import Policy
@@ -122,7 +123,7 @@ class SubjectNames:
         tokens = op(uniq, ctx)
         if ctx.bad.any():  # values the rule refused: no name, never a partial one
             tokens = pc.if_else(pa.array(ctx.bad), pa.scalar(None, tokens.type), tokens)
-        return tokens.take(enc.indices)
+        return expand(tokens, enc.indices)
 
     def from_tokens(self, entity: str, tokens: pa.Array, key_id: str) -> pa.Array:
         """Per row, the name of the subject whose token under ``key_id`` is in ``tokens``.
@@ -142,4 +143,4 @@ class SubjectNames:
             )
         enc = dictionary_encode(tokens)
         raw = invert(enc.dictionary)
-        return self.from_values(entity, raw.take(enc.indices))
+        return self.from_values(entity, expand(raw, enc.indices))

@@ -30,6 +30,7 @@ __all__ = [
     "Operator",
     "OperatorContext",
     "dictionary_encode",
+    "expand",
     "get_operator",
     "is_string_type",
     "map_distinct",
@@ -270,6 +271,19 @@ def dictionary_encode(values: pa.Array) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(indices, dictionary)
 
 
+def expand(per_value: pa.Array, indices: pa.Array) -> pa.Array:
+    """``per_value.take(indices)``: results per distinct value, back to one per row.
+
+    ``indices`` are a dictionary encoding's (:func:`dictionary_encode`), which number the
+    values in the order they first occur: when there are as many values as rows and no
+    null, every row is its own value and the indices are 0, 1, 2... (a batch of ids), so
+    the results are the rows already and the take would only copy them.
+    """
+    if len(per_value) == len(indices) and not indices.null_count:
+        return per_value
+    return per_value.take(indices)
+
+
 def map_distinct(values: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
     """Apply ``fn`` once per distinct non-null value and expand back to the column.
 
@@ -281,4 +295,4 @@ def map_distinct(values: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Arr
     enc = dictionary_encode(values)
     uniq = enc.dictionary
     out = fn(uniq)
-    return out.take(enc.indices)
+    return expand(out, enc.indices)

@@ -18,6 +18,7 @@ from biomask.masking.registry import (
     Operator,
     OperatorContext,
     dictionary_encode,
+    expand,
     is_string_type,
     register,
 )
@@ -97,7 +98,7 @@ class DateShift(Operator[DateShiftOp]):
         for e in skip:  # ascending: each excluded value is stepped over in turn
             r[r >= e] += 1
         mask = raw.is_null().to_numpy(zero_copy_only=False) if raw.null_count else None
-        return pa.array(r, pa.int64(), mask=mask).take(indices)
+        return expand(pa.array(r, pa.int64(), mask=mask), indices)
 
     def __call__(self, values: pa.Array, ctx: OperatorContext) -> pa.Array:
         tokens = ctx.entity_tokens.get(self.spec.entity)

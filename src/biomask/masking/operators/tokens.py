@@ -35,6 +35,7 @@ from biomask.masking.registry import (
     Operator,
     OperatorContext,
     dictionary_encode,
+    expand,
     is_string_type,
     map_distinct,
     register,
@@ -420,7 +421,7 @@ def _finish_all(
         bad |= rows
     if bad.any():
         out = pc.if_else(pa.array(bad), pa.scalar(None, out.type), out)
-    return out.take(enc.indices)
+    return expand(out, enc.indices)
 
 
 def _finish(
@@ -431,7 +432,7 @@ def _finish(
         rows = pc.is_in(enc.indices, pa.array(np.flatnonzero(bad), enc.indices.type))
         ctx.quarantine(rows.fill_null(False), reason)
         out = pc.if_else(pa.array(bad), pa.scalar(None, out.type), out)
-    return out.take(enc.indices)
+    return expand(out, enc.indices)
 
 
 def _fixed_width(values: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -602,7 +603,7 @@ class Email(Operator[EmailOp]):
         enc = dictionary_encode(domains)
         rows = enc.indices.to_numpy(zero_copy_only=False)
         out, problems = self._distinct_domain_tokens(enc.dictionary)
-        return out.take(enc.indices), [(bad[rows], why) for bad, why in problems]
+        return expand(out, enc.indices), [(bad[rows], why) for bad, why in problems]
 
     def _distinct_domain_tokens(self, domains: pa.Array) -> tuple[pa.Array, Problems]:
         _, offs, buf = utf8_buffers(domains)
