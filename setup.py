@@ -42,7 +42,12 @@ setup(
             "biomask.masking._kernels",
             sources=["src/biomask/masking/_kernels.c", "src/biomask/masking/_layout.c"],
             include_dirs=["src/biomask"],
-            depends=[*SHARED, "src/biomask/_distinct.h", "src/biomask/masking/_layout.h"],
+            depends=[
+                *SHARED,
+                "src/biomask/_distinct.h",
+                "src/biomask/masking/_layout.h",
+                "src/biomask/masking/_blocks.h",
+            ],
             libraries=["crypto"],
             extra_compile_args=FLAGS,
             optional=True,

@@ -2,14 +2,19 @@
 
 A result that differed between the two paths would break consistency across machines, so
 every case here runs on both and compares: the ``"auto"`` prefix the shaped permutation's
-scan finds, the phone-number layout and the e-mail layout. (The FF1 walk and the rest of
-the shaped permutation are compared in test_permute.py.)
+scan finds, what that scan writes (descriptors, numbers, spaces, flags, chunks), the
+tokens it places back, the phone-number layout and the e-mail layout. The values cover
+what the kernels tell apart: ASCII digits and letters, separators, white space, UTF-8
+beyond ASCII, empty values, and values long enough to span several 16-byte blocks, to
+be cut into chunks, or to take the kernels' byte loops (over 64 bytes). (The FF1 walk is
+compared in test_permute.py.)
 """
 
 from __future__ import annotations
 
 import string
 from contextlib import AbstractContextManager
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -20,7 +25,15 @@ from hypothesis import strategies as st
 
 from biomask import _native
 from biomask.keys import Keyring
-from biomask.masking.permute import ShapePermutation
+from biomask.masking.permute import (
+    _LONG,
+    _MAXA,
+    ShapePermutation,
+    _bounds,
+    _horner,
+    _layout,
+)
+from biomask.masking.shape import prefix_lengths, utf8_buffers
 from tests.native import kernels_path
 
 PERM = ShapePermutation(Keyring.ephemeral().derive_token("tokenize", "kernels"), "tokenize")
@@ -69,6 +82,123 @@ def test_auto_prefix_edge_cases_native_equal_numpy() -> None:
     assert not small[values.index("ABCDEFG-1234567")]  # seven letters are no prefix
 
 
+# -- what the shaped permutation's scan writes, and the tokens it places back -------------
+_SHAPE_PIECES = st.sampled_from(
+    [*"0179AMZamz-./@ \t", "é¿", "\u00a0", "٣", "\U0001f600", "SUBJ-", "1234567", "abcdefgh",
+     "QWERTYUIOP", "ab.cd", "8KKN42RO2", "x@ex.org"]
+)  # fmt: skip
+shaped = st.lists(_SHAPE_PIECES, max_size=12).map("".join)
+
+
+def _scan(
+    values: list[str], keep: list[int] | None, upto: list[int], hide: bool
+) -> dict[str, list[Any]]:
+    """The compiled scan's outputs next to the numpy layout's, as permute.py makes them
+    (``keep=None``: the ``"auto"`` prefix)."""
+    from biomask.masking import _kernels
+
+    arr = pa.array(values, pa.string())
+    _, offs, buf = utf8_buffers(arr)
+    offsets = np.ascontiguousarray(offs - offs[0])
+    data = np.frombuffer(buf, dtype=np.uint8)[int(offs[0]) : int(offs[-1])]
+    n, cap = len(values), len(data) // 13 + len(values) + 1
+    keep_a = np.zeros(n, np.int64) if keep is None else np.array(keep, np.int64)
+    upto_a = np.array(upto, np.int64)
+    desc, flags = np.empty(len(data), np.uint8), np.empty(n, np.uint8)
+    x, space, nchunks = np.empty(n, np.uint64), np.empty(n, np.uint64), np.empty(n, np.int64)
+    cx, cs = np.empty(cap, np.uint64), np.empty(cap, np.uint64)
+    _kernels.shape_scan(
+        offsets, data, keep_a, upto_a, hide, _MAXA, desc, x, space, flags, cx, cs, nchunks,
+        keep is None,
+    )  # fmt: skip
+    if keep is None:
+        want = prefix_lengths(data.astype(np.uint32), offsets, "auto")
+        assert keep_a.tolist() == want.tolist()
+    lay = _layout(data, offsets, keep_a, upto_a, hide)
+    starts = np.cumsum(lay.count) - lay.count
+    got: dict[str, list[Any]] = {"desc": desc.tolist(), "flags": flags.tolist()}
+    exp: dict[str, list[Any]] = {"desc": lay.desc.tolist(), "flags": lay.flags.tolist()}
+    got["numbers"], exp["numbers"] = [], []
+    for i in range(n):
+        at = slice(int(starts[i]), int(starts[i] + lay.count[i]))
+        d, r = lay.digits[None, at], lay.radix[None, at]
+        if lay.flags[i] != _LONG:  # one walk, too small or empty: the number and space
+            got["numbers"].append((int(x[i]), int(space[i])))
+            exp["numbers"].append(tuple(int(v[0]) for v in _horner(d, r)))
+        else:  # cut into chunks: theirs (x and space of a long value are not used)
+            at0 = int(np.cumsum(nchunks)[i] - nchunks[i])
+            got["numbers"].append([(int(cx[at0 + j]), int(cs[at0 + j])) for j in range(nchunks[i])])
+            parts = pairwise(_bounds(int(lay.count[i])))
+            exp["numbers"].append(
+                [tuple(int(v[0]) for v in _horner(d[:, a:b], r[:, a:b])) for a, b in parts]
+            )
+    return {k: [got[k], exp[k]] for k in got}
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(shaped, min_size=1, max_size=10), hide=st.booleans(), data=st.data())
+def test_shape_scan_native_equals_numpy_layout(
+    values: list[str], hide: bool, data: st.DataObject
+) -> None:
+    """``shape_scan`` against :func:`biomask.masking.permute._layout` and ``_horner``: the
+    descriptor of every byte (hidden tails as zeros), the flags, the number and space of
+    every value (one walk, small or empty) and the chunks of long ones; with kept heads
+    (``keep``, or the ``"auto"`` prefix) and kept tails (``upto``) anywhere, even past the
+    value or crossed."""
+    sizes = [len(v.encode()) for v in values]
+    auto = data.draw(st.booleans())
+    keep = None if auto else [data.draw(st.integers(-2, k + 2)) for k in sizes]
+    upto = [data.draw(st.sampled_from([k, k - 1, 0]) | st.integers(-2, k + 2)) for k in sizes]
+    for name, (got, want) in _scan(values, keep, upto, hide).items():
+        assert got == want, name
+
+
+@pytest.mark.parametrize("hide", [False, True])
+def test_shape_scan_edge_cases_native_equal_numpy(hide: bool) -> None:
+    values = [
+        "", "SUBJ-42903202", "8KKN42RO2", "é", "ab", "9" * 19, "9" * 20, "z" * 13, "z" * 14,
+        "Q" * 16 + "1", "SUBJ-" + "0" * 30, "jean.dupont.martin@example.org", "a\u00a0b٣c",
+        "x" * 70, "ABCDEF-123456", "1a" * 40,
+    ]  # fmt: skip
+    sizes = [len(v.encode()) for v in values]
+    for keep, upto in [
+        ([0] * len(values), sizes),
+        (None, sizes),
+        ([2] * len(values), [max(k - 3, 0) for k in sizes]),
+        ([5] * len(values), [1] * len(values)),  # kept head past the kept tail
+    ]:
+        for name, (got, want) in _scan(values, keep, upto, hide).items():
+            assert got == want, name
+
+
+def _permute(values: list[str], native: bool, **kw: Any) -> tuple[Any, ...]:
+    with _path(native):
+        res = PERM.permute(pa.array(values, pa.string()), **kw)
+    return res.values.to_pylist(), res.small.tolist(), res.failed.tolist(), res.weak.tolist()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    values=st.lists(shaped, min_size=1, max_size=10, unique=True),
+    tail=st.booleans(),
+    decrypt=st.booleans(),
+    data=st.data(),
+)
+def test_shape_place_native_equals_numpy(
+    values: list[str], tail: bool, decrypt: bool, data: st.DataObject
+) -> None:
+    """The tokens ``shape_place`` writes back (every kind of span: digits only, mixed, with
+    kept bytes inside, over 16 bytes, cut into chunks) against numpy's, end to end."""
+    sizes = [len(v.encode()) for v in values]
+    keep = data.draw(
+        st.sampled_from([None, "auto"]) | st.just([data.draw(st.integers(0, k)) for k in sizes])
+    )
+    upto = data.draw(st.none() | st.just([data.draw(st.integers(0, k)) for k in sizes]))
+    kw = {"keep": keep, "upto": None if upto is None else np.array(upto, np.int64)}
+    kw |= {"tail_in_tweak": tail, "decrypt": decrypt}
+    assert _permute(values, True, **kw) == _permute(values, False, **kw)
+
+
 # -- phone numbers ---------------------------------------------------------------------
 _PHONE_PIECES = st.sampled_from(
     [*"0123456789+ \t-()./é", "00", "+44", "+1", "+7", "+49", "\u00a0", "٣", "\U0001f4de"]
@@ -84,7 +214,7 @@ def _phone_layout(values: pa.Array, native: bool) -> tuple[Any, ...]:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(_PHONE_PIECES, max_size=14).map("".join), min_size=1, max_size=8))
+@given(st.lists(st.lists(_PHONE_PIECES, max_size=30).map("".join), min_size=1, max_size=8))
 def test_phone_layout_native_equals_numpy(values: list[str]) -> None:
     arr = pa.array(values, pa.string())
     for a in (arr, arr.slice(1), arr.cast(pa.large_string())):
@@ -108,12 +238,12 @@ def test_phone_kernels_refuse_bad_offsets() -> None:
 
 # -- e-mail addresses ------------------------------------------------------------------
 _MAIL_PIECES = st.sampled_from(
-    [*"ab.@ \t\n\r\f\v-_é1Z", "\u00a0", "\u3000", "\U0001f600", "..", "@@", "x.org"]
+    [*"ab.@ \t\n\r\f\v-_é¿1Z", "\u00a0", "\u3000", "\U0001f600", "..", "@@", "x.org"]
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.lists(_MAIL_PIECES, max_size=12).map("".join), min_size=1, max_size=8))
+@given(st.lists(st.lists(_MAIL_PIECES, max_size=30).map("".join), min_size=1, max_size=8))
 def test_email_layout_native_equals_arrow_regex(values: list[str]) -> None:
     from biomask.masking.operators.tokens import _email_layout
 
@@ -124,5 +254,24 @@ def test_email_layout_native_equals_arrow_regex(values: list[str]) -> None:
         with _path(False):
             ok_p, local_p = _email_layout(a)
         assert ok_n.tolist() == ok_p.tolist()
-        # the local length only matters for accepted addresses
-        assert local_n[ok_n].tolist() == local_p[ok_p].tolist()
+        # code points before the first "@" (all of them without one), accepted or not
+        assert local_n.tolist() == local_p.tolist()
+
+
+def test_email_layout_edge_cases_native_equal_arrow_regex() -> None:
+    from biomask.masking.operators.tokens import _email_layout
+
+    values = [
+        "", "@", "a@b.c", "a@.bc", "a@b.", "a@bc", "@b.c", "a@@b.c", "a@b@c.d", "a @b.c",
+        "a@b.c\n", "a\u00a0@b.c", "é@b.c", "\U0001f600x@y.z", "a@b..c", "a@b.c.",
+        "x" * 62 + "@b.c", "x" * 60 + "@b.cd", "x" * 70 + "@example.org", "a@" + "b" * 61 + ".c",
+        "jean.dupont@example.org",
+    ]  # fmt: skip
+    arr = pa.array(values, pa.string())
+    with _path(True):
+        ok_n, local_n = _email_layout(arr)
+    with _path(False):
+        ok_p, local_p = _email_layout(arr)
+    assert ok_n.tolist() == ok_p.tolist()
+    assert local_n.tolist() == local_p.tolist()
+    assert ok_n.tolist()[2] and not ok_n.tolist()[3]

@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "_aes.h"
+#include "_blocks.h"
 #include "_buffers.h"
 #include "_distinct.h"
 #include "_layout.h"
@@ -37,13 +38,25 @@
 /* The "auto" prefix of shaped values                                                    */
 /* ------------------------------------------------------------------------------------ */
 
+/* The "auto" prefix: 1-6 upper-case ASCII letters, then a separator, then at least one
+ * more character. All of it is ASCII, so bytes and code points count alike here. */
+#ifdef BM_BLOCKS
+/* From the value's first 16 bytes x (see block_at: only its first len are the value's),
+ * which shape_scan reads anyway: a mask of the upper-case ones, and the byte after them. */
+static inline int64_t auto_prefix_block(__m128i x, const unsigned char *p, int64_t len) {
+    unsigned up = (unsigned)_mm_movemask_epi8(bytes_in(x, 'A', 'Z'));
+    if (len < 16) up &= (1u << len) - 1;
+    int64_t k = __builtin_ctz(~up); /* leading upper-case bytes (16 if all are) */
+    unsigned char c = k < len ? p[k] : 0;
+    int sep = (c == '-') | (c == '_') | (c == '/') | (c == ':') | (c == '.');
+    return (k >= 1) & (k <= 6) & (len > k + 1) & sep ? k + 1 : 0;
+}
+#else
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && defined(__GNUC__)
 #define SWAR 1 /* 8 bytes as one little-endian word: byte i is bits 8i .. 8i + 7 */
 #endif
 
-/* The "auto" prefix: 1-6 upper-case ASCII letters, then a separator, then at least one
- * more character. All of it is ASCII, so bytes and code points count alike here. `avail`
- * is how many bytes from p on may be read (the value's and those of later values). */
+/* `avail` is how many bytes from p on may be read (the value's and those of later values). */
 static int64_t auto_prefix(const unsigned char *p, int64_t len, int64_t avail) {
     /* Branch-free: whether a value starts with a capital is close to random in ids. */
     int64_t k = 0;
@@ -73,6 +86,7 @@ static int64_t auto_prefix(const unsigned char *p, int64_t len, int64_t avail) {
     int sep = (c == '-') | (c == '_') | (c == '/') | (c == ':') | (c == '.');
     return (k >= 1) & (k <= 6) & (len > k + 1) & sep ? k + 1 : 0;
 }
+#endif
 
 /* ------------------------------------------------------------------------------------ */
 /* FF1 (radix 2) with a tweak per value and cycle walking: keyed permutations of [0, M)  */
@@ -294,6 +308,282 @@ static int small_space(int64_t a, int64_t b) { /* 10**a * 26**b < 10**6, exactly
            (b == 3 && a <= 1) || (b == 4 && a == 0);
 }
 
+/* 10**a * 26**b modulo 2**64: the product of the radices of a digits and b letters, as
+ * the scan's running product was (a table for the sizes permute.py's maxa allows). */
+static const uint64_t POW10[20] = {1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL,
+    1000000ULL, 10000000ULL, 100000000ULL, 1000000000ULL, 10000000000ULL, 100000000000ULL,
+    1000000000000ULL, 10000000000000ULL, 100000000000000ULL, 1000000000000000ULL,
+    10000000000000000ULL, 100000000000000000ULL, 1000000000000000000ULL,
+    10000000000000000000ULL};
+static const uint64_t POW26[14] = {1ULL, 26ULL, 676ULL, 17576ULL, 456976ULL, 11881376ULL,
+    308915776ULL, 8031810176ULL, 208827064576ULL, 5429503678976ULL, 141167095653376ULL,
+    3670344486987776ULL, 95428956661682176ULL, 2481152873203736576ULL};
+
+static uint64_t space_of(int64_t a, int64_t b) {
+    if (a < 20 && b < 14) return POW10[a] * POW26[b];
+    uint64_t s = 1;
+    for (int64_t j = 0; j < a; j++) s *= 10;
+    for (int64_t j = 0; j < b; j++) s *= 26;
+    return s;
+}
+
+/* The number and space of the varying bytes of p[lo .. hi) up to the first at which the
+ * counts so far (a digits, b letters) pass maxa: what the scan writes for a long value
+ * (nothing reads its x and space, but they stay as they were). When maxa never grows with
+ * b (as permute.py's), the counts only grow, so a value that is not long has no such byte
+ * and its number is that of all its varying bytes, which the scan finds without this. */
+static void limited_number(const unsigned char *p, int64_t lo, int64_t hi, const int64_t *ma,
+                           uint64_t *x, uint64_t *space) {
+    uint64_t v = 0, s = 1;
+    int64_t a = 0, b = 0;
+    for (int64_t k = lo; k < hi; k++) {
+        int c = byte_class(p[k]);
+        if (!c) continue;
+        if (c == 1)
+            a++;
+        else
+            b++;
+        if (b <= 13 && a <= ma[b]) {
+            v = v * CLASS_RADIX[c] + (uint64_t)(p[k] - CLASS_BASE[c]);
+            s *= CLASS_RADIX[c];
+        }
+    }
+    *x = v;
+    *space = s;
+}
+
+/* A long value (flag 2), whose L varying bytes are cut into k chunks (cx, cs: k each):
+ * each chunk's number and space, and the value's x and space as limited_number finds
+ * them, in one pass. A chunk is built in registers and stored when the next one starts. */
+static void scan_long(const unsigned char *p, int64_t lo, int64_t hi, int64_t L, int64_t k,
+                      const int64_t *ma, uint64_t *cx, uint64_t *cs, uint64_t *x,
+                      uint64_t *space) {
+    int64_t rank = 0, j = 0, edge = L / k, a = 0, b = 0;
+    uint64_t v = 0, s = 1, cv = 0, cr = 1;
+    for (int64_t z = 0; z < k; z++) {
+        cx[z] = 0;
+        cs[z] = 1;
+    }
+    for (int64_t q = lo; q < hi; q++) {
+        int c = byte_class(p[q]);
+        if (!c) continue;
+        uint64_t r = CLASS_RADIX[c], d = (uint64_t)(p[q] - CLASS_BASE[c]);
+        if (rank >= edge) { /* chunk j is complete; chunk_of, incrementally */
+            cx[j] = cv;
+            cs[j] = cr;
+            cv = 0;
+            cr = 1;
+            while (rank >= edge) edge = L * (++j + 1) / k;
+        }
+        rank++;
+        cv = cv * r + d;
+        cr *= r;
+        if (c == 1)
+            a++;
+        else
+            b++;
+        if (b <= 13 && a <= ma[b]) {
+            v = v * r + d;
+            s *= r;
+        }
+    }
+    if (rank > 0) {
+        cx[j] = cv;
+        cs[j] = cr;
+    }
+    *x = v;
+    *space = s;
+}
+
+#ifdef BM_BLOCKS
+/* ------------------------------------------------------------------------------------ */
+/* shape_scan and shape_place 16 bytes at a time (SSE2, see _blocks.h)                   */
+/* ------------------------------------------------------------------------------------ */
+
+/* Why: a loop over the bytes branches on each byte's class (in ids like 8KKN42RO2 that is
+ * close to random, so often mispredicted) and chains a multiply-add (scan) or a division
+ * (place) from each varying byte to the next. Here the classes of 16 bytes are masks, and
+ * the mixed-radix number of a block is built as a tree: numerals of pairs of bytes, of
+ * fours, of eights, each level one multiply for all its lanes. The byte loops (scan_span,
+ * place_number) remain for other machines, and for the values place_block leaves. */
+
+static inline uint64_t lane0(__m128i v) { return (uint64_t)_mm_cvtsi128_si64(v); }
+static inline uint64_t lane1(__m128i v) { return lane0(_mm_unpackhi_epi64(v, v)); }
+static inline int64_t clamp16(int64_t k) { return k < 0 ? 0 : (k > 16 ? 16 : k); }
+
+static inline __m128i span_mask(int64_t lo, int64_t hi) { /* bytes lo .. hi - 1 of 16 */
+    const __m128i idx = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm_andnot_si128(_mm_cmplt_epi8(idx, _mm_set1_epi8((char)lo)),
+                            _mm_cmplt_epi8(idx, _mm_set1_epi8((char)hi)));
+}
+
+/* The classes of 16 bytes within a span, as masks; each byte's radix (10 for a digit, 26
+ * for a letter, 1 for a kept byte) and the byte of its numeral 0 ('0', 'A', 'a'; 0). */
+typedef struct {
+    __m128i dig, up, low, let, var, rad, base;
+} Classes;
+
+static inline Classes classes_of(__m128i x, __m128i span) {
+    Classes c;
+    c.dig = _mm_and_si128(bytes_in(x, '0', '9'), span);
+    c.up = _mm_and_si128(bytes_in(x, 'A', 'Z'), span);
+    c.low = _mm_and_si128(bytes_in(x, 'a', 'z'), span);
+    c.let = _mm_or_si128(c.up, c.low);
+    c.var = _mm_or_si128(c.dig, c.let);
+    c.rad = _mm_or_si128(_mm_or_si128(_mm_and_si128(c.dig, _mm_set1_epi8(10)),
+                                      _mm_and_si128(c.let, _mm_set1_epi8(26))),
+                         _mm_andnot_si128(c.var, _mm_set1_epi8(1)));
+    c.base = _mm_or_si128(_mm_and_si128(c.dig, _mm_set1_epi8('0')),
+                          _mm_or_si128(_mm_and_si128(c.up, _mm_set1_epi8('A')),
+                                       _mm_and_si128(c.low, _mm_set1_epi8('a'))));
+    return c;
+}
+
+/* The radices multiplied up the tree: r2 has 8 lanes of 16 bits (bytes 2k and 2k + 1, at
+ * most 26 * 26), r4 4 lanes of 32 bits, r8 2 lanes of 64 bits (bytes 0-7 and 8-15). */
+static inline void radix_tree(__m128i rad, __m128i *r2, __m128i *r4, __m128i *r8) {
+    *r2 = _mm_mullo_epi16(_mm_and_si128(rad, _mm_set1_epi16(0xFF)), _mm_srli_epi16(rad, 8));
+    /* pmaddwd: r2[2k] * r2[2k + 1] + r2[2k + 1] * 0; pmuludq: r4[2k] * r4[2k + 1] */
+    *r4 = _mm_madd_epi16(*r2, _mm_srli_epi32(*r2, 16));
+    *r8 = _mm_mul_epu32(*r4, _mm_srli_epi64(*r4, 32));
+}
+
+/* shape_scan on bytes j .. j + m (m <= 16) of a value, in x: their descriptor bytes into q,
+ * the block's number (its numerals in mixed radix) into *n and the product of its radices
+ * into *r (both modulo 2**64), its digits and letters added to *a and *b. lo and hi are
+ * the value's span [lo, hi) in the block's coordinates (clamped to 0 .. 16). */
+static inline void scan_block(__m128i x, int64_t m, int64_t lo, int64_t hi, int hide,
+                              unsigned char *q, uint64_t *n, uint64_t *r, int64_t *a,
+                              int64_t *b) {
+    Classes c = classes_of(x, span_mask(lo, hi));
+    /* the descriptor: 1, 2, 3 for a digit, upper, lower; a kept byte as it is, the tail
+     * past the span as zeros when it is hidden */
+    __m128i code = _mm_or_si128(_mm_and_si128(c.dig, _mm_set1_epi8(1)),
+                                _mm_or_si128(_mm_and_si128(c.up, _mm_set1_epi8(2)),
+                                             _mm_and_si128(c.low, _mm_set1_epi8(3))));
+    __m128i kept = hide ? _mm_andnot_si128(span_mask(hi, 16), x) : x;
+    store_head(q, _mm_or_si128(code, _mm_andnot_si128(c.var, kept)), m);
+    /* the counts: a digit is 1, a letter 32, summed over the bytes (psadbw: at most 512) */
+    __m128i tally = _mm_sad_epu8(_mm_or_si128(_mm_and_si128(c.dig, _mm_set1_epi8(1)),
+                                              _mm_and_si128(c.let, _mm_set1_epi8(32))),
+                                 _mm_setzero_si128());
+    int64_t t = (int64_t)(lane0(tally) + lane1(tally));
+    *a += t & 31;
+    *b += t >> 5;
+    /* the number: the numerals (0 where kept) up the same tree, n = n_first * r_second +
+     * n_second at each level (pmaddwd with (r, 1) for the fours, pmuludq for the eights) */
+    __m128i num = _mm_sub_epi8(_mm_and_si128(x, c.var), c.base), r2, r4, r8;
+    radix_tree(c.rad, &r2, &r4, &r8);
+    __m128i n2 = _mm_add_epi16(
+        _mm_mullo_epi16(_mm_and_si128(num, _mm_set1_epi16(0xFF)), _mm_srli_epi16(c.rad, 8)),
+        _mm_srli_epi16(num, 8));
+    __m128i r2_1 = _mm_or_si128(_mm_srli_epi32(r2, 16), _mm_set1_epi32(1 << 16));
+    __m128i n4 = _mm_madd_epi16(n2, r2_1);
+    __m128i n8 = _mm_add_epi64(_mm_mul_epu32(n4, _mm_srli_epi64(r4, 32)),
+                               _mm_srli_epi64(n4, 32));
+    *n = lane0(n8) * lane1(r8) + lane1(n8);
+    *r = lane0(r8) * lane1(r8);
+}
+
+/* "00" .. "99" */
+static const char DIGITS2[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* The m last decimal digits of v < 10**m into q[0 .. m): four at a time from the end, so
+ * that a division waits for one division before it per four digits, not per digit. */
+static inline void place_decimal(unsigned char *q, int64_t m, uint64_t v) {
+    for (; m >= 4; m -= 4) {
+        uint64_t t = v / 10000;
+        uint32_t r = (uint32_t)(v - t * 10000), h = r / 100;
+        memcpy(q + m - 4, DIGITS2 + 2 * h, 2);
+        memcpy(q + m - 2, DIGITS2 + 2 * (r - 100 * h), 2);
+        v = t;
+    }
+    if (m >= 2) {
+        uint64_t t = v / 100;
+        memcpy(q + m - 2, DIGITS2 + 2 * (v - 100 * t), 2);
+        v = t;
+        m -= 2;
+    }
+    if (m) q[0] = (unsigned char)('0' + v);
+}
+
+/* shape_place for a value whose span [lo, hi) has at most 16 bytes and whose number v is
+ * below the product of its radices; returns 0, having written nothing, for any other v
+ * (the byte loop then writes what it always wrote).
+ *
+ * A span of digits only (SUBJ-42903202) is written as a decimal number. Any other goes
+ * back down the tree of scan_block: v is split at the middle of the block (v = h *
+ * r_second + l), each half at its middle, and so on. The divisors vary from value to
+ * value, and SSE2 has no integer division, so below the first split (numbers under 26**8
+ * < 2**38) the splits divide in floating point: a quotient of integers below 2**53 (2**24
+ * in single precision), rounded, never reaches the next integer, so truncating it gives
+ * the integer quotient exactly. The last split (pairs into bytes, below 676, by 10, 26 or
+ * 1) multiplies by 6554 / 2**16 or 2521 / 2**16, which is exact in that range. */
+static int place_block(const unsigned char *p, unsigned char *q, int64_t lo, int64_t hi,
+                       int64_t avail_p, int64_t avail_q, uint64_t v) {
+    __m128i span = span_mask(0, hi - lo);
+    Classes c = classes_of(block_at(p, lo, hi, avail_p), span);
+    if (_mm_movemask_epi8(_mm_cmpeq_epi8(c.dig, span)) == 0xFFFF) {
+        if (v >= POW10[hi - lo]) return 0;
+        place_decimal(q + lo, hi - lo, v);
+        return 1;
+    }
+    __m128i r2, r4, r8;
+    radix_tree(c.rad, &r2, &r4, &r8);
+    uint64_t first = lane0(r8), second = lane1(r8), space;
+    if (!__builtin_mul_overflow(first, second, &space) && v >= space) return 0;
+    /* halves, in 64-bit integers; then fours, in double precision */
+    uint64_t h = v / second, l = v - h * second;
+    __m128d n8 = _mm_set_pd((double)(int64_t)l, (double)(int64_t)h);
+    __m128d d8 = _mm_cvtepi32_pd(_mm_shuffle_epi32(r4, _MM_SHUFFLE(3, 3, 3, 1)));
+    __m128i q8 = _mm_cvttpd_epi32(_mm_div_pd(n8, d8));
+    __m128i m8 = _mm_cvttpd_epi32(_mm_sub_pd(n8, _mm_mul_pd(_mm_cvtepi32_pd(q8), d8)));
+    __m128i n4 = _mm_unpacklo_epi32(q8, m8); /* bytes 0-3, 4-7, 8-11, 12-15 */
+    /* pairs, in single precision */
+    __m128i d4 = _mm_srli_epi32(r2, 16);
+    __m128i q4 = _mm_cvttps_epi32(_mm_div_ps(_mm_cvtepi32_ps(n4), _mm_cvtepi32_ps(d4)));
+    __m128i m4 = _mm_sub_epi32(n4, _mm_madd_epi16(q4, d4));
+    __m128i n2 = _mm_or_si128(q4, _mm_slli_epi32(m4, 16)); /* bytes 0-1, 2-3, ... */
+    /* bytes */
+    __m128i d2 = _mm_srli_epi16(c.rad, 8);
+    __m128i magic = _mm_or_si128(
+        _mm_and_si128(_mm_cmpeq_epi16(d2, _mm_set1_epi16(10)), _mm_set1_epi16(6554)),
+        _mm_and_si128(_mm_cmpeq_epi16(d2, _mm_set1_epi16(26)), _mm_set1_epi16(2521)));
+    __m128i q2 = _mm_or_si128(_mm_mulhi_epu16(n2, magic),
+                              _mm_and_si128(_mm_cmpeq_epi16(d2, _mm_set1_epi16(1)), n2));
+    __m128i m2 = _mm_sub_epi16(n2, _mm_mullo_epi16(q2, d2));
+    __m128i num = _mm_or_si128(q2, _mm_slli_epi16(m2, 8));
+    /* the characters where bytes vary; elsewhere the output stays as it was */
+    __m128i was = block_at(q, lo, hi, avail_q);
+    store_head(q + lo,
+               _mm_or_si128(_mm_and_si128(c.var, _mm_add_epi8(num, c.base)),
+                            _mm_andnot_si128(c.var, was)),
+               hi - lo);
+    return 1;
+}
+#else
+/* The descriptor bytes of p[lo .. hi) into q; the number of its varying bytes (modulo
+ * 2**64) and how many are digits (*a) and letters (*b). */
+static uint64_t scan_span(const unsigned char *p, unsigned char *q, int64_t lo, int64_t hi,
+                          int64_t *a, int64_t *b) {
+    uint64_t v = 0;
+    for (int64_t k = lo; k < hi; k++) {
+        int c = byte_class(p[k]);
+        q[k] = c ? (unsigned char)c : p[k];
+        if (!c) continue;
+        if (c == 1)
+            (*a)++;
+        else
+            (*b)++;
+        v = v * CLASS_RADIX[c] + (uint64_t)(p[k] - CLASS_BASE[c]);
+    }
+    return v;
+}
+#endif
+
 static PyObject *shape_scan(PyObject *self, PyObject *args) {
     Py_buffer offs, data, keep, upto, maxa, desc, xo, so, fo, cxo, cso, nco;
     int hide = 0, autop = 0;
@@ -315,61 +605,57 @@ static PyObject *shape_scan(PyObject *self, PyObject *args) {
         unsigned char *ds = desc.buf, *fl = fo.buf;
         uint64_t *x = xo.buf, *sp = so.buf, *cx = cxo.buf, *cs = cso.buf;
         int64_t *nc = nco.buf, cur = 0;
+        int mono = 1; /* maxa never grows with b: see limited_number */
+        for (int j = 1; j < 14; j++) mono &= ma[j] <= ma[j - 1];
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t i = 0; i < n; i++) {
             int64_t len = o[i + 1] - o[i], lo, hi, a = 0, b = 0;
             const unsigned char *p = d + o[i];
-            if (autop) kp[i] = auto_prefix(p, len, (int64_t)data.len - o[i]);
             unsigned char *q = ds + o[i];
+            uint64_t v = 0;
+#ifdef BM_BLOCKS
+            int64_t avail = (int64_t)data.len - o[i];
+            __m128i x0 = len ? block_at(p, 0, len, avail) : _mm_setzero_si128();
+            if (autop) kp[i] = auto_prefix_block(x0, p, len);
+#else
+            if (autop) kp[i] = auto_prefix(p, len, (int64_t)data.len - o[i]);
+#endif
             int any = value_span(kp, up, i, len, &lo, &hi);
-            uint64_t v = 0, space = 1;
             /* kept head [0, lo) and tail [hi, len) as they are (the tail as zeros when
-             * hidden); only [lo, hi) is classified (empty when nothing may vary) */
+             * hidden); only [lo, hi) is classified (empty when nothing may vary). Whether
+             * the value is long is decided once, from its counts at the end, not per byte. */
             if (!any) lo = hi;
-            memcpy(q, p, (size_t)lo);
-            for (int64_t k = lo; k < hi; k++) {
-                int c = byte_class(p[k]);
-                if (!c) {
-                    q[k] = p[k];
-                    continue;
-                }
-                q[k] = (unsigned char)c;
-                if (c == 1)
-                    a++;
-                else
-                    b++;
-                if (b <= 13 && a <= ma[b]) {
-                    v = v * CLASS_RADIX[c] + (uint64_t)(p[k] - CLASS_BASE[c]);
-                    space *= CLASS_RADIX[c];
-                }
+#ifdef BM_BLOCKS
+            for (int64_t j = 0; j < len; j += 16) {
+                uint64_t bn, br;
+                __m128i x = j ? block_at(p, j, len, avail) : x0;
+                scan_block(x, clamp16(len - j), clamp16(lo - j), clamp16(hi - j), hide, q + j,
+                           &bn, &br, &a, &b);
+                v = v * br + bn;
             }
+#else
+            memcpy(q, p, (size_t)lo);
+            v = scan_span(p, q, lo, hi, &a, &b);
             if (hide)
                 memset(q + hi, 0, (size_t)(len - hi));
             else
                 memcpy(q + hi, p + hi, (size_t)(len - hi));
-            x[i] = v;
-            sp[i] = space;
+#endif
             nc[i] = 0;
             if (len == 0) fl[i] = 3;
             else if (small_space(a, b)) fl[i] = 1;
             else if (b > 13 || a > ma[b]) fl[i] = 2;
             else fl[i] = 0;
             if (fl[i] == 2) { /* long: the numbers and spaces of its chunks */
-                int64_t L = a + b, k = (L + 12) / 13, rank = 0, j = 0, edge = L / k;
-                for (int64_t z = 0; z < k; z++) {
-                    cx[cur + z] = 0;
-                    cs[cur + z] = 1;
-                }
-                for (int64_t q = lo; q < hi; q++) {
-                    int c = byte_class(p[q]);
-                    if (!c) continue;
-                    while (rank >= edge) edge = L * (++j + 1) / k; /* chunk_of, incrementally */
-                    rank++;
-                    cx[cur + j] = cx[cur + j] * CLASS_RADIX[c] + (uint64_t)(p[q] - CLASS_BASE[c]);
-                    cs[cur + j] *= CLASS_RADIX[c];
-                }
+                int64_t k = (a + b + 12) / 13;
+                scan_long(p, lo, hi, a + b, k, ma, cx + cur, cs + cur, &x[i], &sp[i]);
                 nc[i] = k;
                 cur += k;
+            } else if (!mono) {
+                limited_number(p, lo, hi, ma, &x[i], &sp[i]);
+            } else {
+                x[i] = v;
+                sp[i] = space_of(a, b);
             }
         }
         Py_END_ALLOW_THREADS
@@ -391,6 +677,15 @@ static PyObject *shape_scan(PyObject *self, PyObject *args) {
     PyBuffer_Release(&cso);
     PyBuffer_Release(&nco);
     return result;
+}
+
+/* The numerals of v written into the varying bytes of p[lo .. hi) of q, from the last. */
+static void place_number(const unsigned char *p, unsigned char *q, int64_t lo, int64_t hi,
+                         uint64_t v) {
+    for (int64_t k = hi - 1; k >= lo; k--) {
+        int c = byte_class(p[k]);
+        if (c) q[k] = put_digit(c, &v);
+    }
 }
 
 static PyObject *shape_place(PyObject *self, PyObject *args) {
@@ -443,13 +738,13 @@ static PyObject *shape_place(PyObject *self, PyObject *args) {
             }
             cur += k;
             if (fl[i] != 0 || !value_span(kp, up, i, len, &lo, &hi)) continue;
-            const unsigned char *p = d + o[i];
-            unsigned char *q = w + o[i];
-            uint64_t v = x[i];
-            for (int64_t k = hi - 1; k >= lo; k--) {
-                int c = byte_class(p[k]);
-                if (c) q[k] = put_digit(c, &v);
-            }
+#ifdef BM_BLOCKS
+            if (hi - lo <= 16 && place_block(d + o[i], w + o[i], lo, hi,
+                                             (int64_t)data.len - o[i], (int64_t)out.len - o[i],
+                                             x[i]))
+                continue;
+#endif
+            place_number(d + o[i], w + o[i], lo, hi, x[i]);
         }
         Py_END_ALLOW_THREADS
         result = Py_None;
