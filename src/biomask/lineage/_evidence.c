@@ -17,7 +17,7 @@
  * a false hit, never hide a real one.
  *
  * ev_distinct: the first occurrence of every distinct value (Arrow's `unique`, exact).
- * ev_bits / ev_probe: the one-bit-per-slot filters of the final set comparison.
+ * ev_bits / ev_filter: the one-bit-per-slot filters of the final set comparison.
  *
  * The classification is evidence.py's _needs_split, value by value (the NumPy version
  * reads the bytes after a lead byte across a value's end; on valid UTF-8, which Arrow
@@ -81,8 +81,16 @@ static inline uint64_t fin(uint64_t h, uint64_t k1) {
     return h;
 }
 
-static uint64_t digest(const unsigned char *p, int64_t len, const unsigned char *end, uint64_t k0,
-                       uint64_t k1, int lower) {
+/* (inlined into every loop that calls it: the compiler would otherwise keep one shared
+ * out-of-line copy, and ev_distinct would pay a call per value) */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
+static ALWAYS_INLINE uint64_t digest(const unsigned char *p, int64_t len, const unsigned char *end,
+                                     uint64_t k0, uint64_t k1, int lower) {
     uint64_t h = k0 ^ ((uint64_t)len * P0);
     if (len <= 16 && p + 16 <= end) {
         /* the same, without a branch to mispredict: both words read, the empty ones
@@ -103,13 +111,18 @@ static uint64_t digest(const unsigned char *p, int64_t len, const unsigned char 
     return fin(h, k1);
 }
 
-/* Valid offsets (see _buffers.h), and the longest value's length. */
+/* Valid offsets (see _buffers.h), and the longest value's length when longest is not NULL
+ * (a second pass over the offsets: only ev_scan's candidates need it). */
 static int check_offsets(Py_buffer *offs, Py_buffer *data, Py_ssize_t *n, int64_t *longest) {
     if (!offsets_ok(offs, data->len, n)) return 0;
+    if (longest == NULL) return 1;
     const int64_t *o = (const int64_t *)offs->buf;
-    *longest = 0;
-    for (Py_ssize_t v = 0; v < *n; v++)
-        if (o[v + 1] - o[v] > *longest) *longest = o[v + 1] - o[v];
+    int64_t most = 0;
+    for (Py_ssize_t v = 0; v < *n; v++) {
+        int64_t len = o[v + 1] - o[v];
+        most = len > most ? len : most;
+    }
+    *longest = most;
     return 1;
 }
 
@@ -129,9 +142,8 @@ static PyObject *bm_ev_hash(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &key, &out)) return NULL;
     PyObject *ret = NULL;
     Py_ssize_t n;
-    int64_t longest;
     uint64_t k0, k1;
-    if (!check_offsets(&offs, &data, &n, &longest) || !read_key(&key, &k0, &k1)) goto done;
+    if (!check_offsets(&offs, &data, &n, NULL) || !read_key(&key, &k0, &k1)) goto done;
     if (out.len != n * 8) {
         PyErr_SetString(PyExc_ValueError, "out must be uint64, one per value");
         goto done;
@@ -179,12 +191,44 @@ static int classify_bytes(const unsigned char *p, int64_t i, int64_t e, int64_t 
     return other ? OTHER : FAST;
 }
 
+/* The high bit of each byte of w under real (the high bits of the value's bytes) that is
+ * below 0x20 or from 0x80: the bytes that classify_bytes looks at. */
+static inline uint64_t odd_bytes(uint64_t w, uint64_t real) {
+    return (((w - 0x20 * ONES) & ~w) | w) & real;
+}
+
+/* The high bit of each space (0x20) of w under real, where no byte is from 0x80. */
+static inline uint64_t space_bytes(uint64_t w, uint64_t real) {
+    uint64_t t = w ^ (0x20 * ONES); /* exactly the 0x20 bytes are 0 */
+    return ~(((t & 0x7F7F7F7F7F7F7F7FULL) + 0x7F7F7F7F7F7F7F7FULL) | t) & real;
+}
+
 /* Classifies one value (its status, and whether it holds a space) and folds its lower-cased
  * words into *h (the digest's state: only meaningful while the value is FAST). A word is
  * looked at byte by byte only when it holds a control or non-ASCII byte; spaces are
  * checked on the whole word (none at either end of the value, none next to another). */
 static int scan_value(const unsigned char *p, int64_t len, const unsigned char *end, int *space,
                       uint64_t *h) {
+    if (len <= 16 && p + 16 <= end) {
+        /* most values: what the loop below does, without a branch on their bytes or length
+         * (both words read and masked as in digest()), unless a byte is odd */
+        uint64_t m0 = len >= 8 ? ~0ULL : (1ULL << ((8 * len) & 63)) - 1;
+        uint64_t m1 = len >= 16 ? ~0ULL : len <= 8 ? 0 : (1ULL << ((8 * (len - 8)) & 63)) - 1;
+        uint64_t w0 = load8(p) & m0, w1 = load8(p + 8) & m1;
+        uint64_t r0 = HIGH & m0, r1 = HIGH & m1;
+        if (!(odd_bytes(w0, r0) | odd_bytes(w1, r1))) {
+            uint64_t z0 = space_bytes(w0, r0), z1 = space_bytes(w1, r1);
+            uint64_t last = 0x80ULL << ((8 * (len - 1)) & 63); /* in z0 or z1 */
+            uint64_t bad = (z0 & (z0 << 8)) | (z1 & (z1 << 8)) | ((z0 >> 56) & z1) | (z0 & 0x80) |
+                           ((len <= 8 ? z0 : z1) & last);
+            if (bad) return SPLIT;
+            *space |= (z0 | z1) != 0;
+            uint64_t h1 = mix(*h, lower8(w0));
+            uint64_t h2 = mix(h1, lower8(w1));
+            *h = len > 8 ? h2 : len > 0 ? h1 : *h;
+            return FAST;
+        }
+    }
     int status = FAST;
     /* spaces seen; bad: a space next to another or at either end (no branch per word) */
     uint64_t state = *h, spaces = 0, bad = 0, before = 0x80; /* no space may come first */
@@ -192,14 +236,13 @@ static int scan_value(const unsigned char *p, int64_t len, const unsigned char *
         int64_t left = len - i;
         uint64_t w = load_le(p + i, left, end);
         uint64_t real = left >= 8 ? HIGH : HIGH & ((1ULL << (8 * left)) - 1);
-        if (((w - 0x20 * ONES) & ~w & real) | (w & real)) { /* a byte < 0x20 or >= 0x80 */
+        if (odd_bytes(w, real)) { /* a byte < 0x20 or >= 0x80 */
             int got = classify_bytes(p, i, left >= 8 ? i + 8 : len, len, space);
             if (got == SPLIT) return SPLIT;
             if (got == OTHER) status = OTHER;
             before = left > 8 && p[i + 7] == 0x20 ? 0x80 : 0;
         } else {
-            uint64_t t = w ^ (0x20 * ONES); /* exactly the 0x20 bytes (all below 0x80 here) */
-            uint64_t z = ~(((t & 0x7F7F7F7F7F7F7F7FULL) + 0x7F7F7F7F7F7F7F7FULL) | t) & real;
+            uint64_t z = space_bytes(w, real);
             uint64_t last = left <= 8 ? 0x80ULL << ((8 * (left - 1)) & 63) : 0;
             bad |= (z & (z << 8)) | (z & before) | (z & last);
             spaces |= z;
@@ -313,21 +356,25 @@ static PyObject *bm_ev_scan(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *ret = NULL;
     Py_ssize_t n;
-    int64_t longest;
+    int64_t longest = 0;
     cands c = {0, 0, NULL, 0, 0, NULL};
     unsigned char *lower = NULL;
-    if (!check_offsets(&offs, &data, &n, &longest) || !read_key(&key, &c.k0, &c.k1)) goto done;
+    if (!check_offsets(&offs, &data, &n, want ? &longest : NULL) ||
+        !read_key(&key, &c.k0, &c.k1))
+        goto done;
     if (status.len != n || whole.len != n * 8 || cand.len % 8 != 0) {
         PyErr_SetString(PyExc_ValueError,
                         "status must be one byte and whole one uint64 per value; cand uint64");
         goto done;
     }
     init_tables();
-    lower = calloc((size_t)longest + 8, 1);
-    c.gram = calloc((size_t)longest + 8, 1);
-    if (lower == NULL || c.gram == NULL) {
-        PyErr_NoMemory();
-        goto done;
+    if (want) { /* the candidates' buffers */
+        lower = calloc((size_t)longest + 8, 1);
+        c.gram = calloc((size_t)longest + 8, 1);
+        if (lower == NULL || c.gram == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
     }
     c.cand = (uint64_t *)cand.buf;
     c.cap = cand.len / 8;
@@ -390,8 +437,8 @@ done:
 
 /* The set comparison at the end of the scan: a table of one bit per slot, indexed by the
  * bits of each digest from `shift` up (the digests are uniform). ev_bits sets the keys'
- * bits; ev_probe says, per probe, whether its bit is set (a member, or one of the few
- * others that share a slot). */
+ * bits; ev_filter keeps the probes whose bit is set (the members, and the few others that
+ * share a slot with one), in order. */
 static int check_table(Py_buffer *table, Py_ssize_t shift, uint64_t *mask) {
     uint64_t slots = (uint64_t)table->len * 8;
     if (table->len < 8 || (slots & (slots - 1)) != 0 || shift < 0 || shift > 63) {
@@ -431,7 +478,7 @@ done:
     return ret;
 }
 
-static PyObject *bm_ev_probe(PyObject *self, PyObject *args) {
+static PyObject *bm_ev_filter(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer table, probes, out;
     Py_ssize_t shift;
@@ -439,22 +486,24 @@ static PyObject *bm_ev_probe(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     uint64_t mask;
     if (!check_table(&table, shift, &mask)) goto done;
-    if (probes.len % 8 != 0 || out.len != probes.len / 8) {
-        PyErr_SetString(PyExc_ValueError, "probes must be uint64, out one byte per probe");
+    if (probes.len % 8 != 0 || out.len < probes.len) {
+        PyErr_SetString(PyExc_ValueError, "probes must be uint64, out room for every probe");
         goto done;
     }
+    if (!aligned(&probes, 8, "probes") || !aligned(&out, 8, "out")) goto done;
     const uint64_t *k = (const uint64_t *)probes.buf;
     const unsigned char *t = (const unsigned char *)table.buf;
-    unsigned char *o = (unsigned char *)out.buf;
-    Py_ssize_t n = out.len, hits = 0;
+    uint64_t *o = (uint64_t *)out.buf;
+    Py_ssize_t n = probes.len / 8, kept = 0;
     Py_BEGIN_ALLOW_THREADS
+    /* every probe is written, and only the set ones advance: no branch per probe */
     for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t s = (k[i] >> shift) & mask;
-        o[i] = (t[s >> 3] >> (s & 7)) & 1;
-        hits += o[i];
+        o[kept] = k[i];
+        kept += (t[s >> 3] >> (s & 7)) & 1;
     }
     Py_END_ALLOW_THREADS
-    ret = PyLong_FromSsize_t(hits);
+    ret = PyLong_FromSsize_t(kept);
 done:
     PyBuffer_Release(&table);
     PyBuffer_Release(&probes);
@@ -463,9 +512,11 @@ done:
 }
 
 /* ev_distinct: the index of the first occurrence of every distinct value, in order (what
- * Arrow's hash `unique` keeps), for the columns whose values repeat. An open-addressing
- * table of (digest, index) grows as distinct values come; equal digests are confirmed
- * byte for byte, so the result is exact whatever the digests. */
+ * Arrow's hash `unique` keeps), for the columns whose values repeat; values shorter than
+ * min_len bytes (optional, default 0) are left out (the scan finds nothing in a value
+ * shorter than MIN_TOKEN bytes: it has fewer characters, and so has each candidate). An
+ * open-addressing table of (digest, index) grows as distinct values come; equal digests
+ * are confirmed byte for byte, so the result is exact whatever the digests. */
 typedef struct {
     uint64_t digest;
     int64_t first; /* -1: empty */
@@ -488,23 +539,30 @@ static int grow(slot **table, uint64_t *mask) {
     return 1;
 }
 
-static inline int same(const unsigned char *a, const unsigned char *b, int64_t len) {
-    if (len > 16) return memcmp(a, b, (size_t)len) == 0;
-    for (int64_t i = 0; i < len; i++)
-        if (a[i] != b[i]) return 0;
-    return 1;
+/* Whether a[0..len) == b[0..len), two values of a buffer that ends at end. Up to 16 bytes
+ * are compared as masked words when they can be read from both (no branch per byte, as
+ * digest() reads them). */
+static inline int same(const unsigned char *a, const unsigned char *b, int64_t len,
+                       const unsigned char *end) {
+    if (len <= 8 && a + 8 <= end && b + 8 <= end)
+        return ((load8(a) ^ load8(b)) & (len ? ~0ULL >> ((64 - 8 * len) & 63) : 0)) == 0;
+    if (len <= 16 && a + 16 <= end && b + 16 <= end) {
+        uint64_t m1 = ~0ULL >> ((128 - 8 * len) & 63); /* the second word's len - 8 bytes */
+        return ((load8(a) ^ load8(b)) | ((load8(a + 8) ^ load8(b + 8)) & m1)) == 0;
+    }
+    return memcmp(a, b, (size_t)len) == 0;
 }
 
 static PyObject *bm_ev_distinct(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer offs, data, key, first;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &key, &first)) return NULL;
+    Py_ssize_t min_len = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*|n", &offs, &data, &key, &first, &min_len)) return NULL;
     PyObject *ret = NULL;
     Py_ssize_t n;
-    int64_t longest;
     uint64_t k0, k1, mask = 255;
     slot *table = NULL;
-    if (!check_offsets(&offs, &data, &n, &longest) || !read_key(&key, &k0, &k1)) goto done;
+    if (!check_offsets(&offs, &data, &n, NULL) || !read_key(&key, &k0, &k1)) goto done;
     if (first.len != n * 8) {
         PyErr_SetString(PyExc_ValueError, "first must be int64, one per value");
         goto done;
@@ -523,6 +581,7 @@ static PyObject *bm_ev_distinct(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t v = 0; v < n && ok; v++) {
         int64_t len = o[v + 1] - o[v];
+        if (len < min_len) continue;
         uint64_t d = digest(p + o[v], len, end, k0, k1, 0);
         uint64_t s = d & mask;
         for (;; s = (s + 1) & mask) {
@@ -535,7 +594,8 @@ static PyObject *bm_ev_distinct(PyObject *self, PyObject *args) {
                 break;
             }
             int64_t u = t->first;
-            if (t->digest == d && o[u + 1] - o[u] == len && same(p + o[u], p + o[v], len)) break;
+            if (t->digest == d && o[u + 1] - o[u] == len && same(p + o[u], p + o[v], len, end))
+                break;
         }
     }
     Py_END_ALLOW_THREADS
@@ -560,10 +620,12 @@ static PyMethodDef methods[] = {
      "spaced, n_slow): residual-PII scan digests of the plain ASCII values"},
     {"ev_bits", bm_ev_bits, METH_VARARGS,
      "ev_bits(keys, shift, table) -> None: sets the keys' bits in a one-bit-per-slot table"},
-    {"ev_probe", bm_ev_probe, METH_VARARGS,
-     "ev_probe(table, shift, probes, out) -> int: whether each probe's bit is set; how many"},
+    {"ev_filter", bm_ev_filter, METH_VARARGS,
+     "ev_filter(table, shift, probes, out) -> int: the probes whose bit is set, into out; "
+     "how many"},
     {"ev_distinct", bm_ev_distinct, METH_VARARGS,
-     "ev_distinct(offsets, data, key, first) -> int: first occurrence of each distinct value"},
+     "ev_distinct(offsets, data, key, first[, min_len]) -> int: first occurrence of each "
+     "distinct value of at least min_len bytes"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_evidence",
