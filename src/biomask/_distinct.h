@@ -62,10 +62,19 @@ static inline uint64_t fin(uint64_t h, uint64_t k1) {
     return h;
 }
 
+/* (inlined into every loop that calls it: the compiler would otherwise keep one shared
+ * out-of-line copy, and the table below would pay a call per value) */
+#if defined(__GNUC__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
 /* The digest of len bytes at p (of their ASCII lower case with `lower`); end is the end of
  * the buffer p points into, so whole words are read only where they lie inside it. */
-static inline uint64_t digest(const unsigned char *p, int64_t len, const unsigned char *end,
-                              uint64_t k0, uint64_t k1, int lower) {
+static ALWAYS_INLINE uint64_t digest(const unsigned char *p, int64_t len,
+                                     const unsigned char *end, uint64_t k0, uint64_t k1,
+                                     int lower) {
     uint64_t h = k0 ^ ((uint64_t)len * P0);
     if (len <= 16 && p + 16 <= end) {
         /* the same, without a branch to mispredict: both words read, the empty ones
@@ -101,8 +110,8 @@ static inline int same_bytes(const unsigned char *a, const unsigned char *b, int
 /* The distinct values of n strings (offsets o into the bytes p .. end), in the order of
  * their first occurrence, as Arrow's hash kernels (`unique`, `dictionary_encode`) give
  * them. first[k] is the row where distinct value k first occurs; with `index`, index[v]
- * is the number of row v's value (-1 where `valid` says the row is null; a null row is no
- * value). Returns the number of distinct values, or -1 when no memory could be had (or n
+ * is the number of row v's value (-1 where `valid` says the row is null, or the value is
+ * shorter than min_len bytes: such a row has no value here). Returns the number of distinct values, or -1 when no memory could be had (or n
  * is beyond 32-bit numbering).
  *
  * One open-addressing table sized once, to at least twice the rows, so it never grows;
@@ -116,8 +125,8 @@ typedef struct {
 } distinct_slot;
 
 static Py_ssize_t distinct_run(const int64_t *o, const unsigned char *p, const unsigned char *end,
-                               Py_ssize_t n, const unsigned char *valid, uint64_t k0, uint64_t k1,
-                               int64_t *first, int32_t *index) {
+                               Py_ssize_t n, const unsigned char *valid, int64_t min_len,
+                               uint64_t k0, uint64_t k1, int64_t *first, int32_t *index) {
     if (n >= INT32_MAX / 2) return -1;
     uint64_t size = 16;
     while (size < 2 * (uint64_t)n) size *= 2;
@@ -126,11 +135,11 @@ static Py_ssize_t distinct_run(const int64_t *o, const unsigned char *p, const u
     if (table == NULL) return -1;
     Py_ssize_t count = 0;
     for (Py_ssize_t v = 0; v < n; v++) {
-        if (valid != NULL && !valid[v]) {
+        int64_t len = o[v + 1] - o[v];
+        if ((valid != NULL && !valid[v]) || len < min_len) {
             if (index != NULL) index[v] = -1;
             continue;
         }
-        int64_t len = o[v + 1] - o[v];
         uint64_t d = digest(p + o[v], len, end, k0, k1, 0);
         uint32_t tag = (uint32_t)(d >> 32);
         for (uint64_t s = d & mask;; s = (s + 1) & mask) {

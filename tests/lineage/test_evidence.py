@@ -530,9 +530,9 @@ def test_kernels_refuse_bad_sizes() -> None:
         with pytest.raises(ValueError, match="table"):
             KERNELS.ev_bits(keys, shift, table)
         with pytest.raises(ValueError, match="table"):
-            KERNELS.ev_probe(table, shift, keys, np.empty(5, bool))
-    with pytest.raises(ValueError, match="probes"):
-        KERNELS.ev_probe(np.zeros(16, np.uint8), 0, keys, np.empty(4, bool))
+            KERNELS.ev_filter(table, shift, keys, np.empty(5, np.uint64))
+    with pytest.raises(ValueError, match="probes"):  # no room for every probe
+        KERNELS.ev_filter(np.zeros(16, np.uint8), 0, keys, np.empty(4, np.uint64))
     with pytest.raises(ValueError, match="keys"):
         KERNELS.ev_bits(np.zeros(7, np.uint8), 0, np.zeros(16, np.uint8))
 
@@ -567,7 +567,71 @@ def test_distinct_is_arrows_unique(vals: list[str]) -> None:
     arr = pa.array(["pad", *vals], pa.string()).slice(1)
     with _path(True):
         got = ev._distinct(arr)
+        long_ = ev._distinct(arr, ev.MIN_TOKEN)
     assert got.to_pylist() == pc.unique(arr).to_pylist()
+    # with a minimum length: the same, less the values of fewer bytes
+    assert long_.to_pylist() == [v for v in got.to_pylist() if len(v.encode()) >= ev.MIN_TOKEN]
+
+
+@needs_kernels
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["", "a", "É", "ab", "é!", "a b", "x y", "(a)", "İ"]) | mixed))
+def test_values_too_short_have_no_digest(vals: list[str]) -> None:
+    """Leaving out the values shorter than MIN_TOKEN bytes leaves the digests as they are,
+    duplicates included (so the held count and the budget do not move either)."""
+    arr = pa.array(vals, pa.string())
+    with _path(True):
+        c = EvidenceCollector(None, _seed=99)
+        for candidates in (False, True):
+            every = c._digests(pc.unique(arr), candidates)
+            long_ = c._digests(ev._distinct(arr, ev.MIN_TOKEN), candidates)
+            assert np.array_equal(np.sort(long_), np.sort(every))
+
+
+@needs_kernels
+def test_filter_keeps_the_probes_whose_bit_is_set() -> None:
+    assert KERNELS is not None
+    rng = np.random.default_rng(3)
+    keys = rng.integers(0, 2**64 - 1, 500, dtype=np.uint64, endpoint=True)
+    probes = np.concatenate([keys[::3], rng.integers(0, 2**64 - 1, 5000, dtype=np.uint64)])
+    for shift in (0, 20, 52):
+        table = np.zeros(1 << 9, np.uint8)  # 4096 slots
+        KERNELS.ev_bits(keys, shift, table)
+        slots = (probes >> np.uint64(shift)) & np.uint64(4095)
+        bit = (table[slots >> np.uint64(3)] >> (slots & np.uint64(7)).astype(np.uint8)) & 1
+        want = probes[bit == 1]
+        room = np.full(probes.size + 3, 7, np.uint64)
+        k = KERNELS.ev_filter(table, shift, probes, room)
+        assert np.array_equal(room[:k], want)  # in order
+        assert k < probes.size and set(keys[::3].tolist()) <= set(room[:k].tolist())
+
+
+def test_a_category_column_is_hashed_once_per_set(
+    policy: Policy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept column of a few values: its digests are reused while its set of values stays
+    the same (in any order and count), and recomputed when the set changes (same size)."""
+    cities = ["Lyon", "São Paulo", "Zoë Ödegaard", "Ada7 Lovelace"]  # a real name leaks
+    sets = [cities, cities[::-1], [*cities[:3], "Nantes"]]
+    batches = []
+    for b, values in enumerate(sets):
+        rows = _rows(2000, b * 2000)
+        out = _masked(rows, str(b))
+        out["city"] = [values[(i * 7 + b) % 4] for i in range(2000)]
+        batches.append((_batch(rows, {}), _batch(out, {})))
+    hashed: list[list[str]] = []
+    digests = EvidenceCollector._digests
+
+    def spy(self: EvidenceCollector, values: pa.Array, candidates: bool) -> np.ndarray:
+        if "Lyon" in values.to_pylist():
+            hashed.append(sorted(values.to_pylist()))
+        return digests(self, values, candidates)
+
+    monkeypatch.setattr(EvidenceCollector, "_digests", spy)
+    r = _same(policy, batches)["residual_pii"]
+    assert hashed == [sorted(sets[0]), sorted(sets[2])] * len(PATHS)  # each path hashes 2
+    by = {(f["output_column"], f["input_column"]): f["hits"] for f in r["findings"]}
+    assert by[("t.city", "t.name")] == 1
 
 
 def test_a_kept_integer_key_is_counted_as_hits() -> None:

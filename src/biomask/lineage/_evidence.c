@@ -14,7 +14,7 @@
  * hit, never hide a real one.
  *
  * ev_distinct: the first occurrence of every distinct value (Arrow's `unique`, exact).
- * ev_bits / ev_probe: the one-bit-per-slot filters of the final set comparison.
+ * ev_bits / ev_filter: the one-bit-per-slot filters of the final set comparison.
  *
  * The classification is evidence.py's _needs_split, value by value (the NumPy version
  * reads the bytes after a lead byte across a value's end; on valid UTF-8, which Arrow
@@ -34,13 +34,18 @@
 
 enum { FAST = 0, OTHER = 1, SPLIT = 2 }; /* ev_scan's status per value */
 
-/* Valid offsets (see _buffers.h), and the longest value's length. */
+/* Valid offsets (see _buffers.h), and the longest value's length when longest is not NULL
+ * (a second pass over the offsets: only ev_scan's candidates need it). */
 static int check_offsets(Py_buffer *offs, Py_buffer *data, Py_ssize_t *n, int64_t *longest) {
     if (!offsets_ok(offs, data->len, n)) return 0;
+    if (longest == NULL) return 1;
     const int64_t *o = (const int64_t *)offs->buf;
-    *longest = 0;
-    for (Py_ssize_t v = 0; v < *n; v++)
-        if (o[v + 1] - o[v] > *longest) *longest = o[v + 1] - o[v];
+    int64_t most = 0;
+    for (Py_ssize_t v = 0; v < *n; v++) {
+        int64_t len = o[v + 1] - o[v];
+        most = len > most ? len : most;
+    }
+    *longest = most;
     return 1;
 }
 
@@ -60,9 +65,8 @@ static PyObject *bm_ev_hash(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &key, &out)) return NULL;
     PyObject *ret = NULL;
     Py_ssize_t n;
-    int64_t longest;
     uint64_t k0, k1;
-    if (!check_offsets(&offs, &data, &n, &longest) || !read_key(&key, &k0, &k1)) goto done;
+    if (!check_offsets(&offs, &data, &n, NULL) || !read_key(&key, &k0, &k1)) goto done;
     if (out.len != n * 8) {
         PyErr_SetString(PyExc_ValueError, "out must be uint64, one per value");
         goto done;
@@ -110,12 +114,44 @@ static int classify_bytes(const unsigned char *p, int64_t i, int64_t e, int64_t 
     return other ? OTHER : FAST;
 }
 
+/* The high bit of each byte of w under real (the high bits of the value's bytes) that is
+ * below 0x20 or from 0x80: the bytes that classify_bytes looks at. */
+static inline uint64_t odd_bytes(uint64_t w, uint64_t real) {
+    return (((w - 0x20 * ONES) & ~w) | w) & real;
+}
+
+/* The high bit of each space (0x20) of w under real, where no byte is from 0x80. */
+static inline uint64_t space_bytes(uint64_t w, uint64_t real) {
+    uint64_t t = w ^ (0x20 * ONES); /* exactly the 0x20 bytes are 0 */
+    return ~(((t & 0x7F7F7F7F7F7F7F7FULL) + 0x7F7F7F7F7F7F7F7FULL) | t) & real;
+}
+
 /* Classifies one value (its status, and whether it holds a space) and folds its lower-cased
  * words into *h (the digest's state: only meaningful while the value is FAST). A word is
  * looked at byte by byte only when it holds a control or non-ASCII byte; spaces are
  * checked on the whole word (none at either end of the value, none next to another). */
 static int scan_value(const unsigned char *p, int64_t len, const unsigned char *end, int *space,
                       uint64_t *h) {
+    if (len <= 16 && p + 16 <= end) {
+        /* most values: what the loop below does, without a branch on their bytes or length
+         * (both words read and masked as in digest()), unless a byte is odd */
+        uint64_t m0 = len >= 8 ? ~0ULL : (1ULL << ((8 * len) & 63)) - 1;
+        uint64_t m1 = len >= 16 ? ~0ULL : len <= 8 ? 0 : (1ULL << ((8 * (len - 8)) & 63)) - 1;
+        uint64_t w0 = load8(p) & m0, w1 = load8(p + 8) & m1;
+        uint64_t r0 = HIGH & m0, r1 = HIGH & m1;
+        if (!(odd_bytes(w0, r0) | odd_bytes(w1, r1))) {
+            uint64_t z0 = space_bytes(w0, r0), z1 = space_bytes(w1, r1);
+            uint64_t last = 0x80ULL << ((8 * (len - 1)) & 63); /* in z0 or z1 */
+            uint64_t bad = (z0 & (z0 << 8)) | (z1 & (z1 << 8)) | ((z0 >> 56) & z1) | (z0 & 0x80) |
+                           ((len <= 8 ? z0 : z1) & last);
+            if (bad) return SPLIT;
+            *space |= (z0 | z1) != 0;
+            uint64_t h1 = mix(*h, lower8(w0));
+            uint64_t h2 = mix(h1, lower8(w1));
+            *h = len > 8 ? h2 : len > 0 ? h1 : *h;
+            return FAST;
+        }
+    }
     int status = FAST;
     /* spaces seen; bad: a space next to another or at either end (no branch per word) */
     uint64_t state = *h, spaces = 0, bad = 0, before = 0x80; /* no space may come first */
@@ -123,14 +159,13 @@ static int scan_value(const unsigned char *p, int64_t len, const unsigned char *
         int64_t left = len - i;
         uint64_t w = load_le(p + i, left, end);
         uint64_t real = left >= 8 ? HIGH : HIGH & ((1ULL << (8 * left)) - 1);
-        if (((w - 0x20 * ONES) & ~w & real) | (w & real)) { /* a byte < 0x20 or >= 0x80 */
+        if (odd_bytes(w, real)) { /* a byte < 0x20 or >= 0x80 */
             int got = classify_bytes(p, i, left >= 8 ? i + 8 : len, len, space);
             if (got == SPLIT) return SPLIT;
             if (got == OTHER) status = OTHER;
             before = left > 8 && p[i + 7] == 0x20 ? 0x80 : 0;
         } else {
-            uint64_t t = w ^ (0x20 * ONES); /* exactly the 0x20 bytes (all below 0x80 here) */
-            uint64_t z = ~(((t & 0x7F7F7F7F7F7F7F7FULL) + 0x7F7F7F7F7F7F7F7FULL) | t) & real;
+            uint64_t z = space_bytes(w, real);
             uint64_t last = left <= 8 ? 0x80ULL << ((8 * (left - 1)) & 63) : 0;
             bad |= (z & (z << 8)) | (z & before) | (z & last);
             spaces |= z;
@@ -244,21 +279,25 @@ static PyObject *bm_ev_scan(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *ret = NULL;
     Py_ssize_t n;
-    int64_t longest;
+    int64_t longest = 0;
     cands c = {0, 0, NULL, 0, 0, NULL};
     unsigned char *lower = NULL;
-    if (!check_offsets(&offs, &data, &n, &longest) || !read_key(&key, &c.k0, &c.k1)) goto done;
+    if (!check_offsets(&offs, &data, &n, want ? &longest : NULL) ||
+        !read_key(&key, &c.k0, &c.k1))
+        goto done;
     if (status.len != n || whole.len != n * 8 || cand.len % 8 != 0) {
         PyErr_SetString(PyExc_ValueError,
                         "status must be one byte and whole one uint64 per value; cand uint64");
         goto done;
     }
     init_tables();
-    lower = calloc((size_t)longest + 8, 1);
-    c.gram = calloc((size_t)longest + 8, 1);
-    if (lower == NULL || c.gram == NULL) {
-        PyErr_NoMemory();
-        goto done;
+    if (want) { /* the candidates' buffers */
+        lower = calloc((size_t)longest + 8, 1);
+        c.gram = calloc((size_t)longest + 8, 1);
+        if (lower == NULL || c.gram == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
     }
     c.cand = (uint64_t *)cand.buf;
     c.cap = cand.len / 8;
@@ -321,8 +360,8 @@ done:
 
 /* The set comparison at the end of the scan: a table of one bit per slot, indexed by the
  * bits of each digest from `shift` up (the digests are uniform). ev_bits sets the keys'
- * bits; ev_probe says, per probe, whether its bit is set (a member, or one of the few
- * others that share a slot). */
+ * bits; ev_filter keeps the probes whose bit is set (the members, and the few others that
+ * share a slot with one), in order. */
 static int check_table(Py_buffer *table, Py_ssize_t shift, uint64_t *mask) {
     uint64_t slots = (uint64_t)table->len * 8;
     if (table->len < 8 || (slots & (slots - 1)) != 0 || shift < 0 || shift > 63) {
@@ -362,7 +401,7 @@ done:
     return ret;
 }
 
-static PyObject *bm_ev_probe(PyObject *self, PyObject *args) {
+static PyObject *bm_ev_filter(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer table, probes, out;
     Py_ssize_t shift;
@@ -370,22 +409,24 @@ static PyObject *bm_ev_probe(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     uint64_t mask;
     if (!check_table(&table, shift, &mask)) goto done;
-    if (probes.len % 8 != 0 || out.len != probes.len / 8) {
-        PyErr_SetString(PyExc_ValueError, "probes must be uint64, out one byte per probe");
+    if (probes.len % 8 != 0 || out.len < probes.len) {
+        PyErr_SetString(PyExc_ValueError, "probes must be uint64, out room for every probe");
         goto done;
     }
+    if (!aligned(&probes, 8, "probes") || !aligned(&out, 8, "out")) goto done;
     const uint64_t *k = (const uint64_t *)probes.buf;
     const unsigned char *t = (const unsigned char *)table.buf;
-    unsigned char *o = (unsigned char *)out.buf;
-    Py_ssize_t n = out.len, hits = 0;
+    uint64_t *o = (uint64_t *)out.buf;
+    Py_ssize_t n = probes.len / 8, kept = 0;
     Py_BEGIN_ALLOW_THREADS
+    /* every probe is written, and only the set ones advance: no branch per probe */
     for (Py_ssize_t i = 0; i < n; i++) {
         uint64_t s = (k[i] >> shift) & mask;
-        o[i] = (t[s >> 3] >> (s & 7)) & 1;
-        hits += o[i];
+        o[kept] = k[i];
+        kept += (t[s >> 3] >> (s & 7)) & 1;
     }
     Py_END_ALLOW_THREADS
-    ret = PyLong_FromSsize_t(hits);
+    ret = PyLong_FromSsize_t(kept);
 done:
     PyBuffer_Release(&table);
     PyBuffer_Release(&probes);
@@ -394,16 +435,19 @@ done:
 }
 
 /* ev_distinct: the index of the first occurrence of every distinct value, in order (what
- * Arrow's hash `unique` keeps), for the columns whose values repeat (_distinct.h's table). */
+ * Arrow's hash `unique` keeps), for the columns whose values repeat (_distinct.h's table);
+ * values shorter than min_len bytes (optional, default 0) are left out (the scan finds
+ * nothing in a value shorter than MIN_TOKEN bytes: it has fewer characters, and so has
+ * each candidate). */
 static PyObject *bm_ev_distinct(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer offs, data, key, first;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &key, &first)) return NULL;
+    Py_ssize_t min_len = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*|n", &offs, &data, &key, &first, &min_len)) return NULL;
     PyObject *ret = NULL;
     Py_ssize_t n, count = 0;
-    int64_t longest;
     uint64_t k0, k1;
-    if (!check_offsets(&offs, &data, &n, &longest) || !read_key(&key, &k0, &k1)) goto done;
+    if (!check_offsets(&offs, &data, &n, NULL) || !read_key(&key, &k0, &k1)) goto done;
     if (first.len != n * 8) {
         PyErr_SetString(PyExc_ValueError, "first must be int64, one per value");
         goto done;
@@ -411,7 +455,7 @@ static PyObject *bm_ev_distinct(PyObject *self, PyObject *args) {
     const int64_t *o = (const int64_t *)offs.buf;
     const unsigned char *p = (const unsigned char *)data.buf, *end = p + data.len;
     Py_BEGIN_ALLOW_THREADS
-    count = distinct_run(o, p, end, n, NULL, k0, k1, (int64_t *)first.buf, NULL);
+    count = distinct_run(o, p, end, n, NULL, min_len, k0, k1, (int64_t *)first.buf, NULL);
     Py_END_ALLOW_THREADS
     if (count < 0)
         PyErr_NoMemory();
@@ -433,10 +477,12 @@ static PyMethodDef methods[] = {
      "spaced, n_slow): residual-PII scan digests of the plain ASCII values"},
     {"ev_bits", bm_ev_bits, METH_VARARGS,
      "ev_bits(keys, shift, table) -> None: sets the keys' bits in a one-bit-per-slot table"},
-    {"ev_probe", bm_ev_probe, METH_VARARGS,
-     "ev_probe(table, shift, probes, out) -> int: whether each probe's bit is set; how many"},
+    {"ev_filter", bm_ev_filter, METH_VARARGS,
+     "ev_filter(table, shift, probes, out) -> int: the probes whose bit is set, into out; "
+     "how many"},
     {"ev_distinct", bm_ev_distinct, METH_VARARGS,
-     "ev_distinct(offsets, data, key, first) -> int: first occurrence of each distinct value"},
+     "ev_distinct(offsets, data, key, first[, min_len]) -> int: first occurrence of each "
+     "distinct value of at least min_len bytes"},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_evidence",

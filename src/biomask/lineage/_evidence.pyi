@@ -33,10 +33,10 @@ def ev_bits(keys: Any, shift: int, table: Any, /) -> None:
     """Sets bit ``(key >> shift) % (8 * len(table))`` of ``table`` for every uint64 key
     (``table``: a power of two bytes)."""
 
-def ev_probe(table: Any, shift: int, probes: Any, out: Any, /) -> int:
-    """Per uint64 probe, whether its bit in ``table`` is set (``out``: one byte each); the
-    number set."""
+def ev_filter(table: Any, shift: int, probes: Any, out: Any, /) -> int:
+    """The uint64 probes whose bit in ``table`` is set, in order, into ``out`` (uint64, room
+    for every probe); returns how many."""
 
-def ev_distinct(offsets: Any, data: Any, key: bytes, first: Any, /) -> int:
-    """Indices (int64, in order) of the first occurrence of every distinct value into
-    ``first`` (room for one per value); returns how many."""
+def ev_distinct(offsets: Any, data: Any, key: bytes, first: Any, min_len: int = 0, /) -> int:
+    """Indices (int64, in order) of the first occurrence of every distinct value of at least
+    ``min_len`` bytes into ``first`` (room for one per value); returns how many."""

@@ -41,7 +41,10 @@ when the column is ASCII; only values holding whitespace other than single space
 words (or Unicode whitespace) go through the split-and-join normalization. Punctuation-
 separated words are cut from the bytes with NumPy (the ASCII letters and digits that RE2's
 ``[\\W_]+`` leaves), not with a regular expression. A column whose values repeat (judged on
-a sample) is made distinct first; others are hashed as they come (a keyed multiply-xorshift
+a sample) is made distinct first (the compiled helper leaves out the values shorter than
+``MIN_TOKEN`` bytes, which have no digest); when few values remain, their digests are kept
+for the column's next batch, which reuses them if it holds the same set of values (a
+column of categories); others are hashed as they come (a keyed multiply-xorshift
 hash, :func:`_digest`, the same in C and NumPy) and their digests kept unsorted in NumPy
 arrays: duplicates are dropped only when the digests reach their budget, and the sets are
 compared once, at the end, through a bitmap of digest bits that lets only a few percent of
@@ -125,6 +128,9 @@ _SAMPLE = 256
 _RESAMPLE = 16
 #: rows of per-batch k-anonymity group counts kept before they are merged
 _MERGE_ROWS = 1 << 18
+#: distinct values of a column's batch kept (with their digests) to be recognized in its
+#: next batch: enough for categories, cheap to compare
+_REUSE_MAX = 4096
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -254,7 +260,9 @@ def _key_bytes(k0: int, k1: int) -> bytes:
     return k0.to_bytes(8, "little") + k1.to_bytes(8, "little")
 
 
-def _values(col: pa.Array | pa.ChunkedArray, hint: list[int] | None = None) -> pa.Array:
+def _values(
+    col: pa.Array | pa.ChunkedArray, hint: list[int] | None = None, min_len: int = 0
+) -> pa.Array:
     """The non-null values of a string column, made distinct when they repeat.
 
     A column is made distinct (Arrow's hash ``unique``) when a spread sample of it holds
@@ -263,7 +271,17 @@ def _values(col: pa.Array | pa.ChunkedArray, hint: list[int] | None = None) -> p
     it is; its duplicates only cost a digest each, removed when the digests are compacted.
     ``hint`` carries the verdict over to the column's next batches: ``[repeats (0/1),
     batches before sampling again]``, updated in place (a sample is not free either).
+    Values shorter than ``min_len`` bytes may be left out (the compiled helper drops them
+    while it makes a column distinct, at no cost): the scan passes ``MIN_TOKEN``, as such
+    a value has fewer characters than that, and so has each of its candidates.
     """
+    return _values_distinct(col, hint, min_len)[0]
+
+
+def _values_distinct(
+    col: pa.Array | pa.ChunkedArray, hint: list[int] | None = None, min_len: int = 0
+) -> tuple[pa.Array, bool]:
+    """:func:`_values`, and whether they were made distinct."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if pa.types.is_dictionary(col.type):
@@ -273,13 +291,13 @@ def _values(col: pa.Array | pa.ChunkedArray, hint: list[int] | None = None) -> p
         col = col.drop_null()
     n = len(col)
     if n <= 2 * _SAMPLE:
-        return pc.unique(col) if n > 1 else col
+        return (pc.unique(col) if n > 1 else col), True
     hint = [0, 0] if hint is None else hint
     if hint[1] <= 0:
         sample = col.take(pa.array(np.arange(0, n, n // _SAMPLE)[:_SAMPLE]))
         hint[:] = [int(2 * len(pc.unique(sample)) < len(sample)), _RESAMPLE]
     hint[1] -= 1
-    return _distinct(col) if hint[0] else col
+    return (_distinct(col, min_len), True) if hint[0] else (col, False)
 
 
 #: key of the compiled helper's table of distinct values (not of any digest that is kept):
@@ -287,16 +305,18 @@ def _values(col: pa.Array | pa.ChunkedArray, hint: list[int] | None = None) -> p
 _DISTINCT_KEY = secrets.token_bytes(16)
 
 
-def _distinct(col: pa.Array) -> pa.Array:
+def _distinct(col: pa.Array, min_len: int = 0) -> pa.Array:
     """``pc.unique(col)`` (no nulls): the same values in the same order, with the compiled
     helper about twice as fast on columns that repeat a few values (one hash and one
-    comparison per value, in a table that stays in cache)."""
+    comparison per value, in a table that stays in cache). The helper also leaves out the
+    values shorter than ``min_len`` bytes (a column of codes such as "M"/"F" then costs a
+    length check per value); without it they are kept."""
     native = _native()
     if native is None:
         return pc.unique(col)
     off, full = _offsets_data(col)
     first = np.empty(len(col), dtype=np.int64)
-    k = native.ev_distinct(off, full, _DISTINCT_KEY, first)
+    k = native.ev_distinct(off, full, _DISTINCT_KEY, first, min_len)
     return col.take(pa.array(first[:k]))
 
 
@@ -513,6 +533,10 @@ class EvidenceCollector:
     _rules_cache: dict[str, dict[str, _Rule]] = field(default_factory=dict)
     _scratch: _Scratch = field(default_factory=_Scratch, repr=False)
     _hints: dict[str, list[int]] = field(default_factory=dict)
+    #: column -> its last batch's distinct values, whether with candidates, their digests
+    _last_sets: dict[str, tuple[pa.Array, bool, np.ndarray]] = field(
+        default_factory=dict, repr=False
+    )
     _id_names: frozenset[str] | None = None
 
     def __repr__(self) -> str:  # never show the key
@@ -606,9 +630,10 @@ class EvidenceCollector:
             values = values.combine_chunks()
         off, full = _offsets_data(values)
         n = len(values)
-        # (scratch: their contents are copied out by the concatenations below)
+        # (scratch: the candidates are copied out by the concatenation below; the whole
+        # values' digests go to a new array, kept as it is when they are all there is)
         status = self._scratch.take(3, n)
-        whole = self._scratch.take(4, 8 * n).view(np.uint64)
+        whole = np.empty(n, dtype=np.uint64)
         # at most 2 per byte and 2 per value: see _evidence.c's candidates()
         cap = 2 * int(off[-1] - off[0]) + 2 * n if candidates else 0
         cand = self._scratch.take(5, 8 * cap).view(np.uint64)
@@ -634,10 +659,43 @@ class EvidenceCollector:
             wholes.append(self._whole(parts))
             if candidates:
                 cands.append(self._candidates(parts, modes))
-        out = np.concatenate(wholes)
-        if candidates and out.size:
-            out = np.concatenate([out, *cands])
-        return out
+        if not any(w.size for w in wholes):
+            return _EMPTY
+        if candidates:
+            return np.concatenate([*wholes, *cands])
+        if len(wholes) > 1 or 2 * n_whole < n:  # (not a view that holds twice its size)
+            return np.concatenate(wholes)
+        return wholes[0]
+
+    def _column_digests(
+        self, key: str, col: pa.Array | pa.ChunkedArray, candidates: bool
+    ) -> np.ndarray:
+        """:meth:`_digests` of a column's values (:func:`_values`), or the same digests as
+        its previous batch when that batch held the same distinct values.
+
+        The digests (duplicates included, which count against the budget) depend only on
+        the set of values given, not on their order or rows, so a column of categories (a
+        city, a modality: the same few values in batch after batch) is normalized, hashed
+        and cut into candidates once: recognizing the set costs a hash lookup per distinct
+        value, where hashing it again costs a pass in C and, for its non-ASCII values, a
+        dozen Arrow calls.
+        """
+        hint = self._hints.setdefault(key, [0, 0])
+        values, distinct = _values_distinct(col, hint, MIN_TOKEN)
+        if not distinct or len(values) > _REUSE_MAX:
+            return self._digests(values, candidates)
+        last = self._last_sets.get(key)
+        if (
+            last is not None
+            and last[1] == candidates
+            and len(last[0]) == len(values)
+            and last[0].type == values.type
+            and (not len(values) or pc.all(pc.is_in(values, value_set=last[0])).as_py())
+        ):
+            return last[2]
+        digests = self._digests(values, candidates)
+        self._last_sets[key] = (values, candidates, digests)
+        return digests
 
     def _whole(self, parts: list[tuple[pa.Array, bool]]) -> np.ndarray:
         """Digests of the normalized values at least ``MIN_TOKEN`` characters long."""
@@ -756,8 +814,7 @@ class EvidenceCollector:
                 col = _as_text(col)  # an integer key: found again if a kept key holds it
             elif not _is_string(col.type):
                 continue
-            hint = self._hints.setdefault(f"in:{table}.{name}", [0, 0])
-            probes = self._digests(_values(col, hint), candidates=False)
+            probes = self._column_digests(f"in:{table}.{name}", col, candidates=False)
             if probes.size:
                 self._store(self._inputs, f"{table}.{name}", probes)
 
@@ -802,12 +859,11 @@ class EvidenceCollector:
                 col = _as_text(col)
             elif not _is_string(col.type):
                 continue
-            hint = self._hints.setdefault(f"out:{table}.{name}", [0, 0])
             # Only free or passed-through text can hide a value inside a longer string; a
             # token column is checked whole (and row by row, in place). A column with no
             # value long enough has no candidate either (none is longer than its value).
             free = not number and (r is None or r.op in _FREE_TEXT_OPS)
-            whole = self._digests(_values(col, hint), candidates=free)
+            whole = self._column_digests(f"out:{table}.{name}", col, candidates=free)
             if not whole.size:
                 continue
             self._store(self._outputs, f"{table}.{name}", whole)
@@ -1022,6 +1078,7 @@ class EvidenceCollector:
         self._inputs.clear()
         self._outputs.clear()
         self._last_input.clear()
+        self._last_sets.clear()
         self._scratch = _Scratch()  # the last batch's bytes
         return result
 
@@ -1089,14 +1146,15 @@ def _common(
         for arrs in among:
             for a in arrs:
                 native.ev_bits(np.ascontiguousarray(a), shift, table)
+        # the survivors land in one buffer (a few percent of the probes, in the first
+        # rounds) and are copied out, so that no array holds a probe-sized block
+        room = np.empty(max((a.size for arrs in cols for a in arrs), default=0), np.uint64)
         out: list[list[np.ndarray]] = []
         for arrs in cols:
             kept = []
             for a in arrs:
-                a = np.ascontiguousarray(a)
-                hit = np.empty(a.size, dtype=bool)
-                native.ev_probe(table, shift, a, hit)
-                kept.append(a[hit])
+                k = native.ev_filter(table, shift, np.ascontiguousarray(a), room)
+                kept.append(room[:k].copy())
             out.append(kept)
         return out
 

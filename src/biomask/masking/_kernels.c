@@ -786,7 +786,8 @@ static PyObject *bm_distinct(PyObject *self, PyObject *args) {
         const unsigned char *p = data.buf, *end = p + data.len, *k = key.buf;
         const unsigned char *ok = valid.len ? valid.buf : NULL;
         Py_BEGIN_ALLOW_THREADS
-        count = distinct_run(o, p, end, n, ok, load8(k), load8(k + 8), first.buf, index.buf);
+        count = distinct_run(o, p, end, n, ok, 0, load8(k), load8(k + 8), first.buf,
+                             index.buf);
         Py_END_ALLOW_THREADS
         if (count < 0)
             PyErr_NoMemory();
