@@ -262,8 +262,9 @@ def _key_bytes(k0: int, k1: int) -> bytes:
 
 def _values(
     col: pa.Array | pa.ChunkedArray, hint: list[int] | None = None, min_len: int = 0
-) -> pa.Array:
-    """The non-null values of a string column, made distinct when they repeat.
+) -> tuple[pa.Array, bool]:
+    """The non-null values of a string column, made distinct when they repeat, and whether
+    they were.
 
     A column is made distinct (Arrow's hash ``unique``) when a spread sample of it holds
     fewer than half as many distinct values as values: then it pays for itself in the
@@ -275,13 +276,6 @@ def _values(
     while it makes a column distinct, at no cost): the scan passes ``MIN_TOKEN``, as such
     a value has fewer characters than that, and so has each of its candidates.
     """
-    return _values_distinct(col, hint, min_len)[0]
-
-
-def _values_distinct(
-    col: pa.Array | pa.ChunkedArray, hint: list[int] | None = None, min_len: int = 0
-) -> tuple[pa.Array, bool]:
-    """:func:`_values`, and whether they were made distinct."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     if pa.types.is_dictionary(col.type):
@@ -681,7 +675,7 @@ class EvidenceCollector:
         dozen Arrow calls.
         """
         hint = self._hints.setdefault(key, [0, 0])
-        values, distinct = _values_distinct(col, hint, MIN_TOKEN)
+        values, distinct = _values(col, hint, MIN_TOKEN)
         if not distinct or len(values) > _REUSE_MAX:
             return self._digests(values, candidates)
         last = self._last_sets.get(key)
