@@ -48,7 +48,7 @@ from biomask.masking.operators.names import (
     split_name,
 )
 from biomask.masking.operators.tokens import phone_digits
-from biomask.masking.registry import dictionary_encode
+from biomask.masking.registry import dictionary_encode, expand
 from biomask.masking.text.words import fold as fold_word
 from biomask.masking.text.words import sentence_start, unbalanced_close
 
@@ -363,7 +363,7 @@ class Lexicon:
         # normalize once per distinct written part (Python, but over a name vocabulary)
         enc = dictionary_encode(words)
         norm = pa.array([normalize_name(w) for w in enc.dictionary.to_pylist()], pa.string())
-        roles.add(self._hash("n", norm.take(enc.indices)), bits)
+        roles.add(self._hash("n", expand(norm, enc.indices)), bits)
         if mapper is None:
             return
         g = pa.concat_arrays([a.cast(pa.string()) for a in pairs_g])

@@ -69,6 +69,7 @@ from biomask.masking.registry import (
     Operator,
     OperatorContext,
     dictionary_encode,
+    expand,
     get_operator,
     is_string_type,
     register,
@@ -467,7 +468,7 @@ class TextOperator(Operator[TextOp]):
         for etype in sorted(totals):
             ctx.count(f"text:{etype}", totals[etype])
         plain = [t if isinstance(t, str) else None for t in templates]
-        out = pa.array(plain, pa.string()).take(enc.indices)
+        out = expand(pa.array(plain, pa.string()), enc.indices)
         dated = np.array([not isinstance(t, str) for t in templates], dtype=bool)
         if dated.any():
             out = self._shift_dates(out, enc.indices, templates, dated, ctx)
