@@ -2,14 +2,19 @@
 
 Tokens must not change when a package is reinstalled with or without a C compiler, so
 every output of :class:`DeterministicPrf` is compared across the two paths, and pinned to
-an AES computation done by hand here with ``cryptography``.
+an AES computation done by hand here with ``cryptography``. The compiled path has two
+AES-256 implementations of its own (VAES where the CPU has it, else OpenSSL's EVP; see
+biomask/_aes.h): both are pinned to ``cryptography``'s AES and compared with each other.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,13 +30,17 @@ from biomask import _native
 from biomask.keys import primitives
 from biomask.keys.handles import KeyHandle
 from biomask.keys.primitives import DeterministicPrf, native_available
-from tests.native import kernels_path
+from tests.native import aes_impls, aes_path, kernels_path
 
 SECRET = bytes(range(32))
 PRF = DeterministicPrf(KeyHandle(SECRET, "00", "test"))
 BUILT = _native._import(primitives.PRF_HELPER) is not None
 PATHS = ["native", "numpy"] if BUILT else ["numpy"]
 needs_native = pytest.mark.skipif(not BUILT, reason="biomask.keys._prf was not built")
+AES_IMPLS = aes_impls(_native._import(primitives.PRF_HELPER)) if BUILT else []
+needs_vaes = pytest.mark.skipif(
+    "vaes" not in AES_IMPLS, reason="no VAES/AVX-512 on this CPU (or _prf not built)"
+)
 
 
 def _path(name: str) -> AbstractContextManager[None]:
@@ -182,6 +191,91 @@ def test_large_batches_cross_the_group_boundaries() -> None:
     assert a == b
 
 
+# -- the compiled AES-256: VAES and OpenSSL's EVP ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "impl",
+    [pytest.param(i, marks=needs_vaes if i == "vaes" else needs_native) for i in ["evp", "vaes"]],
+)
+def test_compiled_aes_ecb_matches_cryptography(impl: str) -> None:
+    """Every block count from 1 to 40 (the VAES path's 16-block loop, its 4-block steps and
+    masked tails of 1-3 blocks) and a large one across many groups, each on a fresh key."""
+    from biomask.keys import _prf
+
+    rng = np.random.default_rng(17)
+    with aes_path(_prf, impl):
+        for count in [*range(1, 41), 256 * 17 + 13]:
+            key, data = rng.bytes(32), rng.bytes(16 * count)
+            out = np.empty(16 * count, np.uint8)
+            _prf._ecb(key, data, out)
+            assert out.tobytes() == _ecb(key, data), count
+        # FIPS 197, C.3: the AES-256 known answer
+        out = np.empty(16, np.uint8)
+        _prf._ecb(bytes(range(32)), bytes.fromhex("00112233445566778899aabbccddeeff"), out)
+        assert out.tobytes().hex() == "8ea2b7ca516745bfeafc49904b496089"
+
+
+@needs_vaes
+def test_prf_on_vaes_equals_openssl_on_1e5_values() -> None:
+    """Seeds and keystreams of 10^5 values of mixed lengths (short, one block, many)."""
+    from biomask.keys import _prf
+
+    rng = np.random.default_rng(19)
+    lens = rng.choice([0, 1, 15, 16, 17, 20, 31, 33, 90, 200], 100_000)
+    values = [rng.bytes(int(n)) for n in lens]
+    got = {}
+    for impl in ["evp", "vaes"]:
+        with aes_path(_prf, impl):
+            seeds = PRF.seeds(values)
+            stream = PRF.stream(values, 50)
+            out = np.empty(int(lens.sum()), np.uint8)
+            _prf.ctr_stream(_hkdf("prf/aes-ctr"), seeds, lens.astype(np.int64), out)
+        got[impl] = (seeds.tobytes(), stream.tobytes(), out.tobytes())
+    assert got["vaes"] == got["evp"]
+
+
+@needs_vaes
+@settings(max_examples=100, deadline=None)
+@given(values=values_st, length=st.integers(0, 70))
+def test_prf_on_vaes_equals_openssl_on_any_batch(values: list[bytes], length: int) -> None:
+    from biomask.keys import _prf
+
+    got = []
+    for impl in ["evp", "vaes"]:
+        with aes_path(_prf, impl):
+            got.append((PRF.seeds(values).tobytes(), PRF.stream(values, length).tobytes()))
+    assert got[0] == got[1]
+
+
+@needs_native
+def test_aes_impl_switch() -> None:
+    """VAES is the default where the CPU has it; ``BIOMASK_AES=evp``, read when the module
+    is imported, forces OpenSSL's; no other name is taken."""
+    from biomask.keys import _prf
+
+    code = "from biomask.keys import _prf; from biomask.masking import _kernels; " + (
+        "print(_prf._aes_impl(), _kernels._aes_impl())"
+    )
+
+    def impls(value: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "BIOMASK_AES"}
+        # the biomask under test, wherever it was imported from
+        src = str(Path(primitives.__file__).parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
+        if value is not None:
+            env["BIOMASK_AES"] = value
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    best = AES_IMPLS[-1]
+    assert impls(None) == f"{best} {best}"
+    assert impls("evp") == "evp evp"
+    with pytest.raises(ValueError, match="not available"):
+        _prf._aes_impl("aesni")
+
+
 # -- the C side refuses what does not fit -------------------------------------------------
 
 
@@ -211,3 +305,7 @@ def test_kernels_check_every_offset_and_size() -> None:
         _kernels.ctr_stream(key, seeds, np.array([-1, 6], np.int64), np.empty(5, np.uint8))
     with pytest.raises(ValueError):  # seeds and lengths disagree
         _kernels.ctr_stream(key, seeds, np.array([1], np.int64), np.empty(1, np.uint8))
+    with pytest.raises(ValueError):  # not whole blocks
+        _kernels._ecb(key, bytes(17), np.empty(17, np.uint8))
+    with pytest.raises(ValueError):  # output of the wrong size
+        _kernels._ecb(key, bytes(32), np.empty(16, np.uint8))

@@ -7,11 +7,13 @@ tokens it places back, the phone-number layout and the e-mail layout. The values
 what the kernels tell apart: ASCII digits and letters, separators, white space, UTF-8
 beyond ASCII, empty values, and values long enough to span several 16-byte blocks, to
 be cut into chunks, or to take the kernels' byte loops (over 64 bytes). (The FF1 walk is
-compared in test_permute.py.)
+compared with numpy in test_permute.py; here its two AES-256 implementations, VAES and
+OpenSSL's, are compared with each other.)
 """
 
 from __future__ import annotations
 
+import random
 import string
 from contextlib import AbstractContextManager
 from itertools import pairwise
@@ -34,7 +36,7 @@ from biomask.masking.permute import (
     _layout,
 )
 from biomask.masking.shape import prefix_lengths, utf8_buffers
-from tests.native import kernels_path
+from tests.native import aes_impls, aes_path, kernels_path
 
 PERM = ShapePermutation(Keyring.ephemeral().derive_token("tokenize", "kernels"), "tokenize")
 BUILT = _native._import("biomask.masking._kernels") is not None
@@ -275,3 +277,93 @@ def test_email_layout_edge_cases_native_equal_arrow_regex() -> None:
     assert ok_n.tolist() == ok_p.tolist()
     assert local_n.tolist() == local_p.tolist()
     assert ok_n.tolist()[2] and not ok_n.tolist()[3]
+
+
+# -- the FF1 walk on VAES and on OpenSSL's AES ---------------------------------------------
+# With VAES the kernel runs its own AES-256 and FF1 rounds (biomask/_aes.h, ff1_vaes); a
+# single differing bit would change tokens from one CPU to the next, so both paths run on
+# the same inputs: every bit length, limits from a full power of two down to just over
+# half of it (a walk of several steps for many values), walks cut short (``bad``), batches
+# of every size around the 8-, 16- and 32-value passes and the groups of 256.
+def _needs_vaes() -> None:
+    from biomask.masking import _kernels
+
+    if "vaes" not in aes_impls(_kernels):
+        pytest.skip("this CPU has no VAES/AVX-512: only OpenSSL's AES runs here")
+
+
+def _walk_inputs(
+    rng: np.random.Generator, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x, nbits, tweaks and limits of n values, each kind of limit on about a quarter."""
+    nbits = rng.integers(20, 65, n).astype(np.int64)
+    big = random.Random(int(rng.integers(2**32)))  # limits up to 2**64 - 1, past int64
+    limits = np.empty(n, np.uint64)
+    for i, (b, kind) in enumerate(zip(nbits.tolist(), rng.integers(0, 4, n).tolist(), strict=True)):
+        top = min(1 << b, 2**64 - 1)
+        limits[i] = (
+            top if kind == 0  # the whole space
+            else top - big.randrange(1, 2**16) if kind == 1  # just below it
+            else top // 2 + big.randrange(1, 2**16) if kind == 2  # just over half: long walks
+            else big.randrange(top // 2 + 1, top + 1)
+        )  # fmt: skip
+    x = (rng.random(n) * limits.astype(float)).astype(np.uint64) % limits
+    tweaks = rng.integers(0, 256, (n, 16)).astype(np.uint8)
+    return x, nbits, tweaks, limits
+
+
+def _walk(
+    impl: str, key: bytes, inputs: tuple[np.ndarray, ...], decrypt: bool, max_walk: int = 400
+) -> tuple[bytes, bytes]:
+    from biomask.masking import _kernels
+
+    x, nbits, tweaks, limits = inputs
+    out, bad = x.copy(), np.zeros(len(x), np.uint8)
+    with aes_path(_kernels, impl):
+        _kernels.ff1_walk(key, out, nbits.copy(), tweaks, limits, decrypt, bad, max_walk)
+    return out.tobytes(), bad.tobytes()
+
+
+@pytest.mark.parametrize("decrypt", [False, True])
+def test_ff1_walk_on_vaes_equals_openssl_on_1e5_values(decrypt: bool) -> None:
+    _needs_vaes()
+    rng = np.random.default_rng(11 + decrypt)
+    key = rng.bytes(32)
+    inputs = _walk_inputs(rng, 100_000)
+    got = _walk("vaes", key, inputs, decrypt)
+    assert got == _walk("evp", key, inputs, decrypt)
+    x, nbits, tweaks, limits = inputs
+    assert not np.frombuffer(got[1], np.uint8).any()
+    back = _walk(
+        "vaes", key, (np.frombuffer(got[0], np.uint64), nbits, tweaks, limits), not decrypt
+    )
+    assert back[0] == x.tobytes()
+    # walks cut short after two steps: the same values are left outside, and marked bad
+    short = _walk("vaes", key, inputs, decrypt, max_walk=2)
+    assert short == _walk("evp", key, inputs, decrypt, max_walk=2)
+    assert np.frombuffer(short[1], np.uint8).any()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    seed=st.integers(0, 2**32 - 1),
+    decrypt=st.booleans(),
+    max_walk=st.sampled_from([1, 3, 400]),
+    auto=st.booleans(),
+)
+def test_ff1_walk_on_vaes_equals_openssl_on_any_batch(
+    n: int, seed: int, decrypt: bool, max_walk: int, auto: bool
+) -> None:
+    """Batches of every size (the passes' masked tails, a second group), walks of any
+    length, ``nbits == 0`` (found from the limit in C)."""
+    _needs_vaes()
+    rng = np.random.default_rng(seed)
+    key = rng.bytes(32)
+    x, nbits, tweaks, limits = _walk_inputs(rng, n)
+    if auto:
+        nbits = np.zeros(n, np.int64)
+    inputs = (x, nbits, tweaks, limits)
+    assert _walk("vaes", key, inputs, decrypt, max_walk) == _walk(
+        "evp", key, inputs, decrypt, max_walk
+    )

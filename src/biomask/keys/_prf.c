@@ -9,10 +9,11 @@
  * These are raw primitives behind biomask.keys.primitives (DeterministicPrf's seeds and
  * streams), which keeps a numpy/cryptography fallback with byte-identical output.
  * Offsets and lengths are checked against their buffers before any byte is touched; the
- * GIL is released around the work; each call uses an EVP context of its own.
+ * GIL is released around the work; each call expands its own AES key (biomask/_aes.h).
  *
  *   cbc_mac(key, offsets, data, out)      seeds: out[16 i .. +16] = CBC-MAC of value i
  *   ctr_stream(key, seeds, lengths, out)  keystreams back to back, lengths[i] bytes each
+ *   _ecb(key, data, out)                  AES-256-ECB itself, for the tests (_aes_impl too)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -48,10 +49,10 @@ static void and16(unsigned char *dst, const unsigned char *mask) {
  * CBC-MAC is sequential within a value, so the batching is across values: GROUP slots
  * each hold one value in flight; every round builds the next block of every slot (the
  * length block for a fresh value, else its next data block XOR its chaining state),
- * encrypts all of them in one EVP call, and refills the slots whose value is done. Short
- * and long values mix freely without leaving slots idle until the very end.
+ * encrypts all of them in one AES-ECB call, and refills the slots whose value is done.
+ * Short and long values mix freely without leaving slots idle until the very end.
  */
-static int mac_run(EVP_CIPHER_CTX *ctx, const int64_t *o, const unsigned char *data,
+static int mac_run(const Aes256 *aes, const int64_t *o, const unsigned char *data,
                    int64_t data_len, Py_ssize_t n, unsigned char *out) {
     unsigned char in[GROUP * BLOCK], state[GROUP * BLOCK];
     Py_ssize_t slot_v[GROUP];
@@ -90,7 +91,7 @@ static int mac_run(EVP_CIPHER_CTX *ctx, const int64_t *o, const unsigned char *d
             }
             xor16(blk, pad, state + (Py_ssize_t)s * BLOCK);
         }
-        if (!ecb(ctx, state, in, active)) return 0;
+        if (!ecb(aes, state, in, active)) return 0;
         /* Backwards, so that the last slot moved into a finished one was already advanced. */
         for (int s = active - 1; s >= 0; s--) {
             Py_ssize_t v = slot_v[s];
@@ -119,12 +120,12 @@ static PyObject *cbc_mac(PyObject *self, PyObject *args) {
     if (key_ok(&key) && offsets_ok(&offs, data.len, &n) &&
         out_size_ok(&out, n * BLOCK, "out")) {
         int ok = 0;
-        EVP_CIPHER_CTX *ctx = ecb_encryptor(key.buf);
-        if (ctx != NULL) {
+        Aes256 aes;
+        if (aes_init(&aes, key.buf)) {
             Py_BEGIN_ALLOW_THREADS
-            ok = mac_run(ctx, offs.buf, data.buf, data.len, n, out.buf);
+            ok = mac_run(&aes, offs.buf, data.buf, data.len, n, out.buf);
             Py_END_ALLOW_THREADS
-            EVP_CIPHER_CTX_free(ctx);
+            aes_free(&aes);
         }
         if (ok) {
             result = Py_None;
@@ -162,10 +163,10 @@ static unsigned char *emit(unsigned char *out, unsigned char *end, const unsigne
  * Keystream of value i: blocks AES(seed_i with its last 4 bytes XOR the big-endian block
  * counter 0, 1, 2, ...), of which the first lengths[i] bytes are kept; the streams of all
  * values are written back to back. Blocks are generated GROUP at a time across values and
- * encrypted in one EVP call, then copied out in order (each block knows how much of it is
- * kept), so memory beyond the output is 8 KiB whatever the lengths.
+ * encrypted in one AES-ECB call, then copied out in order (each block knows how much of it
+ * is kept), so memory beyond the output is 8 KiB whatever the lengths.
  */
-static int ctr_run(EVP_CIPHER_CTX *ctx, const unsigned char *seeds, const int64_t *lengths,
+static int ctr_run(const Aes256 *aes, const unsigned char *seeds, const int64_t *lengths,
                    Py_ssize_t n, unsigned char *out, unsigned char *end) {
     unsigned char in[GROUP * BLOCK], enc[GROUP * BLOCK];
     int take[GROUP];
@@ -188,14 +189,14 @@ static int ctr_run(EVP_CIPHER_CTX *ctx, const unsigned char *seeds, const int64_
             memcpy(blk + 8, &x, 8);
             take[fill++] = len - at < BLOCK ? (int)(len - at) : BLOCK;
             if (fill == GROUP) {
-                if (!ecb(ctx, enc, in, fill)) return 0;
+                if (!ecb(aes, enc, in, fill)) return 0;
                 out = emit(out, end, enc, take, fill);
                 fill = 0;
             }
         }
     }
     if (fill > 0) {
-        if (!ecb(ctx, enc, in, fill)) return 0;
+        if (!ecb(aes, enc, in, fill)) return 0;
         emit(out, end, enc, take, fill);
     }
     return 1;
@@ -226,13 +227,13 @@ static PyObject *ctr_stream(PyObject *self, PyObject *args) {
         }
     }
     if (ok && out_size_ok(&out, (Py_ssize_t)total, "out")) {
-        EVP_CIPHER_CTX *ctx = ecb_encryptor(key.buf);
+        Aes256 aes;
         ok = 0;
-        if (ctx != NULL) {
+        if (aes_init(&aes, key.buf)) {
             Py_BEGIN_ALLOW_THREADS
-            ok = ctr_run(ctx, seeds.buf, ln, n, out.buf, (unsigned char *)out.buf + total);
+            ok = ctr_run(&aes, seeds.buf, ln, n, out.buf, (unsigned char *)out.buf + total);
             Py_END_ALLOW_THREADS
-            EVP_CIPHER_CTX_free(ctx);
+            aes_free(&aes);
         }
         if (ok) {
             result = Py_None;
@@ -248,11 +249,52 @@ static PyObject *ctr_stream(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* AES-256-ECB itself: the tests pin both implementations of _aes.h to cryptography's    */
+/* ------------------------------------------------------------------------------------ */
+
+static PyObject *ecb_py(PyObject *self, PyObject *args) {
+    Py_buffer key, data, out;
+    PyObject *result = NULL;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*w*", &key, &data, &out)) return NULL;
+    if (key_ok(&key) && out_size_ok(&out, data.len, "out")) {
+        Aes256 aes;
+        int ok = 0;
+        if (data.len % BLOCK != 0) {
+            PyErr_SetString(PyExc_ValueError, "data: expected whole 16-byte blocks");
+        } else {
+            if (aes_init(&aes, key.buf)) {
+                ok = 1;
+                for (Py_ssize_t at = 0; ok && at < data.len; at += GROUP * BLOCK) {
+                    Py_ssize_t left = (data.len - at) / BLOCK;
+                    ok = ecb(&aes, (unsigned char *)out.buf + at,
+                             (const unsigned char *)data.buf + at,
+                             (int)(left < GROUP ? left : GROUP));
+                }
+                aes_free(&aes);
+            }
+            if (ok) {
+                result = Py_None;
+                Py_INCREF(result);
+            } else {
+                PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused an AES-256-ECB operation");
+            }
+        }
+    }
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"cbc_mac", cbc_mac, METH_VARARGS,
      "cbc_mac(key, offsets, data, out) -> None: 16-byte AES-256 CBC-MAC seed per value"},
     {"ctr_stream", ctr_stream, METH_VARARGS,
      "ctr_stream(key, seeds, lengths, out) -> None: counter-mode keystreams back to back"},
+    {"_ecb", ecb_py, METH_VARARGS, "_ecb(key, data, out) -> None: AES-256-ECB (tests)"},
+    AES_IMPL_METHOD,
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_prf",
@@ -260,5 +302,6 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_prf",
                                     -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__prf(void) {
+    aes_select();
     return PyModule_Create(&module);
 }

@@ -13,3 +13,10 @@ def cbc_mac(key: bytes, offsets: Any, data: Any, out: Any, /) -> None:
 
 def ctr_stream(key: bytes, seeds: Any, lengths: Any, out: Any, /) -> None:
     """AES-256 counter-mode keystreams, ``lengths[i]`` bytes each, back to back in ``out``."""
+
+def _ecb(key: bytes, data: Any, out: Any, /) -> None:
+    """AES-256-ECB of whole 16-byte blocks into ``out``, on the implementation in use."""
+
+def _aes_impl(name: str = ..., /) -> str:
+    """The AES-256 implementation this module uses, ``"vaes"`` or ``"evp"`` (OpenSSL),
+    after switching to ``name`` when given; for the tests that compare the two."""

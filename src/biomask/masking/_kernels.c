@@ -12,8 +12,8 @@
  * These are raw primitives behind biomask.masking.permute, ff1 and the operators (loaded
  * through biomask.masking.shape), which keep numpy fallbacks with byte-identical output.
  * Offsets and lengths come from data files, so every one is checked against its buffer
- * before any byte is touched. The GIL is released around the work; each call uses one EVP
- * context of its own, so calls from many threads are safe.
+ * before any byte is touched. The GIL is released around the work; each call expands its
+ * own AES key (biomask/_aes.h), so calls from many threads are safe.
  *
  *   ff1_walk(key, x, nbits, tweaks, limit, decrypt, bad)
  *                                         FF1 radix 2, a tweak per value, cycle walking
@@ -103,7 +103,7 @@ static int64_t auto_prefix(const unsigned char *p, int64_t len, int64_t avail) {
  * bytes, d = 8, and "mod radix**m" is a mask. With a 16-byte tweak, Q is two blocks: the
  * tweak, then zeros, the round byte and NUM(B). The CBC-MAC state after P (one per bit
  * length) and the tweak block is computed once per value; each round is then one AES block
- * per value, and the values of a group of GROUP go through one EVP call per round.
+ * per value, and the values of a group of GROUP go through one AES-ECB call per round.
  */
 #define FF1_WALK 400
 
@@ -113,7 +113,7 @@ static uint64_t low_mask(int m) { return m >= 64 ? ~(uint64_t)0 : (((uint64_t)1 
  * Of a round's block only the last 8 bytes change (round byte and NUM(B)), so each value's
  * first 8 bytes and the big-endian number of its last 8 are read once, not every round;
  * the masks of both halves are found once too. */
-static int ff1_rounds(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
+static int ff1_rounds(const Aes256 *aes, uint64_t *x, const int64_t *nbits,
                       const unsigned char *s1, const Py_ssize_t *slot, int cnt, int decrypt,
                       unsigned char *blk, unsigned char *enc, uint64_t *A, uint64_t *B) {
     unsigned char V[GROUP], SH[GROUP];
@@ -142,7 +142,7 @@ static int ff1_rounds(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
             memcpy(q, &HI[j], 8);
             memcpy(q + 8, &lo, 8);
         }
-        if (!ecb(ctx, enc, blk, cnt)) return 0;
+        if (!ecb(aes, enc, blk, cnt)) return 0;
         for (int j = 0; j < cnt; j++) {
             uint64_t m = mask[j], y;
             memcpy(&y, enc + (Py_ssize_t)j * BLOCK, 8);
@@ -162,7 +162,7 @@ static int ff1_rounds(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
     return 1;
 }
 
-static int ff1_walk_run(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
+static int ff1_walk_run(const Aes256 *aes, uint64_t *x, const int64_t *nbits,
                         const unsigned char *tweaks, const uint64_t *limit, Py_ssize_t n,
                         int decrypt, unsigned char *bad, long long max_walk) {
     unsigned char p0[65][BLOCK];
@@ -173,7 +173,7 @@ static int ff1_walk_run(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
         unsigned char p[BLOCK] = {1, 2, 1, 0, 0, 2, 10, 0, 0, 0, 0, 0, 0, 0, 0, 16};
         p[7] = (unsigned char)((nb / 2) % 256);
         p[11] = (unsigned char)nb;
-        if (!ecb(ctx, p0[nb], p, 1)) return 0;
+        if (!ecb(aes, p0[nb], p, 1)) return 0;
     }
     for (Py_ssize_t start = 0; start < n; start += GROUP) {
         int cnt = (int)(n - start < GROUP ? n - start : GROUP);
@@ -182,7 +182,7 @@ static int ff1_walk_run(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
             xor16(blk + (Py_ssize_t)j * BLOCK, p0[nbits[i]], tweaks + i * BLOCK);
             slot[j] = i;
         }
-        if (!ecb(ctx, s1, blk, cnt)) return 0;
+        if (!ecb(aes, s1, blk, cnt)) return 0;
         int live = cnt;
         for (int j = 0; j < cnt; j++) pend[j] = j; /* positions in s1 */
         for (long long walk = 0; walk < max_walk && live > 0; walk++) {
@@ -190,7 +190,7 @@ static int ff1_walk_run(EVP_CIPHER_CTX *ctx, uint64_t *x, const int64_t *nbits,
                 memcpy(s1w + (Py_ssize_t)j * BLOCK, s1 + (Py_ssize_t)pend[j] * BLOCK, BLOCK);
                 slot[j] = start + pend[j];
             }
-            if (!ff1_rounds(ctx, x, nbits, s1w, slot, live, decrypt, blk, enc, A, B)) return 0;
+            if (!ff1_rounds(aes, x, nbits, s1w, slot, live, decrypt, blk, enc, A, B)) return 0;
             int keep = 0;
             for (int j = 0; j < live; j++)
                 if (x[slot[j]] >= limit[slot[j]]) pend[keep++] = pend[j];
@@ -233,13 +233,13 @@ static PyObject *ff1_walk(PyObject *self, PyObject *args) {
     }
     if (ok_args) {
         int ok = 0;
-        EVP_CIPHER_CTX *ctx = ecb_encryptor(key.buf);
-        if (ctx != NULL) {
+        Aes256 aes;
+        if (aes_init(&aes, key.buf)) {
             Py_BEGIN_ALLOW_THREADS
-            ok = ff1_walk_run(ctx, x.buf, nbits.buf, tweaks.buf, limit.buf, n, decrypt, bad.buf,
+            ok = ff1_walk_run(&aes, x.buf, nbits.buf, tweaks.buf, limit.buf, n, decrypt, bad.buf,
                               max_walk);
             Py_END_ALLOW_THREADS
-            EVP_CIPHER_CTX_free(ctx);
+            aes_free(&aes);
         }
         if (ok) {
             result = Py_None;
@@ -821,6 +821,7 @@ static PyMethodDef methods[] = {
     {"distinct", bm_distinct, METH_VARARGS,
      "distinct(offsets, data, key, valid, first, index) -> int: distinct values in order of "
      "first occurrence, and each row's"},
+    AES_IMPL_METHOD,
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
@@ -828,5 +829,6 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels",
                                     -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
+    aes_select();
     return PyModule_Create(&module);
 }

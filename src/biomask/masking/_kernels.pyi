@@ -76,3 +76,7 @@ def distinct(offsets: Any, data: Any, key: bytes, valid: Any, first: Any, index:
     occurrence (``first``, int64), each row's value number (``index``, int32; -1 where
     ``valid``, one byte per row or empty for none null, says it is null); returns how many
     distinct values there are."""
+
+def _aes_impl(name: str = ..., /) -> str:
+    """The AES-256 implementation this module uses, ``"vaes"`` or ``"evp"`` (OpenSSL),
+    after switching to ``name`` when given; for the tests that compare the two."""
