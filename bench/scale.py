@@ -115,7 +115,9 @@ def main() -> None:
         if sparks:
             t_spark = min(sparks)
             runs = ", ".join(f"{t:.1f}" for t in sparks)
-            print(f"  Spark engine, local[2]                  {n / t_spark:>9,.0f} rows/s  ({runs} s)")
+            print(
+                f"  Spark engine, local[2]                  {n / t_spark:>9,.0f} rows/s  ({runs} s)"
+            )
             pairs = ", ".join(f"{a / b:.2f}x" for a, b in zip(ones, sparks, strict=True))
             print(f"  speed-up: {t_one / t_spark:.2f}x  (run by run: {pairs})")
         else:

@@ -212,7 +212,17 @@ def _phone_layout(values: pa.Array, native: bool) -> tuple[Any, ...]:
 
     with _path(native):
         lay = phone_digits(values)
-    return lay.at.tolist(), lay.per_value.tolist(), lay.bad.tolist(), lay.national().to_pylist()
+        national = lay.national()
+        # new digits in place of the changing ones (each one up by 1): what a token puts
+        digits = (np.frombuffer(national.buffers()[2] or b"", np.uint8) - 47) % 10 + 48
+        replaced = lay.replaced(digits.astype(np.uint8)).to_pylist()
+    return (
+        lay.at.tolist(),
+        lay.per_value.tolist(),
+        lay.bad.tolist(),
+        national.to_pylist(),
+        replaced,
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -221,6 +231,17 @@ def test_phone_layout_native_equals_numpy(values: list[str]) -> None:
     arr = pa.array(values, pa.string())
     for a in (arr, arr.slice(1), arr.cast(pa.large_string())):
         assert _phone_layout(a, True) == _phone_layout(a, False)
+
+
+def test_phone_layout_native_equals_numpy_at_scale() -> None:
+    """10^5 numbers in many formats (some past 64 bytes, which the compiled helper reads
+    byte by byte): the same digits taken and put as numpy's positions give."""
+    rng = np.random.default_rng(7)
+    pieces = np.array([*"0123456789", "+", " ", "-", "(", ")", "00", "+44", "é", "\u00a0"])
+    sizes = rng.integers(0, 40, 100_000)
+    values = ["".join(rng.choice(pieces, k)) for k in sizes]
+    arr = pa.array(values, pa.string())
+    assert _phone_layout(arr, True) == _phone_layout(arr, False)
 
 
 def test_phone_kernels_refuse_bad_offsets() -> None:
@@ -236,6 +257,22 @@ def test_phone_kernels_refuse_bad_offsets() -> None:
         _kernels.phone_positions(
             np.array([0, len(data)], np.int64), data, keep, np.empty(3, np.int64)
         )
+    offs = np.array([0, len(data)], np.int64)
+    for size in (9, 11):  # ten digits change
+        with pytest.raises(ValueError, match="exactly the changing digits"):
+            _kernels.phone_take(offs, data, keep, np.empty(size, np.uint8))
+        with pytest.raises(ValueError, match="exactly the changing digits"):
+            _kernels.phone_put(offs, data, keep, np.zeros(size, np.uint8), np.empty_like(data))
+    with pytest.raises(ValueError, match="outside the data buffer"):
+        _kernels.phone_take(np.array([0, 99], np.int64), data, keep, np.empty(10, np.uint8))
+    with pytest.raises(ValueError, match="as long as the data"):
+        _kernels.phone_put(offs, data, keep, np.zeros(10, np.uint8), np.empty(3, np.uint8))
+    digits = np.empty(10, np.uint8)
+    _kernels.phone_take(offs, data, keep, digits)
+    assert digits.tobytes() == b"2079460958"
+    out = np.empty_like(data)
+    _kernels.phone_put(offs, data, keep, np.frombuffer(b"1234567890", np.uint8), out)
+    assert out.tobytes() == b"+44 12 3456 7890"
 
 
 # -- e-mail addresses ------------------------------------------------------------------

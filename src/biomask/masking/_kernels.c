@@ -18,7 +18,8 @@
  *   ff1_walk(key, x, nbits, tweaks, limit, decrypt, bad)
  *                                         FF1 radix 2, a tweak per value, cycle walking
  *   shape_scan / shape_place              the passes around it for shaped permutations
- *   phone_scan / phone_positions / email_scan   layouts of phones and e-mails (_layout.c)
+ *   phone_scan / phone_positions / phone_take / phone_put / email_scan
+ *                                         layouts of phones and e-mails (_layout.c)
  *   distinct(offsets, data, key, valid, first, index)
  *                                         Arrow's dictionary_encode of a string column
  */
@@ -934,6 +935,10 @@ static PyMethodDef methods[] = {
      "phone_scan(offsets, data, keep, ndig) -> None: kept leading digits and digit count"},
     {"phone_positions", bm_phone_positions, METH_VARARGS,
      "phone_positions(offsets, data, keep, at) -> None: positions of the digits that change"},
+    {"phone_take", bm_phone_take, METH_VARARGS,
+     "phone_take(offsets, data, keep, digits) -> None: the digits that change, back to back"},
+    {"phone_put", bm_phone_put, METH_VARARGS,
+     "phone_put(offsets, data, keep, digits, out) -> None: data with those digits replaced"},
     {"email_scan", bm_email_scan, METH_VARARGS,
      "email_scan(offsets, data, ok, local) -> None: valid address? code points before '@'"},
     {"ff1_walk", ff1_walk, METH_VARARGS,

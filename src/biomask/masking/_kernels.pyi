@@ -15,6 +15,13 @@ def phone_scan(offsets: Any, data: Any, keep: Any, ndig: Any, /) -> None:
 def phone_positions(offsets: Any, data: Any, keep: Any, at: Any, /) -> None:
     """Byte positions of the digits that change; ``at`` holds exactly that many int64."""
 
+def phone_take(offsets: Any, data: Any, keep: Any, digits: Any, /) -> None:
+    """The digits that change, back to back; ``digits`` holds exactly that many bytes."""
+
+def phone_put(offsets: Any, data: Any, keep: Any, digits: Any, out: Any, /) -> None:
+    """``out`` (as long as ``data``): ``data`` with the digits that change replaced by
+    ``digits``, in order."""
+
 def email_scan(offsets: Any, data: Any, ok: Any, local: Any, /) -> None:
     """Per value: whether it is an address the email operator takes (``ok``, one byte) and
     the code points of its local part (``local``, int64)."""

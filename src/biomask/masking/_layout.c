@@ -178,6 +178,109 @@ done:
     return ret;
 }
 
+/* The digits that change, without their positions: phone_take copies them out (the
+ * national numbers the permutation keys on, back to back) and phone_put writes new ones in
+ * their places (the tokens), each in one pass over the bytes. phone_positions gives the
+ * same digits as positions for numpy, eight bytes a digit, which then has to gather them
+ * and scatter the new ones. `keep` is phone_scan's, and `digits` must hold exactly the
+ * changing digits of all the values (sum of ndig - keep, none below zero). */
+static int64_t changing_digits(const unsigned char *p, int64_t len, int64_t avail,
+                               int64_t keep, uint64_t *mask) {
+#ifdef BM_BLOCKS
+    if (len <= 64) {
+        uint64_t dig = 0;
+        for (int64_t i = 0; i < len; i += 16)
+            dig |= bits_of(bytes_in(block_at(p, i, len, avail), '0', '9'), i);
+        dig &= own_bits(len);
+        for (int64_t r = 0; r < keep && dig; r++) dig &= dig - 1;
+        *mask = dig;
+        return -1;
+    }
+#endif
+    (void)p;
+    (void)avail;
+    (void)keep;
+    (void)mask;
+    return len; /* the caller walks the bytes */
+}
+
+static int phone_walk(const int64_t *o, const unsigned char *p, Py_ssize_t size, Py_ssize_t n,
+                      const int64_t *k, unsigned char *digits, Py_ssize_t cap, unsigned char *out) {
+    Py_ssize_t used = 0;
+    for (Py_ssize_t v = 0; v < n; v++) {
+        const unsigned char *q = p + o[v];
+        int64_t len = o[v + 1] - o[v];
+        uint64_t mask = 0;
+        if (changing_digits(q, len, (int64_t)size - o[v], k[v], &mask) < 0) {
+            for (; mask; mask &= mask - 1) {
+                if (used == cap) return 0;
+                int64_t i = __builtin_ctzll(mask);
+                if (out == NULL)
+                    digits[used++] = q[i];
+                else
+                    out[o[v] + i] = digits[used++];
+            }
+            continue;
+        }
+        int64_t rank = 0;
+        for (int64_t i = 0; i < len; i++) {
+            if (q[i] < '0' || q[i] > '9' || rank++ < k[v]) continue;
+            if (used == cap) return 0;
+            if (out == NULL)
+                digits[used++] = q[i];
+            else
+                out[o[v] + i] = digits[used++];
+        }
+    }
+    return used == cap;
+}
+
+static PyObject *phone_digits_call(PyObject *args, int put) {
+    Py_buffer offs, data, keep, digits, out;
+    out.buf = NULL;
+    out.obj = NULL;
+    int parsed = put ? PyArg_ParseTuple(args, "y*y*y*y*w*", &offs, &data, &keep, &digits, &out)
+                     : PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &keep, &digits);
+    if (!parsed) return NULL;
+    PyObject *ret = NULL;
+    Py_ssize_t n;
+    if (!offsets_ok(&offs, data.len, &n)) goto done;
+    if (keep.len != n * 8 || !aligned(&keep, 8, "keep") || (put && out.len != data.len)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "keep must be int64, one per value; out as long as the data");
+        goto done;
+    }
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    if (put) memcpy(out.buf, data.buf, (size_t)data.len);
+    ok = phone_walk(offs.buf, data.buf, data.len, n, keep.buf, digits.buf, digits.len,
+                    put ? out.buf : NULL);
+    Py_END_ALLOW_THREADS
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "digits must hold exactly the changing digits");
+        goto done;
+    }
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&offs);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&keep);
+    PyBuffer_Release(&digits);
+    if (put) PyBuffer_Release(&out);
+    return ret;
+}
+
+PyObject *bm_phone_take(PyObject *self, PyObject *args) {
+    (void)self;
+    return phone_digits_call(args, 0);
+}
+
+PyObject *bm_phone_put(PyObject *self, PyObject *args) {
+    (void)self;
+    return phone_digits_call(args, 1);
+}
+
 /* E-mail addresses: whether each value is one the email operator accepts, and how many
  * code points its local part has (the part that is tokenized; the domain is kept).
  *

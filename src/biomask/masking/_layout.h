@@ -6,6 +6,8 @@
 
 PyObject *bm_phone_scan(PyObject *self, PyObject *args);
 PyObject *bm_phone_positions(PyObject *self, PyObject *args);
+PyObject *bm_phone_take(PyObject *self, PyObject *args);
+PyObject *bm_phone_put(PyObject *self, PyObject *args);
 PyObject *bm_email_scan(PyObject *self, PyObject *args);
 
 #endif

@@ -672,34 +672,64 @@ class PhoneDigits:
         The values' UTF-8 bytes, back to back.
     offsets:
         ``n + 1`` byte offsets of the values into ``data``.
-    at:
-        Positions in ``data`` of the digits that change (the national significant number,
-        which also keys the PRF, so ``+44 20 7946 0958`` and ``020 7946 0958`` agree),
-        value after value.
     per_value:
         How many digits of each value change.
     bad:
         Per value: fewer than 4 digits (not a phone number).
+    keep:
+        Per value, how many leading digits stay (the compiled helper's layout), or None.
     """
 
     data: np.ndarray
     offsets: np.ndarray
-    at: np.ndarray
     per_value: np.ndarray
     bad: np.ndarray
+    keep: np.ndarray | None = None
+    positions: np.ndarray | None = None
+
+    @property
+    def at(self) -> np.ndarray:
+        """Positions in ``data`` of the digits that change (the national significant
+        number, which also keys the PRF, so ``+44 20 7946 0958`` and ``020 7946 0958``
+        agree), value after value.
+
+        With the compiled helper they are found only when asked for (the reversible path,
+        one value's parts): the tokens take and put the digits without them.
+        """
+        if self.positions is None:
+            native = _native()
+            assert native is not None and self.keep is not None
+            at = np.empty(int(self.per_value.sum()), dtype=np.int64)
+            native.phone_positions(self.offsets, self.data, self.keep, at)
+            object.__setattr__(self, "positions", at)
+        assert self.positions is not None
+        return self.positions
 
     def national(self) -> pa.Array:
         """The national significant numbers, one string per value."""
         offs = np.zeros(len(self.per_value) + 1, dtype=np.int32)
         np.cumsum(self.per_value, out=offs[1:])
+        native = _native()
+        if native is not None and self.keep is not None:
+            digits = np.empty(int(offs[-1]), dtype=np.uint8)
+            native.phone_take(self.offsets, self.data, self.keep, digits)
+        else:
+            digits = self.data[self.at]
         return pa.StringArray.from_buffers(
-            len(self.per_value), pa.py_buffer(offs), pa.py_buffer(self.data[self.at])
+            len(self.per_value), pa.py_buffer(offs), pa.py_buffer(digits)
         )
 
     def replaced(self, digits: np.ndarray) -> pa.Array:
         """The values with the changing digits replaced by ``digits`` (ASCII bytes)."""
-        out = self.data.copy()
-        out[self.at] = digits
+        native = _native()
+        if native is not None and self.keep is not None:
+            out = np.empty(len(self.data), dtype=np.uint8)
+            native.phone_put(
+                self.offsets, self.data, self.keep, np.ascontiguousarray(digits, np.uint8), out
+            )
+        else:
+            out = self.data.copy()
+            out[self.at] = digits
         offs = self.offsets.astype(np.int32)
         return pa.StringArray.from_buffers(
             len(self.offsets) - 1, pa.py_buffer(offs), pa.py_buffer(out)
@@ -718,9 +748,7 @@ def phone_digits(values: pa.Array) -> PhoneDigits:
         ndig = np.empty(n, dtype=np.int64)
         native.phone_scan(offsets, data, keep, ndig)
         per_value = np.maximum(ndig - keep, 0)
-        at = np.empty(int(per_value.sum()), dtype=np.int64)
-        native.phone_positions(offsets, data, keep, at)
-        return PhoneDigits(data, offsets, at, per_value, ndig < 4)
+        return PhoneDigits(data, offsets, per_value, ndig < 4, keep=keep)
     starts, ends = offsets[:-1], offsets[1:]
     dpos = np.flatnonzero((data >= 48) & (data <= 57))
     before = np.searchsorted(dpos, starts)
@@ -746,7 +774,7 @@ def phone_digits(values: pa.Array) -> PhoneDigits:
     rank = np.arange(len(dpos)) - np.repeat(before, ndig)
     change = rank >= np.repeat(keep, ndig)
     per_value = np.maximum(ndig - keep, 0)
-    return PhoneDigits(data, offsets, dpos[change], per_value, ndig < 4)
+    return PhoneDigits(data, offsets, per_value, ndig < 4, positions=dpos[change])
 
 
 def phone_parts(value: str) -> tuple[int, str] | None:
