@@ -5,7 +5,8 @@ Run:  python bench/aes.py [--n 65536] [--reps 7]
 The raw kernels (no Arrow, no Python loop per value): ``ff1_walk`` on n values of 27 and
 40 bits with limits just below ``2**nbits`` (about one FF1 per value), encrypt and
 decrypt, and with a limit just over ``2**39`` (about two FF1 per value, the walkers of
-each step packed); ``cbc_mac`` seeds of 20-byte values; ``ctr_stream`` keystreams of 40
+each step packed); ``cbc_mac`` seeds of 20-byte values and of values of 5 to 40 bytes (mixed block counts,
+as in ids, e-mails and phone numbers); ``ctr_stream`` keystreams of 40
 bytes per value. Each case runs on both AES-256 implementations the helpers can use here,
 taking turns: OpenSSL's EVP (the peer) and biomask's VAES path where the CPU has it
 (``_aes_impl``, the helpers' private switch). It prints the best of ``--reps`` runs of
@@ -69,6 +70,9 @@ def main() -> None:
     offsets = np.arange(0, 20 * (n + 1), 20, dtype=np.int64)
     seeds = np.empty((n, 16), np.uint8)
     rows.append(("cbc_mac 20-byte values", lambda: _prf.cbc_mac(key, offsets, data, seeds)))
+    mixed = np.concatenate([[0], np.cumsum(rng.integers(5, 41, n))]).astype(np.int64)
+    mixed_data = rng.bytes(int(mixed[-1]))
+    rows.append(("cbc_mac 5..40-byte values", lambda: _prf.cbc_mac(key, mixed, mixed_data, seeds)))
     lengths = np.full(n, 40, np.int64)
     stream = np.empty(40 * n, np.uint8)
     rows.append(("ctr_stream 40 bytes", lambda: _prf.ctr_stream(key, seeds, lengths, stream)))

@@ -9,6 +9,8 @@ biomask/_aes.h): both are pinned to ``cryptography``'s AES and compared with eac
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import subprocess
 import sys
@@ -246,6 +248,91 @@ def test_prf_on_vaes_equals_openssl_on_any_batch(values: list[bytes], length: in
         with aes_path(_prf, impl):
             got.append((PRF.seeds(values).tobytes(), PRF.stream(values, length).tobytes()))
     assert got[0] == got[1]
+
+
+def _seeds_on(impl: str, key: bytes, offsets: np.ndarray, data: Any) -> bytes:
+    """``cbc_mac`` itself on one AES-256 implementation (the VAES one has its own fused
+    CBC-MAC, with the chaining states in registers)."""
+    from biomask.keys import _prf
+
+    out = np.empty((len(offsets) - 1, 16), np.uint8)
+    with aes_path(_prf, impl):
+        _prf.cbc_mac(key, offsets, data, out)
+    return out.tobytes()
+
+
+def _offsets(lens: Any, start: int) -> np.ndarray:
+    return (start + np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])).astype(np.int64)
+
+
+@needs_vaes
+def test_cbc_mac_on_vaes_equals_openssl_on_1e5_values() -> None:
+    """10^5 values of 0 to 100 bytes (empty ones too), the first not at offset 0, the last
+    ending at the buffer's end; batches of every size up to 70 (idle lanes); a few long
+    values at the end of a batch (the fused path's narrower passes)."""
+    rng = np.random.default_rng(23)
+    for lens, start in [(rng.integers(0, 101, 100_000), 7), (rng.integers(0, 41, 100_000), 0)]:
+        offsets = _offsets(lens, start)
+        data, key = rng.bytes(int(offsets[-1])), rng.bytes(32)
+        assert _seeds_on("vaes", key, offsets, data) == _seeds_on("evp", key, offsets, data)
+    for n in range(71):
+        lens = rng.choice([0, 1, 15, 16, 17, 33, 300], n)
+        offsets = _offsets(lens, int(rng.integers(0, 3)))
+        data, key = rng.bytes(int(offsets[-1])), rng.bytes(32)
+        assert _seeds_on("vaes", key, offsets, data) == _seeds_on("evp", key, offsets, data)
+    for long in range(12):  # long values last: the passes narrow to two registers, then one
+        lens = np.r_[rng.integers(0, 40, 100), rng.integers(500, 3000, long), [7] * (long % 3)]
+        offsets = _offsets(lens, 1)
+        data, key = rng.bytes(int(offsets[-1])), rng.bytes(32)
+        assert _seeds_on("vaes", key, offsets, data) == _seeds_on("evp", key, offsets, data)
+
+
+@needs_native
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mprotect through libc")
+@pytest.mark.parametrize("impl", AES_IMPLS)
+def test_cbc_mac_reads_no_byte_outside_the_data(impl: str) -> None:
+    """The data between two pages that cannot be read: values of every length up to 70
+    that start at the page's start or end at its end (a byte past them would crash)."""
+    page = mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    buf = mmap.mmap(-1, 3 * page)
+    rng = np.random.default_rng(29)
+    buf[page : 2 * page] = rng.bytes(page)
+    base = ctypes.c_char.from_buffer(buf)
+    addr = ctypes.addressof(base)
+    del base
+    assert libc.mprotect(addr, page, 0) == 0
+    assert libc.mprotect(addr + 2 * page, page, 0) == 0
+    try:
+        data = memoryview(buf)[page : 2 * page]
+        key = rng.bytes(32)
+        for length in range(71):
+            for lens, start in [([length, 3], 0), ([5, length], page - 5 - length)]:
+                offsets = _offsets(lens, start)
+                assert _seeds_on(impl, key, offsets, data) == _seeds_on(
+                    "evp", key, offsets, bytes(data)
+                )
+        data.release()
+    finally:
+        assert libc.mprotect(addr, 3 * page, mmap.PROT_READ | mmap.PROT_WRITE) == 0
+        buf.close()
+
+
+@needs_vaes
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.binary(max_size=100), max_size=80),
+    start=st.integers(0, 40),
+    tail=st.integers(0, 20),
+)
+def test_cbc_mac_on_vaes_equals_openssl_on_any_values(
+    values: list[bytes], start: int, tail: int
+) -> None:
+    offsets = _offsets([len(v) for v in values], start)
+    data = bytes(range(start)) + b"".join(values) + b"\xff" * tail
+    key = bytes(range(1, 33))
+    assert _seeds_on("vaes", key, offsets, data) == _seeds_on("evp", key, offsets, data)
 
 
 @needs_native
