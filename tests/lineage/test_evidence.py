@@ -9,6 +9,7 @@ bitmap-filtered set comparison) are also checked on their own against what they 
 from __future__ import annotations
 
 import re
+import string
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -698,3 +699,150 @@ def test_a_kept_integer_key_is_counted_as_hits() -> None:
         pa.record_batch({"volunteer_id": tokens.take(pa.array([i % 150 for i in range(600)]))}),
     )
     assert c.finish()["residual_pii"]["hits"] == 0
+
+
+# -- accented Latin letters (U+00C0-U+00FF) hashed in C when there are no candidates ----------
+
+#: U+0080-U+00FF, each at every byte lane of a word and across a word's end, with ASCII
+#: capitals, spaces and punctuation around it; short ones decide MIN_TOKEN in characters
+_LATIN1_VALUES = [
+    f"{'Ab' * k}{'A' * (k % 2)}{chr(cp)}{tail}"
+    for cp in range(0x80, 0x100)
+    for k in range(10)
+    for tail in ("", "x", "Zé Q", "-ÉÀ.")
+] + [chr(cp) * r for cp in range(0x80, 0x100) for r in (1, 2, 3, 5)]
+
+
+def _both_paths(arr: pa.Array, candidates: bool, seed: int = 1234) -> dict[bool, np.ndarray]:
+    got = {}
+    for native in (True, False):
+        with _path(native):
+            c = EvidenceCollector(None, _seed=seed)
+            got[native] = c._digests(arr, candidates)
+    return got
+
+
+def test_utf8_lower_of_latin1_is_what_the_kernel_assumes() -> None:
+    """Arrow's lower case of U+0080-U+00FF: U+00C0-U+00DE but U+00D7 plus 0x20, the rest
+    unchanged, the same bytes' count (_evidence.c's lower8_latin1)."""
+    for cp in range(0x80, 0x100):
+        want = cp + 0x20 if 0xC0 <= cp <= 0xDE and cp != 0xD7 else cp
+        got = pc.utf8_lower(pa.array([f"A{chr(cp)}Z"])).to_pylist()[0]
+        assert got == f"a{chr(want)}z", hex(cp)
+
+
+@needs_kernels
+@pytest.mark.parametrize("candidates", [False, True])
+def test_every_latin1_code_point_gives_the_same_digests(candidates: bool) -> None:
+    """Every code point U+0080-U+00FF inside otherwise-ASCII values: the same digests with
+    the compiled helper as without, duplicates included; without candidates, the values
+    of U+00C0-U+00FF letters (and no whitespace to split) are all hashed in C."""
+    for kind in ("plain", "large", "sliced"):
+        arr = _array(_LATIN1_VALUES, kind)
+        got = _both_paths(arr, candidates)
+        assert np.array_equal(np.sort(got[True]), np.sort(got[False]))
+    assert KERNELS is not None
+    latin = pa.array([v for v in _LATIN1_VALUES if all(ord(ch) < 0x80 or ch >= "\xc0" for ch in v)])
+    off, full = ev._offsets_data(latin)
+    n = len(latin)
+    status, whole = np.empty(n, np.uint8), np.empty(n, np.uint64)
+    cap = 2 * int(off[-1]) + 2 * n if candidates else 0
+    res = KERNELS.ev_scan(off, full, bytes(16), candidates, status, whole, np.empty(cap, np.uint64))
+    n_whole, n_slow = res[0], res[3]
+    if candidates:  # the candidates of non-ASCII values stay on the Arrow path
+        assert n_slow == int(pc.sum(pc.invert(pc.string_is_ascii(latin))).as_py())
+    else:
+        assert n_slow == 0 and not status.any()
+        assert n_whole == int(ev._long(latin, False).sum())
+
+
+@needs_kernels
+def test_latin1_digests_are_utf8_lower_hashed() -> None:
+    """The C digests of accented values are ``ev_hash`` of Arrow's ``utf8_lower``, in row
+    order, for the values at least ``MIN_TOKEN`` characters (not bytes) long."""
+    assert KERNELS is not None
+    vals = ["Serge Labonté", "MÜLLER", "Zoë", "Éa", "ÀÉ", "ÿÿÿ", "×÷ß", "Ab Çd-Ñ.", "Øx"]
+    arr = pa.array(vals)
+    off, full = ev._offsets_data(arr)
+    status, whole = np.empty(len(vals), np.uint8), np.empty(len(vals), np.uint64)
+    key = ev._key_bytes(*ev._key(99))
+    n_whole, _, _, n_slow = KERNELS.ev_scan(
+        off, full, key, False, status, whole, np.empty(0, np.uint64)
+    )
+    lower = pc.utf8_lower(arr)
+    want = np.empty(len(vals), np.uint64)
+    KERNELS.ev_hash(*ev._offsets_data(lower), key, want)
+    keep = np.array([len(v) >= ev.MIN_TOKEN for v in vals])
+    assert n_slow == 0
+    assert np.array_equal(whole[:n_whole], want[keep])
+    assert keep.tolist() == [True, True, True, False, False, True, True, True, False]
+
+
+#: ASCII letters, digits, spaces and punctuation; Latin-1 letters; NBSP (whitespace),
+#: other Latin-1 symbols, U+0130 (longer lower case), Latin Extended-A, Cyrillic, CJK, emoji
+_MIXED_ALPHABET = (
+    string.ascii_letters
+    + string.digits
+    + "   "
+    + string.punctuation
+    + "".join(map(chr, range(0xC0, 0x100)))
+    + "\u00a0\u0085\t\u00a9\u00ab\u00b5\u0130\u0131\u0142\u0141\u015f\u1ec5"
+    + "ДжЖя中文😀"
+)
+
+
+@needs_kernels
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.text(alphabet=_MIXED_ALPHABET, max_size=24), max_size=40),
+    st.sampled_from(["plain", "large", "sliced"]),
+    st.booleans(),
+)
+def test_latin1_and_other_scripts_give_the_same_digests(
+    vals: list[str], kind: str, candidates: bool
+) -> None:
+    """Sorted digests of ``_digests`` are the same on both paths, with and without
+    candidates, on values mixing ASCII, accented Latin letters and other characters."""
+    got = _both_paths(_array(vals, kind), candidates, seed=len(vals))
+    assert np.array_equal(np.sort(got[True]), np.sort(got[False]))
+
+
+@needs_kernels
+def test_generated_names_give_the_same_digests() -> None:
+    """10^5 generated names (about a fifth with non-ASCII letters): the same digests either
+    way, as a column's digests (made distinct or not) and as ``_digests`` of the column."""
+    from biomask.demo import generate_structured
+
+    names = generate_structured(100_000).column("full_name").combine_chunks()
+    assert not pc.all(pc.string_is_ascii(names)).as_py()
+    for candidates in (False, True):
+        got = _both_paths(names, candidates)
+        assert got[True].size == got[False].size > 0
+        assert np.array_equal(np.sort(got[True]), np.sort(got[False]))
+    cols = {}
+    for native in (True, False):
+        with _path(native):
+            c = EvidenceCollector(None, _seed=5)
+            cols[native] = np.sort(c._column_digests("in:t.full_name", names, False))
+    assert np.array_equal(cols[True], cols[False])
+
+
+def test_an_accented_name_left_in_a_masked_column_is_found(policy: Policy) -> None:
+    """Accented real names surviving a masked column (in another case, or inside text) are
+    hits on both paths, as for the reference."""
+    n = 3000
+    batches = []
+    for b in range(2):
+        rows = _rows(n, b * n)
+        rows["name"] = [f"Serge{b * n + i} Labonté" for i in range(n)]
+        rows["name"][42] = "Müller"
+        out = _masked(rows, str(b))
+        if b == 1:
+            out["alias"][17] = "SERGE5 LABONTÉ"  # batch 0's row 5, in capitals
+            out["alias"][18] = "MÜLLER"
+            out["notes"][3] = "seen with Serge2999 Labonté!"  # batch 0's last name
+        batches.append((_batch(rows, {}), _batch(out, {})))
+    r = _same(policy, batches)["residual_pii"]
+    by = {(f["output_column"], f["input_column"]): f for f in r["findings"]}
+    assert by[("t.alias", "t.name")]["hits"] == 2
+    assert by[("t.notes", "t.name")]["hits"] == 1

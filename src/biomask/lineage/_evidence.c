@@ -6,7 +6,11 @@
  *   other than single spaces between words, whose normal form is their ASCII lower case.
  *   For those it writes the digest of the normal form (when at least MIN_TOKEN bytes
  *   long) and, on request, the digests of its candidates (words, tokens, 2-3 token
- *   n-grams). Every other value is only classified, for the caller's Arrow path.
+ *   n-grams). Every other value is only classified, for the caller's Arrow path, except,
+ *   without candidates, the values whose only non-ASCII characters are U+00C0-U+00FF
+ *   (accented Latin letters: C3 80-BF) and that need no splitting: for those it writes
+ *   the digest of Arrow's utf8_lower of the value (lower8_latin1) when it is at least
+ *   MIN_TOKEN characters long, as the Arrow path does.
  *
  * The digest is _distinct.h's (the same as evidence.py's NumPy _digest, bit for bit) under
  * a random per-run key (k0, k1). It is not a cryptographic MAC: the digests never leave
@@ -120,18 +124,51 @@ static inline uint64_t odd_bytes(uint64_t w, uint64_t real) {
     return (((w - 0x20 * ONES) & ~w) | w) & real;
 }
 
-/* The high bit of each space (0x20) of w under real, where no byte is from 0x80. */
+/* The high bit of each space (0x20) of w under real (exact on any bytes). */
 static inline uint64_t space_bytes(uint64_t w, uint64_t real) {
     uint64_t t = w ^ (0x20 * ONES); /* exactly the 0x20 bytes are 0 */
     return ~(((t & 0x7F7F7F7F7F7F7F7FULL) + 0x7F7F7F7F7F7F7F7FULL) | t) & real;
 }
 
+#define LOW7 0x7F7F7F7F7F7F7F7FULL
+
+/* The high bit of each byte of w equal to c (exact: no carry crosses a byte). */
+static inline uint64_t bytes_equal(uint64_t w, unsigned char c) {
+    uint64_t t = w ^ (c * ONES);
+    return ~(((t & LOW7) + LOW7) | t) & HIGH;
+}
+
+/* Arrow's utf8_lower of a word of a value whose only non-ASCII bytes are C3 80-BF pairs
+ * (U+00C0-U+00FF), byte by byte: A-Z to a-z (lower8's), and a continuation byte 80-9E but
+ * 97 plus 0x20: U+00C0-U+00DE to U+00E0-U+00FE, but U+00D7 (multiplication sign); U+00DF-
+ * U+00FF are their own lower case, C3 stays (the tests check all 64 against pyarrow). The
+ * same bytes' count; on a word with no byte from 0x80, the same as lower8. */
+static inline uint64_t lower8_latin1(uint64_t w) {
+    uint64_t x = w & LOW7, high = w & HIGH; /* (x + c: no carry out of a byte) */
+    uint64_t upper = (x + 0x3F * ONES) & ~(x + 0x25 * ONES) & HIGH & ~high; /* 41-5A */
+    uint64_t cont = high & ~(w << 1);                                         /* 80-BF */
+    uint64_t accent = cont & ~(x + 0x61 * ONES) & ~bytes_equal(x, 0x17);     /* 80-9E, not 97 */
+    return w | ((upper | accent) >> 2);
+}
+
+static inline int popcount64(uint64_t x) {
+#if defined(__GNUC__)
+    return __builtin_popcountll(x);
+#else
+    int c = 0;
+    for (; x; x &= x - 1) c++;
+    return c;
+#endif
+}
+
 /* Classifies one value (its status, and whether it holds a space) and folds its lower-cased
- * words into *h (the digest's state: only meaningful while the value is FAST). A word is
- * looked at byte by byte only when it holds a control or non-ASCII byte; spaces are
- * checked on the whole word (none at either end of the value, none next to another). */
+ * words into *h (the digest's state: only meaningful while the value is FAST, or OTHER with
+ * *latin1 >= 0). A word is looked at byte by byte only when it holds a control or non-ASCII
+ * byte; spaces are checked on the whole word (none at either end of the value, none next to
+ * another). *latin1: for an OTHER value, the number of its C3 80-BF pairs when they are all
+ * of its non-ASCII bytes (then *h is the state of its utf8_lower), else -1. */
 static int scan_value(const unsigned char *p, int64_t len, const unsigned char *end, int *space,
-                      uint64_t *h) {
+                      uint64_t *h, int64_t *latin1) {
     if (len <= 16 && p + 16 <= end) {
         /* most values: what the loop below does, without a branch on their bytes or length
          * (both words read and masked as in digest()), unless a byte is odd */
@@ -155,27 +192,53 @@ static int scan_value(const unsigned char *p, int64_t len, const unsigned char *
     int status = FAST;
     /* spaces seen; bad: a space next to another or at either end (no branch per word) */
     uint64_t state = *h, spaces = 0, bad = 0, before = 0x80; /* no space may come first */
+    /* not_latin1: a non-ASCII byte outside a C3 80-BF pair; lead: a C3 ended the last word */
+    uint64_t not_latin1 = 0, lead = 0;
+    int64_t pairs = 0;
     for (int64_t i = 0; i < len; i += 8) {
         int64_t left = len - i;
         uint64_t w = load_le(p + i, left, end);
         uint64_t real = left >= 8 ? HIGH : HIGH & ((1ULL << (8 * left)) - 1);
         if (odd_bytes(w, real)) { /* a byte < 0x20 or >= 0x80 */
-            int got = classify_bytes(p, i, left >= 8 ? i + 8 : len, len, space);
-            if (got == SPLIT) return SPLIT;
-            if (got == OTHER) status = OTHER;
-            before = left > 8 && p[i + 7] == 0x20 ? 0x80 : 0;
+            uint64_t x = w & LOW7, high = w & HIGH; /* (w is zero past the value's end) */
+            /* a control byte, or a lead byte of Unicode whitespace (C2, E1-E3: only its
+             * bytes decide, which classify_bytes reads past the word): byte by byte */
+            uint64_t ctrl = ~(x + 0x60 * ONES) & ~high & real;
+            uint64_t ws = bytes_equal(w, 0xC2) | bytes_equal(w, 0xE1) | bytes_equal(w, 0xE2) |
+                          bytes_equal(w, 0xE3);
+            if (ctrl | ws) {
+                int got = classify_bytes(p, i, left >= 8 ? i + 8 : len, len, space);
+                if (got == SPLIT) return SPLIT;
+                if (got == OTHER) status = OTHER;
+                before = left > 8 && p[i + 7] == 0x20 ? 0x80 : 0;
+            } else { /* non-ASCII, not whitespace: its spaces as in an ASCII word */
+                status = OTHER;
+                uint64_t z = space_bytes(w, real);
+                uint64_t last = left <= 8 ? 0x80ULL << ((8 * (left - 1)) & 63) : 0;
+                bad |= (z & (z << 8)) | (z & before) | (z & last);
+                spaces |= z;
+                before = (z >> 56) & 0x80;
+            }
+            uint64_t c3 = bytes_equal(w, 0xC3), cont = high & ~(w << 1);
+            not_latin1 |= (high & ~(c3 | cont)) | (cont ^ ((c3 << 8) | lead));
+            lead = c3 >> 56;
+            pairs += popcount64(c3);
+            state = mix(state, lower8_latin1(w));
         } else {
             uint64_t z = space_bytes(w, real);
             uint64_t last = left <= 8 ? 0x80ULL << ((8 * (left - 1)) & 63) : 0;
             bad |= (z & (z << 8)) | (z & before) | (z & last);
             spaces |= z;
             before = (z >> 56) & 0x80;
+            not_latin1 |= lead; /* (a C3 with no continuation byte) */
+            lead = 0;
+            state = mix(state, lower8(w));
         }
-        state = mix(state, lower8(w));
     }
     if (bad) return SPLIT;
     *space |= spaces != 0;
     *h = state;
+    *latin1 = not_latin1 | lead ? -1 : pairs;
     return status;
 }
 
@@ -321,9 +384,14 @@ static PyObject *bm_ev_scan(PyObject *self, PyObject *args) {
             continue;
         }
         uint64_t h = c.k0 ^ ((uint64_t)len * P0);
-        st[v] = (unsigned char)scan_value(p + o[v], len, end, &space, &h);
+        int64_t pairs = -1;
+        st[v] = (unsigned char)scan_value(p + o[v], len, end, &space, &h, &pairs);
         if (st[v] != SPLIT) spaced |= space;
-        if (st[v] == FAST && len >= MIN_TOKEN) wh[n_whole++] = fin(h, c.k1);
+        /* without candidates, an OTHER value of U+00C0-U+00FF letters is hashed here as
+         * well (FAST: among the others, in row order), MIN_TOKEN in characters (_long) */
+        if (st[v] == OTHER && !want && pairs >= 0) st[v] = FAST;
+        else pairs = 0;
+        if (st[v] == FAST && len - pairs >= MIN_TOKEN) wh[n_whole++] = fin(h, c.k1);
         n_slow += st[v] != FAST;
     }
     /* candidates: only now is it known whether the plain values hold a space */
@@ -474,7 +542,8 @@ static PyMethodDef methods[] = {
      "ev_hash(offsets, data, key, out) -> None: keyed 64-bit digest per value"},
     {"ev_scan", bm_ev_scan, METH_VARARGS,
      "ev_scan(offsets, data, key, candidates, status, whole, cand) -> (n_whole, n_cand, "
-     "spaced, n_slow): residual-PII scan digests of the plain ASCII values"},
+     "spaced, n_slow): residual-PII scan digests of the plain ASCII values (and, without "
+     "candidates, of the plain ones whose only non-ASCII characters are U+00C0-U+00FF)"},
     {"ev_bits", bm_ev_bits, METH_VARARGS,
      "ev_bits(keys, shift, table) -> None: sets the keys' bits in a one-bit-per-slot table"},
     {"ev_filter", bm_ev_filter, METH_VARARGS,

@@ -34,7 +34,10 @@ sort. With lineage's compiled helper (:mod:`biomask.lineage._evidence`'s ``ev_sc
 loaded by :func:`biomask._native.load`, switched off by ``BIOMASK_NATIVE_KERNELS=0``), the
 values whose normal form is their ASCII lower case (ASCII, no whitespace but single spaces
 between words: nearly all) are classified, lower-cased, hashed and cut into candidates in
-one pass over the column's bytes; the
+one pass over the column's bytes; when no candidates are wanted (whole values: every masked
+input column), so are the values whose only non-ASCII characters are U+00C0-U+00FF
+(accented Latin letters, lower-cased as Arrow's ``utf8_lower`` does, ``MIN_TOKEN`` counted
+in characters as :func:`_long` does). The
 others take the Arrow path below, in the same groups, so both paths keep the same digests.
 Without it, values are case-folded with Arrow's ASCII kernel and measured from their offsets
 when the column is ASCII; only values holding whitespace other than single spaces between
@@ -608,10 +611,12 @@ class EvidenceCollector:
         and, with ``candidates``, of their candidates; empty when no value is long enough.
 
         With the compiled helper, the values whose normal form is their ASCII lower case
-        (most) are normalized, hashed and cut into candidates in one pass in C; the others
-        take the Arrow path, in the same parts as without it (the non-ASCII ones with the
-        plain values, the ones to split and join on their own), so both paths give the same
-        digests, duplicates included.
+        (most) are normalized, hashed and cut into candidates in one pass in C, and so,
+        without ``candidates``, are those whose only non-ASCII characters are U+00C0-U+00FF
+        (their digests among the others', in row order: the digests are compared as a
+        set, in no order); the others take the Arrow path, in the same parts as without it
+        (the non-ASCII ones with the plain values, the ones to split and join on their
+        own), so both paths give the same digests, duplicates included.
         """
         native = _native()
         if native is None or not len(values):
