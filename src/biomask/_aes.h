@@ -230,6 +230,13 @@ static inline int ecb(const Aes256 *a, unsigned char *out, const unsigned char *
            outl == nblocks * BLOCK;
 }
 
+/* What a call that ran the cipher returns: None, or the one error for a refusal. */
+static inline PyObject *aes_result(int ok) {
+    if (ok) Py_RETURN_NONE;
+    PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused an AES-256-ECB operation");
+    return NULL;
+}
+
 static inline int key_ok(Py_buffer *key) {
     if (key->len != KEY) {
         PyErr_SetString(PyExc_ValueError, "key: expected 32 bytes");

@@ -316,12 +316,7 @@ static PyObject *cbc_mac(PyObject *self, PyObject *args) {
             Py_END_ALLOW_THREADS
             aes_free(&aes);
         }
-        if (ok) {
-            result = Py_None;
-            Py_INCREF(result);
-        } else {
-            PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused an AES-256-ECB operation");
-        }
+        result = aes_result(ok);
     }
     PyBuffer_Release(&key);
     PyBuffer_Release(&offs);
@@ -424,12 +419,7 @@ static PyObject *ctr_stream(PyObject *self, PyObject *args) {
             Py_END_ALLOW_THREADS
             aes_free(&aes);
         }
-        if (ok) {
-            result = Py_None;
-            Py_INCREF(result);
-        } else {
-            PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused an AES-256-ECB operation");
-        }
+        result = aes_result(ok);
     }
     PyBuffer_Release(&key);
     PyBuffer_Release(&seeds);
@@ -463,12 +453,7 @@ static PyObject *ecb_py(PyObject *self, PyObject *args) {
                 }
                 aes_free(&aes);
             }
-            if (ok) {
-                result = Py_None;
-                Py_INCREF(result);
-            } else {
-                PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused an AES-256-ECB operation");
-            }
+            result = aes_result(ok);
         }
     }
     PyBuffer_Release(&key);

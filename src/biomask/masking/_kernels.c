@@ -368,12 +368,7 @@ static PyObject *ff1_walk(PyObject *self, PyObject *args) {
             Py_END_ALLOW_THREADS
             aes_free(&aes);
         }
-        if (ok) {
-            result = Py_None;
-            Py_INCREF(result);
-        } else {
-            PyErr_SetString(PyExc_RuntimeError, "OpenSSL refused an AES-256-ECB operation");
-        }
+        result = aes_result(ok);
     }
     PyBuffer_Release(&key);
     PyBuffer_Release(&x);

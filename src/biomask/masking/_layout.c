@@ -134,56 +134,13 @@ done:
     return ret;
 }
 
-PyObject *bm_phone_positions(PyObject *self, PyObject *args) {
-    (void)self;
-    Py_buffer offs, data, keep, at;
-    if (!PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &keep, &at)) return NULL;
-    PyObject *ret = NULL;
-    Py_ssize_t n;
-    if (!offsets_ok(&offs, data.len, &n)) goto done;
-    if (keep.len != n * 8 || at.len % 8 != 0) {
-        PyErr_SetString(PyExc_ValueError, "keep must be int64, one per value; at int64");
-        goto done;
-    }
-    const int64_t *o = (const int64_t *)offs.buf, *k = (const int64_t *)keep.buf;
-    const unsigned char *p = (const unsigned char *)data.buf;
-    int64_t *out = (int64_t *)at.buf;
-    Py_ssize_t cap = at.len / 8, used = 0;
-    int overflow = 0;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t v = 0; v < n && !overflow; v++) {
-        int64_t rank = 0;
-        for (int64_t i = o[v]; i < o[v + 1]; i++) {
-            if (p[i] < '0' || p[i] > '9') continue;
-            if (rank++ < k[v]) continue;
-            if (used == cap) {
-                overflow = 1;
-                break;
-            }
-            out[used++] = i;
-        }
-    }
-    Py_END_ALLOW_THREADS
-    if (overflow || used != cap) {
-        PyErr_SetString(PyExc_ValueError, "at must hold exactly the changing digits");
-        goto done;
-    }
-    ret = Py_None;
-    Py_INCREF(ret);
-done:
-    PyBuffer_Release(&offs);
-    PyBuffer_Release(&data);
-    PyBuffer_Release(&keep);
-    PyBuffer_Release(&at);
-    return ret;
-}
-
-/* The digits that change, without their positions: phone_take copies them out (the
- * national numbers the permutation keys on, back to back) and phone_put writes new ones in
- * their places (the tokens), each in one pass over the bytes. phone_positions gives the
- * same digits as positions for numpy, eight bytes a digit, which then has to gather them
- * and scatter the new ones. `keep` is phone_scan's, and `digits` must hold exactly the
- * changing digits of all the values (sum of ndig - keep, none below zero). */
+/* The digits that change, in one walk over the bytes with three uses: phone_take copies
+ * them out (the national numbers the permutation keys on, back to back), phone_put writes
+ * new ones in their places (the tokens), and phone_positions gives their byte positions
+ * (int64, for the numpy paths that gather and scatter through them). `keep` is
+ * phone_scan's, and the digits or positions given must be exactly the changing digits of
+ * all the values (sum of ndig - keep, none below zero). */
+enum { PHONE_TAKE, PHONE_PUT, PHONE_AT };
 static int64_t changing_digits(const unsigned char *p, int64_t len, int64_t avail,
                                int64_t keep, uint64_t *mask) {
 #ifdef BM_BLOCKS
@@ -204,8 +161,22 @@ static int64_t changing_digits(const unsigned char *p, int64_t len, int64_t avai
     return len; /* the caller walks the bytes */
 }
 
-static int phone_walk(const int64_t *o, const unsigned char *p, Py_ssize_t size, Py_ssize_t n,
-                      const int64_t *k, unsigned char *digits, Py_ssize_t cap, unsigned char *out) {
+/* One changing digit, the used-th, at byte pos of the data. */
+static inline void phone_digit(int mode, Py_ssize_t used, int64_t pos, const unsigned char *p,
+                               unsigned char *digits, int64_t *at, unsigned char *out) {
+    if (mode == PHONE_TAKE)
+        digits[used] = p[pos];
+    else if (mode == PHONE_PUT)
+        out[pos] = digits[used];
+    else
+        at[used] = pos;
+}
+
+/* 1 when the values have exactly cap changing digits; 0, at the first one too many or
+ * when fewer remain. */
+static int phone_walk(int mode, const int64_t *o, const unsigned char *p, Py_ssize_t size,
+                      Py_ssize_t n, const int64_t *k, unsigned char *digits, int64_t *at,
+                      Py_ssize_t cap, unsigned char *out) {
     Py_ssize_t used = 0;
     for (Py_ssize_t v = 0; v < n; v++) {
         const unsigned char *q = p + o[v];
@@ -214,11 +185,7 @@ static int phone_walk(const int64_t *o, const unsigned char *p, Py_ssize_t size,
         if (changing_digits(q, len, (int64_t)size - o[v], k[v], &mask) < 0) {
             for (; mask; mask &= mask - 1) {
                 if (used == cap) return 0;
-                int64_t i = __builtin_ctzll(mask);
-                if (out == NULL)
-                    digits[used++] = q[i];
-                else
-                    out[o[v] + i] = digits[used++];
+                phone_digit(mode, used++, o[v] + __builtin_ctzll(mask), p, digits, at, out);
             }
             continue;
         }
@@ -226,38 +193,39 @@ static int phone_walk(const int64_t *o, const unsigned char *p, Py_ssize_t size,
         for (int64_t i = 0; i < len; i++) {
             if (q[i] < '0' || q[i] > '9' || rank++ < k[v]) continue;
             if (used == cap) return 0;
-            if (out == NULL)
-                digits[used++] = q[i];
-            else
-                out[o[v] + i] = digits[used++];
+            phone_digit(mode, used++, o[v] + i, p, digits, at, out);
         }
     }
     return used == cap;
 }
 
-static PyObject *phone_digits_call(PyObject *args, int put) {
-    Py_buffer offs, data, keep, digits, out;
+static PyObject *phone_digits_call(PyObject *args, int mode) {
+    Py_buffer offs, data, keep, dst, out;
     out.buf = NULL;
     out.obj = NULL;
-    int parsed = put ? PyArg_ParseTuple(args, "y*y*y*y*w*", &offs, &data, &keep, &digits, &out)
-                     : PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &keep, &digits);
+    int put = mode == PHONE_PUT, pos = mode == PHONE_AT;
+    int parsed = put ? PyArg_ParseTuple(args, "y*y*y*y*w*", &offs, &data, &keep, &dst, &out)
+                     : PyArg_ParseTuple(args, "y*y*y*w*", &offs, &data, &keep, &dst);
     if (!parsed) return NULL;
     PyObject *ret = NULL;
     Py_ssize_t n;
     if (!offsets_ok(&offs, data.len, &n)) goto done;
-    if (keep.len != n * 8 || !aligned(&keep, 8, "keep") || (put && out.len != data.len)) {
+    if (keep.len != n * 8 || !aligned(&keep, 8, "keep") || (put && out.len != data.len) ||
+        (pos && (dst.len % 8 != 0 || !aligned(&dst, 8, "at")))) {
         PyErr_SetString(PyExc_ValueError,
-                        "keep must be int64, one per value; out as long as the data");
+                        pos ? "keep must be int64, one per value; at int64"
+                            : "keep must be int64, one per value; out as long as the data");
         goto done;
     }
     int ok;
     Py_BEGIN_ALLOW_THREADS
     if (put) memcpy(out.buf, data.buf, (size_t)data.len);
-    ok = phone_walk(offs.buf, data.buf, data.len, n, keep.buf, digits.buf, digits.len,
-                    put ? out.buf : NULL);
+    ok = phone_walk(mode, offs.buf, data.buf, data.len, n, keep.buf, pos ? NULL : dst.buf,
+                    pos ? dst.buf : NULL, pos ? dst.len / 8 : dst.len, put ? out.buf : NULL);
     Py_END_ALLOW_THREADS
     if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "digits must hold exactly the changing digits");
+        PyErr_SetString(PyExc_ValueError, pos ? "at must hold exactly the changing digits"
+                                              : "digits must hold exactly the changing digits");
         goto done;
     }
     ret = Py_None;
@@ -266,19 +234,24 @@ done:
     PyBuffer_Release(&offs);
     PyBuffer_Release(&data);
     PyBuffer_Release(&keep);
-    PyBuffer_Release(&digits);
+    PyBuffer_Release(&dst);
     if (put) PyBuffer_Release(&out);
     return ret;
 }
 
+PyObject *bm_phone_positions(PyObject *self, PyObject *args) {
+    (void)self;
+    return phone_digits_call(args, PHONE_AT);
+}
+
 PyObject *bm_phone_take(PyObject *self, PyObject *args) {
     (void)self;
-    return phone_digits_call(args, 0);
+    return phone_digits_call(args, PHONE_TAKE);
 }
 
 PyObject *bm_phone_put(PyObject *self, PyObject *args) {
     (void)self;
-    return phone_digits_call(args, 1);
+    return phone_digits_call(args, PHONE_PUT);
 }
 
 /* E-mail addresses: whether each value is one the email operator accepts, and how many
